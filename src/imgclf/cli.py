@@ -1,0 +1,154 @@
+"""The ``imgclf`` command: parses arguments, calls the Python API, turns known errors into one line.
+
+Every user error (:class:`imgclf.errors.ImgclfError`) prints ``imgclf: error: ...`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+
+from . import api
+from .config import CHOICES, TrainConfig
+from .errors import ImgclfError
+from .report import table
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier and write a run directory",
+                       description="Train a classifier. Unset options come from the recipe for the dataset.",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="a config.yaml (e.g. runs/x/config.yaml) to start from; flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="dataset name (imgclf datasets), a folder of class sub-folders, or a CSV of file,label")
+    g.add_argument("--data-dir", help="where built-in datasets are stored/downloaded (default $IMGCLF_DATA or ~/.cache/imgclf)")
+    g.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
+    g.add_argument("--image-size", type=int, help="side in pixels (default: native, 64 for folders)")
+    g.add_argument("--augment", choices=CHOICES["augment"])
+    g.add_argument("--val-split", type=float, help="share of training data held out for validation (default 0.1)")
+    g.add_argument("--test-split", type=float, help="share held out for testing when the source has no test split (default 0.2)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="model name (imgclf models)")
+    g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (resnet18)")
+    g.add_argument("--weights", help="start from this weights file instead of downloading")
+    g.add_argument("--freeze-epochs", type=int, help="train only the new head for this many epochs first")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--optimizer", choices=CHOICES["optimizer"])
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--no-nesterov", dest="nesterov", action="store_false")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=CHOICES["schedule"])
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    g.add_argument("--class-weights", choices=CHOICES["class_weights"], help="auto: weight the loss by inverse class frequency")
+    g.add_argument("--sampler", choices=CHOICES["sampler"], help="balanced: sample classes equally often")
+    g.add_argument("--patience", type=int, help="stop when validation loss has not improved for this many epochs")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", choices=CHOICES["device"])
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
+    g.add_argument("--out", help="run directory (default runs/<data>-<model>, never overwritten)")
+    g.add_argument("--quiet", action="store_true", help="print only the final summary")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "quiet", "func")}
+    if "resume" in args and "config" in args:
+        raise ImgclfError("--resume and --config cannot be combined: a resumed run keeps its own config")
+    quiet = getattr(args, "quiet", False)
+    result = api.train(getattr(args, "config", None), resume=getattr(args, "resume", None), verbose=not quiet, **settings)
+    if quiet:
+        print(f"test accuracy {result.accuracy:.4f}; run saved in {result.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    metrics = api.evaluate(args.run, data=args.data, data_dir=args.data_dir, images=args.images, device=args.device)
+    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} on {metrics['samples']} images")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    predictions = api.predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device)
+    if args.format == "json":
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        return 0
+    k = max(len(p.top_k) for p in predictions)
+    headers = ["file"] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
+    rows = [[p.source] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")] for p in predictions]
+    if args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(rows)
+        sys.stdout.write(buffer.getvalue())
+    else:
+        print(table(headers, rows))
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    print(table(["dataset", "description"], [list(r) for r in api.describe_dataset_sources()]))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    rows = [[name, f"{params:,}", desc] for name, params, desc in api.describe_models()]
+    print(table(["model", "parameters (3x32x32, 10 classes)", "description"], rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgclf", description="Train, evaluate and use image classifiers.")
+    parser.add_argument("--version", action="version", version=f"imgclf {__import__('imgclf').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _train_parser(sub)
+    p = sub.add_parser("evaluate", help="re-evaluate a run (or checkpoint) on its test split")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--data", help="evaluate on other data with the same classes")
+    p.add_argument("--data-dir")
+    p.add_argument("--images")
+    p.add_argument("--device", default="auto", choices=CHOICES["device"])
+    p = sub.add_parser("predict", help="classify image files or folders with a trained model")
+    p.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
+    p.add_argument("images", nargs="+", help="image files and folders")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--device", default="auto", choices=CHOICES["device"])
+    sub.add_parser("datasets", help="list the datasets")
+    sub.add_parser("models", help="list the models with their parameter counts")
+    return parser
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
+            "datasets": _cmd_datasets, "models": _cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except ImgclfError as exc:
+        print(f"imgclf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""A user's own images: a folder of class sub-folders (optionally split into train/val/test) or a CSV.
+
+Files are decoded once, in parallel, resized to the run's image size and kept as one uint8 tensor.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import DataError
+from .images import IMAGE_SUFFIXES, decode_images
+from .registry import RawDataset, Split
+
+DEFAULT_FOLDER_SIZE = 64
+FILE_COLUMNS = ("file", "filename", "image", "image_id", "path", "id", "name")
+LABEL_COLUMNS = ("label", "class", "target", "category", "y")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+
+
+def _files_by_class(folder: Path) -> dict[str, list[Path]]:
+    """Every visible file under each class sub-folder; undecodable ones are skipped later, with a count."""
+    return {d.name: sorted(p for p in d.rglob("*") if p.is_file() and _visible(p)) for d in _class_dirs(folder)}
+
+
+def _check_classes(where: Path, by_class: dict[str, list[Path]]) -> None:
+    if not by_class:
+        loose = [p for p in where.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        hint = f" (found {len(loose)} loose images)" if loose else ""
+        raise DataError(f"{where}: no class sub-folders{hint}; put each class's images in {where}/<class name>/")
+    empty = [name for name, files in by_class.items() if not files]
+    if len(by_class) - len(empty) < 2:
+        raise DataError(
+            f"{where}: needs at least two class sub-folders with images, found "
+            f"{', '.join(by_class) or 'none'}; add a sub-folder for each class"
+        )
+    if empty:
+        raise DataError(f"{where}: class folder(s) {', '.join(empty)} hold no files; add images or remove them")
+
+
+def _decode_splits(
+    cfg: TrainConfig, parts: dict[str, tuple[list[Path], list[int]]], classes: list[str]
+) -> RawDataset:
+    """Decode all splits together (so one channel count fits all) and drop unreadable files."""
+    size = cfg.image_size or DEFAULT_FOLDER_SIZE
+    paths = [p for files, _ in parts.values() for p in files]
+    images, kept, skipped, _ = decode_images(paths, size)
+    labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[kept]
+    owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)[kept]
+    splits = {name: Split(images[owner == i], labels[owner == i]) for i, name in enumerate(parts)}
+    if len(splits["train"]) == 0:
+        raise DataError(f"{cfg.data}: none of the {len(paths)} files could be read as an image; check the folder")
+    return RawDataset(
+        classes=classes, train=splits["train"], val=splits.get("val"), test=splits.get("test"), skipped=skipped
+    )
+
+
+def load_folder(cfg: TrainConfig) -> RawDataset:
+    root = Path(cfg.data).expanduser()
+    if (root / "train").is_dir():
+        by_split = {name: _files_by_class(root / name) for name in SPLIT_NAMES if (root / name).is_dir()}
+        _check_classes(root / "train", by_split["train"])
+        classes = list(by_split["train"])
+        for name, by_class in by_split.items():
+            extra = sorted(set(by_class) - set(classes))
+            if extra:
+                raise DataError(f"{root / name}: class(es) {', '.join(extra)} are not in {root / 'train'}; add them there or remove them")
+    else:
+        by_split = {"train": _files_by_class(root)}
+        _check_classes(root, by_split["train"])
+        classes = list(by_split["train"])
+    parts = {
+        name: ([f for c in classes for f in by_class.get(c, [])], [i for i, c in enumerate(classes) for _ in by_class.get(c, [])])
+        for name, by_class in by_split.items()
+    }
+    return _decode_splits(cfg, parts, classes)
+
+
+def _pick_column(header: list[str], candidates: tuple[str, ...]) -> str | None:
+    lowered = {h.strip().lower(): h for h in header}
+    return next((lowered[c] for c in candidates if c in lowered), None)
+
+
+def _resolve_file(folder: Path, name: str) -> Path | None:
+    path = folder / name
+    if path.is_file():
+        return path
+    if not path.suffix:  # "identify the apparels" CSVs name images by id: 1 -> 1.png
+        for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif"):
+            if path.with_suffix(suffix).is_file():
+                return path.with_suffix(suffix)
+    return None
+
+
+def _class_order(labels: set[str]) -> list[str]:
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def load_csv(cfg: TrainConfig) -> RawDataset:
+    csv_path = Path(cfg.data).expanduser()
+    folder = Path(cfg.images).expanduser() if cfg.images else csv_path.parent
+    if not folder.is_dir():
+        raise DataError(f"--images {folder}: no such folder; point it at the folder holding the CSV's images")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = list(rows[0].keys()) if rows else []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path}: not a readable CSV ({exc}); save it as UTF-8 text with a header row file,label") from None
+    if not rows:
+        raise DataError(f"{csv_path}: no rows; it needs a header (file,label) and one row per image")
+    file_col, label_col = _pick_column(header, FILE_COLUMNS), _pick_column(header, LABEL_COLUMNS)
+    if file_col is None or label_col is None:
+        raise DataError(
+            f"{csv_path}: unknown columns {', '.join(header)}; name the image column 'file' and the class column 'label'"
+        )
+    files, names, missing = [], [], []
+    for row in rows:
+        name, label = (row.get(file_col) or "").strip(), (row.get(label_col) or "").strip()
+        path = _resolve_file(folder, name) if name else None
+        if path is None:
+            missing.append(name or "<empty>")
+            continue
+        files.append(path)
+        names.append(label)
+    if missing:
+        raise DataError(
+            f"{csv_path}: {len(missing)} of {len(rows)} files are not in {folder} (e.g. {', '.join(missing[:3])}); "
+            "fix the paths or pass --images FOLDER"
+        )
+    classes = _class_order(set(names))
+    if len(classes) < 2:
+        raise DataError(f"{csv_path}: every row has label {classes[0]!r}; a classifier needs at least two classes")
+    index = {c: i for i, c in enumerate(classes)}
+    return _decode_splits(cfg, {"train": (files, [index[n] for n in names])}, classes)

@@ -1,0 +1,86 @@
+"""The model registry: adding a model is one decorated function (as in timm's ``register_model``).
+
+A model function takes ``in_channels``, ``num_classes`` and ``image_size`` (plus its own keyword
+arguments) and returns an ``nn.Module``; a checkpoint records the name and arguments to rebuild it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]
+    description: str
+    head: str  # attribute of the classifier layer, kept trainable while the backbone is frozen
+    load_pretrained: Callable[[nn.Module, str | None], None] | None = None
+    pretrained_stats: tuple[list[float], list[float]] | None = None  # normalisation the weights expect
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    description: str,
+    head: str = "classifier",
+    load_pretrained: Callable[[nn.Module, str | None], None] | None = None,
+    pretrained_stats: tuple[list[float], list[float]] | None = None,
+) -> Callable:
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[name] = ModelSpec(name, fn, description, head, load_pretrained, pretrained_stats)
+        return fn
+
+    return decorator
+
+
+def model_names() -> list[str]:
+    return list(_MODELS)
+
+
+def list_models() -> list[ModelSpec]:
+    return list(_MODELS.values())
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return _MODELS[name.lower()]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}: use one of {', '.join(_MODELS)}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def create_model(
+    name: str, in_channels: int, num_classes: int, image_size: int, **kwargs: Any
+) -> nn.Module:
+    """Build a registered model and check that it accepts ``image_size`` inputs."""
+    spec = get_model_spec(name)
+    try:
+        model = spec.build(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"model {name}: bad arguments ({exc})") from None
+    except ValueError as exc:  # raised by models whose layers need a minimum size
+        raise ModelError(f"model {name}: {exc}") from None
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_channels, image_size, image_size))
+    except RuntimeError:
+        raise ModelError(
+            f"model {name} cannot take {image_size}x{image_size} images; pass a larger --image-size (e.g. 32)"
+        ) from None
+    if out.shape != (2, num_classes):
+        raise ModelError(f"model {name} returned shape {tuple(out.shape)} for {num_classes} classes")
+    return model.train()

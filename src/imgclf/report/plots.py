@@ -1,0 +1,111 @@
+"""The run's figures, written atomically as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..fsutil import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(history: Sequence[dict], path: str | os.PathLike) -> None:
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, [float(r[f"train_{key}"]) for r in history], "o-", label="train")
+        ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        if key == "loss":
+            ax.set_yscale("log")  # early spikes would otherwise flatten the rest of the curve
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike) -> None:
+    counts = np.asarray(matrix)
+    rows = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # recall per true class
+    n = len(classes)
+    side = min(max(4.0, 0.5 * n + 2), 30)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (test; colour = share of the true class)")
+    _save(fig, path)
+
+
+def plot_per_class(metrics: dict[str, Any], path: str | os.PathLike) -> None:
+    names = list(metrics["per_class"])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4))
+    for offset, key in zip((-0.27, 0, 0.27), ("precision", "recall", "f1")):
+        ax.bar(x + offset, [metrics["per_class"][n][key] for n in names], width=0.27, label=key)
+    ax.set_xticks(x, names, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"per-class metrics (test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f})")
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    """A C x H x W image in 0..1 or uint8."""
+    array = image.float()
+    if image.dtype == torch.uint8:
+        array = array / 255
+    array = array.clamp(0, 1).permute(1, 2, 0).numpy()
+    ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray" if array.shape[-1] == 1 else None,
+              interpolation="nearest")
+    ax.axis("off")
+
+
+def plot_image_grid(
+    images: torch.Tensor, titles: Sequence[str], path: str | os.PathLike,
+    title_colors: Sequence[str] | None = None, suptitle: str = "",
+) -> None:
+    n = len(images)
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _show(ax, images[i])
+            ax.set_title(titles[i], fontsize=7, color=(title_colors[i] if title_colors else "black"))
+        else:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    _save(fig, path)
+
+
+def plot_predictions(
+    images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], path: str | os.PathLike
+) -> None:
+    confidence, predicted = probs.max(1)
+    titles = [f"{classes[p]} {c:.2f}\n(true {classes[t]})" for p, c, t in zip(predicted.tolist(), confidence.tolist(), labels.tolist())]
+    colors = ["black" if p == t else "red" for p, t in zip(predicted.tolist(), labels.tolist())]
+    plot_image_grid(images, titles, path, colors, "test predictions: predicted probability (true); wrong in red")

@@ -1,0 +1,65 @@
+"""Shared fixtures: small generated image datasets and the optional real data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(os.environ.get("IMGCLF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+CLASSES = ("horizontal", "vertical", "checker")
+
+
+def synthetic_image(cls: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """Noise over a pattern that is the class: horizontal stripes, vertical stripes or a checkerboard.
+
+    The phase and colour vary per image, so the class is a texture, as in real photos, not a fixed pixel.
+    """
+    y, x = np.mgrid[0:size, 0:size]
+    phase = rng.integers(0, 4)
+    pattern = [(y + phase) // 2 % 2, (x + phase) // 2 % 2, ((x + phase) // 2 + (y + phase) // 2) % 2][cls]
+    colour = rng.integers(150, 256, 3)
+    image = pattern[..., None] * colour + rng.integers(0, 70, (size, size, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_class_folder(root: Path, per_class: int = 24, seed: int = 0, size: int = 16, classes=CLASSES) -> Path:
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(synthetic_image(c, rng, size)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    return write_class_folder(tmp_path / "stripes")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """Run in an empty working directory, so runs/ lands there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One small run shared by the tests that only read a run directory."""
+    import imgclf
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_class_folder(root / "stripes", per_class=30)
+    result = imgclf.train(data=str(data), image_size=16, out=str(root / "run"), verbose=False)  # the folder recipe
+    return result.run_dir

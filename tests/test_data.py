@@ -1,0 +1,271 @@
+import gzip
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import synthetic_image, write_class_folder
+from imgclf import TrainConfig
+from imgclf.data import BatchIterator, Split, augment_batch, channel_stats, decode_images, load_data, stratified_split
+from imgclf.errors import DataError
+
+
+def load(**settings):
+    return load_data(TrainConfig(**settings))
+
+
+# ------------------------------------------------------------------ folders and image modes
+
+def test_folder_classes_splits_and_sizes(class_folder):
+    data = load(data=str(class_folder), image_size=12, seed=3)
+    assert data.classes == ["checker", "horizontal", "vertical"]
+    assert data.kind == "folder" and data.channels == 3 and data.image_size == 12
+    # 72 images: 20% test held out per class, then 10% of the rest for validation
+    assert len(data.train) + len(data.val) + len(data.test) == 72
+    assert torch.bincount(data.test.labels).tolist() == [5, 5, 5]
+    assert torch.bincount(data.val.labels).tolist() == [2, 2, 2]
+
+
+def test_folder_default_image_size_is_64(class_folder):
+    assert load(data=str(class_folder)).image_size == 64
+
+
+def test_split_folders_are_used_as_given(tmp_path):
+    write_class_folder(tmp_path / "d" / "train", per_class=10)
+    write_class_folder(tmp_path / "d" / "test", per_class=4, seed=1)
+    write_class_folder(tmp_path / "d" / "val", per_class=3, seed=2)
+    data = load(data=str(tmp_path / "d"), image_size=16)
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 9, 12)
+
+
+def test_mixed_modes_are_converted(tmp_path):
+    root = tmp_path / "modes"
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(synthetic_image(0, rng, 20))
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    rgb.convert("L").save(root / "a" / "gray.png")
+    rgb.convert("P").save(root / "a" / "palette.gif")
+    rgb.convert("CMYK").save(root / "a" / "cmyk.jpg")
+    rgb.save(root / "b" / "rgb.bmp")
+    Image.new("RGBA", (30, 10), (0, 0, 0, 0)).save(root / "b" / "transparent.png")
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(root / "b" / "white16.png")
+    images, kept, skipped, channels = decode_images(sorted(root.rglob("*.*")), 8)
+    assert skipped == [] and len(kept) == 6 and channels == 3 and images.shape == (6, 3, 8, 8)
+    by_name = {p.name: images[i] for i, p in enumerate(sorted(root.rglob("*.*")))}
+    assert by_name["transparent.png"].min() == 255  # transparent pixels become white, not black
+    assert by_name["white16.png"].min() == 255  # 16-bit full scale maps to 255
+
+
+def test_all_grayscale_folder_gives_one_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("x", "y")):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            Image.fromarray(synthetic_image(c, rng)).convert("L").save(tmp_path / name / f"{i}.png")
+    assert load(data=str(tmp_path), image_size=16).channels == 1
+
+
+def test_corrupt_files_are_skipped_and_listed(class_folder):
+    (class_folder / "horizontal" / "broken.png").write_bytes(b"\x89PNG not really")
+    (class_folder / "horizontal" / "notes.txt").write_text("hello")
+    data = load(data=str(class_folder), image_size=16)
+    assert sorted(Path(p).name for p, _ in data.skipped) == ["broken.png", "notes.txt"]
+    assert len(data.train) + len(data.val) + len(data.test) == 72
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("empty", "no class sub-folders"),
+    ("one", "at least two class sub-folders"),
+    ("loose", "found 2 loose images"),
+])
+def test_unusable_folders_raise(tmp_path, layout, message):
+    root = tmp_path / layout
+    root.mkdir()
+    if layout == "one":
+        write_class_folder(tmp_path / "tmp", per_class=3)
+        (tmp_path / "tmp" / "checker").rename(root / "checker")
+    if layout == "loose":
+        for i in range(2):
+            Image.new("RGB", (4, 4)).save(root / f"{i}.png")
+    with pytest.raises(DataError, match=message):
+        load(data=str(root))
+
+
+def test_missing_path_and_unknown_name():
+    with pytest.raises(DataError, match="no such folder or file"):
+        load(data="./does/not/exist")
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'"):
+        load(data="imagenet")
+
+
+# ------------------------------------------------------------------ CSV
+
+def write_csv_dataset(root: Path, header: str = "id,label", with_suffix: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir(parents=True)
+    lines = [header]
+    for i in range(30):
+        Image.fromarray(synthetic_image(i % 3, rng)).convert("L").save(root / "train" / f"{i}.png")
+        lines.append(f"{i}{'.png' if with_suffix else ''},{i % 3}")
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return root / "train.csv"
+
+
+def test_csv_with_ids_like_the_apparels_tutorial(tmp_path):
+    csv_path = write_csv_dataset(tmp_path)
+    data = load(data=str(csv_path), images=str(tmp_path / "train"), image_size=16)
+    assert data.kind == "csv" and data.classes == ["0", "1", "2"] and data.channels == 1
+    assert len(data.train) + len(data.val) + len(data.test) == 30
+
+
+def test_csv_unknown_columns(tmp_path):
+    csv_path = write_csv_dataset(tmp_path, header="picture,kind", with_suffix=True)
+    with pytest.raises(DataError, match=r"train.csv: unknown columns picture, kind; name the image column 'file'"):
+        load(data=str(csv_path), images=str(tmp_path / "train"))
+
+
+def test_csv_missing_files(tmp_path):
+    csv_path = write_csv_dataset(tmp_path, header="file,label", with_suffix=True)
+    with open(csv_path, "a") as f:
+        f.write("gone.png,1\nalso_gone.png,2\n")
+    with pytest.raises(DataError, match=r"2 of 32 files are not in .*gone.png, also_gone.png.*--images"):
+        load(data=str(csv_path), images=str(tmp_path / "train"))
+
+
+# ------------------------------------------------------------------ built-in sources from local files
+
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def test_mnist_layout_read_from_gz_and_raw_files_offline(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (50, 28, 28)), gz=True)
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(50) % 10, gz=True)
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)), gz=False)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(20) % 10, gz=False)
+    monkeypatch.setattr("torchvision.datasets.MNIST.download", lambda self: pytest.fail("must not download"))
+    data = load(data="mnist", data_dir=str(tmp_path))
+    assert data.image_size == 28 and data.channels == 1 and len(data.test) == 20
+    assert len(data.train) + len(data.val) == 50
+    assert data.test.labels.tolist() == (np.arange(20) % 10).tolist()
+
+
+def test_cifar10_read_straight_from_the_tar_gz(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def member(name, obj):
+        blob = pickle.dumps(obj)
+        info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+        info.size = len(blob)
+        return info, io.BytesIO(blob)
+
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for i in range(1, 6):
+            tar.addfile(*member(f"data_batch_{i}", {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}))
+        tar.addfile(*member("test_batch", {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}))
+        tar.addfile(*member("batches.meta", {"label_names": [f"c{i}" for i in range(10)]}))
+    data = load(data="cifar10", data_dir=str(tmp_path), val_split=0.2)
+    assert data.classes == [f"c{i}" for i in range(10)] and data.channels == 3 and data.image_size == 32
+    assert len(data.test) == 10 and len(data.train) + len(data.val) == 50
+
+
+def test_absent_dataset_offline_says_where_to_put_the_files(tmp_path, monkeypatch):
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr("torchvision.datasets.FashionMNIST.download", offline)
+    with pytest.raises(DataError, match=r"FashionMNIST is not in .*FashionMNIST/raw.*put train-images-idx3-ubyte.gz"):
+        load(data="fashion-mnist", data_dir=str(tmp_path))
+
+
+def test_shipped_digits_dataset():
+    data = load(data="digits")
+    assert data.classes == [str(i) for i in range(10)]
+    assert len(data.train) + len(data.val) + len(data.test) == 1797
+    assert data.train.images.max() == 255 and data.image_size == 8
+
+
+@pytest.mark.shared_data
+def test_real_mnist_files(shared_data):
+    data = load(data="mnist", data_dir=str(shared_data))
+    assert len(data.train) + len(data.val) == 60000 and len(data.test) == 10000
+    assert torch.bincount(data.test.labels).tolist()[:3] == [980, 1135, 1032]  # the canonical test set
+    assert abs(data.mean[0] - 0.1307) < 0.002 and abs(data.std[0] - 0.3081) < 0.002
+
+
+# ------------------------------------------------------------------ splits, statistics, batches
+
+def test_stratified_split_is_seeded_disjoint_and_per_class():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    kept, held = stratified_split(labels, 0.2, seed=7)
+    assert set(kept.tolist()).isdisjoint(held.tolist()) and len(kept) + len(held) == 100
+    assert torch.bincount(labels[held]).tolist() == [10, 6, 4]
+    assert torch.equal(held, stratified_split(labels, 0.2, seed=7)[1])
+    assert not torch.equal(held, stratified_split(labels, 0.2, seed=8)[1])
+
+
+def test_channel_stats_match_torch():
+    images = torch.randint(0, 256, (37, 3, 5, 5), dtype=torch.uint8)
+    mean, std = channel_stats(images, chunk=10)
+    x = images.double() / 255
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)))
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), x.transpose(0, 1).reshape(3, -1).std(1, unbiased=False))
+
+
+def test_augment_flip_and_shift_move_pixels_exactly():
+    x = torch.rand(64, 1, 8, 8)
+    out = augment_batch(x, "light", hflip=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # every output is the input flipped or not, shifted by at most 1 pixel (8/16), borders black
+    for original, augmented in zip(x, out):
+        matches = [
+            torch.equal(torch.roll(candidate, (dy, dx), (1, 2))[:, 1:-1, 1:-1], augmented[:, 1:-1, 1:-1])
+            for candidate in (original, original.flip(2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+        ]
+        assert any(matches)
+    assert torch.equal(augment_batch(x, "none", hflip=True), x)
+
+
+def test_no_flip_for_digits():
+    x = torch.zeros(32, 1, 8, 8)
+    x[:, :, :, :2] = 1.0  # left edge bright
+    out = augment_batch(x, "light", hflip=False, generator=torch.Generator().manual_seed(0))
+    assert out[:, :, :, 5:].sum() == 0  # never mirrored to the right
+
+
+def test_batch_iterator_epochs_and_normalisation():
+    split = Split(torch.randint(0, 256, (100, 1, 4, 4), dtype=torch.uint8), torch.arange(100))
+    mean, std = channel_stats(split.images)
+    batches = BatchIterator(split, 32, torch.device("cpu"), mean, std, shuffle=True, seed=1)
+    batches.set_epoch(1)
+    first = torch.cat([y for _, y in batches])
+    assert sorted(first.tolist()) == list(range(100)) and len(batches) == 4
+    assert torch.equal(first, torch.cat([y for _, y in batches]))  # same epoch, same order
+    batches.set_epoch(2)
+    assert not torch.equal(first, torch.cat([y for _, y in batches]))
+    x = torch.cat([x for x, _ in batches])
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std(unbiased=False).item() - 1) < 1e-3
+
+
+def test_balanced_sampler_evens_out_classes():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    weights = (1.0 / torch.bincount(labels).float())[labels]
+    batches = BatchIterator(Split(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), labels), 1000, torch.device("cpu"),
+                            [0.0], [1.0], sample_weights=weights, seed=0)
+    drawn = torch.cat([y for epoch in range(1, 21) for y in (batches.set_epoch(epoch) or [y for _, y in batches])])
+    assert 0.45 < drawn.float().mean().item() < 0.55

@@ -1,0 +1,82 @@
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from imgclf import TrainConfig
+from imgclf.api import _build_model
+from imgclf.errors import ModelError
+from imgclf.models import count_parameters, create_model, model_names
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn2", "lenet5", "cnn4", "cnn", "resnet18"])
+@pytest.mark.parametrize("channels, size, classes", [(1, 28, 10), (3, 32, 7)])
+def test_every_model_adapts_to_channels_and_classes(name, channels, size, classes):
+    model = create_model(name, channels, classes, size)
+    assert model(torch.randn(3, channels, size, size)).shape == (3, classes)
+
+
+def test_registry_lists_the_tutorial_models_then_ours():
+    assert model_names() == ["mlp", "cnn2", "lenet5", "cnn4", "resnet18", "cnn"]
+
+
+def test_parameter_counts_of_the_tutorial_networks():
+    # cnn2 on MNIST: conv 1->16 5x5 (416) + conv 16->32 5x5 (12,832) + linear 32*7*7->10 (15,690)
+    assert count_parameters(create_model("cnn2", 1, 10, 28)) == 416 + 12_832 + 15_690
+    # LeNet-5 on CIFAR-10: 456 + 2,416 + 400*120+120 + 120*84+84 + 84*10+10
+    assert count_parameters(create_model("lenet5", 3, 10, 32)) == 456 + 2_416 + 48_120 + 10_164 + 850
+    # the MLP: 784-512-512-10
+    assert count_parameters(create_model("mlp", 1, 10, 28)) == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+
+
+def test_cnn_handles_tiny_and_large_inputs():
+    for size in (8, 64, 96):
+        assert create_model("cnn", 3, 4, size)(torch.randn(2, 3, size, size)).shape == (2, 4)
+
+
+def test_image_too_small_for_model():
+    with pytest.raises(ModelError, match=r"lenet5: needs images of at least 16x16, got 8x8; pass --image-size 32"):
+        create_model("lenet5", 1, 10, 8)
+
+
+def test_unknown_model():
+    with pytest.raises(ModelError, match="unknown model 'vgg99': use one of mlp, cnn2"):
+        create_model("vgg99", 3, 10, 32)
+
+
+class _Data:  # the two fields _build_model reads
+    channels, num_classes, image_size = 1, 5, 32
+
+
+def test_pretrained_resnet18_from_a_local_weights_file(tmp_path):
+    reference = resnet18(weights=None)  # stands in for ImageNet weights, which cannot be downloaded here
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    cfg = TrainConfig(model="resnet18", weights=str(tmp_path / "resnet18.pth"))
+    model = _build_model(cfg, _Data())
+    # grey input: the RGB stem kernels summed over colour; the rest copied; a new 5-class head
+    assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert model.fc.out_features == 5
+
+
+def test_weights_file_that_does_not_fit(tmp_path):
+    torch.save(create_model("cnn", 3, 10, 32).state_dict(), tmp_path / "cnn.pth")
+    with pytest.raises(ModelError, match="do not fit resnet18"):
+        _build_model(TrainConfig(model="resnet18", weights=str(tmp_path / "cnn.pth")), _Data())
+
+
+def test_pretrained_asks_for_a_model_that_has_weights():
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model cnn has no pretrained weights"):
+        _build_model(TrainConfig(model="cnn", pretrained=True), _Data())
+
+
+def test_pretrained_without_network_points_to_weights_file(monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    def offline(self, *args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(ModelError, match="pass --weights FILE"):
+        _build_model(TrainConfig(model="resnet18", pretrained=True), _Data())
