@@ -150,6 +150,15 @@ def _write_reports(run_dir: Path, history: list[dict], metrics: dict[str, Any], 
     _plot_test_predictions(data, probs, plots / "predictions.png", seed)
 
 
+def _absolute_paths(cfg: TrainConfig, kind: str) -> TrainConfig:
+    """Paths in the saved config are absolute, so evaluate/--config work from any directory."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    return cfg.replace(data=absolute(cfg.data) if kind != "builtin" else cfg.data,
+                       images=absolute(cfg.images), data_dir=absolute(cfg.data_dir), weights=absolute(cfg.weights))
+
+
 def _prepare(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainConfig, DataBundle, torch.device]:
     device = resolve_device(cfg.device)
     data = load_data(cfg)
@@ -195,6 +204,7 @@ def train(
 
     seed_everything(cfg.seed)
     cfg, data, device = _prepare(cfg, log)
+    cfg = _absolute_paths(cfg, data.kind)
     model = _build_model(cfg, data).to(device)  # before the run directory: a model error leaves nothing behind
     if resume is None:
         run_dir = _new_run_dir(cfg, data.name)
