@@ -229,22 +229,41 @@ def test_channel_stats_match_torch():
 
 def test_augment_flip_and_shift_move_pixels_exactly():
     x = torch.rand(64, 1, 8, 8)
-    out = augment_batch(x, "light", hflip=True, generator=torch.Generator().manual_seed(0))
+    flip = torch.arange(64) % 2 == 0
+    out = augment_batch(x, "light", flip, generator=torch.Generator().manual_seed(0))
     assert out.shape == x.shape
-    # every output is the input flipped or not, shifted by at most 1 pixel (8/16), borders black
-    for original, augmented in zip(x, out):
-        matches = [
-            torch.equal(torch.roll(candidate, (dy, dx), (1, 2))[:, 1:-1, 1:-1], augmented[:, 1:-1, 1:-1])
-            for candidate in (original, original.flip(2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-        ]
-        assert any(matches)
-    assert torch.equal(augment_batch(x, "none", hflip=True), x)
+    # every output is the input, flipped where asked, shifted by at most 1 pixel (8/16), borders mirrored
+    shifts = set()
+    for original, augmented, flipped in zip(x, out, flip):
+        candidate = original.flip(2) if flipped else original
+        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                   if torch.equal(torch.roll(candidate, (dy, dx), (1, 2))[:, 1:-1, 1:-1], augmented[:, 1:-1, 1:-1])]
+        assert matches
+        shifts.update(matches)
+    assert len(shifts) == 9  # all shifts occur
+    assert torch.equal(augment_batch(x, "none", flip), x)
+
+
+def test_flips_alternate_between_epochs():
+    images = torch.zeros(40, 1, 6, 6, dtype=torch.uint8)
+    images[..., :2] = 255  # left edge bright: a flipped image is bright on the right
+    batches = BatchIterator(Split(images, torch.arange(40)), 8, torch.device("cpu"), [0.0], [1.0], shuffle=True,
+                            augment="light", hflip=True)
+
+    def flipped_by_label(epoch: int) -> dict[int, bool]:
+        batches.set_epoch(epoch)
+        return {int(label): bool(x[0, 2:4, 4:].sum() > x[0, 2:4, :2].sum())
+                for xb, yb in batches for x, label in zip(xb, yb)}
+
+    first, second = flipped_by_label(1), flipped_by_label(2)
+    assert 5 < sum(first.values()) < 35
+    assert all(first[i] != second[i] for i in range(40))  # each image in both orientations over two epochs
 
 
 def test_no_flip_for_digits():
     x = torch.zeros(32, 1, 8, 8)
     x[:, :, :, :2] = 1.0  # left edge bright
-    out = augment_batch(x, "light", hflip=False, generator=torch.Generator().manual_seed(0))
+    out = augment_batch(x, "light", None, generator=torch.Generator().manual_seed(0))
     assert out[:, :, :, 5:].sum() == 0  # never mirrored to the right
 
 

@@ -43,7 +43,10 @@ def test_unknown_model():
         create_model("vgg99", 3, 10, 32)
 
 
-class _Data:  # the two fields _build_model reads
+CPU = torch.device("cpu")
+
+
+class _Data:  # the fields _build_model reads
     channels, num_classes, image_size = 1, 5, 32
 
 
@@ -51,7 +54,7 @@ def test_pretrained_resnet18_from_a_local_weights_file(tmp_path):
     reference = resnet18(weights=None)  # stands in for ImageNet weights, which cannot be downloaded here
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
     cfg = TrainConfig(model="resnet18", weights=str(tmp_path / "resnet18.pth"))
-    model = _build_model(cfg, _Data())
+    model = _build_model(cfg, _Data(), CPU)
     # grey input: the RGB stem kernels summed over colour; the rest copied; a new 5-class head
     assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
     assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
@@ -61,14 +64,14 @@ def test_pretrained_resnet18_from_a_local_weights_file(tmp_path):
 def test_weights_file_that_does_not_fit(tmp_path):
     torch.save(create_model("cnn", 3, 10, 32).state_dict(), tmp_path / "cnn.pth")
     with pytest.raises(ModelError, match="do not fit resnet18"):
-        _build_model(TrainConfig(model="resnet18", weights=str(tmp_path / "cnn.pth")), _Data())
+        _build_model(TrainConfig(model="resnet18", weights=str(tmp_path / "cnn.pth")), _Data(), CPU)
 
 
 def test_pretrained_asks_for_a_model_that_has_weights():
     from imgclf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model cnn has no pretrained weights"):
-        _build_model(TrainConfig(model="cnn", pretrained=True), _Data())
+        _build_model(TrainConfig(model="cnn", pretrained=True), _Data(), CPU)
 
 
 def test_pretrained_without_network_points_to_weights_file(monkeypatch):
@@ -79,4 +82,4 @@ def test_pretrained_without_network_points_to_weights_file(monkeypatch):
 
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(ModelError, match="pass --weights FILE"):
-        _build_model(TrainConfig(model="resnet18", pretrained=True), _Data())
+        _build_model(TrainConfig(model="resnet18", pretrained=True), _Data(), CPU)

@@ -27,7 +27,7 @@ def test_run_directory_contract(trained_run):
     # 90 images: the small-data recipe trains in batches of 16 for at least 300 steps
     assert config["batch_size"] == 16 and config["epochs"] == 60
     rows = list(csv.DictReader(open(run / "history.csv")))
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
     assert [int(r["epoch"]) for r in rows] == list(range(1, 61))
     metrics = json.loads((run / "metrics.json").read_text())
     test = metrics["test"]
@@ -47,7 +47,9 @@ def test_run_directory_contract(trained_run):
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["epoch"] == 60 and "optimizer" in last
     # every setting is concrete in config.yaml
-    assert config["optimizer"] == "sgd" and config["lr"] == 0.1 and config["model_args"] == {"widths": [16, 32, 64]}
+    # the fast recipe, its lr scaled linearly from batch 1024 to 16
+    assert config["optimizer"] == "sgd" and config["lr"] == pytest.approx(1.5 * 16 / 1024) and config["ema"] and config["tta"]
+    assert config["model_args"] == {"widths": [32, 64, 128]} and config["augment"] == "standard"
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
 
 
@@ -55,7 +57,9 @@ def test_same_config_same_seed_same_numbers(class_folder, in_tmp):
     first = imgclf.train(data=str(class_folder), verbose=False, **FAST)
     second = imgclf.train(first.run_dir / "config.yaml", verbose=False)
     assert second.run_dir != first.run_dir  # a new directory, not an overwrite
-    assert second.history == [{**row, "seconds": s["seconds"]} for row, s in zip(first.history, second.history)]
+    timing = ("seconds", "train_seconds")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in second.history] == \
+        [{k: v for k, v in row.items() if k not in timing} for row in first.history]
     assert second.metrics["test"] == first.metrics["test"]
 
 
@@ -70,8 +74,8 @@ def test_resume_continues_exactly_where_it_stopped(class_folder, in_tmp):
         imgclf.train(data=str(class_folder), out="cut", callbacks=[interrupt], verbose=False, **FAST)
     assert len(list(csv.DictReader(open("cut/history.csv")))) == 2
     resumed = imgclf.train(resume="cut", verbose=False)
-    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in full.history]
-    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
+    strip = [{k: v for k, v in row.items() if "seconds" not in k} for row in full.history]
+    assert [{k: v for k, v in row.items() if "seconds" not in k} for row in resumed.history] == strip
     assert resumed.metrics["test"] == full.metrics["test"]
 
 
@@ -115,7 +119,7 @@ def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
     torch.save(weights, tmp_path / "imagenet.pth")
     result = imgclf.train(data=str(class_folder), model="resnet18", weights=str(tmp_path / "imagenet.pth"),
                           freeze_epochs=1, image_size=32, epochs=2, batch_size=32, verbose=False)
-    assert result.config.lr == 0.01  # the fine-tuning recipe
+    assert result.config.lr == pytest.approx(0.01 * 32 / 128)  # the fine-tuning recipe (0.01 at batch 128)
     checkpoints = {}
 
     def keep(epoch, row):
@@ -136,7 +140,8 @@ def test_console_script_trains_on_the_shipped_dataset(in_tmp):
     done = subprocess.run([str(bin_dir / "imgclf"), "train"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "IMGCLF_DATA": str(in_tmp / "cache")})
     assert done.returncode == 0, done.stderr
-    assert "epoch  30/30" in done.stdout
+    epochs = yaml.safe_load((in_tmp / "runs" / "digits-cnn" / "config.yaml").read_text())["epochs"]
+    assert f"epoch {epochs:>3}/{epochs}" in done.stdout and "recipe: digits / default (cpu)" in done.stdout
     metrics = json.loads((in_tmp / "runs" / "digits-cnn" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.97 and metrics["data"]["test"] == 359
 

@@ -22,15 +22,16 @@ from .evaluate import compute_metrics, predict_batches
 from .fsutil import atomic_write_text
 from .models import count_parameters, create_model, get_model_spec
 from .predict import Classifier, ImageInput, Prediction, load, model_from_checkpoint
-from .recipes import apply_recipe
+from .recipes import apply_recipe, device_class
 from .report import (
     per_class_table, plot_confusion_matrix, plot_curves, plot_image_grid, plot_per_class, plot_predictions,
 )
 from .runtime import resolve_device, seed_everything
-from .train import Trainer, read_checkpoint
+from .train import Trainer, read_checkpoint, seconds_per_image
 
 EVAL_BATCH = 1024
 IMBALANCE_RATIO = 3.0
+WHITENING_IMAGES = 5000  # training images that estimate the whitening layer's patch covariance
 
 
 @dataclass
@@ -93,14 +94,26 @@ def _class_balance(data: DataBundle, cfg: TrainConfig, log: Callable[[str], None
     return class_weights, sample_weights
 
 
-def _build_model(cfg: TrainConfig, data: DataBundle) -> torch.nn.Module:
+def _build_model(cfg: TrainConfig, data: DataBundle, device: torch.device) -> torch.nn.Module:
+    """The model on ``device`` in channels-last layout (faster convolutions with oneDNN and cuDNN)."""
     model = create_model(cfg.model, data.channels, data.num_classes, data.image_size, **(cfg.model_args or {}))
     if cfg.pretrained or cfg.weights:
         spec = get_model_spec(cfg.model)
         if spec.load_pretrained is None:
             raise ConfigError(f"model {cfg.model} has no pretrained weights; --pretrained/--weights work with resnet18")
         spec.load_pretrained(model, cfg.weights)
-    return model
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _init_from_data(model: torch.nn.Module, data: DataBundle, device: torch.device) -> None:
+    """Data-dependent initialisation for models that have one (``cnn``'s whitening layer)."""
+    init = getattr(model, "init_from_data", None)
+    if init is None:
+        return
+    images = data.train.images[:WHITENING_IMAGES].to(device).float().div_(255)
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    init((images - mean) / std)
 
 
 def _pretrained_stats(cfg: TrainConfig, channels: int) -> tuple[list[float], list[float]] | None:
@@ -115,12 +128,20 @@ def _checkpoint_meta(cfg: TrainConfig, data: DataBundle) -> dict[str, Any]:
     return {
         "model": {"name": cfg.model, "kwargs": dict(cfg.model_args or {})},
         "classes": data.classes, "image_size": data.image_size, "channels": data.channels,
-        "mean": data.mean, "std": data.std, "config": cfg.to_dict(),
+        "mean": data.mean, "std": data.std, "hflip": data.hflip, "config": cfg.to_dict(),
     }
 
 
 def _batches(split: Split, data: DataBundle, cfg: TrainConfig, device: torch.device, **kwargs: Any) -> BatchIterator:
-    return BatchIterator(split, kwargs.pop("batch_size", EVAL_BATCH), device, data.mean, data.std, hflip=data.hflip, seed=cfg.seed, **kwargs)
+    return BatchIterator(split, kwargs.pop("batch_size", EVAL_BATCH), device, data.mean, data.std, hflip=data.hflip,
+                         seed=cfg.seed, channels_last=True, **kwargs)
+
+
+def _train_batches(data: DataBundle, cfg: TrainConfig, device: torch.device,
+                   sample_weights: torch.Tensor | None = None) -> BatchIterator:
+    # compiled graphs are specialised to a batch shape: drop the ragged last batch rather than recompile
+    return _batches(data.train, data, cfg, device, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
+                    sample_weights=sample_weights, drop_last=bool(cfg.compile))
 
 
 def _plot_samples(batches: BatchIterator, data: DataBundle, path: Path) -> None:
@@ -159,10 +180,22 @@ def _absolute_paths(cfg: TrainConfig, kind: str) -> TrainConfig:
                        images=absolute(cfg.images), data_dir=absolute(cfg.data_dir), weights=absolute(cfg.weights))
 
 
+def _seconds_per_epoch(cfg: TrainConfig, data: DataBundle, device: torch.device) -> float:
+    """This machine's training time for one epoch of ``cfg``, measured on a few real batches."""
+    model = _build_model(cfg.replace(pretrained=False, weights=None), data, device)
+    return seconds_per_image(model, _train_batches(data, cfg, device)) * len(data.train)
+
+
 def _prepare(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainConfig, DataBundle, torch.device]:
     device = resolve_device(cfg.device)
     data = load_data(cfg)
-    cfg = apply_recipe(cfg, data.name if data.kind == "builtin" else "folder", device.type, len(data.train))
+    if data.from_cache:
+        log(f"loaded {data.name}'s decoded images from the cache in {cfg.data_dir}/cache (--no-cache decodes again)")
+    recipe = data.name if data.kind == "builtin" else "folder"
+    measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if cfg.budget else None
+    cfg, variant = apply_recipe(cfg, recipe, device.type, len(data.train), measure)
+    log(f"recipe: {recipe} / {variant} ({device_class(device.type)}): {cfg.model} {cfg.model_args or ''}, "
+        f"{cfg.epochs:g} epochs, batch {cfg.batch_size}, lr {cfg.lr:.4g}")
     stats = _pretrained_stats(cfg, data.channels)
     if stats:
         data.mean, data.std = stats
@@ -205,7 +238,9 @@ def train(
     seed_everything(cfg.seed)
     cfg, data, device = _prepare(cfg, log)
     cfg = _absolute_paths(cfg, data.kind)
-    model = _build_model(cfg, data).to(device)  # before the run directory: a model error leaves nothing behind
+    model = _build_model(cfg, data, device)  # before the run directory: a model error leaves nothing behind
+    if checkpoint is None:
+        _init_from_data(model, data, device)
     if resume is None:
         run_dir = _new_run_dir(cfg, data.name)
     cfg = cfg.replace(out=str(run_dir))
@@ -214,8 +249,7 @@ def train(
         atomic_write_text(run_dir / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in data.skipped))
     class_weights, sample_weights = _class_balance(data, cfg, log)
     log(f"model {cfg.model}: {count_parameters(model):,} parameters, device {device}, run {run_dir}")
-    train_batches = _batches(data.train, data, cfg, device, batch_size=cfg.batch_size, shuffle=True,
-                             augment=cfg.augment, sample_weights=sample_weights)
+    train_batches = _train_batches(data, cfg, device, sample_weights)
     val_batches = _batches(data.val, data, cfg, device)
     if checkpoint is None:
         _plot_samples(train_batches, data, run_dir / "plots" / "samples.png")
@@ -233,8 +267,12 @@ def train(
 
     best = read_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["state_dict"])
-    probs, labels = predict_batches(model, _batches(data.test, data, cfg, device))
+    test_batches = _batches(data.test, data, cfg, device)
+    probs, labels = predict_batches(model, test_batches, tta=bool(cfg.tta), hflip=data.hflip)
     test = compute_metrics(probs, labels, data.classes)
+    if cfg.tta:
+        plain, _ = predict_batches(model, test_batches)
+        test["accuracy_without_tta"] = (plain.argmax(1) == labels).float().mean().item()
     metrics = {
         "test": test,
         "best_epoch": fit.best_epoch,
@@ -242,6 +280,8 @@ def train(
         "epochs_run": len(fit.history),
         "stopped_early": fit.stopped_early,
         "train_seconds": round(fit.train_seconds, 3),
+        "validation_seconds": round(fit.validation_seconds, 3),
+        "compile_seconds": round(fit.compile_seconds, 3),
         "images_per_second": round(fit.images_per_second, 1),
         "parameters": count_parameters(model),
         "device": str(device),
@@ -276,7 +316,7 @@ def evaluate(
             f"with {dataset.channels}; evaluate on data with the same classes"
         )
     classifier = Classifier(model_from_checkpoint(payload, path), payload, resolve_device(device))
-    probs = classifier.predict_proba(dataset.test.images, EVAL_BATCH)
+    probs = classifier.predict_proba(dataset.test.images, EVAL_BATCH, tta=bool(cfg.tta))
     metrics = compute_metrics(probs, dataset.test.labels, dataset.classes)
     log(per_class_table(metrics))
     if Path(path).is_dir():

@@ -52,6 +52,16 @@ def _train_parser(sub) -> None:
     g.add_argument("--class-weights", choices=CHOICES["class_weights"], help="auto: weight the loss by inverse class frequency")
     g.add_argument("--sampler", choices=CHOICES["sampler"], help="balanced: sample classes equally often")
     g.add_argument("--patience", type=int, help="stop when validation loss has not improved for this many epochs")
+    g.add_argument("--norm-lr-scale", type=float, help="lr multiplier of biases and norm shifts")
+    g.add_argument("--ema", action=argparse.BooleanOptionalAction, help="lookahead weight averaging late in training")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation for the test metrics")
+    g = p.add_argument_group("speed")
+    g.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="seconds of training: picks the recipe variant (and epochs) that fits, measured on this machine")
+    g.add_argument("--target-accuracy", type=float, metavar="FRACTION",
+                   help="picks the quickest recipe variant that reached it in our benchmarks; stops once validation reaches it")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on CUDA)")
+    g.add_argument("--no-cache", dest="cache", action="store_false", help="decode folder/CSV images again instead of using the cache")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=CHOICES["device"])

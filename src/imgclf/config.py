@@ -41,6 +41,7 @@ class TrainConfig:
     augment: str | None = None
     val_split: float = 0.1
     test_split: float = 0.2  # only used when the source has no test split
+    cache: bool = True  # keep decoded folder/CSV images in <data_dir>/cache (invalidated when files change)
     # the model
     model: str | None = None
     model_args: dict[str, Any] | None = None  # passed to the model function, e.g. {"widths": [16, 32, 64]}
@@ -59,13 +60,19 @@ class TrainConfig:
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
     grad_clip: float | None = None
+    norm_lr_scale: float | None = None  # lr multiplier of biases and norm shifts (airbench: 64)
+    ema: bool | None = None  # lookahead weight averaging over the last part of training
+    tta: bool | None = None  # test-time augmentation (flip where it keeps the label, 1-pixel shifts)
     class_weights: str = "none"
     sampler: str = "shuffle"
     patience: int | None = None  # early stopping on validation loss; None: off
+    budget: float | None = None  # seconds of training: picks the recipe variant and epochs that fit
+    target_accuracy: float | None = None  # picks the quickest variant that reached it; stops once val reaches it
     # runtime
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision where the device supports it (CUDA)
+    compile: bool | None = None  # torch.compile the model (default: on CUDA)
     tensorboard: bool = False
     out: str | None = None
 
@@ -83,6 +90,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.budget is not None and self.budget <= 0:
+            raise ConfigError(f"--budget must be a positive number of seconds, got {self.budget}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
+            raise ConfigError(f"--target-accuracy {self.target_accuracy} must be a fraction between 0 and 1 (e.g. 0.99)")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         return self

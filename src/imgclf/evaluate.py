@@ -6,19 +6,38 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import (
     multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_precision, multiclass_recall,
 )
 
 
-@torch.no_grad()
-def predict_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities and true labels of every batch, on the CPU."""
+def _mirrored_logits(model: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
+    logits = model(x).float()
+    return 0.5 * (logits + model(x.flip(-1)).float()) if hflip else logits
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """Test-time augmentation as in the airbench recipes: the image (and its mirror, where a flip keeps
+    the label) weighs half; the two 1-pixel diagonal shifts (mirrored borders) a quarter each."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[-2:]
+    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+    shifted_logits = sum(_mirrored_logits(model, s.contiguous(memory_format=torch.channels_last), hflip) for s in shifted)
+    return 0.5 * _mirrored_logits(model, x, hflip) + 0.25 * shifted_logits
+
+
+@torch.inference_mode()
+def predict_batches(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, tta: bool = False, hflip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and true labels of every batch, on the CPU (with test-time augmentation if asked)."""
     model.eval()
     probs, labels = [], []
     for x, y in batches:
-        probs.append(model(x).float().softmax(1).cpu())
+        logits = tta_logits(model, x, hflip) if tta else model(x).float()
+        probs.append(logits.softmax(1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
 

@@ -51,7 +51,7 @@ class Classifier:
     """A trained model with everything inference needs: classes, image size, channels, normalisation."""
 
     def __init__(self, model: nn.Module, payload: dict[str, Any], device: torch.device, path: Path | None = None):
-        self.model = model.to(device).eval()
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.device = device
         self.path = path
         self.classes: list[str] = list(payload["classes"])
@@ -59,6 +59,7 @@ class Classifier:
         self.channels: int = payload["channels"]
         self.mean: list[float] = list(payload["mean"])
         self.std: list[float] = list(payload["std"])
+        self.hflip: bool = payload.get("hflip", False)
         self.model_name: str = payload["model"]["name"]
         self.config: dict[str, Any] = payload.get("config", {})
 
@@ -72,10 +73,12 @@ class Classifier:
             item = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
         return read_image(item, self.image_size, self.channels)
 
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels."""
-        batches = BatchIterator(Split(images, torch.zeros(len(images), dtype=torch.long)), batch_size, self.device, self.mean, self.std)
-        probs, _ = predict_batches(self.model, batches)
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+        """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels
+        (``tta``: average over flipped and shifted views, as the run's test metrics did)."""
+        batches = BatchIterator(Split(images, torch.zeros(len(images), dtype=torch.long)), batch_size, self.device,
+                                self.mean, self.std, channels_last=True)
+        probs, _ = predict_batches(self.model, batches, tta=tta, hflip=self.hflip)
         return probs
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = 256) -> list[Prediction]:

@@ -12,7 +12,8 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import DataError
-from .images import IMAGE_SUFFIXES, decode_images
+from .cache import decode_cached
+from .images import IMAGE_SUFFIXES
 from .registry import RawDataset, Split
 
 DEFAULT_FOLDER_SIZE = 64
@@ -55,14 +56,17 @@ def _decode_splits(
     """Decode all splits together (so one channel count fits all) and drop unreadable files."""
     size = cfg.image_size or DEFAULT_FOLDER_SIZE
     paths = [p for files, _ in parts.values() for p in files]
-    images, kept, skipped, _ = decode_images(paths, size)
+    label = Path(cfg.data).expanduser().resolve().name
+    cache_dir = Path(cfg.data_dir).expanduser() / "cache" if cfg.cache else None
+    (images, kept, skipped, _), from_cache = decode_cached(paths, size, cache_dir, label)
     labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[kept]
     owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)[kept]
     splits = {name: Split(images[owner == i], labels[owner == i]) for i, name in enumerate(parts)}
     if len(splits["train"]) == 0:
         raise DataError(f"{cfg.data}: none of the {len(paths)} files could be read as an image; check the folder")
     return RawDataset(
-        classes=classes, train=splits["train"], val=splits.get("val"), test=splits.get("test"), skipped=skipped
+        classes=classes, train=splits["train"], val=splits.get("val"), test=splits.get("test"), skipped=skipped,
+        from_cache=from_cache,
     )
 
 

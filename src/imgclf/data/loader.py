@@ -18,15 +18,18 @@ from .registry import Split
 AUGMENT_PRESETS = {"none": (0.0, 0.0), "light": (1 / 16, 0.0), "standard": (1 / 8, 10.0)}
 
 
-def augment_batch(x: torch.Tensor, preset: str, hflip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random flip, pad-and-crop (integer translation with black borders) and small rotation, per image.
+def augment_batch(
+    x: torch.Tensor, preset: str, flip: torch.Tensor | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Flip (where ``flip`` is true), pad-and-crop (integer translation, mirrored borders) and small
+    rotation, per image.
 
     ``x`` is a float batch N x C x H x W in 0..1. One ``affine_grid``/``grid_sample`` applies all three.
     """
     shift_fraction, max_degrees = AUGMENT_PRESETS[preset]
+    n, _, h, w = x.shape
     if preset == "none":
         return x
-    n, _, h, w = x.shape
     device = x.device
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -37,20 +40,22 @@ def augment_batch(x: torch.Tensor, preset: str, hflip: bool, generator: torch.Ge
     tx = uniform(-pad, pad + 1).floor().clamp(max=pad) * (2.0 / w)
     ty = uniform(-pad, pad + 1).floor().clamp(max=pad) * (2.0 / h)
     angle = uniform(-max_degrees, max_degrees) * (math.pi / 180.0)
-    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if hflip else torch.ones(n, device=device)
+    mirror = torch.ones(n, device=device) if flip is None else 1.0 - 2.0 * flip.to(device, torch.float32)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+        [torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1
     ).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     mode = "bilinear" if max_degrees else "nearest"  # pure shifts and flips land on pixel centres
-    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
 
 
 class BatchIterator:
     """Iterates (normalised float images, labels) batches of a split held on ``device``.
 
     ``epoch`` seeds the order and the augmentation, so an epoch replays identically after a resume.
+    Flips alternate: each image gets a random flip in even epochs and the opposite in odd ones, so
+    every pair of epochs sees both orientations (airbench's "alternating flip", better than coin tosses).
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class BatchIterator:
         sample_weights: torch.Tensor | None = None,
         seed: int = 0,
         channels_last: bool = False,
+        drop_last: bool = False,
     ) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
@@ -79,8 +85,13 @@ class BatchIterator:
         self.seed = seed
         self.epoch = 0
         self.channels_last = channels_last
+        self.drop_last = drop_last and len(self.labels) > batch_size
+        base_flip = torch.rand(len(self.labels), generator=torch.Generator().manual_seed(seed)) < 0.5
+        self.base_flip = base_flip.to(device) if hflip else None
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.labels) // self.batch_size
         return math.ceil(len(self.labels) / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,11 +108,12 @@ class BatchIterator:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._order(generator).to(self.device)
-        for start in range(0, len(order), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
             x = self.images[index].float().div_(255)
             if self.augment != "none":
-                x = augment_batch(x, self.augment, self.hflip, generator)
+                flip = None if self.base_flip is None else self.base_flip[index] ^ bool(self.epoch % 2)
+                x = augment_batch(x, self.augment, flip, generator)
             x = (x - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

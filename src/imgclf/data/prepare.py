@@ -29,6 +29,7 @@ class DataBundle:
     hflip: bool
     kind: str = "builtin"  # builtin | folder | csv
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    from_cache: bool = False
 
     @property
     def channels(self) -> int:
@@ -112,4 +113,4 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     if len(val) == 0 or len(test) == 0:
         raise DataError(f"{cfg.data}: too few images ({len(raw.train)}) for train, validation and test splits; add more images")
     mean, std = channel_stats(train.images)
-    return DataBundle(name, raw.classes, train, val, test, mean, std, raw.hflip, kind, raw.skipped)
+    return DataBundle(name, raw.classes, train, val, test, mean, std, raw.hflip, kind, raw.skipped, raw.from_cache)

@@ -34,6 +34,7 @@ class RawDataset:
     val: Split | None = None
     hflip: bool = True  # whether a horizontal flip keeps the label (not for digits)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    from_cache: bool = False  # decoded images came from the decode cache
 
 
 @dataclass(frozen=True)

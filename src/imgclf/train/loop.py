@@ -7,6 +7,7 @@ The loop sees a model, two batch iterators and a config; it writes ``history.csv
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import math
@@ -22,10 +23,11 @@ from torch import nn
 from ..config import TrainConfig
 from ..fsutil import atomic_write_text
 from .checkpoint import save_checkpoint
+from .ema import Lookahead
 from .optim import build_optimizer, build_scheduler
 from .progress import batches_with_bar, format_epoch
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
 EpochCallback = Callable[[int, dict], None]
 
 
@@ -37,6 +39,8 @@ class FitResult:
     train_seconds: float
     images_per_second: float
     stopped_early: bool
+    validation_seconds: float = 0.0
+    compile_seconds: float = 0.0
 
 
 def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -77,11 +81,18 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         weight = class_weights.to(self.device) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing or 0.0)
-        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
+                                         cfg.norm_lr_scale or 1.0)
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         steps = len(train_batches)
+        self.total_steps = cfg.epochs * steps
         self.scheduler = build_scheduler(
-            self.optimizer, cfg.schedule, cfg.epochs * steps, round((cfg.warmup_epochs or 0) * steps)
+            self.optimizer, cfg.schedule, self.total_steps, round((cfg.warmup_epochs or 0) * steps)
         )
+        self.lookahead = Lookahead(model, self.total_steps) if cfg.ema else None
+        # compiled graphs share the model's parameters: checkpoints keep saving the plain module
+        self.forward = torch.compile(model) if cfg.compile else model
+        self.compile_seconds = 0.0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.history: list[dict] = []
         self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
@@ -98,6 +109,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -111,6 +123,8 @@ class Trainer:
         self.history = list(checkpoint["history"])
         self.best_val_loss, self.best_epoch = checkpoint["best_val_loss"], checkpoint["best_epoch"]
         self.bad_epochs = checkpoint["bad_epochs"]
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(checkpoint.get("lookahead"))
         torch.set_rng_state(checkpoint["rng_cpu"])
         if checkpoint["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
@@ -126,11 +140,34 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
 
     def _set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze or thaw what the optimizer trains outside the head (never what the model froze itself)."""
         head = getattr(self.model, self.head)
         head_params = {id(p) for p in head.parameters()}
-        for p in self.model.parameters():
+        for p in self.trainable:
             if id(p) not in head_params:
                 p.requires_grad_(not frozen)
+
+    def warm_up_compiled(self) -> None:
+        """Compile the training and evaluation graphs before the clock starts, then undo the warm-up's
+        effect on the weights and batch-norm statistics; the time is reported as compile time."""
+        if not self.cfg.compile:
+            return
+        t0 = time.perf_counter()
+        state = copy.deepcopy(self.model.state_dict())
+        x, y = next(iter(self.train_batches))
+        self.model.train()
+        with self._autocast():
+            self.criterion(self.forward(x), y).backward()
+        self.model.zero_grad(set_to_none=True)
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            for x, _ in self.val_batches:
+                self.forward(x)
+                break
+        self.model.load_state_dict(state)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.compile_seconds = time.perf_counter() - t0
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -143,10 +180,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        step = (epoch - 1) * len(self.train_batches)
         bar = batches_with_bar(self.train_batches, len(self.train_batches), f"epoch {epoch}", self.verbose)
         for x, y in bar:
             with self._autocast():
-                logits = self.model(x)
+                logits = self.forward(x)
                 loss = self.criterion(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -156,6 +194,9 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            step += 1
+            if self.lookahead is not None:
+                self.lookahead.step(step)
             # accumulate on the device: no host sync per step
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -170,7 +211,7 @@ class Trainer:
         seen = 0
         for x, y in self.val_batches:
             with self._autocast():
-                logits = self.model(x)
+                logits = self.forward(x)
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -188,6 +229,8 @@ class Trainer:
         start_epoch = len(self.history) + 1
         stopped_early = False
         train_time, train_images = 0.0, 0
+        self.train_time = sum(r.get("train_seconds", 0.0) for r in self.history)
+        self.warm_up_compiled()
         for epoch in range(start_epoch, cfg.epochs + 1):
             self._set_backbone_frozen(epoch <= cfg.freeze_epochs)
             t0 = time.perf_counter()
@@ -196,10 +239,12 @@ class Trainer:
             val_loss, val_acc = self.validate()
             seconds = time.perf_counter() - t0
             train_time += t1 - t0
+            self.train_time += t1 - t0
             train_images += seen
             row = {"epoch": epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
                    "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                   "train_seconds": round(t1 - t0, 3)}
             self.history.append(row)
             improved = val_loss < self.best_val_loss
             if improved:
@@ -212,6 +257,10 @@ class Trainer:
             self._log_epoch(row, improved)
             for callback in self.callbacks:
                 callback(epoch, row)
+            if cfg.target_accuracy is not None and val_acc >= cfg.target_accuracy:
+                self.log(f"target reached: validation accuracy {val_acc:.4f} >= {cfg.target_accuracy}")
+                stopped_early = True
+                break
             if cfg.patience is not None and self.bad_epochs >= cfg.patience:
                 self.log(f"early stop: validation loss has not improved for {cfg.patience} epochs")
                 stopped_early = True
@@ -222,9 +271,12 @@ class Trainer:
             history=self.history,
             best_epoch=self.best_epoch,
             best_val_loss=self.best_val_loss,
-            train_seconds=sum(r["seconds"] for r in self.history),
+            # optimisation only, as the tutorials time it; validation is its own figure
+            train_seconds=self.train_time,
+            validation_seconds=sum(r["seconds"] for r in self.history) - self.train_time,
             images_per_second=train_images / train_time if train_time else 0.0,
             stopped_early=stopped_early,
+            compile_seconds=self.compile_seconds,
         )
 
     def _log_epoch(self, row: dict, improved: bool) -> None:

@@ -10,12 +10,22 @@ from torch import nn
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True,
+    norm_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only: decaying biases and norm scales only hurts."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Parameters that the model left trainable, in two groups: conv/linear weights, and 1-D ones
+    (biases, norm shifts).
+
+    With ``norm_lr_scale`` 1 the 1-D group gets no weight decay (decaying them only hurts). With a larger
+    scale (the airbench recipes' 64) the 1-D group steps that much faster while shrinking by the same
+    amount per step as the weights (weight decay divided by the scale), as in those recipes.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
+    one_d_decay = weight_decay / norm_lr_scale if norm_lr_scale != 1 else 0.0
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": one_d_decay, "lr": lr * norm_lr_scale}]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adam":
@@ -23,24 +33,30 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def lr_factor(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at a step: linear warm-up, then constant, cosine or linear decay."""
+# the triangular one-cycle of the fast-training recipes starts at this fraction of the peak lr
+ONECYCLE_START = 0.2
+
+
+def lr_factor(schedule: str, total_steps: int, warmup_steps: int, final: float = 0.0) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at a step: linear warm-up, then constant, cosine or linear
+    decay to ``final`` (a fraction of the peak)."""
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    start = ONECYCLE_START if schedule == "onecycle" else 0.0
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
+            return start + (1 - start) * (step + 1) / (warmup_steps + 1)
         progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
         if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if schedule == "onecycle":  # the triangular one-cycle of the fast-training recipes
-            return 1.0 - progress
+            return final + (1 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "onecycle":
+            return 1.0 - (1.0 - final) * progress
         return 1.0
 
     return factor
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int, final: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, total_steps, warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, total_steps, warmup_steps, final))

@@ -1,0 +1,3 @@
+from bench.run import main
+import sys
+sys.exit(main())
