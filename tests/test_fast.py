@@ -19,6 +19,7 @@ from imgclf.models.cnn import WhiteningConv
 from imgclf.recipes import RECIPES, Variant, apply_recipe, choose_variant
 from imgclf.train import seconds_per_image
 from imgclf.train.ema import Lookahead
+from imgclf.train.optim import build_optimizer
 
 
 # ---------------------------------------------------------------- decode cache
@@ -95,7 +96,24 @@ def test_lookahead_waits_then_pulls_weights_to_the_average():
     assert torch.allclose(model.weight, torch.full((1, 2), decay * 1.0 + (1 - decay) * 3.0))
     assert torch.equal(lookahead.state_dict()["weight"], model.weight)
     lookahead.step(101)  # not a multiple of 5: untouched
-    assert torch.allclose(model.weight, torch.full((1, 2), decay + (1 - decay) * 3.0))
+    averaged = decay + (1 - decay) * 3.0
+    assert torch.allclose(model.weight, torch.full((1, 2), averaged))
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    lookahead.finish_epoch()  # an epoch ends on the average: steps since the last averaging are dropped
+    assert torch.allclose(model.weight, torch.full((1, 2), averaged))
+
+
+def test_norm_shifts_get_the_scaled_lr_and_other_biases_no_decay():
+    model = create_model("cnn", 3, 10, 32, widths=[8, 16, 16])
+    optimizer = build_optimizer(model, "sgd", lr=0.1, weight_decay=1e-3, norm_lr_scale=64)
+    weights, norms, biases = optimizer.param_groups
+    assert (norms["lr"], norms["weight_decay"]) == (6.4, 1e-3 / 64)
+    assert any(p is model.groups[0][2].bias for p in norms["params"])
+    # the whitening bias is no norm shift: base lr, no decay
+    assert [p is model.stem[0].bias for p in biases["params"]] == [True]
+    assert (biases["lr"], biases["weight_decay"]) == (0.1, 0.0)
+    assert all(p.ndim == 4 or p.ndim == 2 for p in weights["params"]) and weights["weight_decay"] == 1e-3
 
 
 def test_tta_averages_mirror_and_shifted_views():

@@ -38,6 +38,14 @@ class Lookahead:
             self.average[key].lerp_(value, 1 - decay)
             value.copy_(self.average[key])
 
+    @torch.no_grad()
+    def finish_epoch(self) -> None:
+        """End an epoch on the averaged weights, so validation and checkpoints see the average."""
+        if self.average is None:
+            return
+        for key, value in self._float_state().items():
+            value.copy_(self.average[key])
+
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         return self.average
 

@@ -79,6 +79,8 @@ class Trainer:
         self.head, self.callbacks, self.log, self.verbose = head, list(callbacks), log, verbose
         self.device = next(model.parameters()).device
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        if self.device.type == "cuda":  # batch shapes are fixed: let cuDNN pick its fastest kernels
+            torch.backends.cudnn.benchmark = True
         weight = class_weights.to(self.device) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing or 0.0)
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
@@ -201,6 +203,8 @@ class Trainer:
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+        if self.lookahead is not None:
+            self.lookahead.finish_epoch()
         return loss_sum.item() / seen, correct.item() / seen, seen
 
     @torch.no_grad()
@@ -215,6 +219,8 @@ class Trainer:
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+        if self.lookahead is not None:
+            self.lookahead.finish_epoch()
         return loss_sum.item() / seen, correct.item() / seen
 
     def _save(self, name: str, epoch: int, row: dict, with_state: bool) -> None:
