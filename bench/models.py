@@ -10,30 +10,17 @@ model, test accuracy, train seconds, images/s, parameters, and the ratio of each
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import tarfile
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 import imgclf
+from bench.run import SHARED, cifar10_folder
 from imgclf.report import table
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("IMGCLF_SHARED_DATA", REPO.parent / "shared" / "data"))
 MODELS = ["mlp", "cnn2", "lenet5", "cnn4", "cnn"]
-
-
-def cifar10_folder() -> Path:
-    target = REPO / ".data" / "cifar10"
-    if not (target / "train").is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(SHARED / "cifar10-jpg.tar.gz") as tar:
-            tar.extractall(target.parent, filter="data")
-    return target
 
 
 def dataset_settings(name: str) -> dict:

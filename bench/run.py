@@ -190,10 +190,11 @@ def _gpu_cifar(method: str, cifar: dict[str, Any]) -> dict[str, Any]:
     if method == "imgclf-long":
         return _imgclf(target_accuracy=0.934, **cifar)
     runs = [_imgclf(seed=seed, **cifar) for seed in range(5)]
+    accuracies = ", ".join(format(r["accuracy"], ".4f") for r in runs)
     return {**runs[0], "accuracy": statistics.mean(r["accuracy"] for r in runs),
             "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
             "images_per_second": statistics.mean(r["images_per_second"] for r in runs),
-            "setup": f"{runs[0]['setup']}; mean of 5 seeds, accuracies {', '.join(f'{r['accuracy']:.4f}' for r in runs)}"}
+            "setup": f"{runs[0]['setup']}; mean of 5 seeds, accuracies {accuracies}"}
 
 
 # ---------------------------------------------------------------- the suite

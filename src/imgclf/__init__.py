@@ -6,7 +6,7 @@
     >>> imgclf.load(result.run_dir / "best.pt").predict(["digit.png"])
 """
 
-from .api import TrainResult, evaluate, predict, train
+from .api import InspectResult, TrainResult, evaluate, inspect, predict, train
 from .config import TrainConfig
 from .data import register_dataset
 from .errors import ImgclfError
@@ -16,6 +16,6 @@ from .predict import Classifier, Prediction, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "Classifier", "ImgclfError", "Prediction", "TrainConfig", "TrainResult", "create_model", "evaluate", "load",
+    "Classifier", "ImgclfError", "InspectResult", "Prediction", "TrainConfig", "TrainResult", "create_model", "evaluate", "inspect", "load",
     "predict", "register_dataset", "register_model", "train",
 ]

@@ -19,12 +19,14 @@ from .config import TrainConfig
 from .data import BatchIterator, DataBundle, Split, load_data
 from .errors import CheckpointError, ConfigError
 from .evaluate import compute_metrics, predict_batches
+from .explain import feature_maps, first_layer_kernels, inspect_model, mlp_parameters_for
 from .fsutil import atomic_write_text
 from .models import count_parameters, create_model, get_model_spec
 from .predict import Classifier, ImageInput, Prediction, load, model_from_checkpoint
 from .recipes import apply_recipe, device_class
 from .report import (
-    per_class_table, plot_confusion_matrix, plot_curves, plot_image_grid, plot_per_class, plot_predictions,
+    per_class_table, plot_confusion_matrix, plot_curves, plot_feature_maps, plot_image_grid, plot_kernels, plot_per_class,
+    plot_predictions, table,
 )
 from .runtime import resolve_device, seed_everything
 from .train import Trainer, read_checkpoint, seconds_per_image
@@ -345,3 +347,41 @@ def describe_models(in_channels: int = 3, image_size: int = 32, num_classes: int
             for spec in list_models()]
 
 
+
+
+@dataclass
+class InspectResult:
+    layers: list[Any]
+    parameters: int
+    macs: int
+    mlp_parameters: int
+    paths: dict[str, Path]
+
+
+def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: str | os.PathLike | None = None,
+            log: Callable[[str], None] = print) -> InspectResult:
+    """The model of a run (or checkpoint) layer by layer, its first-layer kernels and, given an image, its
+    feature maps; figures and ``layers.json`` go to ``out`` (default: the run's ``inspect/`` folder)."""
+    classifier = load(path, device="cpu")
+    model, channels, size = classifier.model, classifier.channels, classifier.image_size
+    layers = inspect_model(model, channels, size)
+    folder = Path(out) if out else Path(classifier.path).parent / "inspect"
+    paths = {"layers": folder / "layers.json", "kernels": folder / "kernels.png"}
+    result = InspectResult(layers, sum(layer.parameters for layer in layers), sum(layer.macs for layer in layers),
+                           mlp_parameters_for(channels, size, len(classifier.classes)), paths)
+    plot_kernels(first_layer_kernels(model), paths["kernels"])
+    if image is not None:
+        x = classifier.normalise(classifier.to_uint8(image).unsqueeze(0))
+        paths["feature_maps"] = folder / "feature_maps.png"
+        plot_feature_maps(feature_maps(model, x), paths["feature_maps"])
+    _write_json(paths["layers"], {"layers": [layer.to_dict() for layer in layers], "parameters": result.parameters,
+                                  "macs": result.macs, "mlp_parameters": result.mlp_parameters,
+                                  "input": [channels, size, size]})
+    rows = [[l.name, l.kind, "x".join(map(str, l.output_shape)), f"{l.parameters:,}", f"{l.macs:,}",
+             "-" if l.receptive_field is None else f"{l.receptive_field} (jump {l.jump})"] for l in layers]
+    log(table(["layer", "type", "output", "parameters", "multiply-adds", "receptive field"], rows))
+    log(f"total: {result.parameters:,} parameters, {result.macs:,} multiply-adds per {channels}x{size}x{size} image; "
+        f"an mlp on the same {channels * size * size:,} inputs has {result.mlp_parameters:,} parameters "
+        f"({result.mlp_parameters / max(result.parameters, 1):.1f}x)")
+    log(f"figures and layers.json in {folder}")
+    return result

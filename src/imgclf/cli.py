@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import api
 from .config import CHOICES, TrainConfig
 from .errors import ImgclfError
+from .recipes import describe_recipes
 from .report import table
 
 
@@ -118,6 +119,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    api.inspect(args.run, image=args.image, out=args.out)
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    headers = ["data", "device", "variant", "epochs", "cnn widths", "batch", "augment", "tta", "measured (test acc, train s)"]
+    print(table(headers, describe_recipes()))
+    print("folders and CSVs use the 'folder' rows; small datasets (< 10,000 images) get smaller batches and more epochs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description="Train, evaluate and use image classifiers.")
     parser.add_argument("--version", action="version", version=f"imgclf {__import__('imgclf').__version__}")
@@ -137,11 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=CHOICES["device"])
     sub.add_parser("datasets", help="list the datasets")
     sub.add_parser("models", help="list the models with their parameter counts")
+    p = sub.add_parser("inspect", help="the model layer by layer: shapes, parameters, multiply-adds, receptive fields, kernels, feature maps")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--image", help="an image whose feature maps to draw")
+    p.add_argument("--out", help="folder for the figures and layers.json (default: RUN/inspect)")
+    sub.add_parser("recipes", help="list the default recipes per dataset and device, with measured results")
     return parser
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
-            "datasets": _cmd_datasets, "models": _cmd_models}
+            "datasets": _cmd_datasets, "models": _cmd_models,
+            "inspect": _cmd_inspect, "recipes": _cmd_recipes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,12 +66,19 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier({self.model_name}, {len(self.classes)} classes, {self.channels}x{self.image_size}x{self.image_size})"
 
-    def _as_tensor(self, item: ImageInput) -> torch.Tensor:
+    def to_uint8(self, item: ImageInput) -> torch.Tensor:
+        """One image as the model's uint8 C x H x W input (resized, cropped, channels converted)."""
         if isinstance(item, torch.Tensor):  # C x H x W, uint8 or float in 0..1
             image = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().to(torch.uint8)
             array = image.permute(1, 2, 0).numpy()
             item = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
         return read_image(item, self.image_size, self.channels)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 N x C x H x W batch as the network's input: float, normalised, on its device."""
+        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
+        return ((images.to(self.device).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
         """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels
@@ -95,7 +102,7 @@ class Classifier:
                 tensors += list(decoded)
             else:
                 sources.append(str(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__} {len(sources)}>")
-                tensors.append(self._as_tensor(item))
+                tensors.append(self.to_uint8(item))
         if not tensors:
             raise DataError(f"no readable images in {', '.join(map(str, items))}; give image files or folders of them")
         probs = self.predict_proba(torch.stack(tensors), batch_size)

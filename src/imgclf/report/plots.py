@@ -109,3 +109,35 @@ def plot_predictions(
     titles = [f"{classes[p]} {c:.2f}\n(true {classes[t]})" for p, c, t in zip(predicted.tolist(), confidence.tolist(), labels.tolist())]
     colors = ["black" if p == t else "red" for p, t in zip(predicted.tolist(), labels.tolist())]
     plot_image_grid(images, titles, path, colors, "test predictions: predicted probability (true); wrong in red")
+
+
+def plot_kernels(kernels: torch.Tensor, path: str | os.PathLike, title: str = "first-layer kernels") -> None:
+    """Conv kernels (out x in x k x k) as small images: RGB where the input has 3 channels, else the
+    channel mean in grey; each scaled to its own range so its pattern shows."""
+    n = min(len(kernels), 64)
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        k = kernels[i] if kernels.shape[1] == 3 else kernels[i].mean(0, keepdim=True)
+        k = (k - k.min()) / (k.max() - k.min()).clamp_min(1e-8)
+        _show(ax, k)
+    fig.suptitle(f"{title} ({len(kernels)} of size {kernels.shape[-2]}x{kernels.shape[-1]})", fontsize=9)
+    _save(fig, path)
+
+
+def plot_feature_maps(maps: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, channels: int = 8) -> None:
+    """One row per layer: its output shape and the first ``channels`` maps of one image."""
+    rows = len(maps)
+    fig, axes = plt.subplots(rows, channels, figsize=(1.2 * channels, 1.3 * rows), squeeze=False)
+    for row, (label, fmap) in zip(axes, maps):
+        for c, ax in enumerate(row):
+            ax.axis("off")
+            if c < len(fmap):
+                ax.imshow(fmap[c].numpy(), cmap="viridis", interpolation="nearest")
+        row[0].set_title(f"{label}: {tuple(fmap.shape)}", fontsize=7, loc="left")
+    fig.suptitle("feature maps of one image, layer by layer (first channels)", fontsize=9)
+    _save(fig, path)
