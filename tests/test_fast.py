@@ -190,3 +190,14 @@ def test_budget_and_target_accuracy_end_to_end(tmp_path, monkeypatch):
     early = imgclf.train(data=str(folder), image_size=16, verbose=False, target_accuracy=0.9)
     assert early.metrics["stopped_early"] and early.metrics["epochs_run"] < early.config.epochs
     assert early.history[-1]["val_acc"] >= 0.9 > max((r["val_acc"] for r in early.history[:-1]), default=0.0)
+
+
+def test_recipes_command_lists_variants_with_their_measured_results(capsys):
+    from imgclf.cli import main
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    gpu_default = next(line.split() for line in lines if line.startswith("cifar10 ") and " gpu " in line and "default" in line)
+    measured = RECIPES["cifar10"].gpu[0].measured
+    assert gpu_default[:4] == ["cifar10", "gpu", "default", "10"] and f"{measured[0]:.4f}" in gpu_default
+    assert any(line.split()[:3] == ["folder", "cpu", "default"] for line in lines)
