@@ -153,7 +153,10 @@ def test_budget_picks_the_most_accurate_variant_that_fits():
     assert choose_variant(VARIANTS, budget=60, seconds_per_epoch=estimate) == (VARIANTS[2], None)
     assert choose_variant(VARIANTS, budget=25, seconds_per_epoch=estimate) == (VARIANTS[1], None)
     # too little for any variant: the quickest, with the epochs the budget allows
-    assert choose_variant(VARIANTS, budget=7, seconds_per_epoch=estimate) == (VARIANTS[0], 1.0)
+    assert choose_variant(VARIANTS, budget=7, seconds_per_epoch=estimate) == (VARIANTS[0], 1)
+    # less than one epoch: still one whole epoch (the loop counts epochs in integers)
+    variant, epochs = choose_variant(VARIANTS, budget=2, seconds_per_epoch=estimate)
+    assert (variant, epochs) == (VARIANTS[0], 1) and isinstance(epochs, int)
 
 
 def test_target_accuracy_picks_the_quickest_variant_that_reached_it():

@@ -60,7 +60,7 @@ class Recipe:
     gpu: list[Variant] = field(default_factory=list)
 
 
-def _v(name: str, epochs: float, widths: list[int], warmup: float, measured: tuple[float, float] | None = None,
+def _v(name: str, epochs: int, widths: list[int], warmup: float, measured: tuple[float, float] | None = None,
        **extra: Any) -> Variant:
     return Variant(name, {"epochs": epochs, "model_args": {"widths": widths}, "warmup_epochs": warmup, **extra}, measured)
 
@@ -148,7 +148,7 @@ def choose_variant(
     variants: list[Variant], *, budget: float | None = None, target_accuracy: float | None = None,
     seconds_per_epoch: Callable[[Variant], float] | None = None,
     epochs_of: Callable[[Variant], float] = lambda v: v.settings["epochs"],
-) -> tuple[Variant, float | None]:
+) -> tuple[Variant, int | None]:
     """The variant to run, and the epochs a budget allows when even the quickest variant is too slow.
 
     ``seconds_per_epoch`` estimates a variant's epoch on this machine (measured, not looked up).
@@ -163,10 +163,10 @@ def choose_variant(
         if epochs_of(variant) * seconds_per_epoch(variant) <= budget:
             return variant, None
     quickest = variants[0]
-    return quickest, max(1.0, math.floor(budget / seconds_per_epoch(quickest)))
+    return quickest, max(1, math.floor(budget / seconds_per_epoch(quickest)))
 
 
-def variant_values(variant: Variant, device_type: str, model: str | None, pretrained: bool, epochs: float | None) -> dict[str, Any]:
+def variant_values(variant: Variant, device_type: str, model: str | None, pretrained: bool, epochs: int | None) -> dict[str, Any]:
     """All recipe settings for a variant: the fast recipe for ``cnn``, plain SGD for the other models."""
     fast = (model or FAST["model"]) == "cnn"
     base = FAST if fast else PLAIN
@@ -198,7 +198,7 @@ def apply_recipe(
     """
     variants = getattr(recipe_for(dataset), device_class(device_type))
 
-    def fill(variant: Variant, epochs: float | None = None) -> TrainConfig:
+    def fill(variant: Variant, epochs: int | None = None) -> TrainConfig:
         values = variant_values(variant, device_type, cfg.model, bool(cfg.pretrained or cfg.weights), epochs)
         if cfg.epochs is None and epochs is None:  # a budget's epochs are final
             _fit_small_data(values, n_train)
