@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data import BatchIterator, DataBundle, Split, load_data
+from .data import BatchIterator, DataBundle, Split, load_data, normalise
 from .errors import CheckpointError, ConfigError
 from .evaluate import compute_metrics, predict_batches
-from .explain import feature_maps, first_layer_kernels, inspect_model, mlp_parameters_for
+from .explain import LayerInfo, feature_maps, first_layer_kernels, inspect_model, mlp_parameters_for
 from .fsutil import atomic_write_text
 from .models import count_parameters, create_model, get_model_spec
 from .predict import Classifier, ImageInput, Prediction, load, model_from_checkpoint
@@ -112,10 +112,7 @@ def _init_from_data(model: torch.nn.Module, data: DataBundle, device: torch.devi
     init = getattr(model, "init_from_data", None)
     if init is None:
         return
-    images = data.train.images[:WHITENING_IMAGES].to(device).float().div_(255)
-    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    init((images - mean) / std)
+    init(normalise(data.train.images[:WHITENING_IMAGES], data.mean, data.std, device))
 
 
 def _pretrained_stats(cfg: TrainConfig, channels: int) -> tuple[list[float], list[float]] | None:
@@ -351,7 +348,7 @@ def describe_models(in_channels: int = 3, image_size: int = 32, num_classes: int
 
 @dataclass
 class InspectResult:
-    layers: list[Any]
+    layers: list[LayerInfo]
     parameters: int
     macs: int
     mlp_parameters: int
@@ -363,6 +360,7 @@ def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: st
     """The model of a run (or checkpoint) layer by layer, its first-layer kernels and, given an image, its
     feature maps; figures and ``layers.json`` go to ``out`` (default: the run's ``inspect/`` folder)."""
     classifier = load(path, device="cpu")
+    x = classifier.normalise(classifier.to_uint8(image).unsqueeze(0)) if image is not None else None
     model, channels, size = classifier.model, classifier.channels, classifier.image_size
     layers = inspect_model(model, channels, size)
     folder = Path(out) if out else Path(classifier.path).parent / "inspect"
@@ -370,8 +368,7 @@ def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: st
     result = InspectResult(layers, sum(layer.parameters for layer in layers), sum(layer.macs for layer in layers),
                            mlp_parameters_for(channels, size, len(classifier.classes)), paths)
     plot_kernels(first_layer_kernels(model), paths["kernels"])
-    if image is not None:
-        x = classifier.normalise(classifier.to_uint8(image).unsqueeze(0))
+    if x is not None:
         paths["feature_maps"] = folder / "feature_maps.png"
         plot_feature_maps(feature_maps(model, x), paths["feature_maps"])
     _write_json(paths["layers"], {"layers": [layer.to_dict() for layer in layers], "parameters": result.parameters,

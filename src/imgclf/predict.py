@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data import BatchIterator, Split, find_images, read_image
+from .data import BatchIterator, Split, find_images, normalise, read_image
 from .data.images import decode_images
 from .errors import CheckpointError, DataError
 from .evaluate import predict_batches
@@ -76,9 +76,7 @@ class Classifier:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """A uint8 N x C x H x W batch as the network's input: float, normalised, on its device."""
-        mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
-        return ((images.to(self.device).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+        return normalise(images, self.mean, self.std, self.device).contiguous(memory_format=torch.channels_last)
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
         """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels

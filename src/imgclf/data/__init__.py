@@ -2,11 +2,11 @@
 
 from . import builtin  # noqa: F401  (registers the built-in datasets)
 from .images import decode_images, find_images, read_image
-from .loader import BatchIterator, augment_batch
+from .loader import BatchIterator, augment_batch, normalise
 from .prepare import DataBundle, channel_stats, load_data, stratified_split
 from .registry import RawDataset, Split, dataset_names, list_datasets, register_dataset
 
 __all__ = [
     "BatchIterator", "DataBundle", "RawDataset", "Split", "augment_batch", "channel_stats", "dataset_names",
-    "decode_images", "find_images", "list_datasets", "load_data", "read_image", "register_dataset", "stratified_split",
+    "decode_images", "find_images", "list_datasets", "load_data", "normalise", "read_image", "register_dataset", "stratified_split",
 ]

@@ -18,6 +18,14 @@ from .registry import Split
 AUGMENT_PRESETS = {"none": (0.0, 0.0), "light": (1 / 16, 0.0), "standard": (1 / 8, 10.0)}
 
 
+def normalise(images: torch.Tensor, mean: list[float], std: list[float], device: torch.device | None = None) -> torch.Tensor:
+    """uint8 images N x C x H x W as a network's input: float, scaled by the per-channel mean and std."""
+    images = images.to(device) if device is not None else images
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean_t) / std_t
+
+
 def augment_batch(
     x: torch.Tensor, preset: str, flip: torch.Tensor | None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
