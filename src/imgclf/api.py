@@ -1,4 +1,5 @@
-"""The Python API: ``train``, ``evaluate``, ``predict``, ``load``. The CLI is a thin layer over these.
+"""The Python API: ``train``, ``evaluate``, ``predict``, ``load``, and over finished runs ``inspect``, ``explain``,
+``errors``, ``compare`` and ``report`` (from :mod:`imgclf.runs`). The CLI is a thin layer over these.
 
 ``train`` runs the stages in one direction: config -> data -> model -> train -> evaluate -> report,
 and leaves everything in a run directory (see README, "The run directory").
@@ -6,7 +7,6 @@ and leaves everything in a run directory (see README, "The run directory").
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,17 +18,17 @@ import torch
 from .config import TrainConfig
 from .data import BatchIterator, DataBundle, Split, load_data, normalise
 from .errors import CheckpointError, ConfigError
-from .evaluate import compute_metrics, predict_batches
-from .explain import LayerInfo, feature_maps, first_layer_kernels, inspect_model, mlp_parameters_for
-from .fsutil import atomic_write_text
+from .evaluate import SplitPredictions, compute_metrics, predict_batches
+from .fsutil import atomic_write_json, atomic_write_text
 from .models import count_parameters, create_model, get_model_spec
-from .predict import Classifier, ImageInput, Prediction, load, model_from_checkpoint
+from .predict import ImageInput, Prediction, load
 from .recipes import apply_recipe, device_class
-from .report import (
-    per_class_table, plot_confusion_matrix, plot_curves, plot_feature_maps, plot_image_grid, plot_kernels, plot_per_class,
-    plot_predictions, table,
-)
+from .report import per_class_table, plot_confusion_matrix, plot_curves, plot_image_grid, plot_per_class, plot_predictions
 from .runtime import resolve_device, seed_everything
+from .runs import (
+    PREDICTIONS_FILE, CompareResult, ErrorsResult, ExplainResult, InspectResult, checkpoint_data, compare, errors, explain,
+    inspect, report,
+)
 from .train import Trainer, read_checkpoint, seconds_per_image
 
 EVAL_BATCH = 1024
@@ -57,10 +57,6 @@ class TrainResult:
 
     def __repr__(self) -> str:
         return f"TrainResult(run_dir={str(self.run_dir)!r}, test_accuracy={self.accuracy:.4f}, best_epoch={self.metrics['best_epoch']})"
-
-
-def _write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def _new_run_dir(cfg: TrainConfig, data_name: str) -> Path:
@@ -168,6 +164,7 @@ def _write_reports(run_dir: Path, history: list[dict], metrics: dict[str, Any], 
     plot_confusion_matrix(metrics["confusion_matrix"], data.classes, plots / "confusion_matrix.png")
     plot_per_class(metrics, plots / "per_class.png")
     _plot_test_predictions(data, probs, plots / "predictions.png", seed)
+    SplitPredictions.from_probs(probs, data.test.labels, data.test.images, seed).save(run_dir / PREDICTIONS_FILE)
 
 
 def _absolute_paths(cfg: TrainConfig, kind: str) -> TrainConfig:
@@ -287,11 +284,13 @@ def train(
         "data": {"name": data.name, "classes": data.classes, "image_size": data.image_size, "channels": data.channels,
                  "train": len(data.train), "val": len(data.val), "test": len(data.test), "skipped": len(data.skipped)},
     }
-    _write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "metrics.json", metrics)
     _write_reports(run_dir, fit.history, test, data, probs, cfg.seed)
     log(per_class_table(test))
     log(f"test accuracy {test['accuracy']:.4f} (best epoch {fit.best_epoch}, {fit.train_seconds:.1f}s, "
         f"{fit.images_per_second:.0f} images/s); run saved in {run_dir}")
+    if cfg.report:
+        report(run_dir, log=log)
     return TrainResult(run_dir, metrics, fit.history, cfg)
 
 
@@ -304,22 +303,14 @@ def evaluate(
     For a run directory the metrics are also written to ``evaluation.json`` in it.
     """
     log = print if verbose else (lambda _msg: None)
-    payload = read_checkpoint(path)
+    classifier = load(path, device=device)
     overrides = {k: v for k, v in {"data": data, "data_dir": data_dir, "images": images}.items() if v is not None}
-    cfg = TrainConfig.from_dict(payload["config"]).replace(image_size=payload["image_size"], **overrides)
-    dataset = load_data(cfg)
-    if dataset.classes != list(payload["classes"]) or dataset.channels != payload["channels"]:
-        raise CheckpointError(
-            f"{path}: the model knows {len(payload['classes'])} classes ({', '.join(payload['classes'][:5])}...) "
-            f"with {payload['channels']} channel(s), but {cfg.data} has {dataset.num_classes} ({', '.join(dataset.classes[:5])}...) "
-            f"with {dataset.channels}; evaluate on data with the same classes"
-        )
-    classifier = Classifier(model_from_checkpoint(payload, path), payload, resolve_device(device))
+    cfg, dataset = checkpoint_data(classifier, classifier.path, **overrides)
     probs = classifier.predict_proba(dataset.test.images, EVAL_BATCH, tta=bool(cfg.tta))
     metrics = compute_metrics(probs, dataset.test.labels, dataset.classes)
     log(per_class_table(metrics))
     if Path(path).is_dir():
-        _write_json(Path(path) / "evaluation.json", {"test": metrics, "data": cfg.data, "checkpoint": str(Path(path) / "best.pt")})
+        atomic_write_json(Path(path) / "evaluation.json", {"test": metrics, "data": cfg.data, "checkpoint": str(Path(path) / "best.pt")})
     return metrics
 
 
@@ -343,42 +334,3 @@ def describe_models(in_channels: int = 3, image_size: int = 32, num_classes: int
     return [(spec.name, count_parameters(create_model(spec.name, in_channels, num_classes, image_size)), spec.description)
             for spec in list_models()]
 
-
-
-
-@dataclass
-class InspectResult:
-    layers: list[LayerInfo]
-    parameters: int
-    macs: int
-    mlp_parameters: int
-    paths: dict[str, Path]
-
-
-def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: str | os.PathLike | None = None,
-            log: Callable[[str], None] = print) -> InspectResult:
-    """The model of a run (or checkpoint) layer by layer, its first-layer kernels and, given an image, its
-    feature maps; figures and ``layers.json`` go to ``out`` (default: the run's ``inspect/`` folder)."""
-    classifier = load(path, device="cpu")
-    x = classifier.normalise(classifier.to_uint8(image).unsqueeze(0)) if image is not None else None
-    model, channels, size = classifier.model, classifier.channels, classifier.image_size
-    layers = inspect_model(model, channels, size)
-    folder = Path(out) if out else Path(classifier.path).parent / "inspect"
-    paths = {"layers": folder / "layers.json", "kernels": folder / "kernels.png"}
-    result = InspectResult(layers, sum(layer.parameters for layer in layers), sum(layer.macs for layer in layers),
-                           mlp_parameters_for(channels, size, len(classifier.classes)), paths)
-    plot_kernels(first_layer_kernels(model), paths["kernels"])
-    if x is not None:
-        paths["feature_maps"] = folder / "feature_maps.png"
-        plot_feature_maps(feature_maps(model, x), paths["feature_maps"])
-    _write_json(paths["layers"], {"layers": [layer.to_dict() for layer in layers], "parameters": result.parameters,
-                                  "macs": result.macs, "mlp_parameters": result.mlp_parameters,
-                                  "input": [channels, size, size]})
-    rows = [[l.name, l.kind, "x".join(map(str, l.output_shape)), f"{l.parameters:,}", f"{l.macs:,}",
-             "-" if l.receptive_field is None else f"{l.receptive_field} (jump {l.jump})"] for l in layers]
-    log(table(["layer", "type", "output", "parameters", "multiply-adds", "receptive field"], rows))
-    log(f"total: {result.parameters:,} parameters, {result.macs:,} multiply-adds per {channels}x{size}x{size} image; "
-        f"an mlp on the same {channels * size * size:,} inputs has {result.mlp_parameters:,} parameters "
-        f"({result.mlp_parameters / max(result.parameters, 1):.1f}x)")
-    log(f"figures and layers.json in {folder}")
-    return result

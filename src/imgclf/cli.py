@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import api
 from .config import CHOICES, TrainConfig
 from .errors import ImgclfError
+from .explain import METHODS
 from .recipes import describe_recipes
 from .report import table
 
@@ -68,6 +69,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--device", choices=CHOICES["device"])
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
+    g.add_argument("--report", action="store_true", help="write report.html (as imgclf report) when training ends")
     g.add_argument("--out", help="run directory (default runs/<data>-<model>, never overwritten)")
     g.add_argument("--quiet", action="store_true", help="print only the final summary")
 
@@ -124,6 +126,26 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    api.explain(args.run, args.images, method=args.method, layer=args.layer, target=args.target, top_k=args.top_k, out=args.out)
+    return 0
+
+
+def _cmd_errors(args: argparse.Namespace) -> int:
+    api.errors(args.run, top=args.top, out=args.out)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    api.compare(args.runs, out=args.out)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    api.report(args.run, out=args.out)
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     headers = ["data", "device", "variant", "epochs", "cnn widths", "batch", "augment", "tta", "measured (test acc, train s)"]
     print(table(headers, describe_recipes()))
@@ -154,13 +176,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--image", help="an image whose feature maps to draw")
     p.add_argument("--out", help="folder for the figures and layers.json (default: RUN/inspect)")
+    p = sub.add_parser("explain", help="heat maps of what the model looks at (Grad-CAM or saliency), with top-k classes")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("images", nargs="+", help="image files and folders")
+    p.add_argument("--method", choices=METHODS, default="gradcam")
+    p.add_argument("--layer", help="Grad-CAM's layer (default: the last conv block); a wrong name lists the choices")
+    p.add_argument("--target", help="explain this class instead of the predicted one")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--out", help="folder for the figures (default: RUN/explain)")
+    p = sub.add_parser("errors", help="where the model is wrong: confident mistakes, confused pairs, worst classes")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--top", type=int, default=25, help="how many of the most confident mistakes to list and draw")
+    p.add_argument("--out", help="folder for errors.json and mistakes.png (default: RUN/errors)")
+    p = sub.add_parser("compare", help="runs side by side: accuracy, macro F1, train time, parameters, multiply-adds")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="comparison.png", help="bar plot file (default: ./comparison.png)")
+    p = sub.add_parser("report", help="one self-contained HTML page of a run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", help="HTML file (default: RUN/report.html)")
     sub.add_parser("recipes", help="list the default recipes per dataset and device, with measured results")
     return parser
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
             "datasets": _cmd_datasets, "models": _cmd_models,
-            "inspect": _cmd_inspect, "recipes": _cmd_recipes}
+            "inspect": _cmd_inspect, "explain": _cmd_explain, "errors": _cmd_errors, "compare": _cmd_compare,
+            "report": _cmd_report, "recipes": _cmd_recipes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

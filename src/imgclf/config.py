@@ -74,6 +74,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision where the device supports it (CUDA)
     compile: bool | None = None  # torch.compile the model (default: on CUDA)
     tensorboard: bool = False
+    report: bool = False  # write report.html (imgclf report) when training ends
     out: str | None = None
 
     def validate(self) -> TrainConfig:

@@ -1,8 +1,11 @@
-"""Metrics on a split: accuracy, per-class precision/recall/F1, macro F1 and the confusion matrix."""
+"""Metrics on a split (accuracy, per-class precision/recall/F1, macro F1, confusion matrix) and the
+run's saved test predictions."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -11,6 +14,9 @@ from torch import nn
 from torchmetrics.functional.classification import (
     multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_precision, multiclass_recall,
 )
+
+from .errors import CheckpointError
+from .fsutil import atomic_path
 
 
 def _mirrored_logits(model: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
@@ -61,3 +67,52 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
         },
         "confusion_matrix": multiclass_confusion_matrix(preds, labels, n).tolist(),
     }
+
+
+@dataclass
+class SplitPredictions:
+    """A split's predictions as a run keeps its test set's in ``test_predictions.pt``: what ``errors`` and ``report``
+    read, so they need neither the dataset nor a forward pass. Only the top classes of each image are
+    kept (enough for confidences and confusions, small for a thousand classes), plus the images of the
+    most confident mistakes and of a few right answers to draw."""
+
+    labels: torch.Tensor  # N, true classes
+    top_index: torch.Tensor  # N x k, most probable classes first
+    top_prob: torch.Tensor  # N x k, their probabilities
+    example_index: torch.Tensor  # M, test indices whose images are kept
+    example_images: torch.Tensor  # M x C x H x W uint8
+
+    TOP_K = 5
+    WRONG_EXAMPLES = 64
+    RIGHT_EXAMPLES = 16
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.top_index[:, 0]
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.top_prob[:, 0]
+
+    @classmethod
+    def from_probs(cls, probs: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, seed: int = 0) -> SplitPredictions:
+        top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
+        wrong = torch.nonzero(top_index[:, 0] != labels).flatten()
+        wrong = wrong[top_prob[wrong, 0].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
+        right = torch.nonzero(top_index[:, 0] == labels).flatten()
+        generator = torch.Generator().manual_seed(seed)
+        right = right[torch.randperm(len(right), generator=generator)][: cls.RIGHT_EXAMPLES]
+        examples = torch.cat([wrong, right])
+        return cls(labels.clone(), top_index, top_prob.float(), examples, images[examples].clone())
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp:
+            torch.save({field.name: getattr(self, field.name) for field in fields(self)}, tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SplitPredictions:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(**{field.name: payload[field.name] for field in fields(cls)})
+        except Exception as exc:  # damaged or from another version: the caller recomputes
+            raise CheckpointError(f"{path}: unreadable test predictions ({exc.__class__.__name__}); delete it to recompute") from None

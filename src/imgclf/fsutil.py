@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -18,6 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result gets the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -35,3 +43,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, value: object) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")

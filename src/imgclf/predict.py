@@ -86,8 +86,8 @@ class Classifier:
         probs, _ = predict_batches(self.model, batches, tta=tta, hflip=self.hflip)
         return probs
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = 256) -> list[Prediction]:
-        """Predict files, folders (all images inside), PIL images or image tensors."""
+    def read_images(self, images: ImageInput | Sequence[ImageInput]) -> tuple[list[str], torch.Tensor]:
+        """Files, folders (all images inside), PIL images or image tensors as (sources, uint8 N x C x H x W)."""
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         sources, tensors = [], []
         for item in items:
@@ -103,7 +103,12 @@ class Classifier:
                 tensors.append(self.to_uint8(item))
         if not tensors:
             raise DataError(f"no readable images in {', '.join(map(str, items))}; give image files or folders of them")
-        probs = self.predict_proba(torch.stack(tensors), batch_size)
+        return sources, torch.stack(tensors)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = 256) -> list[Prediction]:
+        """Predict files, folders (all images inside), PIL images or image tensors."""
+        sources, batch = self.read_images(images)
+        probs = self.predict_proba(batch, batch_size)
         k = max(1, min(top_k, len(self.classes)))
         values, indices = probs.topk(k, dim=1)
         return [

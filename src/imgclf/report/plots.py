@@ -141,3 +141,50 @@ def plot_feature_maps(maps: Sequence[tuple[str, torch.Tensor]], path: str | os.P
         row[0].set_title(f"{label}: {tuple(fmap.shape)}", fontsize=7, loc="left")
     fig.suptitle("feature maps of one image, layer by layer (first channels)", fontsize=9)
     _save(fig, path)
+
+
+def plot_explanations(
+    images: torch.Tensor, heatmaps: Sequence[torch.Tensor], titles: Sequence[str], path: str | os.PathLike, suptitle: str = "",
+) -> None:
+    """Per image, side by side: the image, and the image under its heat map (red = what the class rests on)."""
+    n = len(images)
+    pairs = min(3, n)  # image + overlay pairs per row
+    rows = (n + pairs - 1) // pairs
+    fig, axes = plt.subplots(rows, 2 * pairs, figsize=(2.0 * 2 * pairs, 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        row, col = divmod(i, pairs)
+        plain, overlay = axes[row, 2 * col], axes[row, 2 * col + 1]
+        _show(plain, images[i])
+        plain.set_title(titles[i], fontsize=7, loc="left")
+        _show(overlay, images[i])
+        overlay.imshow(heatmaps[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    _save(fig, path)
+
+
+def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Bars per run: test accuracy, macro F1, train seconds, parameters and multiply-adds (the last
+    three on log scales: runs differ by orders of magnitude)."""
+    panels = [("test_accuracy", "test accuracy", False), ("macro_f1", "macro F1", False),
+              ("train_seconds", "train seconds", True), ("parameters", "parameters", True),
+              ("macs", "multiply-adds / image", True)]
+    names = [r["run"] for r in rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.35 * len(rows) + 2.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, title, log) in zip(axes, panels):
+        values = [float(r[key]) for r in rows]
+        ax.barh(range(len(rows)), values, color=[colors[i % len(colors)] for i in range(len(rows))])
+        ax.set_yticks(range(len(rows)), names if ax is axes[0] else [""] * len(rows), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        if log:
+            ax.set_xscale("log")
+        else:
+            ax.set_xlim(min(values) * 0.9 if min(values) > 0.5 else 0, 1)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.4f}" if not log else f" {v:,.0f}" if v >= 10 else f" {v:.2f}", va="center", fontsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)

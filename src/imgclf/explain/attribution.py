@@ -1,0 +1,99 @@
+"""Which pixels a prediction rests on: Grad-CAM on a conv block, or the input-gradient saliency.
+
+The attributions themselves come from captum (``LayerGradCam``, ``Saliency``); this module picks the
+layer, runs them for the predicted (or a chosen) class and turns them into 0..1 heat maps at the
+image's size, ready to overlay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam, Saliency
+from torch import nn
+
+METHODS = ("gradcam", "saliency")
+
+
+@dataclass
+class Explanation:
+    heatmap: torch.Tensor  # H x W in 0..1, at the image's size
+    target: int  # the explained class
+    top_k: list[tuple[int, float]]  # (class, probability), most probable first
+    method: str
+    layer: str | None  # Grad-CAM's layer
+
+
+def _spatial_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(name, output) of every module whose output is still an image (N x C x H x W, larger than 1x1),
+    in the order the outputs are produced."""
+    produced: list[tuple[str, torch.Tensor]] = []
+    names = {module: name for name, module in model.named_modules() if name}
+
+    def hook(module: nn.Module, _inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+            produced.append((names[module], output))  # the reference keeps ids unique during the pass
+
+    handles = [module.register_forward_hook(hook) for module in names]
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return produced
+
+
+def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, output shape) of the layers Grad-CAM can explain, in execution order."""
+    return [(name, tuple(out.shape[1:])) for name, out in _spatial_outputs(model, x)]
+
+
+def last_conv_block(model: nn.Module, x: torch.Tensor) -> str:
+    """The name of the module whose output is the network's last image-shaped tensor: the deepest block
+    (a module with children) that produces it, as in Grad-CAM's usual ``layer4[-1]`` for a ResNet."""
+    produced = _spatial_outputs(model, x)
+    if not produced:
+        raise ValueError("the model has no layer with a spatial output larger than 1x1 to explain")
+    last = produced[-1][1]
+    modules = dict(model.named_modules())
+    producers = [name for name, out in produced if out is last]
+    blocks = [name for name in producers if list(modules[name].children())]
+    return max(blocks, key=lambda name: name.count(".")) if blocks else producers[-1]
+
+
+def _normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """N x H x W maps scaled to 0..1 each (an all-zero map stays zero)."""
+    flat = maps.flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    return ((maps - low.view(-1, 1, 1)) / (high - low).clamp_min(1e-12).view(-1, 1, 1)).clamp(0, 1)
+
+
+def explain_images(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", layer: str | None = None,
+            target: int | None = None, top_k: int = 3) -> list[Explanation]:
+    """Explain a normalised batch ``x`` (N x C x H x W): one heat map per image for ``target`` (default:
+    the predicted class). ``layer`` names the Grad-CAM module (default: the last conv block)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use {' or '.join(METHODS)}")
+    model = model.eval()
+    with torch.no_grad():
+        probs = model(x).float().softmax(1)
+    values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    targets = indices[:, 0] if target is None else torch.full((len(x),), target, dtype=torch.long)
+    inputs = x.detach().clone().requires_grad_(True)
+    if method == "gradcam":
+        layer = layer or last_conv_block(model, x)
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise KeyError(layer)
+        attribution = LayerGradCam(model, modules[layer]).attribute(inputs, target=targets, relu_attributions=True)
+        heat = LayerAttribution.interpolate(attribution.float(), tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+    else:
+        layer = None
+        heat = Saliency(model).attribute(inputs, target=targets, abs=True).float().amax(1)
+    heat = _normalise_maps(heat.detach().cpu())
+    return [
+        Explanation(heat[i], int(targets[i]), list(zip(indices[i].tolist(), values[i].tolist())), method, layer)
+        for i in range(len(x))
+    ]
