@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import imgclf
@@ -69,6 +70,9 @@ def test_gradcam_picks_the_last_conv_block_of_torchvision_and_registry_models():
     assert last_conv_block(create_model("resnet18", 3, 5, 64).eval(), x) == "layer4.1"  # Grad-CAM's usual layer4[-1]
     assert last_conv_block(create_model("cnn", 3, 5, 64).eval(), x) == "groups.2"
     assert last_conv_block(create_model("lenet5", 3, 5, 32).eval(), x[..., :32, :32]) == "features"
+    # backbones from outside the registry: VGG ends in a pool that only resizes, MobileNet in a conv block
+    assert last_conv_block(torchvision.models.vgg11(num_classes=5).eval(), x) == "features"
+    assert last_conv_block(torchvision.models.mobilenet_v3_small(num_classes=5).eval(), x) == "features.12"
     explanations = explain_images(create_model("resnet18", 3, 5, 64).eval(), x, top_k=2)
     assert [e.heatmap.shape for e in explanations] == [(64, 64)] * 2
     assert all(0 <= e.heatmap.min() and e.heatmap.max() <= 1 for e in explanations)

@@ -122,7 +122,12 @@ def _embedded_images(page: str) -> list[Image.Image]:
 
 
 def test_report_is_one_self_contained_page(noisy_run, tmp_path):
-    path = imgclf.report(noisy_run, out=tmp_path / "report.html", **quiet)
+    data = noisy_run.parent / "data"
+    data.rename(tmp_path / "away")  # the run directory alone is enough
+    try:
+        path = imgclf.report(noisy_run, out=tmp_path / "report.html", **quiet)
+    finally:
+        (tmp_path / "away").rename(data)
     page = path.read_text()
     for heading in ("Summary", "Training", "Test metrics", "Errors", "Explanations", "Inside the model", "Config"):
         assert f">{heading}</h2>" in page
@@ -167,4 +172,22 @@ def test_train_report_flag_on_the_shipped_dataset(in_tmp, capsys):
     run = in_tmp / "digits-run"
     for command in (["errors", str(run)], ["inspect", str(run)], ["report", str(run)]):
         assert main(command) == 0
+    assert len(_embedded_images((run / "report.html").read_text())) == 9
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_every_run_command_on_a_builtin_dataset(dataset, shared_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", dataset, "--data-dir", str(shared_data), "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    image = tmp_path / "one.png"  # a test image, as the run kept it
+    kept = torch.load(run / "test_predictions.pt", weights_only=True)["example_images"][0]
+    Image.fromarray(kept[0].numpy()).save(image)
+    assert main(["report", str(run)]) == 0
+    for command in (["inspect", str(run), "--image", str(image)], ["explain", str(run), str(image)],
+                    ["errors", str(run)], ["compare", str(run), str(run), "--out", str(tmp_path / "c.png")]):
+        assert main(command) == 0, command
+    out = capsys.readouterr().out
+    assert "most confident mistakes" in out and "groups.2" in out
     assert len(_embedded_images((run / "report.html").read_text())) == 9

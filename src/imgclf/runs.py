@@ -103,7 +103,7 @@ def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: st
     """The model of a run (or checkpoint) layer by layer, its first-layer kernels and, given an image, its
     feature maps; figures and ``layers.json`` go to ``out`` (default: the run's ``inspect/`` folder)."""
     classifier = load(path, device="cpu")
-    x = classifier.normalise(classifier.to_uint8(image).unsqueeze(0)) if image is not None else None
+    pixels = classifier.to_uint8(image) if image is not None else None
     model, channels, size = classifier.model, classifier.channels, classifier.image_size
     layers = inspect_model(model, channels, size)
     folder = Path(out) if out else Path(classifier.path).parent / "inspect"
@@ -114,9 +114,10 @@ def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: st
         plot_kernels(first_layer_kernels(model), paths["kernels"])
     except ValueError:  # a model without convolutions (mlp) has no kernels to draw
         del paths["kernels"]
-    if x is not None:
+    if pixels is not None:
         paths["feature_maps"] = folder / "feature_maps.png"
-        plot_feature_maps(feature_maps(model, x), paths["feature_maps"])
+        maps = feature_maps(model, classifier.normalise(pixels.unsqueeze(0)))
+        plot_feature_maps(maps, paths["feature_maps"], image=pixels)
     atomic_write_json(paths["layers"], {"layers": [layer.to_dict() for layer in layers], "parameters": result.parameters,
                                         "macs": result.macs, "mlp_parameters": result.mlp_parameters,
                                         "input": [channels, size, size]})

@@ -13,6 +13,8 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam, Saliency
 from torch import nn
 
+from .inspect import POOLS
+
 METHODS = ("gradcam", "saliency")
 
 
@@ -51,13 +53,14 @@ def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[i
 
 
 def last_conv_block(model: nn.Module, x: torch.Tensor) -> str:
-    """The name of the module whose output is the network's last image-shaped tensor: the deepest block
-    (a module with children) that produces it, as in Grad-CAM's usual ``layer4[-1]`` for a ResNet."""
-    produced = _spatial_outputs(model, x)
+    """The name of the module whose output is the network's last image-shaped tensor, pooling layers
+    aside (a pool only resizes its block's output): the deepest block (a module with children) that
+    produces it, as in Grad-CAM's usual ``layer4[-1]`` for a ResNet."""
+    modules = dict(model.named_modules())
+    produced = [(name, out) for name, out in _spatial_outputs(model, x) if not isinstance(modules[name], POOLS)]
     if not produced:
         raise ValueError("the model has no layer with a spatial output larger than 1x1 to explain")
     last = produced[-1][1]
-    modules = dict(model.named_modules())
     producers = [name for name, out in produced if out is last]
     blocks = [name for name in producers if list(modules[name].children())]
     return max(blocks, key=lambda name: name.count(".")) if blocks else producers[-1]
@@ -66,8 +69,8 @@ def last_conv_block(model: nn.Module, x: torch.Tensor) -> str:
 def _normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     """N x H x W maps scaled to 0..1 each (an all-zero map stays zero)."""
     flat = maps.flatten(1)
-    low, high = flat.min(1).values, flat.max(1).values
-    return ((maps - low.view(-1, 1, 1)) / (high - low).clamp_min(1e-12).view(-1, 1, 1)).clamp(0, 1)
+    low, span = flat.min(1).values.view(-1, 1, 1), (flat.max(1).values - flat.min(1).values).view(-1, 1, 1)
+    return torch.where(span > 1e-10, (maps - low) / span.clamp_min(1e-10), torch.zeros_like(maps)).clamp(0, 1)
 
 
 def explain_images(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", layer: str | None = None,

@@ -129,16 +129,22 @@ def plot_kernels(kernels: torch.Tensor, path: str | os.PathLike, title: str = "f
     _save(fig, path)
 
 
-def plot_feature_maps(maps: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, channels: int = 8) -> None:
-    """One row per layer: its output shape and the first ``channels`` maps of one image."""
-    rows = len(maps)
-    fig, axes = plt.subplots(rows, channels, figsize=(1.2 * channels, 1.3 * rows), squeeze=False)
-    for row, (label, fmap) in zip(axes, maps):
-        for c, ax in enumerate(row):
+def plot_feature_maps(maps: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, channels: int = 8,
+                      image: torch.Tensor | None = None) -> None:
+    """One row per layer: its output shape and the first ``channels`` maps of one image (drawn first, if given)."""
+    rows = [("input", image)] if image is not None else []
+    rows += list(maps)
+    fig, axes = plt.subplots(len(rows), channels, figsize=(1.2 * channels, 1.3 * len(rows)), squeeze=False)
+    for axes_row, (label, fmap) in zip(axes, rows):
+        for c, ax in enumerate(axes_row):
             ax.axis("off")
-            if c < len(fmap):
+            if label == "input":
+                if c == 0:
+                    _show(ax, fmap)
+            elif c < len(fmap):
                 ax.imshow(fmap[c].numpy(), cmap="viridis", interpolation="nearest")
-        row[0].set_title(f"{label}: {tuple(fmap.shape)}", fontsize=7, loc="left")
+        axes_row[0].set_title(f"{label}: {tuple(fmap.shape)}", fontsize=7, loc="left")
+    fig.subplots_adjust(top=1 - 0.7 / fig.get_figheight())  # the title just above the first row, however many rows
     fig.suptitle("feature maps of one image, layer by layer (first channels)", fontsize=9)
     _save(fig, path)
 
