@@ -368,7 +368,7 @@ def report(run: str | os.PathLike, *, out: str | os.PathLike | None = None, log:
                       f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}; report written "
                       f"{datetime.now():%Y-%m-%d %H:%M} by imgclf from {run.resolve()}")
     page.section("Summary")
-    page.table(["", ""], [
+    page.table(None, [
         ["data", f"{data['name']}: {data['train']} train / {data['val']} validation / {data['test']} test images, "
                  f"{data['channels']}x{data['image_size']}x{data['image_size']}, {len(data['classes'])} classes"],
         ["model", f"{classifier.model_name}, {metrics['parameters']:,} parameters, {inspected.macs:,} multiply-adds per image"],

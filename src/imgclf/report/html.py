@@ -17,7 +17,7 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd
 nav a { margin-right: 1em; } .muted { color: #666; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, table.text td { text-align: left; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 13px; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 12px; }
@@ -43,10 +43,11 @@ class HtmlReport:
     def pre(self, text: str) -> None:
         self._body.append(f"<pre>{html.escape(text)}</pre>")
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    def table(self, headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> None:
+        """Numbers align right; a table without headers is a list of (name, text) lines, aligned left."""
+        head = "<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr></thead>" if headers else ""
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-        self._body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        self._body.append(f'<table{"" if headers else " class=text"}>{head}<tbody>{body}</tbody></table>')
 
     def figure(self, png: str | os.PathLike, caption: str = "") -> None:
         """Embed a PNG file; a missing one is named in the page rather than shown broken."""

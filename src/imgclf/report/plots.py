@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -29,6 +30,7 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike) -> None:
         ax.plot(epochs, [float(r[f"train_{key}"]) for r in history], "o-", label="train")
         ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "o-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         if key == "loss":
             ax.set_yscale("log")  # early spikes would otherwise flatten the rest of the curve
@@ -172,10 +174,10 @@ def plot_explanations(
 
 
 def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Bars per run: test accuracy, macro F1, train seconds, parameters and multiply-adds (the last
-    three on log scales: runs differ by orders of magnitude)."""
+    """Bars per run: test accuracy, macro F1, train seconds, parameters and multiply-adds (the last two
+    on log scales: models differ by orders of magnitude)."""
     panels = [("test_accuracy", "test accuracy", False), ("macro_f1", "macro F1", False),
-              ("train_seconds", "train seconds", True), ("parameters", "parameters", True),
+              ("train_seconds", "train seconds", False), ("parameters", "parameters", True),
               ("macs", "multiply-adds / image", True)]
     names = [r["run"] for r in rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.35 * len(rows) + 2.2))
@@ -186,11 +188,14 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
         ax.set_yticks(range(len(rows)), names if ax is axes[0] else [""] * len(rows), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)
-        if log:
+        if log:  # bars start a decade below the smallest value, so their lengths compare orders of magnitude
             ax.set_xscale("log")
+            ax.set_xlim(10 ** (np.floor(np.log10(max(min(values), 1e-3))) - 1), max(values) * 8)
+        elif key == "train_seconds":
+            ax.set_xlim(0, max(values) * 1.3)
         else:
             ax.set_xlim(min(values) * 0.9 if min(values) > 0.5 else 0, 1)
         for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.4f}" if not log else f" {v:,.0f}" if v >= 10 else f" {v:.2f}", va="center", fontsize=7)
+            ax.text(v, i, f" {v:,.0f}" if v >= 10 else f" {v:.4f}", va="center", fontsize=7)
         ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
