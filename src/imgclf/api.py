@@ -31,6 +31,11 @@ from .runs import (
 )
 from .train import Trainer, read_checkpoint, seconds_per_image
 
+__all__ = [  # the runs API is re-exported here: one module for the command line to call
+    "CompareResult", "ErrorsResult", "ExplainResult", "InspectResult", "TrainResult", "compare", "describe_dataset_sources",
+    "describe_models", "errors", "evaluate", "explain", "inspect", "predict", "report", "train",
+]
+
 EVAL_BATCH = 1024
 IMBALANCE_RATIO = 3.0
 WHITENING_IMAGES = 5000  # training images that estimate the whitening layer's patch covariance

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import api
-from .config import CHOICES, TrainConfig
+from .config import CHOICES
 from .errors import ImgclfError
 from .explain import METHODS
 from .recipes import describe_recipes
