@@ -23,7 +23,7 @@ from .data import DataBundle, load_data
 from .errors import CheckpointError, ConfigError
 from .evaluate import SplitPredictions
 from .explain import (
-    ErrorAnalysis, Explanation, LayerInfo, analyse_errors, explain_images, feature_maps, first_layer_kernels,
+    METHODS, ErrorAnalysis, Explanation, LayerInfo, analyse_errors, explain_images, feature_maps, first_layer_kernels,
     inspect_model, mlp_parameters_for, spatial_layers,
 )
 from .fsutil import atomic_write_json
@@ -157,6 +157,8 @@ def _explain_tensor(classifier: Classifier, images: torch.Tensor, method: str, l
     """Explanations of a uint8 batch, in chunks, with the user's mistakes turned into one-line errors."""
     model = classifier.model
     probe = classifier.normalise(images[:1])
+    if method not in METHODS:
+        raise ConfigError(f"--method {method}: unknown; use {' or '.join(METHODS)}")
     if method == "gradcam":
         names = [name for name, _ in spatial_layers(model, probe)]
         if not names:
