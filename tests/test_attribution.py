@@ -93,3 +93,14 @@ def test_explain_a_chosen_layer_and_target_class(trained_run, class_folder, tmp_
     assert result.explanations[0].layer == "groups.1"
     assert result.classes[result.explanations[0].target] == "checker"
     assert result.paths == [tmp_path / "gradcam.png"]
+
+
+@pytest.mark.parametrize("name", ["torchvision:mobilenet_v3_small", "timm:resnet18"])
+def test_explain_a_run_of_a_torchvision_or_timm_backbone(name, class_folder, tmp_path):
+    run = imgclf.train(data=str(class_folder), image_size=64, model=name, epochs=1, freeze_epochs=1,
+                       out=str(tmp_path / "run"), verbose=False).run_dir
+    image = next((class_folder / "checker").iterdir())
+    result = imgclf.explain(run, [image], log=lambda _: None)
+    expected = "features.12" if name.startswith("torchvision") else "layer4.1"
+    assert result.explanations[0].layer == expected and result.explanations[0].heatmap.shape == (64, 64)
+    assert imgclf.report(run, log=lambda _: None).is_file()

@@ -1,11 +1,12 @@
 import pytest
 import torch
+import torchvision
 from torchvision.models import resnet18
 
 from imgclf import TrainConfig
 from imgclf.api import _build_model
 from imgclf.errors import ModelError
-from imgclf.models import count_parameters, create_model, model_names
+from imgclf.models import count_parameters, create_model, get_model_spec, head_of, model_names
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn2", "lenet5", "cnn4", "cnn", "resnet18"])
@@ -83,3 +84,26 @@ def test_pretrained_without_network_points_to_weights_file(monkeypatch):
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(ModelError, match="pass --weights FILE"):
         _build_model(TrainConfig(model="resnet18", pretrained=True), _Data(), CPU)
+
+
+@pytest.mark.parametrize("name, build_reference, stem, body, head", [
+    ("torchvision:mobilenet_v3_small", lambda: torchvision.models.mobilenet_v3_small(weights=None),
+     "features.0.0.weight", "features.5.block.0.0.weight", "classifier.3"),
+    ("timm:resnet18", lambda: __import__("timm").create_model("resnet18", pretrained=False), "conv1.weight", "layer3.0.conv1.weight", "fc"),
+])
+def test_backbone_by_name_from_a_local_weights_file(name, build_reference, stem, body, head, tmp_path):
+    reference = build_reference()  # stands in for ImageNet weights: 1000 classes, RGB
+    torch.save(reference.state_dict(), tmp_path / "weights.pth")
+    model = _build_model(TrainConfig(model=name, weights=str(tmp_path / "weights.pth")), _Data(), CPU)
+    reference_state, state = reference.state_dict(), model.state_dict()
+    assert torch.allclose(state[stem], reference_state[stem].sum(1, keepdim=True))  # grey stem: RGB kernels summed
+    assert torch.equal(state[body], reference_state[body])
+    assert model.get_submodule(head).out_features == 5  # a new head for this dataset's classes
+    assert head_of(model, get_model_spec(name)) == head.split(".")[0]
+
+
+def test_backbone_names_that_do_not_exist():
+    with pytest.raises(ModelError, match="torchvision:resnet_x: not a torchvision classification model"):
+        create_model("torchvision:resnet_x", 3, 10, 32)
+    with pytest.raises(ModelError, match="timm:no_such_net: not a timm model"):
+        create_model("timm:no_such_net", 3, 10, 32)

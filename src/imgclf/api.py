@@ -20,7 +20,7 @@ from .data import BatchIterator, DataBundle, Split, load_data, normalise
 from .errors import CheckpointError, ConfigError
 from .evaluate import SplitPredictions, compute_metrics, predict_batches
 from .fsutil import atomic_write_json, atomic_write_text
-from .models import count_parameters, create_model, get_model_spec
+from .models import count_parameters, create_model, get_model_spec, head_of
 from .predict import ImageInput, Prediction, load
 from .recipes import apply_recipe, device_class
 from .report import per_class_table, plot_confusion_matrix, plot_curves, plot_image_grid, plot_per_class, plot_predictions
@@ -255,7 +255,7 @@ def train(
     if checkpoint is None:
         _plot_samples(train_batches, data, run_dir / "plots" / "samples.png")
     trainer = Trainer(model, train_batches, val_batches, cfg, run_dir, _checkpoint_meta(cfg, data),
-                      class_weights=class_weights, head=get_model_spec(cfg.model).head, callbacks=callbacks,
+                      class_weights=class_weights, head=head_of(model, get_model_spec(cfg.model)), callbacks=callbacks,
                       log=log, verbose=verbose)
     if checkpoint is not None:
         trainer.resume(checkpoint)
@@ -333,9 +333,11 @@ def describe_dataset_sources() -> list[tuple[str, str]]:
     return rows
 
 
-def describe_models(in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> list[tuple[str, int, str]]:
-    from .models import list_models
+def describe_models(in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> list[tuple[str, int | None, str]]:
+    """(name, parameters for a 3x32x32 10-class input, description); model families have no single count."""
+    from .models import list_model_families, list_models
 
-    return [(spec.name, count_parameters(create_model(spec.name, in_channels, num_classes, image_size)), spec.description)
-            for spec in list_models()]
-
+    rows: list[tuple[str, int | None, str]] = [
+        (spec.name, count_parameters(create_model(spec.name, in_channels, num_classes, image_size)), spec.description)
+        for spec in list_models()]
+    return rows + [(f"{prefix}:NAME", None, description) for prefix, description in list_model_families()]

@@ -117,7 +117,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    rows = [[name, f"{params:,}", desc] for name, params, desc in api.describe_models()]
+    rows = [[name, "-" if params is None else f"{params:,}", desc] for name, params, desc in api.describe_models()]
     print(table(["model", "parameters (3x32x32, 10 classes)", "description"], rows))
     return 0
 

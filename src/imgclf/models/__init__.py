@@ -1,8 +1,13 @@
-"""Model registry: the tutorial networks, imgclf's ``cnn`` and torchvision's ResNet-18."""
+"""Model registry: the tutorial networks, imgclf's ``cnn``, torchvision's ResNet-18, and any torchvision or timm
+network by name (``torchvision:NAME``, ``timm:NAME``)."""
 
-from . import tutorial, resnet, cnn  # noqa: F401,I001  (registers the models in this listing order)
+from . import tutorial, resnet, cnn, backbones  # noqa: F401,I001  (registers the models in this listing order)
 from .registry import (
-    ModelSpec, count_parameters, create_model, get_model_spec, list_models, model_names, register_model,
+    ModelSpec, count_parameters, create_model, get_model_spec, head_of, list_model_families, list_models, model_names,
+    register_model, register_model_family,
 )
 
-__all__ = ["ModelSpec", "count_parameters", "create_model", "get_model_spec", "list_models", "model_names", "register_model"]
+__all__ = [
+    "ModelSpec", "count_parameters", "create_model", "get_model_spec", "head_of", "list_model_families", "list_models",
+    "model_names", "register_model", "register_model_family",
+]

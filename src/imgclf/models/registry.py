@@ -21,12 +21,13 @@ class ModelSpec:
     name: str
     build: Callable[..., nn.Module]
     description: str
-    head: str  # attribute of the classifier layer, kept trainable while the backbone is frozen
+    head: str  # attribute of the classifier layer, kept trainable while the backbone is frozen ("": found by head_of)
     load_pretrained: Callable[[nn.Module, str | None], None] | None = None
     pretrained_stats: tuple[list[float], list[float]] | None = None  # normalisation the weights expect
 
 
 _MODELS: dict[str, ModelSpec] = {}
+_FAMILIES: dict[str, tuple[str, Callable[[str], ModelSpec]]] = {}  # prefix -> (description, spec for a name)
 
 
 def register_model(
@@ -43,6 +44,15 @@ def register_model(
     return decorator
 
 
+def register_model_family(prefix: str, description: str, spec_for: Callable[[str], ModelSpec]) -> None:
+    """Models named ``prefix:NAME`` (``torchvision:mobilenet_v3_small``), their spec made from NAME on demand."""
+    _FAMILIES[prefix] = (description, spec_for)
+
+
+def list_model_families() -> list[tuple[str, str]]:
+    return [(prefix, description) for prefix, (description, _) in _FAMILIES.items()]
+
+
 def model_names() -> list[str]:
     return list(_MODELS)
 
@@ -52,10 +62,39 @@ def list_models() -> list[ModelSpec]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
+    prefix, _, arch = name.partition(":")
+    if arch and prefix in _FAMILIES:
+        return _FAMILIES[prefix][1](arch)
     try:
         return _MODELS[name.lower()]
     except KeyError:
-        raise ModelError(f"unknown model {name!r}: use one of {', '.join(_MODELS)}") from None
+        families = ", ".join(f"{p}:NAME" for p in _FAMILIES)
+        raise ModelError(f"unknown model {name!r}: use one of {', '.join(_MODELS)}, {families}") from None
+
+
+def head_of(model: nn.Module, spec: ModelSpec) -> str:
+    """The top-level attribute holding the classifier: the spec's, else the one holding the last linear layer."""
+    if spec.head:
+        return spec.head
+    last = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not last:
+        raise ModelError(f"model {spec.name}: no linear classifier layer found to keep trainable")
+    return last[-1].split(".")[0]
+
+
+def read_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file (plain, or inside an imgclf or Lightning checkpoint), without running code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"--weights {path}: no such file") from None
+    except Exception as exc:  # unpickling refused or corrupt
+        raise ModelError(f"--weights {path}: not a PyTorch weights file ({exc.__class__.__name__}); save one with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"--weights {path}: expected a state dict (name -> tensor)")
+    return state
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,126 @@
+"""Any classification network of torchvision or timm by name: ``torchvision:mobilenet_v3_small``,
+``timm:resnet50``. The class count is set when the network is built, other channel counts than RGB
+replace the first convolution, and ``--pretrained`` loads the library's ImageNet weights (torchvision's
+weights enum, timm's hub) or ``--weights FILE``, keeping this dataset's new head.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import ModelError
+from .registry import ModelSpec, read_weights_file, register_model_family
+
+IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    """(parent module, attribute, conv) of the first convolution: the stem that sees the image."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent_name, _, attribute = name.rpartition(".")
+            return model.get_submodule(parent_name), attribute, module
+    raise ModelError("the model has no convolution to take the image's channels")
+
+
+def set_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
+    """Replace the stem convolution with one of ``in_channels`` inputs (same kernel, stride, padding)."""
+    parent, attribute, conv = _first_conv(model)
+    if conv.in_channels != in_channels:
+        setattr(parent, attribute, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                             conv.dilation, conv.groups, conv.bias is not None))
+    return model
+
+
+def fit_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, name: str = "this model") -> None:
+    """Load ImageNet weights into ``model``, leaving out its head (other class count) and fitting its stem
+    to the image's channels: a grey stem gets the RGB kernels summed, which is what a grey image fed as RGB
+    would see. Anything else that does not fit is an error naming the weights."""
+    own = model.state_dict()
+    _, _, stem = _first_conv(model)
+    stem_key = next(k for k, v in model.named_parameters() if v is stem.weight)
+    kernels = state.get(stem_key)
+    if kernels is not None and kernels.shape[1] != stem.in_channels:
+        channels = stem.in_channels
+        state[stem_key] = kernels.sum(1, keepdim=True) if channels == 1 else kernels.mean(1, keepdim=True).repeat(1, channels, 1, 1)
+    head = {k for k, v in state.items() if k in own and own[k].shape != v.shape and v.dim() <= 2}  # the class layer
+    bad = [k for k, v in state.items() if k not in head and (k not in own or own[k].shape != v.shape)]
+    missing = [k for k in own if k not in state and not any(k.rsplit(".", 1)[0] == h.rsplit(".", 1)[0] for h in head)]
+    if bad or missing:
+        raise ModelError(f"{source} do not fit {name} ({len(bad)} unexpected, {len(missing)} missing tensors, "
+                         f"e.g. {(bad + missing)[0]}); pass weights of the same architecture")
+    model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+
+
+# --- torchvision ---------------------------------------------------------------------------------------
+
+
+def load_torchvision_weights(model: nn.Module, weights_file: str | None, *, weights: torchvision.models.WeightsEnum,
+                             name: str) -> None:
+    """ImageNet weights from torchvision's enum (downloaded and cached by torch.hub) or a local file."""
+    if weights_file:
+        fit_pretrained_state(model, read_weights_file(weights_file), f"--weights {weights_file}", name)
+        return
+    try:
+        state = weights.get_state_dict(progress=True)
+    except Exception as exc:
+        raise ModelError(f"could not download {name}'s ImageNet weights ({exc.__class__.__name__}); download "
+                         f"{weights.url} elsewhere and pass --weights FILE") from None
+    fit_pretrained_state(model, state, f"{name} ImageNet weights", name)
+
+
+def _torchvision_spec(arch: str) -> ModelSpec:
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(f"torchvision:{arch}: not a torchvision classification model; e.g. torchvision:mobilenet_v3_small, "
+                         "torchvision:efficientnet_b0 (torchvision.models.list_models() lists them)")
+
+    def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        return set_input_channels(torchvision.models.get_model(arch, weights=None, num_classes=num_classes), in_channels)
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    return ModelSpec(f"torchvision:{arch}", build, f"torchvision's {arch}", head="",
+                     load_pretrained=functools.partial(load_torchvision_weights, weights=weights, name=arch),
+                     pretrained_stats=IMAGENET_STATS)
+
+
+# --- timm ----------------------------------------------------------------------------------------------
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm models need timm: pip install timm (or pip install 'imgclf[timm]')") from None
+    return timm
+
+
+def _timm_spec(arch: str) -> ModelSpec:
+    timm = _timm()
+    if not timm.is_model(arch):
+        raise ModelError(f"timm:{arch}: not a timm model; timm.list_models('*name*') finds them")
+
+    def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+    def load_pretrained(model: nn.Module, weights_file: str | None) -> None:
+        if weights_file:
+            fit_pretrained_state(model, read_weights_file(weights_file), f"--weights {weights_file}", arch)
+            return
+        try:  # timm downloads from the Hugging Face hub and adapts the stem and the head itself
+            source = timm.create_model(arch, pretrained=True, num_classes=model.num_classes, in_chans=_first_conv(model)[2].in_channels)
+        except Exception as exc:
+            raise ModelError(f"could not download {arch}'s pretrained weights ({exc.__class__.__name__}); save its "
+                             "state dict elsewhere and pass --weights FILE") from None
+        model.load_state_dict(source.state_dict())
+
+    stats = timm.get_pretrained_cfg(arch)
+    mean_std = (list(stats.mean), list(stats.std)) if stats is not None else IMAGENET_STATS
+    return ModelSpec(f"timm:{arch}", build, f"timm's {arch}", head="", load_pretrained=load_pretrained, pretrained_stats=mean_std)
+
+
+register_model_family("torchvision", "any torchvision classification model by name, e.g. torchvision:mobilenet_v3_small", _torchvision_spec)
+register_model_family("timm", "any timm model by name (pip install timm), e.g. timm:resnet50", _timm_spec)
