@@ -288,3 +288,13 @@ def test_balanced_sampler_evens_out_classes():
                             [0.0], [1.0], sample_weights=weights, seed=0)
     drawn = torch.cat([y for epoch in range(1, 21) for y in (batches.set_epoch(epoch) or [y for _, y in batches])])
     assert 0.45 < drawn.float().mean().item() < 0.55
+
+
+def test_folder_splits_know_each_image_file(class_folder, tmp_path):
+    fresh = load(data=str(class_folder), image_size=16, data_dir=str(tmp_path))
+    cached = load(data=str(class_folder), image_size=16, data_dir=str(tmp_path))
+    assert cached.from_cache and cached.test.sources == fresh.test.sources
+    for split in (fresh.train, fresh.val, fresh.test):
+        assert len(split.sources) == len(split)
+        assert [Path(s).parent.name for s in split.sources] == [fresh.classes[y] for y in split.labels.tolist()]
+    assert len(set(fresh.train.sources + fresh.val.sources + fresh.test.sources)) == 3 * 24

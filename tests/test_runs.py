@@ -59,6 +59,8 @@ def test_errors_lists_exactly_the_wrong_predictions(noisy_run, tmp_path):
     assert [m.predicted for m in analysis.mistakes] == [classes[predicted[i]] for i in expected]
     assert [m.true for m in analysis.mistakes] == [classes[labels[i]] for i in expected]
     assert analysis.mistakes[0].confidence == pytest.approx(confidence[expected[0]].item(), abs=1e-5)
+    # each mistake names its file, which sits in its true class's folder
+    assert all(Path(m.source).is_file() and Path(m.source).parent.name == m.true for m in analysis.mistakes)
 
     matrix = imgclf_metrics(noisy_run)["confusion_matrix"]
     pairs = {(classes[t], classes[p]): matrix[t][p] for t in range(3) for p in range(3) if t != p and matrix[t][p]}

@@ -169,7 +169,7 @@ def _write_reports(run_dir: Path, history: list[dict], metrics: dict[str, Any], 
     plot_confusion_matrix(metrics["confusion_matrix"], data.classes, plots / "confusion_matrix.png")
     plot_per_class(metrics, plots / "per_class.png")
     _plot_test_predictions(data, probs, plots / "predictions.png", seed)
-    SplitPredictions.from_probs(probs, data.test.labels, data.test.images, seed).save(run_dir / PREDICTIONS_FILE)
+    SplitPredictions.from_probs(probs, data.test.labels, data.test.images, seed, data.test.sources).save(run_dir / PREDICTIONS_FILE)
 
 
 def _absolute_paths(cfg: TrainConfig, kind: str) -> TrainConfig:

@@ -81,6 +81,7 @@ class SplitPredictions:
     top_prob: torch.Tensor  # N x k, their probabilities
     example_index: torch.Tensor  # M, test indices whose images are kept
     example_images: torch.Tensor  # M x C x H x W uint8
+    sources: list[str] | None = None  # N image files, for folder and CSV data
 
     TOP_K = 5
     WRONG_EXAMPLES = 64
@@ -95,7 +96,8 @@ class SplitPredictions:
         return self.top_prob[:, 0]
 
     @classmethod
-    def from_probs(cls, probs: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, seed: int = 0) -> SplitPredictions:
+    def from_probs(cls, probs: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, seed: int = 0,
+                   sources: list[str] | None = None) -> SplitPredictions:
         top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
         wrong = torch.nonzero(top_index[:, 0] != labels).flatten()
         wrong = wrong[top_prob[wrong, 0].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
@@ -103,7 +105,7 @@ class SplitPredictions:
         generator = torch.Generator().manual_seed(seed)
         right = right[torch.randperm(len(right), generator=generator)][: cls.RIGHT_EXAMPLES]
         examples = torch.cat([wrong, right])
-        return cls(labels.clone(), top_index, top_prob.float(), examples, images[examples].clone())
+        return cls(labels.clone(), top_index, top_prob.float(), examples, images[examples].clone(), sources)
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
@@ -113,6 +115,6 @@ class SplitPredictions:
     def load(cls, path: str | os.PathLike) -> SplitPredictions:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(**{field.name: payload[field.name] for field in fields(cls)})
+            return cls(**{field.name: payload.get(field.name) for field in fields(cls)})
         except Exception as exc:  # damaged or from another version: the caller recomputes
             raise CheckpointError(f"{path}: unreadable test predictions ({exc.__class__.__name__}); delete it to recompute") from None

@@ -81,7 +81,7 @@ def test_predictions(run: str | os.PathLike, log: Log = print) -> tuple[SplitPre
     log(f"{path.name} is missing (a run from an older imgclf): predicting the test split once")
     cfg, data = checkpoint_data(classifier, run)
     probs = classifier.predict_proba(data.test.images, tta=bool(cfg.tta))
-    predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed)
+    predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
     predictions.save(path)
     return predictions, classifier
 
@@ -222,6 +222,11 @@ class ErrorsResult:
     paths: dict[str, Path]
 
 
+def _test_image_name(predictions: SplitPredictions, index: int) -> str:
+    """A test image as the user knows it: its file name for folders and CSVs, else its test index."""
+    return Path(predictions.sources[index]).name[:20] if predictions.sources else f"#{index}"
+
+
 def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: int, path: Path) -> bool:
     """The most confident mistakes whose images the run kept, as a grid; False if there are none."""
     position = {int(i): k for k, i in enumerate(predictions.example_index.tolist())}
@@ -229,7 +234,7 @@ def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: 
     if not shown:
         return False
     images = predictions.example_images[[position[m.index] for m in shown]]
-    titles = [f"#{m.index} true {m.true}\npred {m.predicted} {m.confidence:.2f}" for m in shown]
+    titles = [f"{_test_image_name(predictions, m.index)} true {m.true}\npred {m.predicted} {m.confidence:.2f}" for m in shown]
     plot_image_grid(images, titles, path, ["red"] * len(shown), f"the {len(shown)} most confident mistakes on the test set")
     return True
 
@@ -250,8 +255,8 @@ def errors(run: str | os.PathLike, *, top: int = 25, out: str | os.PathLike | No
     if analysis.confused_pairs:
         log("\nmost confused pairs:\n" + table(["true", "predicted as", "count"], [list(p) for p in analysis.confused_pairs[:10]]))
         log(f"\nthe {min(top, len(analysis.mistakes))} most confident mistakes:\n" + table(
-            ["test #", "true", "predicted", "probability"],
-            [[m.index, m.true, m.predicted, f"{m.confidence:.4f}"] for m in analysis.mistakes[:top]]))
+            ["test #", "true", "predicted", "probability", "file"],
+            [[m.index, m.true, m.predicted, f"{m.confidence:.4f}", m.source or ""] for m in analysis.mistakes[:top]]))
     log(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
     return ErrorsResult(analysis, paths)
 
@@ -308,8 +313,8 @@ def _report_examples(predictions: SplitPredictions, classes: Sequence[str]) -> t
     index = predictions.example_index
     wrong = predictions.predicted[index] != predictions.labels[index]
     picked = torch.cat([torch.nonzero(wrong).flatten()[:REPORT_WRONG], torch.nonzero(~wrong).flatten()[:REPORT_RIGHT]])
-    labels = [f"#{int(index[k])} {'wrong' if wrong[k] else 'right'} (true {classes[predictions.labels[index[k]]]})"
-              for k in picked.tolist()]
+    labels = [f"{_test_image_name(predictions, int(index[k]))} {'wrong' if wrong[k] else 'right'} "
+              f"(true {classes[predictions.labels[index[k]]]})" for k in picked.tolist()]
     return predictions.example_images[picked], labels
 
 

@@ -61,7 +61,9 @@ def _decode_splits(
     (images, kept, skipped, _), from_cache = decode_cached(paths, size, cache_dir, label)
     labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[kept]
     owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)[kept]
-    splits = {name: Split(images[owner == i], labels[owner == i]) for i, name in enumerate(parts)}
+    sources = [str(paths[i]) for i in kept]
+    splits = {name: Split(images[owner == i], labels[owner == i], [s for s, o in zip(sources, owner.tolist()) if o == i])
+              for i, name in enumerate(parts)}
     if len(splits["train"]) == 0:
         raise DataError(f"{cfg.data}: none of the {len(paths)} files could be read as an image; check the folder")
     return RawDataset(

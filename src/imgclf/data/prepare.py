@@ -79,7 +79,7 @@ def _resize(split: Split | None, size: int) -> Split | None:
     if split is None or split.images.shape[-1] == size and split.images.shape[-2] == size:
         return split
     images = TF.resize(split.images, [size], antialias=True)
-    return Split(TF.center_crop(images, [size, size]), split.labels)
+    return Split(TF.center_crop(images, [size, size]), split.labels, split.sources)
 
 
 def resolve_source(cfg: TrainConfig) -> tuple[str, str, Callable[[TrainConfig], RawDataset]]:

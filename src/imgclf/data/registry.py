@@ -18,12 +18,14 @@ from ..errors import DataError
 class Split:
     images: torch.Tensor  # uint8, N x C x H x W
     labels: torch.Tensor  # int64, N
+    sources: list[str] | None = None  # each image's file, for folder and CSV data
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
+        sources = [self.sources[i] for i in index.tolist()] if self.sources is not None else None
+        return Split(self.images[index], self.labels[index], sources)
 
 
 @dataclass

@@ -16,6 +16,7 @@ class Mistake:
     true: str
     predicted: str
     confidence: float  # probability of the predicted class
+    source: str | None = None  # the image file, for folder and CSV data
 
 
 @dataclass
@@ -42,7 +43,9 @@ def analyse_errors(predictions: SplitPredictions, classes: list[str]) -> ErrorAn
     labels, predicted, confidence = predictions.labels, predictions.predicted, predictions.confidence
     wrong = torch.nonzero(predicted != labels).flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True, stable=True)]
-    mistakes = [Mistake(i, classes[labels[i]], classes[predicted[i]], confidence[i].item()) for i in wrong.tolist()]
+    sources = predictions.sources
+    mistakes = [Mistake(i, classes[labels[i]], classes[predicted[i]], confidence[i].item(), sources[i] if sources else None)
+                for i in wrong.tolist()]
 
     n = len(classes)
     pairs = torch.bincount(labels[wrong] * n + predicted[wrong], minlength=n * n)
