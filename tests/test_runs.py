@@ -196,3 +196,21 @@ def test_every_run_command_on_a_builtin_dataset(dataset, shared_data, tmp_path, 
     run = tmp_path / "run"
     assert main(["train", "--data", dataset, "--data-dir", str(shared_data), "--epochs", "1", "--out", str(run), "--quiet"]) == 0
     _every_run_command(run, tmp_path, capsys)
+
+
+def test_errors_on_a_run_with_damaged_predictions_or_no_data(noisy_run, tmp_path, capsys):
+    copy = shutil.copytree(noisy_run, tmp_path / "run")
+    (copy / "test_predictions.pt").write_bytes(b"not a tensor file")  # damaged: predicted again from the data
+    expected = [m.index for m in imgclf.errors(noisy_run, out=tmp_path / "a", **quiet).analysis.mistakes]
+    assert [m.index for m in imgclf.errors(copy, out=tmp_path / "b", **quiet).analysis.mistakes] == expected
+    (copy / "test_predictions.pt").unlink()
+    data = noisy_run.parent / "data"
+    data.rename(tmp_path / "away")
+    try:
+        assert main(["errors", str(copy)]) == 2
+    finally:
+        (tmp_path / "away").rename(data)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "its data cannot be loaded" in err and "restore the data" in err
+    assert main(["errors", str(copy), "--top", "-1"]) == 2
+    assert "--top -1: must be 0 or more" in capsys.readouterr().err

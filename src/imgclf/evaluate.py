@@ -117,4 +117,4 @@ class SplitPredictions:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             return cls(**{field.name: payload.get(field.name) for field in fields(cls)})
         except Exception as exc:  # damaged or from another version: the caller recomputes
-            raise CheckpointError(f"{path}: unreadable test predictions ({exc.__class__.__name__}); delete it to recompute") from None
+            raise CheckpointError(f"{path}: unreadable test predictions ({exc.__class__.__name__})") from None

@@ -20,7 +20,7 @@ import yaml
 
 from .config import TrainConfig
 from .data import DataBundle, load_data
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, ImgclfError
 from .evaluate import SplitPredictions
 from .explain import (
     METHODS, ErrorAnalysis, Explanation, LayerInfo, analyse_errors, explain_images, feature_maps, first_layer_kernels,
@@ -77,9 +77,17 @@ def test_predictions(run: str | os.PathLike, log: Log = print) -> tuple[SplitPre
     classifier = load(run, device="cpu")
     path = run / PREDICTIONS_FILE
     if path.is_file():
-        return SplitPredictions.load(path), classifier
-    log(f"{path.name} is missing (a run from an older imgclf): predicting the test split once")
-    cfg, data = checkpoint_data(classifier, run)
+        try:
+            return SplitPredictions.load(path), classifier
+        except CheckpointError as exc:
+            log(f"warning: {exc}; predicting the test split again")
+    else:
+        log(f"{path.name} is missing (a run from an older imgclf): predicting the test split once")
+    try:
+        cfg, data = checkpoint_data(classifier, run)
+    except ImgclfError as exc:
+        raise CheckpointError(f"{run}: has no readable {path.name} and its data cannot be loaded ({exc}); "
+                              "restore the data, or train the run again") from None
     probs = classifier.predict_proba(data.test.images, tta=bool(cfg.tta))
     predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
     predictions.save(path)
@@ -242,6 +250,8 @@ def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: 
 def errors(run: str | os.PathLike, *, top: int = 25, out: str | os.PathLike | None = None, log: Log = print) -> ErrorsResult:
     """Where a run's model is wrong on its test set: the ``top`` most confident mistakes (grid and list),
     the most confused class pairs, and per-class accuracy worst first; written to ``out`` (default RUN/errors)."""
+    if top < 0:
+        raise ConfigError(f"--top {top}: must be 0 or more (how many mistakes to list)")
     predictions, classifier = test_predictions(run, log)
     analysis = analyse_errors(predictions, classifier.classes)
     folder = Path(out) if out else run_directory(run) / "errors"

@@ -82,7 +82,7 @@ def explain_images(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam"
     model = model.eval()
     with torch.no_grad():
         probs = model(x).float().softmax(1)
-    values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    values, indices = probs.topk(max(1, min(top_k, probs.shape[1])), dim=1)
     targets = indices[:, 0] if target is None else torch.full((len(x),), target, dtype=torch.long)
     inputs = x.detach().clone().requires_grad_(True)
     if method == "gradcam":
