@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import IO
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()  # read once: os.umask can only be read by setting it, which is not thread-safe
 
 
 @contextlib.contextmanager
@@ -25,7 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result gets the usual permissions
+    os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600 files; the result gets the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)

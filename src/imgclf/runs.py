@@ -24,7 +24,7 @@ from .errors import CheckpointError, ConfigError, ImgclfError
 from .evaluate import SplitPredictions
 from .explain import (
     METHODS, ErrorAnalysis, Explanation, LayerInfo, analyse_errors, explain_images, feature_maps, first_layer_kernels,
-    inspect_model, mlp_parameters_for, spatial_layers,
+    inspect_model, last_conv_block, mlp_parameters_for, spatial_layers,
 )
 from .fsutil import atomic_write_json
 from .predict import Classifier, ImageInput, load
@@ -112,9 +112,12 @@ def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: st
     feature maps; figures and ``layers.json`` go to ``out`` (default: the run's ``inspect/`` folder)."""
     classifier = load(path, device="cpu")
     pixels = classifier.to_uint8(image) if image is not None else None
+    return _inspect(classifier, pixels, Path(out) if out else Path(classifier.path).parent / "inspect", log)
+
+
+def _inspect(classifier: Classifier, pixels: torch.Tensor | None, folder: Path, log: Log) -> InspectResult:
     model, channels, size = classifier.model, classifier.channels, classifier.image_size
     layers = inspect_model(model, channels, size)
-    folder = Path(out) if out else Path(classifier.path).parent / "inspect"
     paths = {"layers": folder / "layers.json", "kernels": folder / "kernels.png"}
     result = InspectResult(layers, sum(layer.parameters for layer in layers), sum(layer.macs for layer in layers),
                            mlp_parameters_for(channels, size, len(classifier.classes)), paths)
@@ -173,6 +176,7 @@ def _explain_tensor(classifier: Classifier, images: torch.Tensor, method: str, l
             raise ConfigError(f"model {classifier.model_name} has no convolution layer for Grad-CAM; use --method saliency")
         if layer is not None and layer not in names:
             raise ConfigError(f"--layer {layer}: not a layer with an image-shaped output; choose one of {', '.join(names)}")
+        layer = layer or last_conv_block(model, probe)
     explanations: list[Explanation] = []
     for start in range(0, len(images), EXPLAIN_BATCH):
         x = classifier.normalise(images[start:start + EXPLAIN_BATCH])
@@ -224,6 +228,9 @@ def explain(path: str | os.PathLike, images: ImageInput | Sequence[ImageInput], 
 # --- errors --------------------------------------------------------------------------------------------
 
 
+ERRORS_TOP = 25  # mistakes listed and drawn by default
+
+
 @dataclass
 class ErrorsResult:
     analysis: ErrorAnalysis
@@ -247,14 +254,18 @@ def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: 
     return True
 
 
-def errors(run: str | os.PathLike, *, top: int = 25, out: str | os.PathLike | None = None, log: Log = print) -> ErrorsResult:
+def errors(run: str | os.PathLike, *, top: int = ERRORS_TOP, out: str | os.PathLike | None = None, log: Log = print) -> ErrorsResult:
     """Where a run's model is wrong on its test set: the ``top`` most confident mistakes (grid and list),
     the most confused class pairs, and per-class accuracy worst first; written to ``out`` (default RUN/errors)."""
     if top < 0:
         raise ConfigError(f"--top {top}: must be 0 or more (how many mistakes to list)")
+    run = run_directory(run)
     predictions, classifier = test_predictions(run, log)
-    analysis = analyse_errors(predictions, classifier.classes)
-    folder = Path(out) if out else run_directory(run) / "errors"
+    return _errors(predictions, classifier.classes, top, Path(out) if out else run / "errors", log)
+
+
+def _errors(predictions: SplitPredictions, classes: list[str], top: int, folder: Path, log: Log) -> ErrorsResult:
+    analysis = analyse_errors(predictions, classes)
     paths = {"json": folder / "errors.json", "mistakes": folder / "mistakes.png"}
     if not _plot_mistakes(analysis, predictions, top, paths["mistakes"]):
         del paths["mistakes"]
@@ -272,9 +283,6 @@ def errors(run: str | os.PathLike, *, top: int = 25, out: str | os.PathLike | No
 
 
 # --- compare -------------------------------------------------------------------------------------------
-
-
-COMPARE_COLUMNS = ("run", "data", "model", "test_accuracy", "macro_f1", "train_seconds", "parameters", "macs")
 
 
 def _run_summary(run: Path, name: str) -> dict[str, Any]:
@@ -328,8 +336,7 @@ def _report_examples(predictions: SplitPredictions, classes: Sequence[str]) -> t
     return predictions.example_images[picked], labels
 
 
-def _report_explanations(classifier: Classifier, predictions: SplitPredictions, folder: Path) -> tuple[Path | None, str]:
-    images, labels = _report_examples(predictions, classifier.classes)
+def _report_explanations(classifier: Classifier, images: torch.Tensor, labels: list[str], folder: Path) -> tuple[Path | None, str]:
     if not len(images):
         return None, ""
     method = "gradcam" if spatial_layers(classifier.model, classifier.normalise(images[:1])) else "saliency"
@@ -375,10 +382,10 @@ def report(run: str | os.PathLike, *, out: str | os.PathLike | None = None, log:
     run = run_directory(run)
     metrics = _read_metrics(run)
     predictions, classifier = test_predictions(run, log)
-    errors_result = errors(run, log=_quiet)
-    examples, _ = _report_examples(predictions, classifier.classes)
-    inspected = inspect(run, image=examples[-1] if len(examples) else None, log=_quiet)
-    explained, method = _report_explanations(classifier, predictions, run / "explain")
+    errors_result = _errors(predictions, classifier.classes, ERRORS_TOP, run / "errors", _quiet)
+    examples, labels = _report_examples(predictions, classifier.classes)
+    inspected = _inspect(classifier, examples[-1] if len(examples) else None, run / "inspect", _quiet)
+    explained, method = _report_explanations(classifier, examples, labels, run / "explain")
 
     test, data = metrics["test"], metrics["data"]
     page = HtmlReport(f"{run.name}: {classifier.model_name} on {data['name']}",

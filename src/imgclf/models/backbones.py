@@ -13,47 +13,48 @@ import torchvision
 from torch import nn
 
 from ..errors import ModelError
-from .registry import ModelSpec, read_weights_file, register_model_family
+from .registry import ModelSpec, classifier_layer, read_weights_file, register_model_family
 
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
-def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
-    """(parent module, attribute, conv) of the first convolution: the stem that sees the image."""
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """(name, conv) of the first convolution: the stem that sees the image."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
-            parent_name, _, attribute = name.rpartition(".")
-            return model.get_submodule(parent_name), attribute, module
+            return name, module
     raise ModelError("the model has no convolution to take the image's channels")
 
 
 def set_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     """Replace the stem convolution with one of ``in_channels`` inputs (same kernel, stride, padding)."""
-    parent, attribute, conv = _first_conv(model)
+    name, conv = _first_conv(model)
     if conv.in_channels != in_channels:
-        setattr(parent, attribute, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                                              conv.dilation, conv.groups, conv.bias is not None))
     return model
 
 
 def fit_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, name: str = "this model") -> None:
-    """Load ImageNet weights into ``model``, leaving out its head (other class count) and fitting its stem
-    to the image's channels: a grey stem gets the RGB kernels summed, which is what a grey image fed as RGB
-    would see. Anything else that does not fit is an error naming the weights."""
+    """Load ImageNet weights into ``model``, leaving out its class layer (this dataset's is new) and fitting
+    its stem to the image's channels: a grey stem gets the RGB kernels summed, which is what a grey image fed
+    as RGB would see. Anything else that does not fit is an error naming the weights."""
     own = model.state_dict()
-    _, _, stem = _first_conv(model)
-    stem_key = next(k for k, v in model.named_parameters() if v is stem.weight)
-    kernels = state.get(stem_key)
+    stem_name, stem = _first_conv(model)
+    kernels = state.get(f"{stem_name}.weight")
     if kernels is not None and kernels.shape[1] != stem.in_channels:
         channels = stem.in_channels
-        state[stem_key] = kernels.sum(1, keepdim=True) if channels == 1 else kernels.mean(1, keepdim=True).repeat(1, channels, 1, 1)
-    head = {k for k, v in state.items() if k in own and own[k].shape != v.shape and v.dim() <= 2}  # the class layer
-    bad = [k for k, v in state.items() if k not in head and (k not in own or own[k].shape != v.shape)]
-    missing = [k for k in own if k not in state and not any(k.rsplit(".", 1)[0] == h.rsplit(".", 1)[0] for h in head)]
+        state[f"{stem_name}.weight"] = (kernels.sum(1, keepdim=True) if channels == 1
+                                        else kernels.mean(1, keepdim=True).repeat(1, channels, 1, 1))
+    head = classifier_layer(model) + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.startswith(head)]
     if bad or missing:
         raise ModelError(f"{source} do not fit {name} ({len(bad)} unexpected, {len(missing)} missing tensors, "
                          f"e.g. {(bad + missing)[0]}); pass weights of the same architecture")
-    model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    model.load_state_dict(state, strict=False)
 
 
 # --- torchvision ---------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def _timm_spec(arch: str) -> ModelSpec:
             fit_pretrained_state(model, read_weights_file(weights_file), f"--weights {weights_file}", arch)
             return
         try:  # timm downloads from the Hugging Face hub and adapts the stem and the head itself
-            source = timm.create_model(arch, pretrained=True, num_classes=model.num_classes, in_chans=_first_conv(model)[2].in_channels)
+            source = timm.create_model(arch, pretrained=True, num_classes=model.num_classes, in_chans=_first_conv(model)[1].in_channels)
         except Exception as exc:
             raise ModelError(f"could not download {arch}'s pretrained weights ({exc.__class__.__name__}); save its "
                              "state dict elsewhere and pass --weights FILE") from None

@@ -72,14 +72,17 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model {name!r}: use one of {', '.join(_MODELS)}, {families}") from None
 
 
-def head_of(model: nn.Module, spec: ModelSpec) -> str:
-    """The top-level attribute holding the classifier: the spec's, else the one holding the last linear layer."""
-    if spec.head:
-        return spec.head
+def classifier_layer(model: nn.Module) -> str:
+    """The dotted name of the class layer: the network's last linear layer (``fc``, ``classifier.3``)."""
     last = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not last:
-        raise ModelError(f"model {spec.name}: no linear classifier layer found to keep trainable")
-    return last[-1].split(".")[0]
+        raise ModelError(f"{type(model).__name__}: no linear classifier layer found")
+    return last[-1]
+
+
+def head_of(model: nn.Module, spec: ModelSpec) -> str:
+    """The top-level attribute holding the classifier: the spec's, else the one holding the class layer."""
+    return spec.head or classifier_layer(model).split(".")[0]
 
 
 def read_weights_file(path: str) -> dict[str, torch.Tensor]:
