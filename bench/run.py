@@ -160,17 +160,17 @@ def _predict(method: str) -> dict[str, Any]:
     from imgclf.models import create_model
     from imgclf.predict import Classifier
     from imgclf.recipes import RECIPES
+    from imgclf.rundir import InferenceSpec
 
     (train, _), (images, _) = _splits(str(cifar10_folder()), image_size=32)
     mean, std = channel_stats(train)
-    widths = next(v for v in RECIPES["cifar10"].cpu if v.name == "default").settings["model_args"]["widths"]
+    widths = next(v for v in RECIPES["cifar10"].cpu if v.name == "default").widths
     model = create_model("cnn", 3, 10, 32, widths=widths).eval()
     if method == "tutorial":
         rate = tutorials.per_image_predict(model, images, mean, std)
         return {"accuracy": None, "train_seconds": len(images) / rate, "images_per_second": rate}
-    payload = {"classes": [str(i) for i in range(10)], "image_size": 32, "channels": 3, "mean": mean, "std": std,
-               "model": {"name": "cnn", "kwargs": {"widths": widths}}, "hflip": True}
-    classifier = Classifier(model, payload, torch.device("cpu"))
+    spec = InferenceSpec("cnn", {"widths": widths}, [str(i) for i in range(10)], 32, 3, mean, std, hflip=True)
+    classifier = Classifier(spec, model, torch.device("cpu"))
     classifier.predict_proba(images[:512])  # warm-up: oneDNN picks its kernels on the first call
     start = time.perf_counter()
     classifier.predict_proba(images, batch_size=256)

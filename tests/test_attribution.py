@@ -81,9 +81,9 @@ def test_gradcam_picks_the_last_conv_block_of_torchvision_and_registry_models():
 
 def test_explain_errors_name_the_fix(trained_run, class_folder):
     image = next((class_folder / "vertical").iterdir())
-    with pytest.raises(imgclf.ImgclfError, match="--layer nope: .*choose one of .*groups"):
+    with pytest.raises(imgclf.ImgclfError, match="^layer nope: .*choose one of .*groups"):
         imgclf.explain(trained_run, [image], layer="nope", log=lambda _: None)
-    with pytest.raises(imgclf.ImgclfError, match="--target dog: not a class"):
+    with pytest.raises(imgclf.ImgclfError, match="^target dog: not a class"):
         imgclf.explain(trained_run, [image], target="dog", log=lambda _: None)
 
 

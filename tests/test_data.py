@@ -31,8 +31,28 @@ def test_folder_classes_splits_and_sizes(class_folder):
     assert torch.bincount(data.val.labels).tolist() == [2, 2, 2]
 
 
-def test_folder_default_image_size_is_64(class_folder):
-    assert load(data=str(class_folder)).image_size == 64
+def test_folder_default_image_size_is_the_images_own(class_folder):
+    data = load(data=str(class_folder))
+    assert data.image_size == 16 and data.size_note.startswith("image size 16: the images (all 72) are all 16x16")
+    assert load(data=str(class_folder), image_size=12).image_size == 12  # a setting wins, and says nothing
+    assert load(data=str(class_folder), image_size=12).size_note == ""
+
+
+def test_folder_of_mixed_sizes_trains_at_the_median_shorter_side_capped(tmp_path):
+    rng = np.random.default_rng(0)
+    sides = {"a": [(40, 30), (20, 24), (50, 50)], "b": [(36, 90), (28, 28), (44, 60)]}  # shorter sides 20..50, median 36
+    for name, sizes in sides.items():
+        (tmp_path / "mixed" / name).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "mixed" / name / f"{i}.png")
+    data = load(data=str(tmp_path / "mixed"), test_split=0.34)
+    assert data.image_size == 36 and "median shorter side of the images (all 6) is 36 (from 20 to 50)" in data.size_note
+    for name in ("a", "b"):  # photos larger than the cap train at the cap
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "mixed" / name / f"{i}.png")
+    data = load(data=str(tmp_path / "mixed"), test_split=0.34)
+    assert data.image_size == 64 and "all 400x300, capped at 64 by the recipe" in data.size_note
+    assert load_data(TrainConfig(data=str(tmp_path / "mixed"), test_split=0.34), size_cap=128).image_size == 128
 
 
 def test_split_folders_are_used_as_given(tmp_path):
@@ -134,7 +154,7 @@ def test_csv_missing_files(tmp_path):
     csv_path = write_csv_dataset(tmp_path, header="file,label", with_suffix=True)
     with open(csv_path, "a") as f:
         f.write("gone.png,1\nalso_gone.png,2\n")
-    with pytest.raises(DataError, match=r"2 of 32 files are not in .*gone.png, also_gone.png.*--images"):
+    with pytest.raises(DataError, match=r"2 of 32 files are not in .*gone.png, also_gone.png.*images=FOLDER"):
         load(data=str(csv_path), images=str(tmp_path / "train"))
 
 

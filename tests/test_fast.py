@@ -13,14 +13,13 @@ import imgclf
 from conftest import write_class_folder
 from imgclf.config import TrainConfig
 from imgclf.data import load_data
-from imgclf.evaluate import tta_logits
 from imgclf.models import create_model
 from imgclf.models.cnn import WhiteningConv
+from imgclf.predict import tta_logits
 from imgclf.recipes import RECIPES, Variant, apply_recipe, choose_variant
 from imgclf.train import seconds_per_image
 from imgclf.train.ema import Lookahead
 from imgclf.train.optim import build_optimizer
-
 
 # ---------------------------------------------------------------- decode cache
 
@@ -142,8 +141,8 @@ def test_throughput_probe_leaves_the_model_untouched():
 
 # ---------------------------------------------------------------- recipes
 
-VARIANTS = [Variant("quick", {"epochs": 2}, (0.90, 10.0)), Variant("default", {"epochs": 4}, (0.93, 20.0)),
-            Variant("long", {"epochs": 10}, (0.95, 50.0))]
+VARIANTS = [Variant("quick", epochs=2, measured=(0.90, 10.0)), Variant("default", epochs=4, measured=(0.93, 20.0)),
+            Variant("long", epochs=10, measured=(0.95, 50.0))]
 
 
 def test_budget_picks_the_most_accurate_variant_that_fits():
@@ -204,3 +203,33 @@ def test_recipes_command_lists_variants_with_their_measured_results(capsys):
     measured = RECIPES["cifar10"].gpu[0].measured
     assert gpu_default[:4] == ["cifar10", "gpu", "default", "10"] and f"{measured[0]:.4f}" in gpu_default
     assert any(line.split()[:3] == ["folder", "cpu", "default"] for line in lines)
+
+
+def test_recipes_command_shows_what_training_ran(trained_run, capsys):
+    """The folder the shared run trained on: its small-data batch, epochs and scaled lr, as config.yaml holds them."""
+    import yaml
+
+    from imgclf.cli import main
+
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert main(["recipes", "--data", config["data"]]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    row = next(r for r in rows if r[:3] == ["folder", "cpu", "default"])
+    epochs, widths, batch, lr = row[3], " ".join(row[4:7]), row[7], row[8]
+    assert (int(epochs), int(batch)) == (config["epochs"], config["batch_size"]) == (60, 16)
+    assert float(lr) == pytest.approx(config["lr"], rel=1e-3) and widths == str(config["model_args"]["widths"])
+    assert not any(r[:1] == ["mnist"] for r in rows)  # only the data asked about
+
+
+def test_recipes_for_builtin_data_use_their_training_set_size():
+    from imgclf.api import recipe_train_images
+    from imgclf.recipes import describe_recipes
+
+    sizes = recipe_train_images()
+    assert sizes["mnist"] == 54_000 and sizes["digits"] == round(1797 * 0.8 * 0.9) and sizes["folder"] is None
+    digits_cpu = next(r for r in describe_recipes(sizes) if r[:3] == ["digits", "cpu", "default"])
+    n_train = len(load_data(TrainConfig(data="digits")).train)
+    real, _ = apply_recipe(TrainConfig(data="digits"), "digits", "cpu", n_train)
+    assert digits_cpu[3:8] == [f"{real.epochs:g}", str(real.model_args["widths"]), str(real.batch_size), f"{real.lr:.4g}",
+                               f"{real.warmup_epochs:.3g}"]
+    assert real.batch_size == 128  # the small-data rule halved the CPU batch of 256

@@ -4,9 +4,9 @@ import torchvision
 from torchvision.models import resnet18
 
 from imgclf import TrainConfig
-from imgclf.api import _build_model
 from imgclf.errors import ModelError
 from imgclf.models import count_parameters, create_model, get_model_spec, head_of, model_names
+from imgclf.train import build_model
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn2", "lenet5", "cnn4", "cnn", "resnet18"])
@@ -35,7 +35,7 @@ def test_cnn_handles_tiny_and_large_inputs():
 
 
 def test_image_too_small_for_model():
-    with pytest.raises(ModelError, match=r"lenet5: needs images of at least 16x16, got 8x8; pass --image-size 32"):
+    with pytest.raises(ModelError, match=r"lenet5: needs images of at least 16x16, got 8x8; pass image_size=32"):
         create_model("lenet5", 1, 10, 8)
 
 
@@ -55,7 +55,7 @@ def test_pretrained_resnet18_from_a_local_weights_file(tmp_path):
     reference = resnet18(weights=None)  # stands in for ImageNet weights, which cannot be downloaded here
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
     cfg = TrainConfig(model="resnet18", weights=str(tmp_path / "resnet18.pth"))
-    model = _build_model(cfg, _Data(), CPU)
+    model = build_model(cfg, _Data(), CPU)
     # grey input: the RGB stem kernels summed over colour; the rest copied; a new 5-class head
     assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
     assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
@@ -65,14 +65,14 @@ def test_pretrained_resnet18_from_a_local_weights_file(tmp_path):
 def test_weights_file_that_does_not_fit(tmp_path):
     torch.save(create_model("cnn", 3, 10, 32).state_dict(), tmp_path / "cnn.pth")
     with pytest.raises(ModelError, match="do not fit resnet18"):
-        _build_model(TrainConfig(model="resnet18", weights=str(tmp_path / "cnn.pth")), _Data(), CPU)
+        build_model(TrainConfig(model="resnet18", weights=str(tmp_path / "cnn.pth")), _Data(), CPU)
 
 
 def test_pretrained_asks_for_a_model_that_has_weights():
     from imgclf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model cnn has no pretrained weights"):
-        _build_model(TrainConfig(model="cnn", pretrained=True), _Data(), CPU)
+        build_model(TrainConfig(model="cnn", pretrained=True), _Data(), CPU)
 
 
 def test_pretrained_without_network_points_to_weights_file(monkeypatch):
@@ -82,8 +82,8 @@ def test_pretrained_without_network_points_to_weights_file(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
-    with pytest.raises(ModelError, match="pass --weights FILE"):
-        _build_model(TrainConfig(model="resnet18", pretrained=True), _Data(), CPU)
+    with pytest.raises(ModelError, match="pass weights=FILE"):
+        build_model(TrainConfig(model="resnet18", pretrained=True), _Data(), CPU)
 
 
 @pytest.mark.parametrize("name, build_reference, stem, body, head", [
@@ -94,7 +94,7 @@ def test_pretrained_without_network_points_to_weights_file(monkeypatch):
 def test_backbone_by_name_from_a_local_weights_file(name, build_reference, stem, body, head, tmp_path):
     reference = build_reference()  # stands in for ImageNet weights: 1000 classes, RGB
     torch.save(reference.state_dict(), tmp_path / "weights.pth")
-    model = _build_model(TrainConfig(model=name, weights=str(tmp_path / "weights.pth")), _Data(), CPU)
+    model = build_model(TrainConfig(model=name, weights=str(tmp_path / "weights.pth")), _Data(), CPU)
     reference_state, state = reference.state_dict(), model.state_dict()
     assert torch.allclose(state[stem], reference_state[stem].sum(1, keepdim=True))  # grey stem: RGB kernels summed
     assert torch.equal(state[body], reference_state[body])
@@ -107,3 +107,25 @@ def test_backbone_names_that_do_not_exist():
         create_model("torchvision:resnet_x", 3, 10, 32)
     with pytest.raises(ModelError, match="timm:no_such_net: not a timm model"):
         create_model("timm:no_such_net", 3, 10, 32)
+
+
+def test_registries_find_names_as_registered_and_warn_on_a_second_registration():
+    from imgclf.data import get_dataset, register_dataset
+    from imgclf.models import register_model
+
+    @register_model("MyNet_Test", "a test model")
+    def my_net(in_channels, num_classes, image_size):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * image_size**2, num_classes))
+
+    assert get_model_spec("MyNet_Test").name == "MyNet_Test" and get_model_spec("mynet_test").build is my_net
+    assert create_model("MyNet_Test", 1, 3, 4)(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
+
+    @register_dataset("MyPhotos_Test", "a test dataset")
+    def my_photos(cfg):
+        raise AssertionError("not loaded here")
+
+    assert get_dataset("MyPhotos_Test").load is my_photos and get_dataset("myphotos_test").name == "MyPhotos_Test"
+    with pytest.warns(UserWarning, match="model 'mynet_test' was registered twice; the later definition replaces"):
+        register_model("mynet_test", "again")(my_net)
+    with pytest.warns(UserWarning, match="dataset 'MyPhotos_Test' was registered twice"):
+        register_dataset("MyPhotos_Test", "again")(my_photos)

@@ -160,3 +160,67 @@ def test_unreadable_images_to_predict(trained_run, tmp_path, capsys):
     (tmp_path / "fake.png").write_bytes(b"GIF89a truncated")
     assert_one_line_error(*cli(capsys, "predict", trained_run, tmp_path / "fake.png")[::2], "fake.png: not a readable image")
     assert_one_line_error(*cli(capsys, "predict", trained_run, tmp_path / "absent.png")[::2], "absent.png: no such file; check the path")
+
+
+def test_config_values_of_the_wrong_type_name_the_key_and_the_file(tmp_path, capsys):
+    for text, fragment in (("epochs: ten\n", "epochs must be a whole number, got 'ten'"),
+                           ("batch_size: 1.5\n", "batch_size must be a whole number, got 1.5"),
+                           ("tta: maybe\n", "tta must be true or false, got 'maybe'"),
+                           ("model_args: [16, 32]\n", "model_args must be a mapping, got [16, 32]"),
+                           ("lr: fast\n", "lr must be a number, got 'fast'")):
+        (tmp_path / "bad.yaml").write_text(text)
+        assert_one_line_error(*cli(capsys, "train", "--config", tmp_path / "bad.yaml")[::2], f"{tmp_path / 'bad.yaml'}: {fragment}")
+    with pytest.raises(imgclf.ImgclfError, match="^epochs must be a whole number, got 'ten'$"):
+        imgclf.train(epochs="ten", verbose=False)
+
+
+def test_errors_name_the_keyword_in_python_and_the_flag_on_the_command_line(capsys):
+    with pytest.raises(imgclf.ImgclfError, match=r"^val_split 1.5 must be between 0 and 1"):
+        imgclf.train(data="digits", val_split=1.5, verbose=False)
+    assert_one_line_error(*cli(capsys, "train", "--val-split", "1.5")[::2], "--val-split 1.5 must be between 0 and 1")
+    with pytest.raises(imgclf.ImgclfError, match=r"no CUDA GPU is visible to PyTorch; use device=cpu"):
+        imgclf.train(device="cuda", verbose=False) if not torch.cuda.is_available() else pytest.skip("a GPU is present")
+    assert_one_line_error(*cli(capsys, "train", "--device", "cuda")[::2], "--device cuda: no CUDA GPU", "use --device cpu")
+
+
+def test_predict_reads_a_folder_as_training_does(trained_run, tmp_path, capsys):
+    """Hidden files and folders are skipped by both; other files that are not images are named by both."""
+    import shutil
+
+    from imgclf.data.images import find_images
+
+    for name in ("a.png", ".hidden.png", ".thumbs/b.png", "sub/c.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / name)
+    (tmp_path / "readme.txt").write_text("notes")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images([tmp_path])] == ["a.png", "readme.txt", "sub/c.png"]
+    predictions = imgclf.predict(trained_run, tmp_path)
+    assert [Path(p.source).name for p in predictions] == ["a.png", "c.png"]
+    assert [Path(p).name for p, _ in predictions.skipped] == ["readme.txt"]
+    classes = tmp_path / "classes"  # the same files as a training folder: one class each
+    for cls in ("x", "y"):
+        shutil.copytree(tmp_path, classes / cls, ignore=shutil.ignore_patterns("classes"))
+    from imgclf.data.folder import load_folder
+
+    raw = load_folder(imgclf.TrainConfig(data=str(classes), cache=False))
+    files = sorted(Path(s).relative_to(classes / "x").as_posix() for s in raw.train.sources if s.startswith(str(classes / "x")))
+    assert files == ["a.png", "sub/c.png"] and sorted(Path(p).name for p, _ in raw.skipped) == ["readme.txt", "readme.txt"]
+
+
+def test_the_inference_module_is_what_predicts(trained_run, new_images):
+    model = imgclf.load(trained_run, device="cpu")
+    _, pixels, _ = model.read_images([new_images])
+    module = model.inference_model()
+    assert isinstance(module, torch.nn.Module) and pixels.dtype == torch.uint8
+    with torch.inference_mode():
+        probs = module(pixels)
+    assert torch.equal(probs, model.predict_proba(pixels))  # predict runs this module, nothing else
+    assert torch.allclose(probs.sum(1), torch.ones(len(pixels)))
+    by_hand = model.model((pixels.float() / 255 - torch.tensor(model.spec.mean).view(1, -1, 1, 1))
+                           / torch.tensor(model.spec.std).view(1, -1, 1, 1)).softmax(1)
+    assert torch.allclose(probs, by_hand, atol=1e-6)  # the normalisation is inside it
+    # one graph, TTA views included, for any batch size: what an exporter exports
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(model.inference_model(tta=True), (pixels[:2],), dynamic_shapes=({0: batch},))
+    with torch.inference_mode():
+        assert torch.allclose(exported.module()(pixels), model.predict_proba(pixels, tta=True), atol=1e-5)

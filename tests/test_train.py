@@ -91,7 +91,7 @@ def test_runs_are_never_overwritten(class_folder, in_tmp):
     a = imgclf.train(data=str(class_folder), verbose=False, **{**FAST, "epochs": 1})
     b = imgclf.train(data=str(class_folder), verbose=False, **{**FAST, "epochs": 1})
     assert (a.run_dir.name, b.run_dir.name) == ("stripes-cnn", "stripes-cnn-2")
-    with pytest.raises(ConfigError, match="already holds a run; choose another --out, or continue it with --resume"):
+    with pytest.raises(ConfigError, match="already holds a run; choose another out, or continue it with resume="):
         imgclf.train(data=str(class_folder), out=str(a.run_dir), verbose=False, **FAST)
     assert (a.run_dir / "best.pt").is_file()
 
@@ -103,7 +103,7 @@ def test_imbalance_is_reported_and_weighted(tmp_path, in_tmp, capsys):
     imgclf.train(data=str(root), **{**FAST, "epochs": 1})
     out = capsys.readouterr().out
     assert "training images per class: checker 5, horizontal 29, vertical 29" in out
-    assert "warning: imbalanced classes (largest 29, smallest 5); consider --class-weights auto or --sampler balanced" in out
+    assert "warning: imbalanced classes (largest 29, smallest 5); consider class_weights=auto or sampler=balanced" in out
     result = imgclf.train(data=str(root), class_weights="auto", sampler="balanced", **{**FAST, "epochs": 2})
     assert "warning: imbalanced" not in capsys.readouterr().out
     assert result.metrics["test"]["per_class"]["checker"]["support"] == 2

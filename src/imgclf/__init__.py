@@ -3,24 +3,71 @@
     >>> import imgclf
     >>> result = imgclf.train(data="mnist", model="cnn", epochs=2)
     >>> result.metrics["test"]["accuracy"], result.run_dir
-    >>> imgclf.load(result.run_dir / "best.pt").predict(["digit.png"])
+    >>> imgclf.load(result.run_dir).predict(["digit.png"])
     >>> imgclf.explain(result.run_dir, ["digit.png"]); imgclf.errors(result.run_dir); imgclf.report(result.run_dir)
+
+Importing imgclf (or ``imgclf.predict``) loads inference only; the trainer, the explanations and the
+report load when first used, so a server or an exporter never carries the training code.
 """
 
-from .api import (
-    CompareResult, ErrorsResult, ExplainResult, InspectResult, TrainResult, compare, errors, evaluate, explain, inspect, predict,
-    report, train,
-)
-from .config import TrainConfig
-from .data import register_dataset
-from .errors import ImgclfError
-from .models import create_model, register_model
-from .predict import Classifier, Prediction, load
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# Six API functions share their name with a submodule (imgclf.train, imgclf.predict, ...). Python binds a
+# submodule onto its package when it is first imported, which would replace the function; this keeps
+# the function, while `from imgclf.train import ...` still finds the module in sys.modules.
+_FUNCTIONS_NAMED_LIKE_MODULES = {"train", "evaluate", "predict", "explain", "errors", "report"}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+from .config import TrainConfig  # noqa: E402
+from .data import register_dataset  # noqa: E402
+from .errors import ImgclfError  # noqa: E402
+from .models import create_model, register_model  # noqa: E402
+from .predict import Classifier, Prediction, Predictions, load  # noqa: E402
+
+__version__ = "0.2.0"
+
+_LAZY = {  # name -> module that defines it, imported on first use
+    **dict.fromkeys(["train", "evaluate", "predict", "inspect", "explain", "errors", "compare", "report"], ".api"),
+    **dict.fromkeys(["CompareResult"], ".report.compare"),
+    **dict.fromkeys(["ErrorsResult", "ExplainResult", "InspectResult"], ".explain"),
+    "TrainResult": ".train.pipeline",
+}
+
+if TYPE_CHECKING:
+    from .api import compare, errors, evaluate, explain, inspect, predict, report, train
+    from .explain import ErrorsResult, ExplainResult, InspectResult
+    from .report.compare import CompareResult
+    from .train.pipeline import TrainResult
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
-    "Classifier", "CompareResult", "ErrorsResult", "ExplainResult", "ImgclfError", "InspectResult", "Prediction", "TrainConfig",
-    "TrainResult", "compare", "create_model", "errors", "evaluate", "explain", "inspect", "load", "predict", "register_dataset",
-    "register_model", "report", "train",
+    "Classifier", "CompareResult", "ErrorsResult", "ExplainResult", "ImgclfError", "InspectResult", "Prediction",
+    "Predictions", "TrainConfig", "TrainResult", "compare", "create_model", "errors", "evaluate", "explain", "inspect", "load",
+    "predict", "register_dataset", "register_model", "report", "train",
 ]

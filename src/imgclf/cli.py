@@ -11,14 +11,15 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import api
-from .config import CHOICES
-from .errors import ImgclfError
+from .config import CHOICES, DEFAULT_MAX_IMAGE_PIXELS
+from .errors import ImgclfError, keyword_name, name_settings, setting_names
 from .explain import METHODS
-from .recipes import describe_recipes
-from .report import table
+from .predict import Prediction
+from .recipes import RECIPE_COLUMNS, SMALL_DATA, describe_recipes
+from .report.tables import table
 
 
 def _train_parser(sub) -> None:
@@ -31,13 +32,14 @@ def _train_parser(sub) -> None:
     g.add_argument("--data", help="dataset name (imgclf datasets), a folder of class sub-folders, or a CSV of file,label")
     g.add_argument("--data-dir", help="where built-in datasets are stored/downloaded (default $IMGCLF_DATA or ~/.cache/imgclf)")
     g.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
-    g.add_argument("--image-size", type=int, help="side in pixels (default: native, 64 for folders)")
+    g.add_argument("--image-size", type=int, help="side in pixels (default: native; for folders the images' own, at most 64 on a CPU)")
+    g.add_argument("--max-image-pixels", type=int, help=f"refuse images claiming more pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,})")
     g.add_argument("--augment", choices=CHOICES["augment"])
     g.add_argument("--val-split", type=float, help="share of training data held out for validation (default 0.1)")
     g.add_argument("--test-split", type=float, help="share held out for testing when the source has no test split (default 0.2)")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="model name (imgclf models)")
-    g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (resnet18)")
+    g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (resnet18, torchvision:NAME, timm:NAME)")
     g.add_argument("--weights", help="start from this weights file instead of downloading")
     g.add_argument("--freeze-epochs", type=int, help="train only the new head for this many epochs first")
     g = p.add_argument_group("optimisation")
@@ -77,8 +79,6 @@ def _train_parser(sub) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "quiet", "func")}
-    if "resume" in args and "config" in args:
-        raise ImgclfError("--resume and --config cannot be combined: a resumed run keeps its own config")
     quiet = getattr(args, "quiet", False)
     result = api.train(getattr(args, "config", None), resume=getattr(args, "resume", None), verbose=not quiet, **settings)
     if quiet:
@@ -92,15 +92,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_skipped(skipped: Sequence[tuple[str, str]]) -> None:
+    for path, reason in skipped:
+        print(f"imgclf: warning: skipped {path}: {name_settings(reason)}", file=sys.stderr)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    predictions = api.predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device)
-    if args.format == "json":
+    predictions = api.predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device,
+                              max_image_pixels=args.max_image_pixels)
+    _print_predictions(predictions, args.format)
+    _warn_skipped(predictions.skipped)  # after the results, so that a long list of predictions does not hide them
+    return 0
+
+
+def _print_predictions(predictions: Sequence[Prediction], format: str) -> None:
+    if format == "json":
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
-        return 0
+        return
     k = max(len(p.top_k) for p in predictions)
     headers = ["file"] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
     rows = [[p.source] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")] for p in predictions]
-    if args.format == "csv":
+    if format == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(headers)
@@ -108,7 +120,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         sys.stdout.write(buffer.getvalue())
     else:
         print(table(headers, rows))
-    return 0
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -148,9 +159,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    headers = ["data", "device", "variant", "epochs", "cnn widths", "batch", "augment", "tta", "measured (test acc, train s)"]
-    print(table(headers, describe_recipes()))
-    print("folders and CSVs use the 'folder' rows; small datasets (< 10,000 images) get smaller batches and more epochs")
+    train_images = api.recipe_train_images(args.data)
+    print(table(RECIPE_COLUMNS, describe_recipes(train_images)))
+    if None in train_images.values():
+        print(f"'folder' rows: a folder or CSV of {SMALL_DATA:,}+ training images; smaller ones get smaller batches and "
+              "more epochs (imgclf recipes --data PATH shows them)")
     return 0
 
 
@@ -167,10 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=CHOICES["device"])
     p = sub.add_parser("predict", help="classify image files or folders with a trained model")
     p.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
-    p.add_argument("images", nargs="+", help="image files and folders")
+    p.add_argument("images", nargs="+", help="image files and folders (their visible files, as training reads them)")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto", choices=CHOICES["device"])
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="refuse images claiming more pixels (decompression bombs)")
     sub.add_parser("datasets", help="list the datasets")
     sub.add_parser("models", help="list the models with their parameter counts")
     p = sub.add_parser("inspect", help="the model layer by layer: shapes, parameters, multiply-adds, receptive fields, kernels, feature maps")
@@ -195,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", help="HTML file (default: RUN/report.html)")
-    sub.add_parser("recipes", help="list the default recipes per dataset and device, with measured results")
+    p = sub.add_parser("recipes", help="the recipes per dataset and device as training would run them, with measured results")
+    p.add_argument("--data", help="only this dataset, folder or CSV (a folder's size decides batch and epochs)")
     return parser
 
 
@@ -205,23 +221,49 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_pred
             "report": _cmd_report, "recipes": _cmd_recipes}
 
 
+def flag_namer(parser: argparse.ArgumentParser) -> Callable[[str, str | None], str]:
+    """How the command line names a setting: its flag (``val_split`` -> ``--val-split``, ``cache=False`` ->
+    ``--no-cache``), from the parser's own options; a setting without a flag keeps its keyword."""
+    actions: dict[str, argparse.Action] = {}
+    for subparsers in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        for command in subparsers.choices.values():
+            for action in command._actions:
+                actions.setdefault(action.dest, action)
+
+    def name(setting: str, value: str | None) -> str:
+        action = actions.get(setting)
+        if action is None:
+            return keyword_name(setting, value)
+        if not action.option_strings:
+            return setting.upper()
+        flags = [f for f in action.option_strings if f.startswith("--")]
+        if isinstance(action, argparse.BooleanOptionalAction) and value in ("True", "False"):
+            return flags[0] if value == "True" else next(f for f in flags if f.startswith("--no-"))
+        if action.nargs == 0:  # store_true / store_false: the flag alone says the value
+            return flags[0]
+        return flags[0] if value is None else f"{flags[0]} {value}"
+
+    return name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return COMMANDS[args.command](args)
-    except ImgclfError as exc:
-        print(f"imgclf: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("imgclf: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into head or less that closed early: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    with setting_names(flag_namer(parser)):  # messages printed inside name settings by their flags
+        try:
+            return COMMANDS[args.command](args)
+        except ImgclfError as exc:
+            print(f"imgclf: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("imgclf: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # output piped into head or less that closed early: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
 
 if __name__ == "__main__":

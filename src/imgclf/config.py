@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,10 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .fsutil import atomic_write_text
+from .rundir import CONFIG
+
+# Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, about 0.25 GB as 24-bit RGB)
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -42,6 +47,7 @@ class TrainConfig:
     val_split: float = 0.1
     test_split: float = 0.2  # only used when the source has no test split
     cache: bool = True  # keep decoded folder/CSV images in <data_dir>/cache (invalidated when files change)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # images claiming more pixels are refused before decoding
     # the model
     model: str | None = None
     model_args: dict[str, Any] | None = None  # passed to the model function, e.g. {"widths": [16, 32, 64]}
@@ -77,47 +83,49 @@ class TrainConfig:
     report: bool = False  # write report.html (imgclf report) when training ends
     out: str | None = None
 
-    def validate(self) -> TrainConfig:
+    def validate(self, source: str | None = None) -> TrainConfig:
+        """Check types and ranges. An error names the setting as the caller gave it: the key in ``source``
+        (a config file), else the keyword or flag."""
+        where = f"{source}: " if source else ""
+
+        def key(name: str) -> str:
+            return name if source else f"`{name}`"
+
+        for name, hint in _FIELD_TYPES.items():
+            _check_type(key(name), getattr(self, name), hint, where)
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
-        if not 0 < self.val_split < 1:
-            raise ConfigError(f"--val-split {self.val_split} must be between 0 and 1 (e.g. 0.1)")
-        if not 0 < self.test_split < 1:
-            raise ConfigError(f"--test-split {self.test_split} must be between 0 and 1 (e.g. 0.2)")
-        positive = ("epochs", "batch_size", "lr", "image_size")
-        for name in positive:
+                raise ConfigError(f"{where}{key(name)} {value!r} is not one of {', '.join(allowed)}")
+        for name, example in (("val_split", 0.1), ("test_split", 0.2)):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{where}{key(name)} {getattr(self, name)} must be between 0 and 1 (e.g. {example})")
+        for name in ("epochs", "batch_size", "lr", "image_size", "max_image_pixels", "budget"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.budget is not None and self.budget <= 0:
-            raise ConfigError(f"--budget must be a positive number of seconds, got {self.budget}")
+                raise ConfigError(f"{where}{key(name)} must be positive, got {value}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
-            raise ConfigError(f"--target-accuracy {self.target_accuracy} must be a fraction between 0 and 1 (e.g. 0.99)")
+            raise ConfigError(f"{where}{key('target_accuracy')} {self.target_accuracy} must be a fraction between 0 and 1 (e.g. 0.99)")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"{where}{key('label_smoothing')} {self.label_smoothing} must be in [0, 1)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values).validate()
+            raise ConfigError(f"{source + ': ' if source else ''}unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values).validate(source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
         path = Path(path)
         if path.is_dir():
-            path = path / "config.yaml"
+            path = path / CONFIG
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
@@ -130,3 +138,29 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list", dict: "a mapping"}
+
+
+def _matches(value: Any, kind: Any) -> bool:
+    if kind is Any:
+        return True
+    if kind is float:  # 1 is a fine learning rate; True is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(kind) or kind)
+
+
+def _check_type(name: str, value: Any, hint: Any, where: str) -> None:  # name: as the message shows it
+    """One-line error when ``value`` is not of the field's declared type (YAML gives strings for typos)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in options:
+        return
+    kinds = [kind for kind in options if kind is not type(None)]
+    if any(_matches(value, kind) for kind in kinds):
+        return
+    wanted = " or ".join(_TYPE_WORDS.get(typing.get_origin(kind) or kind, str(kind)) for kind in kinds)
+    raise ConfigError(f"{where}{name} must be {wanted}, got {value!r}")

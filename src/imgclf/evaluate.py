@@ -1,51 +1,36 @@
-"""Metrics on a split (accuracy, per-class precision/recall/F1, macro F1, confusion matrix) and the
-run's saved test predictions."""
+"""Metrics on a split (accuracy, per-class precision/recall/F1, macro F1, confusion matrix), the
+``evaluate`` command, and a run's saved test predictions (computed again for runs that lack them).
+
+Training's final test metrics and ``evaluate`` both predict through :class:`imgclf.predict.Classifier`,
+so re-evaluating a run reproduces its metrics exactly.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import (
-    multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_precision, multiclass_recall,
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
 )
 
-from .errors import CheckpointError
-from .fsutil import atomic_path
+from .config import TrainConfig
+from .data import DataBundle, Split, load_data
+from .errors import CheckpointError, ImgclfError
+from .predict import Classifier, load
+from .report.tables import Table
+from .rundir import TEST_PREDICTIONS, RunDir, SplitPredictions
 
-
-def _mirrored_logits(model: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
-    logits = model(x).float()
-    return 0.5 * (logits + model(x.flip(-1)).float()) if hflip else logits
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
-    """Test-time augmentation as in the airbench recipes: the image (and its mirror, where a flip keeps
-    the label) weighs half; the two 1-pixel diagonal shifts (mirrored borders) a quarter each."""
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    h, w = x.shape[-2:]
-    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-    shifted_logits = sum(_mirrored_logits(model, s.contiguous(memory_format=torch.channels_last), hflip) for s in shifted)
-    return 0.5 * _mirrored_logits(model, x, hflip) + 0.25 * shifted_logits
-
-
-@torch.inference_mode()
-def predict_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, tta: bool = False, hflip: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities and true labels of every batch, on the CPU (with test-time augmentation if asked)."""
-    model.eval()
-    probs, labels = [], []
-    for x, y in batches:
-        logits = tta_logits(model, x, hflip) if tta else model(x).float()
-        probs.append(logits.softmax(1).cpu())
-        labels.append(y.cpu())
-    return torch.cat(probs), torch.cat(labels)
+Log = Callable[[str], None]
+EVAL_BATCH = 1024
 
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -69,52 +54,69 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
     }
 
 
-@dataclass
-class SplitPredictions:
-    """A split's predictions as a run keeps its test set's in ``test_predictions.pt``: what ``errors`` and ``report``
-    read, so they need neither the dataset nor a forward pass. Only the top classes of each image are
-    kept (enough for confidences and confusions, small for a thousand classes), plus the images of the
-    most confident mistakes and of a few right answers to draw."""
+def per_class_table(metrics: dict[str, Any]) -> Table:
+    """Precision, recall, F1 and support per class, then accuracy and macro F1: the terminal's and the report's."""
+    rows: list[list[Any]] = [[name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
+                             for name, m in metrics["per_class"].items()]
+    rows.append(["accuracy", "", "", f"{metrics['accuracy']:.4f}", metrics["samples"]])
+    rows.append(["macro f1", "", "", f"{metrics['macro_f1']:.4f}", ""])
+    return Table(["class", "precision", "recall", "f1", "support"], rows)
 
-    labels: torch.Tensor  # N, true classes
-    top_index: torch.Tensor  # N x k, most probable classes first
-    top_prob: torch.Tensor  # N x k, their probabilities
-    example_index: torch.Tensor  # M, test indices whose images are kept
-    example_images: torch.Tensor  # M x C x H x W uint8
-    sources: list[str] | None = None  # N image files, for folder and CSV data
 
-    TOP_K = 5
-    WRONG_EXAMPLES = 64
-    RIGHT_EXAMPLES = 16
+def split_metrics(classifier: Classifier, split: Split, classes: list[str], tta: bool) -> tuple[dict[str, Any], torch.Tensor]:
+    """Metrics of ``classifier`` on a split, and its probabilities; ``accuracy_without_tta`` beside them when ``tta``."""
+    probs = classifier.predict_proba(split.images, EVAL_BATCH, tta=tta)
+    metrics = compute_metrics(probs, split.labels, classes)
+    if tta:
+        plain = classifier.predict_proba(split.images, EVAL_BATCH)
+        metrics["accuracy_without_tta"] = (plain.argmax(1) == split.labels).float().mean().item()
+    return metrics, probs
 
-    @property
-    def predicted(self) -> torch.Tensor:
-        return self.top_index[:, 0]
 
-    @property
-    def confidence(self) -> torch.Tensor:
-        return self.top_prob[:, 0]
+def checkpoint_data(classifier: Classifier, source: str | os.PathLike, **overrides: Any) -> tuple[TrainConfig, DataBundle]:
+    """The data a checkpoint was trained on (or other data given by ``overrides``), checked to have its classes."""
+    cfg = TrainConfig.from_dict({**classifier.config, "image_size": classifier.image_size, **overrides}, source=str(source))
+    dataset = load_data(cfg)
+    if dataset.classes != classifier.classes or dataset.channels != classifier.channels:
+        raise CheckpointError(
+            f"{source}: the model knows {len(classifier.classes)} classes ({', '.join(classifier.classes[:5])}...) "
+            f"with {classifier.channels} channel(s), but {cfg.data} has {dataset.num_classes} ({', '.join(dataset.classes[:5])}...) "
+            f"with {dataset.channels}; use data with the same classes"
+        )
+    return cfg, dataset
 
-    @classmethod
-    def from_probs(cls, probs: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, seed: int = 0,
-                   sources: list[str] | None = None) -> SplitPredictions:
-        top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
-        wrong = torch.nonzero(top_index[:, 0] != labels).flatten()
-        wrong = wrong[top_prob[wrong, 0].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
-        right = torch.nonzero(top_index[:, 0] == labels).flatten()
-        generator = torch.Generator().manual_seed(seed)
-        right = right[torch.randperm(len(right), generator=generator)][: cls.RIGHT_EXAMPLES]
-        examples = torch.cat([wrong, right])
-        return cls(labels.clone(), top_index, top_prob.float(), examples, images[examples].clone(), sources)
 
-    def save(self, path: str | os.PathLike) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({field.name: getattr(self, field.name) for field in fields(self)}, tmp)
+def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **data: Any) -> dict[str, Any]:
+    """Test metrics of a run or checkpoint on its test split (or other ``data``: ``data``, ``data_dir``,
+    ``images``); saved as the run's evaluation.json."""
+    classifier = load(path, device=device)
+    cfg, dataset = checkpoint_data(classifier, classifier.path or path, **data)
+    if dataset.skipped:
+        log(f"warning: skipped {len(dataset.skipped)} unusable file(s): "
+            + "; ".join(f"{p} ({reason})" for p, reason in dataset.skipped[:5]) + (" ..." if len(dataset.skipped) > 5 else ""))
+    metrics, _ = split_metrics(classifier, dataset.test, dataset.classes, tta=classifier.spec.tta)
+    log(per_class_table(metrics).to_text())
+    if Path(path).is_dir():
+        RunDir(path).write_evaluation({"test": metrics, "data": cfg.data, "checkpoint": str(classifier.path)})
+    return metrics
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> SplitPredictions:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(**{field.name: payload.get(field.name) for field in fields(cls)})
-        except Exception as exc:  # damaged or from another version: the caller recomputes
-            raise CheckpointError(f"{path}: unreadable test predictions ({exc.__class__.__name__})") from None
+
+def test_predictions(run: RunDir, classifier: Classifier, log: Log) -> SplitPredictions:
+    """The run's saved test predictions, computed (and saved) from its data for runs that lack them."""
+    path = run / TEST_PREDICTIONS
+    try:
+        return run.read_predictions()
+    except CheckpointError as exc:
+        if path.is_file():
+            log(f"warning: {exc}; predicting the test split again")
+        else:
+            log(f"{path.name} is missing (a run from an older imgclf): predicting the test split once")
+    try:
+        cfg, data = checkpoint_data(classifier, run.path)
+    except ImgclfError as exc:
+        raise CheckpointError(f"{run.path}: has no readable {path.name} and its data cannot be loaded ({exc}); "
+                              "restore the data, or train the run again") from None
+    probs = classifier.predict_proba(data.test.images, EVAL_BATCH, tta=classifier.spec.tta)
+    predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
+    run.save_predictions(predictions)
+    return predictions

@@ -1,4 +1,10 @@
-"""Inference from a checkpoint: ``imgclf.load(path).predict(images)``."""
+"""Inference from a checkpoint: ``imgclf.load(path).predict(images)``.
+
+This module imports the run directory's format, the model registry and the image decoder, and nothing
+of training: an exporter or a web server built on it carries neither the trainer nor its optimisers.
+What runs is :class:`InferenceModel`, the network with its preprocessing in one ``nn.Module`` (uint8
+pixels in, probabilities out), so an exporter can export exactly the graph that predicts.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,63 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .data import BatchIterator, Split, find_images, normalise, read_image
-from .data.images import decode_images
+from .config import DEFAULT_MAX_IMAGE_PIXELS
+from .data.images import decode_images, find_images, read_image
 from .errors import CheckpointError, DataError
-from .evaluate import predict_batches
 from .models import create_model
+from .rundir import Checkpoint, InferenceSpec, RunDir, read_checkpoint
 from .runtime import resolve_device
-from .train import read_checkpoint
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
+PREDICT_BATCH = 256
+
+
+def _mirrored_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
+    logits = network(x).float()
+    return 0.5 * (logits + network(x.flip(-1)).float()) if hflip else logits
+
+
+def tta_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """Test-time augmentation as in the airbench recipes: the image (and its mirror, where a flip keeps
+    the label) weighs half; the two 1-pixel diagonal shifts (mirrored borders) a quarter each."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[-2:]
+    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+    shifted_logits = sum(_mirrored_logits(network, s.contiguous(memory_format=torch.channels_last), hflip) for s in shifted)
+    return 0.5 * _mirrored_logits(network, x, hflip) + 0.25 * shifted_logits
+
+
+class InferenceModel(nn.Module):
+    """A trained network with its preprocessing: uint8 images N x C x H x W at the model's size in, class
+    probabilities N x classes out. ``tta`` adds the test-time augmented views the run's test metrics used."""
+
+    mean: torch.Tensor  # 1 x C x 1 x 1 buffers: they move with the module and are part of an exported graph
+    std: torch.Tensor
+
+    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float], *, tta: bool = False,
+                 hflip: bool = False) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.tta, self.hflip = tta, hflip
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels as the network's input; the same operations, in the same order, as training's batches."""
+        x = images.float().div_(255)
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(images)
+        logits = tta_logits(self.network, x, self.hflip) if self.tta else self.network(x).float()
+        return logits.softmax(1)
 
 
 @dataclass
@@ -35,36 +83,70 @@ class Prediction:
                 "top_k": [{"label": lbl, "probability": p} for lbl, p in self.top_k]}
 
 
-def model_from_checkpoint(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -> nn.Module:
+class Predictions(list[Prediction]):
+    """The predictions, in input order, and the files inside given folders that were skipped, with why."""
+
+    def __init__(self, predictions: Sequence[Prediction] = (), skipped: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(predictions)
+        self.skipped = list(skipped)
+
+
+def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     """Rebuild the network a checkpoint describes and load its weights, checking that they fit."""
-    spec = payload["model"]
-    model = create_model(spec["name"], payload["channels"], len(payload["classes"]), payload["image_size"], **spec.get("kwargs", {}))
+    spec = checkpoint.spec
+    model = create_model(spec.model, spec.channels, len(spec.classes), spec.image_size, **spec.model_args)
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:
         first = str(exc).split("\n\t", 2)[1] if "\n\t" in str(exc) else str(exc)[:150]
-        raise CheckpointError(f"{source}: weights do not fit model {spec['name']} ({first.strip()}); the file is damaged or from another model") from None
+        raise CheckpointError(f"{checkpoint.path or 'checkpoint'}: weights do not fit model {spec.model} ({first.strip()}); "
+                              "the file is damaged or from another model") from None
     return model.eval()
 
 
 class Classifier:
     """A trained model with everything inference needs: classes, image size, channels, normalisation."""
 
-    def __init__(self, model: nn.Module, payload: dict[str, Any], device: torch.device, path: Path | None = None):
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
+    def __init__(self, spec: InferenceSpec, network: nn.Module, device: torch.device, *, config: dict[str, Any] | None = None,
+                 path: Path | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        self.spec = spec
+        self.config: dict[str, Any] = config or {}  # the training settings of the run
+        self.path = path  # the checkpoint file, when loaded from one
         self.device = device
-        self.path = path
-        self.classes: list[str] = list(payload["classes"])
-        self.image_size: int = payload["image_size"]
-        self.channels: int = payload["channels"]
-        self.mean: list[float] = list(payload["mean"])
-        self.std: list[float] = list(payload["std"])
-        self.hflip: bool = payload.get("hflip", False)
-        self.model_name: str = payload["model"]["name"]
-        self.config: dict[str, Any] = payload.get("config", {})
+        self.max_image_pixels = max_image_pixels
+        self.model = network.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # torch's stub lacks this overload
+        # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
+        self.modules = {tta: InferenceModel(self.model, spec.mean, spec.std, tta=tta, hflip=spec.hflip).to(device)
+                        for tta in (False, True)}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device,
+                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Classifier:
+        return cls(checkpoint.spec, model_from_checkpoint(checkpoint), device, config=checkpoint.config, path=checkpoint.path,
+                   max_image_pixels=max_image_pixels)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.spec.classes
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.model
 
     def __repr__(self) -> str:
         return f"Classifier({self.model_name}, {len(self.classes)} classes, {self.channels}x{self.image_size}x{self.image_size})"
+
+    def inference_model(self, tta: bool = False) -> InferenceModel:
+        """The ``nn.Module`` that predicts: uint8 images in, probabilities out."""
+        return self.modules[tta]
 
     def to_uint8(self, item: ImageInput) -> torch.Tensor:
         """One image as the model's uint8 C x H x W input (resized, cropped, channels converted)."""
@@ -72,30 +154,33 @@ class Classifier:
             image = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().to(torch.uint8)
             array = image.permute(1, 2, 0).numpy()
             item = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-        return read_image(item, self.image_size, self.channels)
+        return read_image(item, self.image_size, self.channels, self.max_image_pixels)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """A uint8 N x C x H x W batch as the network's input: float, normalised, on its device."""
-        return normalise(images, self.mean, self.std, self.device).contiguous(memory_format=torch.channels_last)
+        return self.modules[False].normalise(images.to(self.device))
 
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+    @torch.inference_mode()
+    def predict_proba(self, images: torch.Tensor, batch_size: int = PREDICT_BATCH, tta: bool = False) -> torch.Tensor:
         """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels
         (``tta``: average over flipped and shifted views, as the run's test metrics did)."""
-        batches = BatchIterator(Split(images, torch.zeros(len(images), dtype=torch.long)), batch_size, self.device,
-                                self.mean, self.std, channels_last=True)
-        probs, _ = predict_batches(self.model, batches, tta=tta, hflip=self.hflip)
-        return probs
+        module = self.modules[tta].eval()
+        chunks = [module(images[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes))
 
-    def read_images(self, images: ImageInput | Sequence[ImageInput]) -> tuple[list[str], torch.Tensor]:
-        """Files, folders (all images inside), PIL images or image tensors as (sources, uint8 N x C x H x W)."""
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
-        sources, tensors = [], []
+    def read_images(self, images: ImageInput | Sequence[ImageInput]) -> tuple[list[str], torch.Tensor, list[tuple[str, str]]]:
+        """Files, folders (their visible files, as training finds them), PIL images or image tensors as
+        (sources, uint8 N x C x H x W, files inside folders skipped with the reason). A named file that is
+        not a usable image is an error; a folder's unusable files are skipped."""
+        items: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]  # type: ignore[list-item]
+        sources: list[str] = []
+        tensors: list[torch.Tensor] = []
+        skipped: list[tuple[str, str]] = []
         for item in items:
             if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
                 files = find_images([item])
-                decoded, kept, skipped, _ = decode_images(files, self.image_size, self.channels)
-                for path, reason in skipped:
-                    print(f"warning: skipped {path}: {reason}")
+                decoded, kept, folder_skipped, _ = decode_images(files, self.image_size, self.channels, self.max_image_pixels)
+                skipped += folder_skipped
                 sources += [str(files[i]) for i in kept]
                 tensors += list(decoded)
             else:
@@ -103,22 +188,20 @@ class Classifier:
                 tensors.append(self.to_uint8(item))
         if not tensors:
             raise DataError(f"no readable images in {', '.join(map(str, items))}; give image files or folders of them")
-        return sources, torch.stack(tensors)
+        return sources, torch.stack(tensors), skipped
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = 256) -> list[Prediction]:
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = PREDICT_BATCH) -> Predictions:
         """Predict files, folders (all images inside), PIL images or image tensors."""
-        sources, batch = self.read_images(images)
+        sources, batch, skipped = self.read_images(images)
         probs = self.predict_proba(batch, batch_size)
         k = max(1, min(top_k, len(self.classes)))
         values, indices = probs.topk(k, dim=1)
-        return [
+        return Predictions([
             Prediction(src, self.classes[idx[0]], val[0], [(self.classes[i], v) for v, i in zip(val, idx)])
             for src, val, idx in zip(sources, values.tolist(), indices.tolist())
-        ]
+        ], skipped)
 
 
-def load(path: str | os.PathLike, device: str = "auto") -> Classifier:
+def load(path: str | os.PathLike, device: str = "auto", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Classifier:
     """Load a run directory (its best.pt) or a checkpoint file for inference."""
-    payload = read_checkpoint(path)
-    source = Path(path) / "best.pt" if Path(path).is_dir() else Path(path)
-    return Classifier(model_from_checkpoint(payload, source), payload, resolve_device(device), source)
+    return Classifier.from_checkpoint(read_checkpoint(RunDir.checkpoint_path(path)), resolve_device(device), max_image_pixels)

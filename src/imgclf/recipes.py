@@ -1,11 +1,25 @@
 """Default training recipes per dataset and device class: what ``imgclf train --data X`` runs.
 
-Each dataset has, per device class (CPU or GPU), a short list of recipe variants from quickest to most
-accurate; "default" is what runs without flags. ``--budget SECONDS`` picks the most accurate variant
-whose time, estimated from this machine's measured speed, fits (and trims its epochs if none does);
-``--target-accuracy`` picks the quickest variant whose benchmark accuracy reached the target.
+Each dataset has, per device class (CPU or GPU), a short list of variants from quickest to most
+accurate, written one keyword a value as the airbench scripts write their hyperparameters. A setting is
+filled in this order, and a later step never touches what an earlier one set:
 
-Only settings the user left unset (``None``) are filled, so any flag overrides its recipe value.
+1. Settings you give (keywords, flags, a config file) are kept as they are.
+2. The variant: with `target_accuracy`, the quickest whose measured accuracy reached it (else the most
+   accurate); with `budget`, the most accurate whose epochs fit, timed on this machine (else the quickest,
+   with as many epochs as fit); otherwise "default".
+3. The base: the fast recipe (``FAST``) for ``cnn``, with batches of 256 on a CPU; the plain recipe
+   (``PLAIN``) for every other model, with batches of 512 on a GPU; torch.compile on a GPU.
+4. The variant's own values over the base; with `pretrained` or `weights`, the gentler ``PRETRAINED`` steps.
+5. A budget's epochs, the warm-up scaled alike.
+6. Small data (under ``SMALL_DATA`` training images, `epochs` not given): the batch halves while an epoch
+   has fewer than 8 batches (down to ``MIN_BATCH``), and epochs grow to at least ``MIN_STEPS`` optimizer
+   steps (at most ``MAX_SMALL_DATA_EPOCHS``), the warm-up scaled alike.
+7. The learning rate, written for a batch of ``LR_BATCH``, scaled linearly to the batch used.
+8. ``widths`` becomes the ``cnn``'s `model_args`, unless you gave `model_args` or another model.
+
+``imgclf recipes`` prints the result of all eight steps for each built-in dataset (and for a folder with
+``--data PATH``), by running the same :func:`fill_recipe` that training runs.
 """
 
 from __future__ import annotations
@@ -17,41 +31,74 @@ from typing import Any
 
 from .config import TrainConfig
 
-# The airbench hyperparameters (Nesterov SGD, label smoothing 0.2, lookahead, 64x lr on norm shifts,
-# flip + translate, TTA), with the learning rate written for the mean loss of a batch of 1024.
+LR_BATCH = 1024  # recipe learning rates are for the mean loss of a batch of this size; others scale linearly
+
+# The airbench hyperparameters, for imgclf's `cnn`.
 FAST: dict[str, Any] = {
     "model": "cnn",
     "optimizer": "sgd",
-    "lr": 1.5,
-    "momentum": 0.85,
-    "weight_decay": 1.33e-3,
-    "norm_lr_scale": 64.0,
-    "schedule": "onecycle",
+    "lr": 1.5,  # at batch 1024; with label smoothing and the 1/9 logit scale this high rate is stable
+    "momentum": 0.85,  # Nesterov; lower than the usual 0.9 because the lr is high
+    "weight_decay": 1.33e-3,  # on conv and linear weights only
+    "norm_lr_scale": 64.0,  # batch-norm shifts learn 64x faster (airbench's bias scaler)
+    "schedule": "onecycle",  # linear warm-up from 0.2 of the peak, then linear decay to 0
     "label_smoothing": 0.2,
-    "ema": True,
-    "tta": True,
-    "augment": "light",
-    "batch_size": 1024,
+    "ema": True,  # lookahead weight averaging over the late part of training
+    "tta": True,  # test metrics average the image, its mirror and 1-pixel shifts
+    "augment": "light",  # alternating flips and translations by up to 1/16 of the side
+    "batch_size": 1024,  # a GPU's; CPU_BATCH on a CPU
 }
-LR_BATCH = 1024  # recipe lrs are for this batch size; other batch sizes scale them linearly
+CPU_BATCH = 256  # on a CPU, more steps per epoch beat the GPU's 1024 at the same speed (measured)
 
-# tutorial and pretrained models keep plain settings: no lookahead, no 64x norm lr
+# Tutorial and pretrained models keep plain settings: no lookahead, no 64x norm lr, no TTA.
 PLAIN: dict[str, Any] = {
-    "optimizer": "sgd", "lr": 0.1 * LR_BATCH / 128, "momentum": 0.9, "weight_decay": 5e-4, "norm_lr_scale": 1.0,
-    "schedule": "onecycle", "label_smoothing": 0.1, "ema": False, "tta": False, "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.1 * LR_BATCH / 128,  # the tutorials' 0.1 at batch 128
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "norm_lr_scale": 1.0,
+    "schedule": "onecycle",
+    "label_smoothing": 0.1,
+    "ema": False,
+    "tta": False,
+    "batch_size": 128,  # x4 on a GPU
 }
-# fine-tuning pretrained weights wants a gentler step than training from scratch
-PRETRAINED = {"lr": 0.01 * LR_BATCH / 128, "warmup_epochs": 0.5}
+PLAIN_GPU_BATCH_FACTOR = 4
+# Fine-tuning pretrained weights wants a gentler step than training from scratch.
+PRETRAINED: dict[str, Any] = {"lr": 0.01 * LR_BATCH / 128, "warmup_epochs": 0.5}
+
+# Small datasets: enough optimizer steps for batch norm and the schedule, in batches of at most 1/8 of the data.
+SMALL_DATA = 10_000  # training images
+MIN_STEPS = 300
+MAX_SMALL_DATA_EPOCHS = 200
+MIN_BATCH = 16
+
+# A folder's default image size is its images' own (or their median), at most this many pixels a side:
+# at 64 px a CPU epoch of the folder recipe costs a quarter of 128 px; a GPU affords 128.
+FOLDER_SIZE_CAP = {"cpu": 64, "gpu": 128}
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    settings: dict[str, Any]
+    epochs: int | None = None
+    widths: tuple[int, ...] | None = None  # cnn's channels per conv group
+    warmup_epochs: float | None = None
+    batch_size: int | None = None  # None: the base recipe's for the device class
+    augment: str | None = None
+    tta: bool | None = None
+    label_smoothing: float | None = None
     # (test accuracy, training seconds) that bench/run.py measured for it on the reference machine of its
-    # device class (see bench/RESULTS.md); used by --target-accuracy, shown by `imgclf recipes`
+    # device class (bench/RESULTS.md); used by `target_accuracy`, shown by `imgclf recipes`
     measured: tuple[float, float] | None = None
-    notes: str = ""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The config settings this variant sets (``widths`` as the cnn's ``model_args``)."""
+        values = {"epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "batch_size": self.batch_size,
+                  "augment": self.augment, "tta": self.tta, "label_smoothing": self.label_smoothing,
+                  "model_args": {"widths": list(self.widths)} if self.widths else None}
+        return {k: v for k, v in values.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -60,63 +107,46 @@ class Recipe:
     gpu: list[Variant] = field(default_factory=list)
 
 
-def _v(name: str, epochs: int, widths: list[int], warmup: float, measured: tuple[float, float] | None = None,
-       **extra: Any) -> Variant:
-    return Variant(name, {"epochs": epochs, "model_args": {"widths": widths}, "warmup_epochs": warmup, **extra}, measured)
-
-
-# On a CPU, batches of 256 (more steps per epoch) beat the GPU's 1024 at the same speed.
-CPU_BATCH = 256
-# Fashion-MNIST in a minute: the centred 28x28 garments learn fastest without augmentation (which
-# also costs ~20% of the step on a CPU), and then test-time augmentation only hurts
-UNAUGMENTED = {"augment": "none", "tta": False, "label_smoothing": 0.1}
+# Fashion-MNIST in a minute on a CPU: the centred 28x28 garments learn fastest without augmentation
+# (which also costs ~20% of a CPU step), and then test-time augmentation only hurts.
+UNAUGMENTED: dict[str, Any] = {"augment": "none", "tta": False, "label_smoothing": 0.1}
 
 RECIPES: dict[str, Recipe] = {
     "digits": Recipe(
-        cpu=[_v("default", 40, [32, 64, 128], 8)],
-        gpu=[_v("default", 40, [64, 128, 256], 8)],
+        cpu=[Variant("default", epochs=40, widths=(32, 64, 128), warmup_epochs=8)],
+        gpu=[Variant("default", epochs=40, widths=(64, 128, 256), warmup_epochs=8)],
     ),
     "mnist": Recipe(
-        cpu=[_v("default", 1, [16, 32, 64], 0.25, (0.9926, 16.8)), _v("long", 3, [24, 48, 96], 0.7)],
-        gpu=[_v("default", 4, [64, 128, 256], 1)],
+        cpu=[Variant("default", epochs=1, widths=(16, 32, 64), warmup_epochs=0.25, measured=(0.9926, 16.8)),
+             Variant("long", epochs=3, widths=(24, 48, 96), warmup_epochs=0.7)],
+        gpu=[Variant("default", epochs=4, widths=(64, 128, 256), warmup_epochs=1)],
     ),
     "fashion-mnist": Recipe(
-        cpu=[_v("default", 4, [16, 32, 64], 0.9, (0.9269, 59.3), **UNAUGMENTED),
-             _v("long", 10, [24, 48, 96], 2.3, label_smoothing=0.1)],
-        gpu=[_v("default", 10, [64, 256, 256], 2.3), _v("long", 30, [128, 384, 384], 7)],
+        cpu=[Variant("default", epochs=4, widths=(16, 32, 64), warmup_epochs=0.9, measured=(0.9269, 59.3), **UNAUGMENTED),
+             Variant("long", epochs=10, widths=(24, 48, 96), warmup_epochs=2.3, label_smoothing=0.1)],
+        gpu=[Variant("default", epochs=10, widths=(64, 256, 256), warmup_epochs=2.3),
+             Variant("long", epochs=30, widths=(128, 384, 384), warmup_epochs=7)],
     ),
     "cifar10": Recipe(
-        cpu=[_v("quick", 4, [32, 64, 128], 0.9, batch_size=512),
-             _v("default", 8, [32, 64, 128], 1.8, (0.8465, 582.4), batch_size=512)],
-        gpu=[_v("default", 10, [64, 256, 256], 2.3, (0.8898, 3.9)), _v("long", 20, [128, 384, 512], 4.6, (0.9132, 8.3)),
-             _v("longer", 25, [128, 512, 512], 5.8, (0.9168, 11.6))],
+        cpu=[Variant("quick", epochs=4, widths=(32, 64, 128), warmup_epochs=0.9, batch_size=512),
+             Variant("default", epochs=8, widths=(32, 64, 128), warmup_epochs=1.8, batch_size=512, measured=(0.8465, 582.4))],
+        gpu=[Variant("default", epochs=10, widths=(64, 256, 256), warmup_epochs=2.3, measured=(0.8898, 3.9)),
+             Variant("long", epochs=20, widths=(128, 384, 512), warmup_epochs=4.6, measured=(0.9132, 8.3)),
+             Variant("longer", epochs=25, widths=(128, 512, 512), warmup_epochs=5.8, measured=(0.9168, 11.6))],
     ),
     "cifar100": Recipe(
-        cpu=[_v("default", 10, [32, 96, 192], 2.3, batch_size=512)],
-        gpu=[_v("default", 20, [64, 256, 256], 4.6), _v("long", 40, [128, 512, 512], 9)],
+        cpu=[Variant("default", epochs=10, widths=(32, 96, 192), warmup_epochs=2.3, batch_size=512)],
+        gpu=[Variant("default", epochs=20, widths=(64, 256, 256), warmup_epochs=4.6),
+             Variant("long", epochs=40, widths=(128, 512, 512), warmup_epochs=9)],
     ),
 }
 
-# a user's folder or CSV: the CIFAR-10 recipe with stronger augmentation (shifts of 1/8, rotations),
-# which keeps a model trained on few photos robust to other framings and scales; small folders get
-# more epochs from the small-data rule below
-RECIPES["folder"] = Recipe(
-    **{device: [Variant(v.name, {**v.settings, "augment": "standard"}, None) for v in getattr(RECIPES["cifar10"], device)]
-       for device in ("cpu", "gpu")}
-)
-
-
-def describe_recipes() -> list[list[str]]:
-    """One row per dataset, device class and variant: what ``imgclf recipes`` prints."""
-    rows = []
-    for dataset, recipe in RECIPES.items():
-        for device in ("cpu", "gpu"):
-            for variant in getattr(recipe, device):
-                values = variant_values(variant, "cuda" if device == "gpu" else "cpu", None, False, None)
-                measured = "-" if variant.measured is None else f"{variant.measured[0]:.4f} in {variant.measured[1]:g} s"
-                rows.append([dataset, device, variant.name, f"{values['epochs']:g}", str(values["model_args"]["widths"]),
-                             str(values["batch_size"]), values["augment"], "yes" if values["tta"] else "no", measured])
-    return rows
+# A user's folder or CSV: the CIFAR-10 variants with stronger augmentation (shifts of 1/8, small rotations),
+# which keeps a model trained on few photos robust to other framings; their measurements do not carry over.
+RECIPES["folder"] = Recipe(**{
+    device: [Variant(**{**v.__dict__, "augment": "standard", "measured": None}) for v in getattr(RECIPES["cifar10"], device)]
+    for device in ("cpu", "gpu")
+})
 
 
 def recipe_for(dataset: str) -> Recipe:
@@ -127,21 +157,9 @@ def device_class(device_type: str) -> str:
     return "gpu" if device_type == "cuda" else "cpu"
 
 
-# small datasets (under SMALL_DATA images): at least MIN_STEPS optimizer steps (batch norm and the
-# schedule need them), in batches of at most 1/8 of the training set
-SMALL_DATA, MIN_STEPS, MAX_SMALL_DATA_EPOCHS, MIN_BATCH = 10_000, 300, 200, 16
-
-
-def _fit_small_data(values: dict[str, Any], n_train: int) -> None:
-    if n_train >= SMALL_DATA:
-        return
-    while values["batch_size"] > MIN_BATCH and n_train < 8 * values["batch_size"]:
-        values["batch_size"] //= 2
-    steps_per_epoch = math.ceil(n_train / values["batch_size"])
-    wanted = min(MAX_SMALL_DATA_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
-    if wanted > values["epochs"]:
-        values["warmup_epochs"] *= wanted / values["epochs"]
-        values["epochs"] = wanted
+def image_size_cap(device_type: str) -> int:
+    """The largest default image size of a folder or CSV on this device class."""
+    return FOLDER_SIZE_CAP[device_class(device_type)]
 
 
 def choose_variant(
@@ -149,7 +167,7 @@ def choose_variant(
     seconds_per_epoch: Callable[[Variant], float] | None = None,
     epochs_of: Callable[[Variant], float] = lambda v: v.settings["epochs"],
 ) -> tuple[Variant, int | None]:
-    """The variant to run, and the epochs a budget allows when even the quickest variant is too slow.
+    """Step 2: the variant to run, and the epochs a budget allows when even the quickest is too slow.
 
     ``seconds_per_epoch`` estimates a variant's epoch on this machine (measured, not looked up).
     """
@@ -167,15 +185,15 @@ def choose_variant(
 
 
 def variant_values(variant: Variant, device_type: str, model: str | None, pretrained: bool, epochs: int | None) -> dict[str, Any]:
-    """All recipe settings for a variant: the fast recipe for ``cnn``, plain SGD for the other models."""
+    """Steps 3-5: every recipe setting of a variant, before the small-data rule and the lr scaling."""
     fast = (model or FAST["model"]) == "cnn"
-    base = FAST if fast else PLAIN
-    if fast and device_class(device_type) == "cpu":
-        base = {**base, "batch_size": CPU_BATCH}
-    # compiling takes ~10-40 s once, then makes GPU steps up to 2x faster; on a CPU it measured slower
-    values = {**base, "compile": device_class(device_type) == "gpu", **variant.settings}
+    gpu = device_class(device_type) == "gpu"
+    base = {**(FAST if fast else PLAIN), "compile": gpu}  # compiling takes 10-40 s once, then halves GPU steps; slower on a CPU
+    if fast and not gpu:
+        base["batch_size"] = CPU_BATCH
+    values = {**base, **variant.settings}
     if not fast:
-        values["batch_size"] = PLAIN["batch_size"] * (4 if device_class(device_type) == "gpu" else 1)
+        values["batch_size"] = PLAIN["batch_size"] * (PLAIN_GPU_BATCH_FACTOR if gpu else 1)
         values.setdefault("augment", FAST["augment"])
     if pretrained:
         values.update(PRETRAINED)
@@ -183,6 +201,30 @@ def variant_values(variant: Variant, device_type: str, model: str | None, pretra
         values["warmup_epochs"] *= epochs / values["epochs"]
         values["epochs"] = epochs
     return values
+
+
+def _fit_small_data(values: dict[str, Any], n_train: int) -> None:
+    """Step 6."""
+    if n_train >= SMALL_DATA:
+        return
+    while values["batch_size"] > MIN_BATCH and n_train < 8 * values["batch_size"]:
+        values["batch_size"] //= 2
+    steps_per_epoch = math.ceil(n_train / values["batch_size"])
+    wanted = min(MAX_SMALL_DATA_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+    if wanted > values["epochs"]:
+        values["warmup_epochs"] *= wanted / values["epochs"]
+        values["epochs"] = wanted
+
+
+def fill_recipe(cfg: TrainConfig, variant: Variant, device_type: str, n_train: int | None, epochs: int | None = None) -> TrainConfig:
+    """``cfg`` with every unset setting filled from ``variant`` (steps 3-8); ``n_train`` None skips step 6."""
+    values = variant_values(variant, device_type, cfg.model, bool(cfg.pretrained or cfg.weights), epochs)
+    if cfg.epochs is None and epochs is None and n_train is not None:  # a budget's epochs are final
+        _fit_small_data(values, n_train)
+    values["lr"] *= (cfg.batch_size or values["batch_size"]) / LR_BATCH
+    if cfg.model_args is not None or (cfg.model or "cnn") != "cnn":
+        values.pop("model_args", None)
+    return cfg.replace(**{k: v for k, v in values.items() if getattr(cfg, k, None) is None})
 
 
 def apply_recipe(
@@ -193,24 +235,34 @@ def apply_recipe(
     and the name of the variant used.
 
     ``dataset`` is a built-in dataset's name, or "folder" for a user's folder or CSV; ``n_train`` is the
-    number of training images, which scales batch size and epochs for small datasets.
-    ``seconds_per_epoch(cfg)`` measures a candidate config's epoch time (needed for ``cfg.budget``).
+    number of training images. ``seconds_per_epoch(cfg)`` measures a candidate's epoch (for `budget`).
     """
     variants = getattr(recipe_for(dataset), device_class(device_type))
-
-    def fill(variant: Variant, epochs: int | None = None) -> TrainConfig:
-        values = variant_values(variant, device_type, cfg.model, bool(cfg.pretrained or cfg.weights), epochs)
-        if cfg.epochs is None and epochs is None:  # a budget's epochs are final
-            _fit_small_data(values, n_train)
-        values["lr"] *= (cfg.batch_size or values["batch_size"]) / LR_BATCH  # linear scaling rule
-        if cfg.model_args is not None or (cfg.model or "cnn") != "cnn":
-            values.pop("model_args", None)
-        return cfg.replace(**{k: v for k, v in values.items() if getattr(cfg, k, None) is None})
-
     per_epoch = None
     if seconds_per_epoch is not None:
         def per_epoch(variant: Variant) -> float:
-            return seconds_per_epoch(fill(variant))
+            return seconds_per_epoch(fill_recipe(cfg, variant, device_type, n_train))
     variant, epochs = choose_variant(variants, budget=cfg.budget, target_accuracy=cfg.target_accuracy,
-                                     seconds_per_epoch=per_epoch, epochs_of=lambda v: fill(v).epochs)
-    return fill(variant, epochs), variant.name
+                                     seconds_per_epoch=per_epoch,
+                                     epochs_of=lambda v: fill_recipe(cfg, v, device_type, n_train).epochs or 0)
+    return fill_recipe(cfg, variant, device_type, n_train, epochs), variant.name
+
+
+RECIPE_COLUMNS = ["data", "device", "variant", "epochs", "cnn widths", "batch", "lr", "warm-up", "augment", "tta",
+                  "measured (test acc, train s)"]
+
+
+def describe_recipes(train_images: dict[str, int | None]) -> list[list[str]]:
+    """One row per dataset, device class and variant: what training would run with no other setting, for
+    datasets of ``train_images`` training images (after the validation split; None: a large folder)."""
+    rows = []
+    for dataset, n_train in train_images.items():
+        for device in ("cpu", "gpu"):
+            device_type = "cuda" if device == "gpu" else "cpu"
+            for variant in getattr(recipe_for(dataset), device):
+                cfg = fill_recipe(TrainConfig(data=dataset), variant, device_type, n_train)
+                measured = "-" if variant.measured is None else f"{variant.measured[0]:.4f} in {variant.measured[1]:g} s"
+                widths = str((cfg.model_args or {}).get("widths", "-"))
+                rows.append([dataset, device, variant.name, f"{cfg.epochs:g}", widths, str(cfg.batch_size), f"{cfg.lr:.4g}",
+                             f"{cfg.warmup_epochs:.3g}", str(cfg.augment), "yes" if cfg.tta else "no", measured])
+    return rows

@@ -18,9 +18,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
+        raise ConfigError("`device=cuda`: no CUDA GPU is visible to PyTorch; use `device=cpu` (or auto)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: Apple's MPS backend is not available here; use --device cpu (or auto)")
+        raise ConfigError("`device=mps`: Apple's MPS backend is not available here; use `device=cpu` (or auto)")
     return torch.device(name)
 
 

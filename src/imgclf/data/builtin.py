@@ -12,6 +12,7 @@ import tarfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +26,11 @@ from .registry import RawDataset, Split, register_dataset
 def _download(name: str, folder: Path, files: list[str], fetch: Callable[[], object]) -> None:
     try:
         fetch()
-    except Exception as exc:  # torchvision raises URLError, RuntimeError, OSError... when offline
+    except Exception as exc:  # noqa: BLE001 torchvision raises URLError, RuntimeError, OSError... when offline
         reason = str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__
         raise DataError(
             f"{name} is not in {folder} and could not be downloaded ({reason}); "
-            f"put {', '.join(files)} there, or point --data-dir (or $IMGCLF_DATA) at a folder that has them"
+            f"put {', '.join(files)} there, or point `data_dir` (or $IMGCLF_DATA) at a folder that has them"
         ) from None
 
 
@@ -52,7 +53,7 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_dataset(cfg: TrainConfig, tv_class: type, classes: list[str], hflip: bool) -> RawDataset:
+def _load_idx_dataset(cfg: TrainConfig, tv_class: Any, classes: list[str], hflip: bool) -> RawDataset:
     root = Path(cfg.data_dir).expanduser()
     folder = root / tv_class.__name__ / "raw"
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -61,6 +62,8 @@ def _load_idx_dataset(cfg: TrainConfig, tv_class: type, classes: list[str], hfli
     arrays = []
     for stem in stems:
         path = _find(folder, stem)
+        if path is None:
+            raise DataError(f"{folder / stem}.gz: missing after the download; delete {folder} to download again")
         try:
             arrays.append(torch.from_numpy(_read_idx(path).copy()))
         except (OSError, ValueError, EOFError, IndexError):
@@ -74,12 +77,14 @@ def _load_idx_dataset(cfg: TrainConfig, tv_class: type, classes: list[str], hfli
     )
 
 
-@register_dataset("mnist", "handwritten digits 0-9, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)")
+@register_dataset("mnist", "handwritten digits 0-9, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)",
+                  train_images=60_000)
 def mnist(cfg: TrainConfig) -> RawDataset:
     return _load_idx_dataset(cfg, torchvision.datasets.MNIST, [str(i) for i in range(10)], hflip=False)
 
 
-@register_dataset("fashion-mnist", "Zalando clothing, 10 classes, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)")
+@register_dataset("fashion-mnist", "Zalando clothing, 10 classes, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)",
+                  train_images=60_000)
 def fashion_mnist(cfg: TrainConfig) -> RawDataset:
     return _load_idx_dataset(cfg, torchvision.datasets.FashionMNIST, list(torchvision.datasets.FashionMNIST.classes), hflip=True)
 
@@ -92,10 +97,13 @@ def _cifar_members(root: Path, base: str, archive: str, names: list[str]) -> dic
     if all((folder / n).exists() for n in names):
         return {n: pickle.loads((folder / n).read_bytes(), encoding="latin1") for n in names}
     with tarfile.open(root / archive, "r:gz") as tar:
-        return {n: pickle.load(tar.extractfile(f"{base}/{n}"), encoding="latin1") for n in names}
+        members = {n: tar.extractfile(f"{base}/{n}") for n in names}
+        if any(member is None for member in members.values()):
+            raise KeyError(archive)  # a folder where a batch file should be: damaged
+        return {n: pickle.load(member, encoding="latin1") for n, member in members.items()}  # type: ignore[arg-type]
 
 
-def _load_cifar(cfg: TrainConfig, tv_class: type, label_key: str) -> RawDataset:
+def _load_cifar(cfg: TrainConfig, tv_class: Any, label_key: str) -> RawDataset:
     root = Path(cfg.data_dir).expanduser()
     base, archive, meta = tv_class.base_folder, tv_class.filename, tv_class.meta["filename"]
     train_names = [name for name, _ in tv_class.train_list]
@@ -121,19 +129,22 @@ def _load_cifar(cfg: TrainConfig, tv_class: type, label_key: str) -> RawDataset:
     )
 
 
-@register_dataset("cifar10", "10 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)")
+@register_dataset("cifar10", "10 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)",
+                  train_images=50_000)
 def cifar10(cfg: TrainConfig) -> RawDataset:
     return _load_cifar(cfg, torchvision.datasets.CIFAR10, "labels")
 
 
-@register_dataset("cifar100", "100 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)")
+@register_dataset("cifar100", "100 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)",
+                  train_images=50_000)
 def cifar100(cfg: TrainConfig) -> RawDataset:
     return _load_cifar(cfg, torchvision.datasets.CIFAR100, "fine_labels")
 
 
 # ---------------------------------------------------------------- shipped with the package
 
-@register_dataset("digits", "shipped, works offline: 1,797 handwritten digits, 8x8 grayscale (UCI, CC BY 4.0)")
+@register_dataset("digits", "shipped, works offline: 1,797 handwritten digits, 8x8 grayscale (UCI, CC BY 4.0)",
+                  train_images=1_797, has_test_split=False)
 def digits(cfg: TrainConfig) -> RawDataset:
     with resources.files(__package__).joinpath("shipped/digits.csv.gz").open("rb") as f:
         table = np.loadtxt(gzip.open(f), delimiter=",", dtype=np.float32)

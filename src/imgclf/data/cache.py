@@ -15,15 +15,16 @@ from typing import Any
 
 import torch
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..fsutil import atomic_path
 from .images import decode_images
 
-FORMAT = "imgclf-decode-cache-1"
+FORMAT = "imgclf-decode-cache-2"  # 2: the pixel limit is part of the key
 Decoded = tuple[torch.Tensor, list[int], list[tuple[str, str]], int]
 
 
-def cache_key(paths: list[Path], size: int, channels: int | None) -> str:
-    digest = hashlib.sha1(f"{FORMAT}|{size}|{channels}".encode())
+def cache_key(paths: list[Path], size: int, channels: int | None, max_pixels: int) -> str:
+    digest = hashlib.sha1(f"{FORMAT}|{size}|{channels}|{max_pixels}".encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"\n{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -38,9 +39,9 @@ def cache_file(cache_dir: Path, label: str, size: int, key: str) -> Path:
 def _read(path: Path) -> Decoded | None:
     try:
         payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file is a cache miss, never an error
+    except Exception:  # noqa: BLE001 a truncated or foreign file is a cache miss, never an error
         return None
-    if payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         return None
     return payload["images"], payload["kept"], [tuple(s) for s in payload["skipped"]], payload["channels"]
 
@@ -56,7 +57,8 @@ def _write(path: Path, decoded: Decoded) -> None:
 
 
 def decode_cached(
-    paths: list[Path], size: int, cache_dir: str | os.PathLike | None, label: str, channels: int | None = None
+    paths: list[Path], size: int, cache_dir: str | os.PathLike | None, label: str, channels: int | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[Decoded, bool]:
     """:func:`decode_images` through the cache; returns (decoded, whether it came from the cache).
 
@@ -64,13 +66,13 @@ def decode_cached(
     costs nothing but the next run's decode.
     """
     if cache_dir is None:
-        return decode_images(paths, size, channels), False
-    path = cache_file(Path(cache_dir), label, size, cache_key(paths, size, channels))
+        return decode_images(paths, size, channels, max_pixels), False
+    path = cache_file(Path(cache_dir), label, size, cache_key(paths, size, channels, max_pixels))
     if path.is_file():
         cached = _read(path)
         if cached is not None:
             return cached, True
-    decoded = decode_images(paths, size, channels)
+    decoded = decode_images(paths, size, channels, max_pixels)
     try:
         _write(path, decoded)
     except OSError:

@@ -1,6 +1,8 @@
 """A user's own images: a folder of class sub-folders (optionally split into train/val/test) or a CSV.
 
-Files are decoded once, in parallel, resized to the run's image size and kept as one uint8 tensor.
+Files are decoded once, in parallel, resized to the run's image size and kept as one uint8 tensor. Unless
+`image_size` is set, that size fits the images: their own when they share one, else the median shorter
+side, in both cases at most the recipe's cap (a 4,000-pixel photo trains at the cap, not at full size).
 """
 
 from __future__ import annotations
@@ -10,29 +12,46 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import DEFAULT_MAX_IMAGE_PIXELS, TrainConfig
 from ..errors import DataError
 from .cache import decode_cached
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, SIZE_SAMPLE, sample_dimensions, visible_files
 from .registry import RawDataset, Split
 
-DEFAULT_FOLDER_SIZE = 64
+SIZE_CAP = 64  # largest default image size on a CPU (the recipes raise it on a GPU); `image_size` overrides
+MIN_SIZE = 8  # smallest default image size: the conv models need a few pixels to pool
 FILE_COLUMNS = ("file", "filename", "image", "image_id", "path", "id", "name")
 LABEL_COLUMNS = ("label", "class", "target", "category", "y")
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _files_by_class(folder: Path) -> dict[str, list[Path]]:
-    """Every visible file under each class sub-folder; undecodable ones are skipped later, with a count."""
-    return {d.name: sorted(p for p in d.rglob("*") if p.is_file() and _visible(p)) for d in _class_dirs(folder)}
+    """Every visible file under each class sub-folder (as predict finds them); undecodable ones are skipped
+    later, with a reason."""
+    return {d.name: visible_files(d) for d in _class_dirs(folder)}
+
+
+def choose_image_size(paths: list[Path], cap: int = SIZE_CAP, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, str]:
+    """The default image size for these files and the reason, from the headers of a sample of them."""
+    dimensions = sample_dimensions(paths, SIZE_SAMPLE, max_pixels)
+    if not dimensions:
+        return cap, f"image size {cap}: no image header could be read"
+    n = len(dimensions)  # headers read: a sample of a large folder, without unreadable files and bombs
+    sampled = f"all {n:,}" if n == len(paths) else f"{n:,} read of {len(paths):,} files"
+    sides = sorted(min(d) for d in dimensions)
+    if len(set(dimensions)) == 1:
+        width, height = dimensions[0]
+        own, why = min(width, height), f"the images ({sampled}) are all {width}x{height}"
+    else:
+        own = sides[len(sides) // 2]
+        why = f"the median shorter side of the images ({sampled}) is {own} (from {sides[0]} to {sides[-1]})"
+    size = min(max(own, MIN_SIZE), cap)
+    limit = f", capped at {cap} by the recipe" if own > cap else f", raised to {MIN_SIZE}" if own < MIN_SIZE else ""
+    return size, f"image size {size}: {why}{limit}; set `image_size` to change it"
 
 
 def _check_classes(where: Path, by_class: dict[str, list[Path]]) -> None:
@@ -51,14 +70,14 @@ def _check_classes(where: Path, by_class: dict[str, list[Path]]) -> None:
 
 
 def _decode_splits(
-    cfg: TrainConfig, parts: dict[str, tuple[list[Path], list[int]]], classes: list[str]
+    cfg: TrainConfig, parts: dict[str, tuple[list[Path], list[int]]], classes: list[str], size_cap: int
 ) -> RawDataset:
-    """Decode all splits together (so one channel count fits all) and drop unreadable files."""
-    size = cfg.image_size or DEFAULT_FOLDER_SIZE
+    """Decode all splits together (so one channel count fits all) and drop unusable files."""
     paths = [p for files, _ in parts.values() for p in files]
+    size, size_note = (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
     label = Path(cfg.data).expanduser().resolve().name
     cache_dir = Path(cfg.data_dir).expanduser() / "cache" if cfg.cache else None
-    (images, kept, skipped, _), from_cache = decode_cached(paths, size, cache_dir, label)
+    (images, kept, skipped, _), from_cache = decode_cached(paths, size, cache_dir, label, max_pixels=cfg.max_image_pixels)
     labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[kept]
     owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)[kept]
     sources = [str(paths[i]) for i in kept]
@@ -68,11 +87,11 @@ def _decode_splits(
         raise DataError(f"{cfg.data}: none of the {len(paths)} files could be read as an image; check the folder")
     return RawDataset(
         classes=classes, train=splits["train"], val=splits.get("val"), test=splits.get("test"), skipped=skipped,
-        from_cache=from_cache,
+        from_cache=from_cache, size_note=size_note,
     )
 
 
-def load_folder(cfg: TrainConfig) -> RawDataset:
+def load_folder(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
     root = Path(cfg.data).expanduser()
     if (root / "train").is_dir():
         by_split = {name: _files_by_class(root / name) for name in SPLIT_NAMES if (root / name).is_dir()}
@@ -90,7 +109,7 @@ def load_folder(cfg: TrainConfig) -> RawDataset:
         name: ([f for c in classes for f in by_class.get(c, [])], [i for i, c in enumerate(classes) for _ in by_class.get(c, [])])
         for name, by_class in by_split.items()
     }
-    return _decode_splits(cfg, parts, classes)
+    return _decode_splits(cfg, parts, classes, size_cap)
 
 
 def _pick_column(header: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -115,11 +134,11 @@ def _class_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def load_csv(cfg: TrainConfig) -> RawDataset:
+def load_csv(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
     csv_path = Path(cfg.data).expanduser()
     folder = Path(cfg.images).expanduser() if cfg.images else csv_path.parent
     if not folder.is_dir():
-        raise DataError(f"--images {folder}: no such folder; point it at the folder holding the CSV's images")
+        raise DataError(f"`images` {folder}: no such folder; point it at the folder holding the CSV's images")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -145,10 +164,26 @@ def load_csv(cfg: TrainConfig) -> RawDataset:
     if missing:
         raise DataError(
             f"{csv_path}: {len(missing)} of {len(rows)} files are not in {folder} (e.g. {', '.join(missing[:3])}); "
-            "fix the paths or pass --images FOLDER"
+            "fix the paths or pass `images=FOLDER`"
         )
     classes = _class_order(set(names))
     if len(classes) < 2:
         raise DataError(f"{csv_path}: every row has label {classes[0]!r}; a classifier needs at least two classes")
     index = {c: i for i, c in enumerate(classes)}
-    return _decode_splits(cfg, {"train": (files, [index[n] for n in names])}, classes)
+    return _decode_splits(cfg, {"train": (files, [index[n] for n in names])}, classes, size_cap)
+
+
+def count_training_files(cfg: TrainConfig) -> int:
+    """About how many training images a folder or CSV gives after the held-out splits, counted without
+    decoding (what ``imgclf recipes --data PATH`` plans with)."""
+    root = Path(cfg.data).expanduser()
+    if root.suffix.lower() == ".csv":
+        with open(root, newline="", encoding="utf-8-sig") as f:
+            files, held = max(sum(1 for _ in f) - 1, 0), cfg.test_split
+    elif (root / "train").is_dir():
+        files, held = sum(len(v) for v in _files_by_class(root / "train").values()), 0.0
+        if (root / "val").is_dir():
+            return files
+    else:
+        files, held = sum(len(v) for v in _files_by_class(root).values()), cfg.test_split
+    return round(files * (1 - held) * (1 - cfg.val_split))

@@ -1,35 +1,128 @@
-"""Decoding image files of any common format and mode into uint8 tensors of one size."""
+"""Decoding image files of any common format and mode into uint8 tensors of one size, safely.
+
+No file reaches a native decoder before its header has been read and checked: an image that claims
+more than ``max_pixels`` pixels (a decompression bomb: a few hundred bytes that claim 60,000 x 60,000)
+is refused with a reason, never allocated. PNGs are decoded by Pillow only, because torchvision's libpng
+binding crashes the whole process (SIGSEGV) on a PNG whose compressed body is shorter than its header
+says, even at 300 x 300; Pillow raises a Python error instead. JPEGs that pass the check go to
+torchvision's libjpeg-turbo decoder (2-4x faster than Pillow), which raises on corrupt data. Every
+failure of one file becomes a reason string, so one bad file never ends a run of 60,000.
+
+Training (folders, CSVs) and prediction find files the same way (:func:`find_images`) and decode them
+the same way (:func:`decode_images`), so they see the same pixels.
+"""
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import warnings
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..errors import DataError
 
-try:  # deprecated in torchvision 0.29 for TorchCodec; PIL decodes everything if it goes away
+try:  # deprecated in torchvision 0.29 for TorchCodec; Pillow decodes everything if it goes away
     from torchvision import io as _tv_io
 except ImportError:  # pragma: no cover
     _tv_io = None
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
-FAST_SUFFIXES = {".jpg", ".jpeg", ".png"}
 DECODE_CHUNK = 512
+MAX_ASPECT = 4  # longer side over shorter side beyond which the long side is cropped before resizing
+BYTES_PER_PIXEL = 8  # the most an uncompressed image stores per pixel (16-bit RGBA): bounds a file's size
+SIZE_SAMPLE = 1000  # files whose headers decide a folder's default image size
+
+# imgclf enforces its own pixel limit before Pillow decodes; Pillow's warning below its hard limit is noise
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+Decoded = tuple[torch.Tensor, bool]  # 3 x size x size uint8, and whether the source was grayscale
+
+
+# ---------------------------------------------------------------- finding files
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """Not hidden, nor inside a hidden folder (.git, .ipynb_checkpoints, macOS's ._ files)."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Every visible file under ``folder``, recursively and sorted: what a class folder or a predicted
+    folder holds. Files that are not images are kept here and skipped, with a reason, when decoded."""
+    return sorted(p for p in folder.rglob("*") if _visible(p, folder) and p.is_file())
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the visible files inside folders (as training reads a class folder)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(visible_files(path))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder; check the path")
+    return found
+
+
+# ---------------------------------------------------------------- headers
+
+
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking the segments before it; None if malformed.
+    Pillow's parser takes ~40 us a file and this ~2 us, on every JPEG of a folder."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _JPEG_FRAMES:
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG or PNG from its header, before any decoder runs."""
+    if data[:3] == b"\xff\xd8\xff":
+        return _jpeg_size(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def _pixel_limit_reason(width: int, height: int, max_pixels: int) -> str | None:
+    if width <= 0 or height <= 0:
+        return f"claims an empty {width}x{height} image"
+    if width * height > max_pixels:
+        return (f"claims {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+                "(a decompression bomb, or raise `max_image_pixels` if the image is genuine)")
+    return None
+
+
+# ---------------------------------------------------------------- pixels
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit and float grayscale: scale to 0..255 instead of clipping (PIL's convert clips)."""
+    """16-bit and float grayscale: scale to 0..255 instead of clipping (Pillow's convert clips)."""
     array = np.asarray(img, dtype=np.float64)
     peak = 65535.0 if array.max(initial=0) > 255 else 255.0
     return Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
@@ -54,92 +147,138 @@ def _normalize_mode(img: Image.Image) -> tuple[Image.Image, bool]:
 def fit_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
     """C x H x W uint8 resized (shorter side, antialiased bilinear) and centre-cropped to size x size.
     Every path (files, PIL images, tensors) ends here, so training and prediction see the same pixels."""
-    if image.shape[-2:] != (size, size):
-        image = TF.center_crop(TF.resize(image, [size], antialias=True), [size, size])
-    return image
+    if image.shape[-2:] == (size, size):
+        return image
+    h, w = image.shape[-2:]
+    short = min(h, w)
+    if max(h, w) > MAX_ASPECT * short:  # a 1 x 1,000,000 strip would be resized to size x 10^6 size first
+        image = TF.center_crop(image, [min(h, 2 * short), min(w, 2 * short)])
+    return TF.center_crop(TF.resize(image, [size], antialias=True), [size, size])
 
 
-def _from_pil(img: Image.Image, size: int) -> tuple[torch.Tensor, bool]:
-    img = ImageOps.exif_transpose(img)
+def _from_pil(img: Image.Image, size: int) -> Decoded:
+    img = ImageOps.exif_transpose(img)  # the first frame of an animation: Pillow opens on it
     img, gray = _normalize_mode(img)
     array = np.array(img.convert("RGB"))  # a writable copy: torch.from_numpy shares it
     return fit_tensor(torch.from_numpy(array).permute(2, 0, 1), size), gray
 
 
-def open_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, bool]:
-    """Decode one file with PIL to a 3 x size x size uint8 tensor, and whether it was grayscale.
+def _decode_jpeg(data: bytes, size: int) -> Decoded | None:
+    """torchvision's libjpeg-turbo decoder for plain 8-bit gray or RGB JPEGs; None for what needs
+    Pillow (CMYK, or a photo large enough that Pillow's reduced-scale decoding is faster)."""
+    if _tv_io is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        image = _tv_io.decode_image(raw, mode=_tv_io.ImageReadMode.UNCHANGED, apply_exif_orientation=True)
+    if image.dtype != torch.uint8 or image.shape[0] not in (1, 3):
+        return None
+    return fit_tensor(image.expand(3, -1, -1), size), image.shape[0] == 1
 
-    Raises the PIL/OS error when the file is not a readable image.
-    """
-    with Image.open(path) as img:
+
+def _decode_checked(data: bytes, size: int, max_pixels: int) -> Decoded | str:
+    """Check the header, then decode; the reason as a string for anything that is not a usable image."""
+    dimensions = _header_size(data)
+    if dimensions is not None:
+        reason = _pixel_limit_reason(*dimensions, max_pixels)
+        if reason:
+            return reason
+        # JPEGs to libjpeg-turbo, except large photos, which Pillow decodes at 1/2..1/8 scale
+        if data[:3] == b"\xff\xd8\xff" and min(dimensions) < 4 * size:
+            decoded = _decode_jpeg(data, size)
+            if decoded is not None:
+                return decoded
+    with Image.open(io.BytesIO(data)) as img:  # reads the header only
+        width, height = img.size
+        reason = _pixel_limit_reason(width, height, max_pixels)
+        if reason:
+            return reason
         img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced scale when the photo is large
         return _from_pil(img, size)
 
 
-def _fast_decodable(raw: torch.Tensor) -> torch.Tensor | None:
-    """torchvision's libjpeg-turbo/libpng decoder for plain 8-bit gray or RGB files; None for anything
-    that needs PIL's care (alpha, palettes, 16-bit, CMYK, other formats, errors)."""
-    if _tv_io is None:
-        return None
+def _read_checked(path: Path, max_pixels: int) -> bytes | str:
+    """A file's bytes, or why not: no file of more bytes than its largest allowed image is read whole."""
+    n_bytes = path.stat().st_size
+    if n_bytes == 0:
+        return "empty file"
+    if n_bytes > BYTES_PER_PIXEL * max_pixels + 2**20:
+        return f"{n_bytes:,} bytes, more than any image within the pixel limit of {max_pixels:,} needs"
+    return path.read_bytes()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Image.UnidentifiedImageError):  # its text names a BytesIO object's address
+        return "not an image file in a format imgclf reads"
+    first = str(exc).splitlines()[0] if str(exc) else "unreadable"
+    return f"{exc.__class__.__name__}: {first[:200]}"
+
+
+def decode_file(path: Path, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded | str:
+    """(3 x size x size uint8, grayscale) or the reason the file is not a usable image."""
+    if max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or 0):  # a user's higher limit must not meet Pillow's lower one
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            image = _tv_io.decode_image(raw, mode=_tv_io.ImageReadMode.UNCHANGED, apply_exif_orientation=True)
-    except (RuntimeError, ValueError):
-        return None
-    return image if image.dtype == torch.uint8 and image.shape[0] in (1, 3) else None
+        data = _read_checked(path, max_pixels)
+        return data if isinstance(data, str) else _decode_checked(data, size, max_pixels)
+    except Image.DecompressionBombError:  # Pillow's own limit, for formats whose header imgclf does not read
+        return f"claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit of {max_pixels:,}"
+    except Exception as exc:  # noqa: BLE001  any decoder error of one file (MemoryError too) skips that file, never the run
+        return _reason(exc)
 
 
-def _decode_file(path: Path, size: int) -> tuple[torch.Tensor, bool] | str:
-    """(3 x size x size uint8, grayscale) or the reason the file is unreadable."""
-    try:
-        if path.suffix.lower() in FAST_SUFFIXES:
-            image = _fast_decodable(_read_bytes(path))
-            if image is not None:
-                return fit_tensor(image.expand(3, -1, -1), size), image.shape[0] == 1
-        return open_image(path, size)
-    except _READ_ERRORS as exc:
-        return f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
-
-
-def _read_bytes(path: Path) -> torch.Tensor:
-    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-
-
-def read_image(path: str | os.PathLike | Image.Image, size: int, channels: int) -> torch.Tensor:
-    """One image (a file or an opened PIL image) as a C x size x size uint8 tensor; a clear error when unreadable."""
-    if isinstance(path, Image.Image):
-        return _to_channels(_from_pil(path, size)[0], channels)
-    if not Path(path).is_file():
+def read_image(item: str | os.PathLike | Image.Image, size: int, channels: int,
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """One image (a file or an opened PIL image) as a C x size x size uint8 tensor; a one-line error naming
+    the file when it is missing, unreadable or over the pixel limit."""
+    if isinstance(item, Image.Image):
+        reason = _pixel_limit_reason(*item.size, max_pixels)
+        if reason:
+            raise DataError(f"image {item.size[0]}x{item.size[1]}: refused, it {reason}")
+        return to_channels(_from_pil(item, size)[0], channels)
+    path = Path(item)
+    if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")
-    result = _decode_file(Path(path), size)
+    result = decode_file(path, size, max_pixels)
     if isinstance(result, str):
-        raise DataError(f"{path}: not a readable image ({result.split(':')[0]}); remove it or convert it to PNG/JPEG")
-    return _to_channels(result[0], channels)
+        raise DataError(f"{path}: {describe_skip(result)}")
+    return to_channels(result[0], channels)
 
 
-def _to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+def describe_skip(reason: str) -> str:
+    """A reason from :func:`decode_file` as the rest of a one-line error."""
+    if reason.startswith("claims"):
+        return f"refused, it {reason}"
+    return f"not a readable image ({reason}); remove it or convert it to PNG/JPEG"
+
+
+def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 1:
-        # ITU-R 601 luma, the same weights PIL uses for RGB -> L
+        # ITU-R 601 luma, the same weights Pillow uses for RGB -> L
         weights = torch.tensor([0.299, 0.587, 0.114]).view(-1, 1, 1)
         return (image.float() * weights).sum(-3, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     return image.contiguous()
 
 
+def _decode_chunks(paths: Sequence[Path], size: int, max_pixels: int) -> Iterator[Decoded | str]:
+    chunks = [paths[i : i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one task per chunk: futures cost
+        for chunk in pool.map(lambda c: [decode_file(Path(p), size, max_pixels) for p in c], chunks):
+            yield from chunk
+
+
 def decode_images(
-    paths: Sequence[Path], size: int, channels: int | None = None
+    paths: Sequence[Path], size: int, channels: int | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]], int]:
     """Decode many files in parallel threads (the decoders release the GIL).
 
-    Returns (N x C x size x size uint8 tensor of the readable files, their indices into ``paths``,
-    the skipped files with reasons, the channel count). ``channels=None`` picks 1 when every readable
-    image is grayscale, else 3.
+    Returns (N x C x size x size uint8 tensor of the usable files, their indices into ``paths``, the
+    skipped files with reasons, the channel count). ``channels=None`` picks 1 when every usable image is
+    grayscale, else 3.
     """
-    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one task per chunk: futures cost
-        results = [r for chunk in pool.map(lambda c: [_decode_file(Path(p), size) for p in c], chunks) for r in chunk]
     kept, images, skipped, all_gray = [], [], [], True
-    for i, (path, result) in enumerate(zip(paths, results)):
+    for i, (path, result) in enumerate(zip(paths, _decode_chunks(paths, size, max_pixels))):
         if isinstance(result, str):
             skipped.append((str(path), result))
             continue
@@ -150,18 +289,29 @@ def decode_images(
         channels = 1 if all_gray and images else 3
     if not images:
         return torch.empty(0, channels, size, size, dtype=torch.uint8), kept, skipped, channels
-    return _to_channels(torch.stack(images), channels), kept, skipped, channels
+    return to_channels(torch.stack(images), channels), kept, skipped, channels
 
 
-def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (recursively, image suffixes only) into a sorted list of files."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
-        elif path.exists():
-            found.append(path)
-        else:
-            raise DataError(f"{path}: no such file or folder; check the path")
-    return found
+# ---------------------------------------------------------------- a folder's image size
+
+
+def _dimensions(path: Path) -> tuple[int, int] | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)  # the frame header follows any EXIF block, itself at most 64 KB
+        if (size := _header_size(head)) is not None:
+            return size
+        with Image.open(path) as img:  # reads the header only
+            return img.size
+    except Exception:  # noqa: BLE001  an unreadable file has no size; decoding names it later
+        return None
+
+
+def sample_dimensions(paths: Sequence[Path], limit: int = SIZE_SAMPLE,
+                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, int]]:
+    """(width, height) of up to ``limit`` files spread evenly over ``paths``, read from their headers;
+    files without a readable header, or claiming more than ``max_pixels``, are left out."""
+    step = max(1, len(paths) / limit)
+    picked = [paths[int(i * step)] for i in range(min(limit, len(paths)))]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return [d for d in pool.map(_dimensions, picked) if d is not None and 0 < d[0] * d[1] <= max_pixels]

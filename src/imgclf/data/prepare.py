@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from ..config import TrainConfig
 from ..errors import DataError
-from .folder import load_csv, load_folder
+from .folder import SIZE_CAP, load_csv, load_folder
+from .images import fit_tensor
 from .registry import RawDataset, Split, get_dataset
 
 
@@ -30,6 +31,7 @@ class DataBundle:
     kind: str = "builtin"  # builtin | folder | csv
     skipped: list[tuple[str, str]] = field(default_factory=list)
     from_cache: bool = False
+    size_note: str = ""  # how a folder's default image size was chosen
 
     @property
     def channels(self) -> int:
@@ -75,35 +77,38 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     return mean.tolist(), std.tolist()
 
 
-def _resize(split: Split | None, size: int) -> Split | None:
-    if split is None or split.images.shape[-1] == size and split.images.shape[-2] == size:
+def _resize(split: Split, size: int) -> Split:
+    """A split's images at ``size``, as every image file is fitted (shorter side, then the centre)."""
+    if split.images.shape[-2:] == (size, size):
         return split
-    images = TF.resize(split.images, [size], antialias=True)
-    return Split(TF.center_crop(images, [size, size]), split.labels, split.sources)
+    return Split(fit_tensor(split.images, size), split.labels, split.sources)
 
 
-def resolve_source(cfg: TrainConfig) -> tuple[str, str, Callable[[TrainConfig], RawDataset]]:
-    """The dataset's display name, kind and loader: a registered name, a folder, or a CSV file."""
+def resolve_source(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> tuple[str, str, Callable[[TrainConfig], RawDataset]]:
+    """The dataset's display name, kind and loader: a registered name, a folder, or a CSV file (whose
+    default image size is at most ``size_cap``)."""
     path = Path(cfg.data).expanduser()
     if path.suffix.lower() == ".csv":
         if not path.is_file():
             raise DataError(f"{path}: no such CSV file; check the path")
         name = path.stem if path.stem not in ("train", "labels") else path.resolve().parent.name
-        return name, "csv", load_csv
+        return name, "csv", functools.partial(load_csv, size_cap=size_cap)
     if path.is_dir():
-        return path.resolve().name, "folder", load_folder
+        return path.resolve().name, "folder", functools.partial(load_folder, size_cap=size_cap)
     if any(sep in cfg.data for sep in ("/", "\\")) or cfg.data.startswith("."):
         raise DataError(f"{cfg.data}: no such folder or file; give a folder of class sub-folders, a CSV, or a dataset name")
     spec = get_dataset(cfg.data)
     return spec.name, "builtin", spec.load
 
 
-def load_data(cfg: TrainConfig) -> DataBundle:
-    """Load, resize, split and measure the data a config names (splits are seeded by ``cfg.seed``)."""
-    name, kind, loader = resolve_source(cfg)
+def load_data(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> DataBundle:
+    """Load, resize, split and measure the data a config names (splits are seeded by ``cfg.seed``).
+    A folder or CSV without `image_size` gets its images' own size, at most ``size_cap``."""
+    name, kind, loader = resolve_source(cfg, size_cap)
     raw: RawDataset = loader(cfg)
     size = cfg.image_size or raw.train.images.shape[-1]
-    train, val, test = (_resize(s, size) for s in (raw.train, raw.val, raw.test))
+    train = _resize(raw.train, size)
+    val, test = (_resize(s, size) if s is not None else None for s in (raw.val, raw.test))
     if test is None:
         kept, held = stratified_split(train.labels, cfg.test_split, cfg.seed)
         train, test = train.subset(kept), train.subset(held)
@@ -113,4 +118,4 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     if len(val) == 0 or len(test) == 0:
         raise DataError(f"{cfg.data}: too few images ({len(raw.train)}) for train, validation and test splits; add more images")
     mean, std = channel_stats(train.images)
-    return DataBundle(name, raw.classes, train, val, test, mean, std, raw.hflip, kind, raw.skipped, raw.from_cache)
+    return DataBundle(name, raw.classes, train, val, test, mean, std, raw.hflip, kind, raw.skipped, raw.from_cache, raw.size_note)

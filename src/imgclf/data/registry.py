@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DataError
+from ..registry import Registry
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RawDataset:
     hflip: bool = True  # whether a horizontal flip keeps the label (not for digits)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     from_cache: bool = False  # decoded images came from the decode cache
+    size_note: str = ""  # how the default image size was chosen, for folders and CSVs
 
 
 @dataclass(frozen=True)
@@ -44,34 +46,40 @@ class DatasetSpec:
     name: str
     load: Callable[..., RawDataset]
     description: str
+    train_images: int | None = None  # images in the source's training set (before validation is held out)
+    has_test_split: bool = True  # False: a test split is held out of the training images
 
 
-_DATASETS: dict[str, DatasetSpec] = {}
+_DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
-def register_dataset(name: str, description: str) -> Callable:
-    """Decorator: ``@register_dataset("mnist", "...")`` on ``def load(config) -> RawDataset``."""
+def register_dataset(name: str, description: str, *, train_images: int | None = None,
+                     has_test_split: bool = True) -> Callable:
+    """Decorator: ``@register_dataset("mnist", "...")`` on ``def load(config) -> RawDataset``.
+
+    ``train_images`` (optional) lets ``imgclf recipes`` show the batch size and epochs the small-data rule
+    gives this dataset without loading it."""
 
     def decorator(fn: Callable[..., RawDataset]) -> Callable[..., RawDataset]:
-        _DATASETS[name] = DatasetSpec(name, fn, description)
+        _DATASETS.add(name, DatasetSpec(name, fn, description, train_images, has_test_split))
         return fn
 
     return decorator
 
 
 def dataset_names() -> list[str]:
-    return sorted(_DATASETS)
+    return sorted(_DATASETS.names(), key=str.casefold)
 
 
 def list_datasets() -> list[DatasetSpec]:
-    return [_DATASETS[name] for name in dataset_names()]
+    return sorted(_DATASETS, key=lambda spec: spec.name.casefold())
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    try:
-        return _DATASETS[name.lower()]
-    except KeyError:
+    spec = _DATASETS.get(name)
+    if spec is None:
         raise DataError(
             f"unknown dataset {name!r}: use one of {', '.join(dataset_names())}, "
             "a folder with one sub-folder per class, or a CSV of file,label"
-        ) from None
+        )
+    return spec

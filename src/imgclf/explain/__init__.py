@@ -1,11 +1,33 @@
 """What a trained network learned: its layers (inspect), the pixels a prediction rests on (attribution)
-and where it is wrong (errors)."""
+and where it is wrong (errors). Each analysis returns a result object whose tables the terminal and the
+HTML report render alike."""
 
-from .attribution import METHODS, Explanation, explain_images, last_conv_block, spatial_layers
-from .errors import ErrorAnalysis, Mistake, analyse_errors
-from .inspect import LayerInfo, feature_maps, first_layer_kernels, inspect_model, mlp_parameters_for
+from .attribution import (
+    METHODS,
+    ExplainResult,
+    Explanation,
+    explain_batch,
+    explain_images,
+    explain_sources,
+    last_conv_block,
+    plot_explanation_pages,
+    spatial_layers,
+)
+from .errors import ERRORS_TOP, ErrorAnalysis, ErrorsResult, Mistake, analyse_errors, test_image_name, write_errors
+from .inspect import (
+    InspectResult,
+    LayerInfo,
+    feature_maps,
+    first_layer_kernels,
+    inspect_classifier,
+    inspect_model,
+    layer_table,
+    mlp_parameters_for,
+)
 
 __all__ = [
-    "METHODS", "ErrorAnalysis", "Explanation", "LayerInfo", "Mistake", "analyse_errors", "explain_images", "feature_maps",
-    "first_layer_kernels", "inspect_model", "last_conv_block", "mlp_parameters_for", "spatial_layers",
+    "ERRORS_TOP", "METHODS", "ErrorAnalysis", "ErrorsResult", "ExplainResult", "Explanation", "InspectResult", "LayerInfo",
+    "Mistake", "analyse_errors", "explain_batch", "explain_images", "explain_sources", "feature_maps", "first_layer_kernels",
+    "inspect_classifier", "inspect_model", "last_conv_block", "layer_table", "mlp_parameters_for", "plot_explanation_pages",
+    "spatial_layers", "test_image_name", "write_errors",
 ]

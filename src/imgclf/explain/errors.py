@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..evaluate import SplitPredictions
+from ..fsutil import atomic_write_json
+from ..report.plots import plot_image_grid
+from ..report.tables import Table
+from ..rundir import SplitPredictions
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,16 @@ class ErrorAnalysis:
     @property
     def accuracy(self) -> float:
         return 1 - len(self.mistakes) / max(self.samples, 1)
+
+    def class_accuracy_table(self) -> Table:
+        return Table(["class", "accuracy", "images"], [[c, f"{a:.4f}", n] for c, a, n in self.class_accuracy])
+
+    def confused_pairs_table(self, top: int = 10) -> Table:
+        return Table(["true", "predicted as", "count"], [list(p) for p in self.confused_pairs[:top]])
+
+    def mistakes_table(self, top: int) -> Table:
+        return Table(["test #", "true", "predicted", "probability", "file"],
+                     [[m.index, m.true, m.predicted, f"{m.confidence:.4f}", m.source or ""] for m in self.mistakes[:top]])
 
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         return {
@@ -58,3 +73,48 @@ def analyse_errors(predictions: SplitPredictions, classes: list[str]) -> ErrorAn
     ranked = sorted((i for i in range(n) if support[i] > 0), key=lambda i: (accuracy[i].item(), classes[i]))
     per_class = [(classes[i], accuracy[i].item(), int(support[i])) for i in ranked]
     return ErrorAnalysis(mistakes, confused, per_class, len(labels))
+
+
+# ---------------------------------------------------------------- a run's errors, written
+
+ERRORS_TOP = 25  # mistakes listed and drawn by default
+
+
+@dataclass
+class ErrorsResult:
+    analysis: ErrorAnalysis
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def test_image_name(predictions: SplitPredictions, index: int) -> str:
+    """A test image as the user knows it: its file name for folders and CSVs, else its test index."""
+    return Path(predictions.sources[index]).name[:20] if predictions.sources else f"#{index}"
+
+
+def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: int, path: Path) -> bool:
+    """The most confident mistakes whose images the run kept, as a grid; False if there are none."""
+    position = {int(i): k for k, i in enumerate(predictions.example_index.tolist())}
+    shown = [m for m in analysis.mistakes[:top] if m.index in position]
+    if not shown:
+        return False
+    images = predictions.example_images[[position[m.index] for m in shown]]
+    titles = [f"{test_image_name(predictions, m.index)} true {m.true}\npred {m.predicted} {m.confidence:.2f}" for m in shown]
+    plot_image_grid(images, titles, path, ["red"] * len(shown), f"the {len(shown)} most confident mistakes on the test set")
+    return True
+
+
+def write_errors(predictions: SplitPredictions, classes: list[str], top: int, folder: Path,
+                 log: Callable[[str], None]) -> ErrorsResult:
+    """Analyse saved test predictions; errors.json and the mistakes grid to ``folder``, the tables to ``log``."""
+    analysis = analyse_errors(predictions, classes)
+    result = ErrorsResult(analysis, {"json": folder / "errors.json"})
+    if _plot_mistakes(analysis, predictions, top, folder / "mistakes.png"):
+        result.paths["mistakes"] = folder / "mistakes.png"
+    atomic_write_json(result.paths["json"], analysis.to_dict(top))
+    log(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images (accuracy {analysis.accuracy:.4f})")
+    log("\nper-class accuracy, worst first:\n" + analysis.class_accuracy_table().to_text())
+    if analysis.confused_pairs:
+        log("\nmost confused pairs:\n" + analysis.confused_pairs_table().to_text())
+        log(f"\nthe {min(top, len(analysis.mistakes))} most confident mistakes:\n" + analysis.mistakes_table(top).to_text())
+    log(f"\nwritten: {', '.join(str(p) for p in result.paths.values())}")
+    return result

@@ -10,13 +10,21 @@ field: where branches meet (an addition outside any module) the larger field win
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..fsutil import atomic_write_json
 from ..models import create_model
+from ..report.plots import plot_feature_maps, plot_kernels
+from ..report.tables import Table
+
+if TYPE_CHECKING:
+    from ..predict import Classifier
 
 
 @dataclass
@@ -81,7 +89,7 @@ def inspect_model(model: nn.Module, channels: int, image_size: int) -> list[Laye
             return
         x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         rf = field_of(x) if x is not None else None
-        if rf is not None and output.dim() == 4:
+        if x is not None and rf is not None and output.dim() == 4:
             window = _window(module, x.shape[-1], output.shape[-1])
             r, j = rf
             if window is not None:
@@ -158,3 +166,58 @@ def first_layer_kernels(model: nn.Module) -> torch.Tensor:
     if conv is None:
         raise ValueError("the model has no convolution layer")
     return conv.weight.detach().float().cpu()
+
+
+# ---------------------------------------------------------------- a run's model, inspected
+
+
+@dataclass
+class InspectResult:
+    layers: list[LayerInfo]
+    parameters: int
+    macs: int
+    mlp_parameters: int
+    channels: int
+    image_size: int
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def layer_table(self) -> Table:
+        return layer_table(self.layers)
+
+    def weight_sharing_summary(self) -> str:
+        """The totals beside the plain network on the same input: the weight-sharing argument, in numbers."""
+        c, s = self.channels, self.image_size
+        return (f"total: {self.parameters:,} parameters, {self.macs:,} multiply-adds per {c}x{s}x{s} image; "
+                f"an mlp on the same {c * s * s:,} inputs has {self.mlp_parameters:,} parameters "
+                f"({self.mlp_parameters / max(self.parameters, 1):.1f}x)")
+
+
+def layer_table(layers: Sequence[LayerInfo]) -> Table:
+    return Table(["layer", "type", "output", "parameters", "multiply-adds", "receptive field"],
+                 [[la.name, la.kind, "x".join(map(str, la.output_shape)), f"{la.parameters:,}", f"{la.macs:,}",
+                   "-" if la.receptive_field is None else f"{la.receptive_field} (jump {la.jump})"] for la in layers])
+
+
+def inspect_classifier(classifier: Classifier, pixels: torch.Tensor | None, folder: Path,
+                       log: Callable[[str], None]) -> InspectResult:
+    """Layers, kernels and (given one uint8 image) feature maps of a loaded model, written to ``folder``."""
+    model, channels, size = classifier.model, classifier.channels, classifier.image_size
+    layers = inspect_model(model, channels, size)
+    result = InspectResult(layers, sum(la.parameters for la in layers), sum(la.macs for la in layers),
+                           mlp_parameters_for(channels, size, len(classifier.classes)), channels, size)
+    result.paths["layers"] = folder / "layers.json"
+    conv_kernels = first_layer_kernels(model) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else None
+    if conv_kernels is not None:  # a model without convolutions (mlp) has no kernels to draw
+        result.paths["kernels"] = folder / "kernels.png"
+        plot_kernels(conv_kernels, result.paths["kernels"])
+    if pixels is not None:
+        result.paths["feature_maps"] = folder / "feature_maps.png"
+        maps = feature_maps(model, classifier.normalise(pixels.unsqueeze(0)))
+        plot_feature_maps(maps, result.paths["feature_maps"], image=pixels)
+    atomic_write_json(result.paths["layers"], {"layers": [la.to_dict() for la in layers], "parameters": result.parameters,
+                                               "macs": result.macs, "mlp_parameters": result.mlp_parameters,
+                                               "input": [channels, size, size]})
+    log(result.layer_table().to_text())
+    log(result.weight_sharing_summary())
+    log(f"figures and layers.json in {folder}")
+    return result

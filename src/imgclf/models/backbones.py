@@ -31,8 +31,9 @@ def set_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     name, conv = _first_conv(model)
     if conv.in_channels != in_channels:
         parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent), attribute, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                             conv.dilation, conv.groups, conv.bias is not None))
+        stem = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+                         conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]  # 2-tuples, typed as tuple[int, ...]
+        setattr(model.get_submodule(parent), attribute, stem)
     return model
 
 
@@ -64,13 +65,13 @@ def load_torchvision_weights(model: nn.Module, weights_file: str | None, *, weig
                              name: str) -> None:
     """ImageNet weights from torchvision's enum (downloaded and cached by torch.hub) or a local file."""
     if weights_file:
-        fit_pretrained_state(model, read_weights_file(weights_file), f"--weights {weights_file}", name)
+        fit_pretrained_state(model, read_weights_file(weights_file), f"`weights` {weights_file}", name)
         return
     try:
         state = weights.get_state_dict(progress=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 a download fails in many ways (URLError, HTTPError, OSError...)
         raise ModelError(f"could not download {name}'s ImageNet weights ({exc.__class__.__name__}); download "
-                         f"{weights.url} elsewhere and pass --weights FILE") from None
+                         f"{weights.url} elsewhere and pass `weights=FILE`") from None
     fit_pretrained_state(model, state, f"{name} ImageNet weights", name)
 
 
@@ -109,13 +110,13 @@ def _timm_spec(arch: str) -> ModelSpec:
 
     def load_pretrained(model: nn.Module, weights_file: str | None) -> None:
         if weights_file:
-            fit_pretrained_state(model, read_weights_file(weights_file), f"--weights {weights_file}", arch)
+            fit_pretrained_state(model, read_weights_file(weights_file), f"`weights` {weights_file}", arch)
             return
         try:  # timm downloads from the Hugging Face hub and adapts the stem and the head itself
             source = timm.create_model(arch, pretrained=True, num_classes=model.num_classes, in_chans=_first_conv(model)[1].in_channels)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 a download fails in many ways (URLError, HTTPError, OSError...)
             raise ModelError(f"could not download {arch}'s pretrained weights ({exc.__class__.__name__}); save its "
-                             "state dict elsewhere and pass --weights FILE") from None
+                             "state dict elsewhere and pass `weights=FILE`") from None
         model.load_state_dict(source.state_dict())
 
     stats = timm.get_pretrained_cfg(arch)

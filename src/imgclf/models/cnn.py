@@ -52,7 +52,7 @@ class WhiteningConv(nn.Conv2d):
     def __init__(self, in_channels: int, kernel_size: int = 2) -> None:
         super().__init__(in_channels, 2 * in_channels * kernel_size**2, kernel_size, bias=True)
         self.weight.requires_grad_(False)
-        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.bias)  # type: ignore[arg-type]  # bias=True above: never None
 
     @torch.no_grad()
     def init_from_images(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -70,11 +70,11 @@ class FastCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int,
                  widths: tuple[int, ...] = (64, 256, 256), whiten: bool = True, logit_scale: float = 1 / 9) -> None:
         super().__init__()
-        if whiten and image_size >= 4:
-            self.stem: nn.Module = nn.Sequential(WhiteningConv(in_channels), nn.GELU())
-            previous, size = self.stem[0].out_channels, image_size - 1
-        else:
-            self.stem, previous, size = nn.Identity(), in_channels, image_size
+        # the module tree (stem.0 = the whitening conv) is the checkpoints' key layout: keep it
+        whitening = WhiteningConv(in_channels) if whiten and image_size >= 4 else None
+        self.stem: nn.Module = nn.Sequential(whitening, nn.GELU()) if whitening else nn.Identity()
+        previous = whitening.out_channels if whitening else in_channels
+        size = image_size - 1 if whitening else image_size
         groups = []
         for width in widths:
             groups.append(ConvGroup(previous, width, pool=size >= 2))
@@ -86,8 +86,9 @@ class FastCNN(nn.Module):
 
     def init_from_data(self, images: torch.Tensor) -> None:
         """Data-dependent initialisation (the whitening filters), called once before training."""
-        if isinstance(self.stem, nn.Sequential):
-            self.stem[0].init_from_images(images)
+        whitening = self.stem[0] if isinstance(self.stem, nn.Sequential) else None
+        if isinstance(whitening, WhiteningConv):
+            whitening.init_from_images(images)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.groups(self.stem(x)))) * self.logit_scale

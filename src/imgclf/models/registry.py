@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class ModelSpec:
     pretrained_stats: tuple[list[float], list[float]] | None = None  # normalisation the weights expect
 
 
-_MODELS: dict[str, ModelSpec] = {}
+_MODELS: Registry[ModelSpec] = Registry("model")
 _FAMILIES: dict[str, tuple[str, Callable[[str], ModelSpec]]] = {}  # prefix -> (description, spec for a name)
 
 
@@ -38,7 +39,7 @@ def register_model(
     pretrained_stats: tuple[list[float], list[float]] | None = None,
 ) -> Callable:
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS[name] = ModelSpec(name, fn, description, head, load_pretrained, pretrained_stats)
+        _MODELS.add(name, ModelSpec(name, fn, description, head, load_pretrained, pretrained_stats))
         return fn
 
     return decorator
@@ -46,7 +47,7 @@ def register_model(
 
 def register_model_family(prefix: str, description: str, spec_for: Callable[[str], ModelSpec]) -> None:
     """Models named ``prefix:NAME`` (``torchvision:mobilenet_v3_small``), their spec made from NAME on demand."""
-    _FAMILIES[prefix] = (description, spec_for)
+    _FAMILIES[prefix.casefold()] = (description, spec_for)
 
 
 def list_model_families() -> list[tuple[str, str]]:
@@ -54,22 +55,22 @@ def list_model_families() -> list[tuple[str, str]]:
 
 
 def model_names() -> list[str]:
-    return list(_MODELS)
+    return _MODELS.names()
 
 
 def list_models() -> list[ModelSpec]:
-    return list(_MODELS.values())
+    return list(_MODELS)
 
 
 def get_model_spec(name: str) -> ModelSpec:
     prefix, _, arch = name.partition(":")
-    if arch and prefix in _FAMILIES:
-        return _FAMILIES[prefix][1](arch)
-    try:
-        return _MODELS[name.lower()]
-    except KeyError:
+    if arch and prefix.casefold() in _FAMILIES:
+        return _FAMILIES[prefix.casefold()][1](arch)
+    spec = _MODELS.get(name)
+    if spec is None:
         families = ", ".join(f"{p}:NAME" for p in _FAMILIES)
-        raise ModelError(f"unknown model {name!r}: use one of {', '.join(_MODELS)}, {families}") from None
+        raise ModelError(f"unknown model {name!r}: use one of {', '.join(_MODELS.names())}, {families}")
+    return spec
 
 
 def classifier_layer(model: nn.Module) -> str:
@@ -90,13 +91,14 @@ def read_weights_file(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ModelError(f"--weights {path}: no such file") from None
-    except Exception as exc:  # unpickling refused or corrupt
-        raise ModelError(f"--weights {path}: not a PyTorch weights file ({exc.__class__.__name__}); save one with torch.save(model.state_dict(), path)") from None
+        raise ModelError(f"`weights` {path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 unpickling refused or corrupt
+        raise ModelError(f"`weights` {path}: not a PyTorch weights file ({exc.__class__.__name__}); "
+                         "save one with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ModelError(f"--weights {path}: expected a state dict (name -> tensor)")
+        raise ModelError(f"`weights` {path}: expected a state dict (name -> tensor)")
     return state
 
 
@@ -121,7 +123,7 @@ def create_model(
             out = model(torch.zeros(2, in_channels, image_size, image_size))
     except RuntimeError:
         raise ModelError(
-            f"model {name} cannot take {image_size}x{image_size} images; pass a larger --image-size (e.g. 32)"
+            f"model {name} cannot take {image_size}x{image_size} images; pass a larger `image_size` (e.g. 32)"
         ) from None
     if out.shape != (2, num_classes):
         raise ModelError(f"model {name} returned shape {tuple(out.shape)} for {num_classes} classes")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
+from torchvision.models import ResNet18_Weights
+from torchvision.models import resnet18 as tv_resnet18
 
 from .backbones import IMAGENET_STATS, load_torchvision_weights, set_input_channels
 from .registry import register_model
+
 
 @register_model(
     "resnet18",

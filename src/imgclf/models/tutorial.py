@@ -50,7 +50,7 @@ def lenet5(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     )
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
-        raise ValueError(f"needs images of at least 16x16, got {image_size}x{image_size}; pass --image-size 32")
+        raise ValueError(f"needs images of at least 16x16, got {image_size}x{image_size}; pass `image_size=32`")
     classifier = nn.Sequential(
         nn.Linear(_flat_size(16, side), 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
     )

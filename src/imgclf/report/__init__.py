@@ -1,13 +1,5 @@
-"""Reports built from a run's outputs: figures and terminal tables."""
+"""Reports: drawing (``plots``), tables (``tables``) and pages (``html``) that import nothing else of imgclf,
+and, over a finished run, the HTML report (``page``) and the comparison of runs (``compare``).
 
-from .plots import (
-    plot_comparison, plot_confusion_matrix, plot_curves, plot_explanations, plot_feature_maps, plot_image_grid, plot_kernels,
-    plot_per_class, plot_predictions,
-)
-from .html import HtmlReport
-from .tables import per_class_table, table
-
-__all__ = [
-    "HtmlReport", "per_class_table", "plot_comparison", "plot_confusion_matrix", "plot_curves", "plot_explanations", "plot_feature_maps", "plot_image_grid", "plot_kernels",
-    "plot_per_class", "plot_predictions", "table",
-]
+Import the submodule you need: this package imports none of them, so a table does not load matplotlib.
+"""

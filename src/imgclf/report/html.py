@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..fsutil import atomic_write_text
+from .tables import Table
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -43,10 +42,13 @@ class HtmlReport:
     def pre(self, text: str) -> None:
         self._body.append(f"<pre>{html.escape(text)}</pre>")
 
-    def table(self, headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> None:
+    def table(self, table: Table) -> None:
         """Numbers align right; a table without headers is a list of (name, text) lines, aligned left."""
+        if table.title:
+            self.text(table.title)
+        headers = table.headers
         head = "<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr></thead>" if headers else ""
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in table.rows)
         self._body.append(f'<table{"" if headers else " class=text"}>{head}<tbody>{body}</tbody></table>')
 
     def figure(self, png: str | os.PathLike, caption: str = "") -> None:

@@ -10,9 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..fsutil import atomic_path  # noqa: E402
 
@@ -76,10 +76,8 @@ def plot_per_class(metrics: dict[str, Any], path: str | os.PathLike) -> None:
 
 def _show(ax, image: torch.Tensor) -> None:
     """A C x H x W image in 0..1 or uint8."""
-    array = image.float()
-    if image.dtype == torch.uint8:
-        array = array / 255
-    array = array.clamp(0, 1).permute(1, 2, 0).numpy()
+    scaled = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    array = scaled.clamp(0, 1).permute(1, 2, 0).numpy()
     ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray" if array.shape[-1] == 1 else None,
               interpolation="nearest")
     ax.axis("off")

@@ -1,9 +1,9 @@
-"""Training: the loop, optimizers and schedules, checkpoints."""
+"""Training: the pipeline (prepare, build, fit, finish), the loop, optimizers and schedules."""
 
-from .checkpoint import read_checkpoint, save_checkpoint
-from .loop import HISTORY_COLUMNS, FitResult, Trainer
+from .loop import FitResult, Trainer
 from .optim import build_optimizer, build_scheduler, lr_factor
+from .pipeline import TrainResult, build_model, train_run
 from .speed import seconds_per_image
 
-__all__ = ["HISTORY_COLUMNS", "FitResult", "Trainer", "build_optimizer", "build_scheduler", "lr_factor", "read_checkpoint", "save_checkpoint",
-           "seconds_per_image"]
+__all__ = ["FitResult", "TrainResult", "Trainer", "build_model", "build_optimizer", "build_scheduler", "lr_factor",
+           "seconds_per_image", "train_run"]

@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import io
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..fsutil import atomic_write_text
-from .checkpoint import save_checkpoint
+from ..rundir import BEST, LAST, TENSORBOARD, Checkpoint, InferenceSpec, RunDir
 from .ema import Lookahead
 from .optim import build_optimizer, build_scheduler
 from .progress import batches_with_bar, format_epoch
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
 EpochCallback = Callable[[int, dict], None]
 
 
@@ -50,14 +45,6 @@ def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def write_history(path: Path, history: Sequence[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
-
-
 class Trainer:
     def __init__(
         self,
@@ -65,8 +52,8 @@ class Trainer:
         train_batches: Any,
         val_batches: Any,
         cfg: TrainConfig,
-        run_dir: Path,
-        checkpoint_meta: dict[str, Any],
+        run: RunDir,
+        spec: InferenceSpec,
         *,
         class_weights: torch.Tensor | None = None,
         head: str = "classifier",
@@ -75,12 +62,14 @@ class Trainer:
         verbose: bool = True,
     ) -> None:
         self.model, self.train_batches, self.val_batches = model, train_batches, val_batches
-        self.cfg, self.run_dir, self.meta = cfg, Path(run_dir), checkpoint_meta
+        self.cfg, self.run, self.spec = cfg, run, spec
         self.head, self.callbacks, self.log, self.verbose = head, list(callbacks), log, verbose
         self.device = next(model.parameters()).device
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         if self.device.type == "cuda":  # batch shapes are fixed: let cuDNN pick its fastest kernels
             torch.backends.cudnn.benchmark = True
+        assert cfg.epochs and cfg.optimizer and cfg.lr and cfg.weight_decay is not None and cfg.schedule, "the recipe fills these"
+        self.epochs = cfg.epochs
         weight = class_weights.to(self.device) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing or 0.0)
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
@@ -116,28 +105,29 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
-    def resume(self, checkpoint: dict[str, Any]) -> None:
+    def resume(self, checkpoint: Checkpoint) -> None:
         """Continue from a ``last.pt``: weights, optimizer, schedule, RNG and history as they were."""
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
-        self.history = list(checkpoint["history"])
-        self.best_val_loss, self.best_epoch = checkpoint["best_val_loss"], checkpoint["best_epoch"]
-        self.bad_epochs = checkpoint["bad_epochs"]
+        state = checkpoint.training or {}
+        self.model.load_state_dict(checkpoint.state_dict)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = list(state["history"])
+        self.best_val_loss, self.best_epoch = state["best_val_loss"], state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
         if self.lookahead is not None:
-            self.lookahead.load_state_dict(checkpoint.get("lookahead"))
-        torch.set_rng_state(checkpoint["rng_cpu"])
-        if checkpoint["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
+            self.lookahead.load_state_dict(state.get("lookahead"))
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
 
     def _open_tensorboard(self):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            self.log("warning: --tensorboard needs the tensorboard package (pip install tensorboard); logging to history.csv only")
+            self.log("warning: `tensorboard` needs the tensorboard package (pip install tensorboard); logging to history.csv only")
             return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
+        return SummaryWriter(str(self.run / TENSORBOARD))
 
     # ------------------------------------------------------------------ epochs
 
@@ -224,11 +214,8 @@ class Trainer:
         return loss_sum.item() / seen, correct.item() / seen
 
     def _save(self, name: str, epoch: int, row: dict, with_state: bool) -> None:
-        payload = {**self.meta, "state_dict": self.model.state_dict(), "epoch": epoch,
-                   "val_loss": row["val_loss"], "val_acc": row["val_acc"]}
-        if with_state:
-            payload.update(self.training_state())
-        save_checkpoint(self.run_dir / name, payload)
+        self.run.save_checkpoint(name, Checkpoint(self.spec, self.model.state_dict(), self.cfg.to_dict(), epoch, row["val_loss"],
+                                                  row["val_acc"], self.training_state() if with_state else None))
 
     def fit(self) -> FitResult:
         cfg = self.cfg
@@ -237,7 +224,7 @@ class Trainer:
         train_time, train_images = 0.0, 0
         self.train_time = sum(r.get("train_seconds", 0.0) for r in self.history)
         self.warm_up_compiled()
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(start_epoch, self.epochs + 1):
             self._set_backbone_frozen(epoch <= cfg.freeze_epochs)
             t0 = time.perf_counter()
             train_loss, train_acc, seen = self._train_epoch(epoch)
@@ -255,11 +242,11 @@ class Trainer:
             improved = val_loss < self.best_val_loss
             if improved:
                 self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
-                self._save("best.pt", epoch, row, with_state=False)
+                self._save(BEST, epoch, row, with_state=False)
             else:
                 self.bad_epochs += 1
-            self._save("last.pt", epoch, row, with_state=True)
-            write_history(self.run_dir / "history.csv", self.history)
+            self._save(LAST, epoch, row, with_state=True)
+            self.run.write_history(self.history)
             self._log_epoch(row, improved)
             for callback in self.callbacks:
                 callback(epoch, row)
@@ -287,7 +274,7 @@ class Trainer:
 
     def _log_epoch(self, row: dict, improved: bool) -> None:
         if self.verbose:
-            self.log(format_epoch(row, self.cfg.epochs) + ("  *best" if improved else ""))
+            self.log(format_epoch(row, self.epochs) + ("  *best" if improved else ""))
         if self.tensorboard is not None:
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
                 self.tensorboard.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])

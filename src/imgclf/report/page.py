@@ -1,0 +1,133 @@
+"""One self-contained HTML page of a run, built from its run directory alone: summary, curves, metrics,
+errors, Grad-CAM explanations of test images and the model layer by layer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import rundir
+from ..evaluate import per_class_table, test_predictions
+from ..explain import (
+    ERRORS_TOP,
+    ErrorsResult,
+    InspectResult,
+    explain_batch,
+    inspect_classifier,
+    plot_explanation_pages,
+    spatial_layers,
+    test_image_name,
+    write_errors,
+)
+from ..predict import Classifier, load
+from ..rundir import RunDir, SplitPredictions
+from .html import HtmlReport
+from .tables import Table
+
+REPORT_RIGHT, REPORT_WRONG = 6, 6  # test images explained in the report
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def _examples(predictions: SplitPredictions, classes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    """Stored test images to explain, the most confident mistakes first then some right answers, with labels."""
+    index = predictions.example_index
+    wrong = predictions.predicted[index] != predictions.labels[index]
+    picked = torch.cat([torch.nonzero(wrong).flatten()[:REPORT_WRONG], torch.nonzero(~wrong).flatten()[:REPORT_RIGHT]])
+    labels = [f"{test_image_name(predictions, int(index[k]))} {'wrong' if wrong[k] else 'right'} "
+              f"(true {classes[int(predictions.labels[index[k]])]})" for k in picked.tolist()]
+    return predictions.example_images[picked], labels
+
+
+def _explanations(classifier: Classifier, images: torch.Tensor, labels: list[str], folder: Path) -> tuple[Path | None, str]:
+    if not len(images):
+        return None, ""
+    method = "gradcam" if spatial_layers(classifier.model, classifier.normalise(images[:1])) else "saliency"
+    explanations = explain_batch(classifier, images, method)
+    return plot_explanation_pages(images, labels, explanations, classifier.classes, folder, f"report-{method}")[0], method
+
+
+def _section_metrics(page: HtmlReport, metrics: dict[str, Any], run: RunDir) -> None:
+    page.section("Test metrics")
+    page.table(per_class_table(metrics["test"]))
+    page.figure(run / rundir.CONFUSION_MATRIX, "confusion matrix: rows are the true classes, columns the predictions")
+    page.figure(run / rundir.PER_CLASS, "precision, recall and F1 per class")
+    page.figure(run / rundir.PREDICTIONS_PLOT, "a sample of test predictions (mistakes in red)")
+
+
+def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
+    analysis = result.analysis
+    page.section("Errors")
+    page.text(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images.")
+    page.table(analysis.class_accuracy_table())
+    if analysis.confused_pairs:
+        page.text("Most confused pairs (true class, predicted as, count):")
+        page.table(analysis.confused_pairs_table())
+    if "mistakes" in result.paths:
+        page.figure(result.paths["mistakes"], "the most confident mistakes: true class, prediction and its probability")
+
+
+def _section_model(page: HtmlReport, result: InspectResult) -> None:
+    page.section("Inside the model")
+    page.text(result.weight_sharing_summary())
+    page.table(result.layer_table())
+    for key, caption in (("kernels", "the first layer's kernels"),
+                         ("feature_maps", "feature maps of one test image after each block and pooling")):
+        if key in result.paths:
+            page.figure(result.paths[key], caption)
+
+
+def _summary(metrics: dict[str, Any], classifier: Classifier, macs: int) -> Table:
+    test, data = metrics["test"], metrics["data"]
+    tta = f" ({test['accuracy_without_tta']:.4f} without test-time augmentation)" if "accuracy_without_tta" in test else ""
+    return Table(None, [
+        ["data", f"{data['name']}: {data['train']} train / {data['val']} validation / {data['test']} test images, "
+                 f"{data['channels']}x{data['image_size']}x{data['image_size']}, {len(data['classes'])} classes"],
+        ["model", f"{classifier.model_name}, {metrics['parameters']:,} parameters, {macs:,} multiply-adds per image"],
+        ["test accuracy", f"{test['accuracy']:.4f}{tta}"],
+        ["macro F1", f"{test['macro_f1']:.4f}"],
+        ["training", f"{metrics['epochs_run']} epochs in {metrics['train_seconds']:.1f} s on {metrics['device']} "
+                     f"({metrics['images_per_second']:.0f} images/s), best epoch {metrics['best_epoch']}"],
+    ])
+
+
+def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Callable[[str], None]) -> Path:
+    run = RunDir.find(path)
+    metrics = run.read_metrics()
+    classifier = load(run.path, device="cpu")
+    predictions = test_predictions(run, classifier, log)
+    errors_result = write_errors(predictions, classifier.classes, ERRORS_TOP, run / rundir.ERRORS, _quiet)
+    examples, labels = _examples(predictions, classifier.classes)
+    inspected = inspect_classifier(classifier, examples[-1] if len(examples) else None, run / rundir.INSPECT, _quiet)
+    explained, method = _explanations(classifier, examples, labels, run / rundir.EXPLAIN)
+
+    test = metrics["test"]
+    page = HtmlReport(f"{run.path.name}: {classifier.model_name} on {metrics['data']['name']}",
+                      f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}; report written "
+                      f"{datetime.now():%Y-%m-%d %H:%M} by imgclf from {run.path.resolve()}")
+    page.section("Summary")
+    page.table(_summary(metrics, classifier, inspected.macs))
+    page.section("Training")
+    page.figure(run / rundir.CURVES, "loss and accuracy per epoch, training and validation")
+    page.figure(run / rundir.SAMPLES, "training images as the network saw them (after augmentation)")
+    _section_metrics(page, metrics, run)
+    _section_errors(page, errors_result)
+    if explained is not None:
+        page.section("Explanations")
+        page.text("Grad-CAM heat maps on the last conv block: red marks the image regions the top class rests on."
+                  if method == "gradcam" else "Saliency maps: red marks the pixels the top class is most sensitive to.")
+        page.figure(explained, "test images (most confident mistakes first), each beside its heat map")
+    _section_model(page, inspected)
+    page.section("Config")
+    page.pre(yaml.safe_dump(classifier.config, sort_keys=False))
+    written = page.write(Path(out) if out else run / rundir.REPORT)
+    log(f"report: {written}")
+    return written

@@ -1,0 +1,335 @@
+"""The run directory: the contract between training and everything after it.
+
+Training writes a run directory through :class:`RunDir`; ``predict``, ``evaluate``, ``explain``, the
+report and the exporters read it through the same class, never through the training loop's state.
+This module owns every file name in it, the checkpoint format (a flat dict of tensors and plain values,
+as nanoGPT's ``train.py`` saves, read with ``torch.load(weights_only=True)`` so that loading never runs
+code from the file) and its upgrades from older versions, and the saved test predictions.
+
+Checkpoint format, version 2 (``best.pt`` and ``last.pt``)::
+
+    format       "imgclf-checkpoint"
+    version      2
+    model        {"name": registry name, "kwargs": the model function's keyword arguments}
+    state_dict   the network's weights
+    classes, image_size, channels, mean, std
+    hflip        whether a mirrored image keeps its label (the mirrored test-time views)
+    tta          whether the run's test metrics used test-time augmentation
+    config       every training setting (config.yaml as a dict)
+    epoch, val_loss, val_acc
+    # last.pt only: optimizer, scheduler, scaler, history, best_val_loss, best_epoch, bad_epochs,
+    # lookahead, rng_cpu, rng_cuda
+
+Version 1 (imgclf 0.1) lacked ``tta``; :func:`upgrade` fills it from the config.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .errors import CheckpointError, ConfigError, name_settings
+from .fsutil import atomic_path, atomic_write_json, atomic_write_text
+
+# ---------------------------------------------------------------- file names
+
+CONFIG = "config.yaml"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+BEST = "best.pt"
+LAST = "last.pt"
+TEST_PREDICTIONS = "test_predictions.pt"
+SKIPPED = "skipped.txt"
+EVALUATION = "evaluation.json"
+REPORT = "report.html"
+PLOTS = "plots"
+CURVES = f"{PLOTS}/curves.png"
+CONFUSION_MATRIX = f"{PLOTS}/confusion_matrix.png"
+PER_CLASS = f"{PLOTS}/per_class.png"
+SAMPLES = f"{PLOTS}/samples.png"
+PREDICTIONS_PLOT = f"{PLOTS}/predictions.png"
+TENSORBOARD = "tensorboard"
+INSPECT = "inspect"  # folders written by the commands over a finished run
+EXPLAIN = "explain"
+ERRORS = "errors"
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
+
+# ---------------------------------------------------------------- checkpoints
+
+FORMAT = "imgclf-checkpoint"
+VERSION = 2
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "history", "best_val_loss", "best_epoch", "bad_epochs", "lookahead",
+                 "rng_cpu", "rng_cuda")
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """What inference needs besides the weights: how to rebuild the network and prepare its input."""
+
+    model: str  # registry name
+    model_args: dict[str, Any]  # keyword arguments of the model function
+    classes: list[str]
+    image_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+    hflip: bool = False  # a mirrored image keeps its label: test-time augmentation may mirror
+    tta: bool = False  # the run's test metrics averaged test-time augmented views
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"model": {"name": self.model, "kwargs": dict(self.model_args)}, "classes": list(self.classes),
+                "image_size": self.image_size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+                "hflip": self.hflip, "tta": self.tta}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> InferenceSpec:
+        return cls(payload["model"]["name"], dict(payload["model"].get("kwargs") or {}), list(payload["classes"]),
+                   int(payload["image_size"]), int(payload["channels"]), [float(v) for v in payload["mean"]],
+                   [float(v) for v in payload["std"]], bool(payload.get("hflip", False)), bool(payload.get("tta", False)))
+
+
+@dataclass
+class Checkpoint:
+    spec: InferenceSpec
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)  # the training settings, as in config.yaml
+    epoch: int = 0
+    val_loss: float = float("nan")
+    val_acc: float = float("nan")
+    training: dict[str, Any] | None = None  # optimizer, schedule, RNG and history: last.pt only
+    path: Path | None = None  # where it was read from
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = {"format": FORMAT, "version": VERSION, **self.spec.to_payload(), "state_dict": self.state_dict,
+                   "config": self.config, "epoch": self.epoch, "val_loss": self.val_loss, "val_acc": self.val_acc}
+        return {**payload, **(self.training or {})}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path | None = None) -> Checkpoint:
+        training = {k: payload[k] for k in TRAINING_KEYS if k in payload} or None
+        return cls(InferenceSpec.from_payload(payload), payload["state_dict"], dict(payload.get("config") or {}),
+                   int(payload.get("epoch", 0)), float(payload.get("val_loss", float("nan"))),
+                   float(payload.get("val_acc", float("nan"))), training, path)
+
+
+def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """imgclf 0.1 did not record whether test metrics used TTA; its config did."""
+    return {**payload, "tta": bool((payload.get("config") or {}).get("tta")), "version": 2}
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}  # version -> next version's payload
+INFERENCE_KEYS = ("model", "state_dict", "classes", "image_size", "channels", "mean", "std")
+
+
+def upgrade(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -> dict[str, Any]:
+    """A checkpoint payload of any earlier version in the current layout."""
+    version = payload.get("version", 1)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{source}: written by a newer imgclf (format {version}); upgrade imgclf")
+    while version < VERSION:
+        payload = UPGRADES[version](payload)
+        version = payload["version"]
+    missing = [k for k in INFERENCE_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{source}: incomplete checkpoint (missing {', '.join(missing)}); retrain or use another file")
+    return payload
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint.to_payload(), tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A checkpoint file, or a run directory's best.pt, loaded without executing code from it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; pass a run directory or its {BEST} / {LAST}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 truncated file, foreign pickle refused by weights_only, ...
+        raise CheckpointError(
+            f"{path}: not a readable imgclf checkpoint ({exc.__class__.__name__}); use the {BEST} or {LAST} of a run"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an imgclf checkpoint (no '{FORMAT}' marker); use the {BEST} or {LAST} of a run")
+    try:
+        return Checkpoint.from_payload(upgrade(payload, path), path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({exc.__class__.__name__}: {exc}); retrain or use another file") from None
+
+
+# ---------------------------------------------------------------- saved test predictions
+
+
+@dataclass
+class SplitPredictions:
+    """A split's predictions as a run keeps its test set's in ``test_predictions.pt``: what ``errors`` and
+    the report read, so they need neither the dataset nor a forward pass. Only the top classes of each
+    image are kept (enough for confidences and confusions, small for a thousand classes), plus the images
+    of the most confident mistakes and of a few right answers to draw."""
+
+    labels: torch.Tensor  # N, true classes
+    top_index: torch.Tensor  # N x k, most probable classes first
+    top_prob: torch.Tensor  # N x k, their probabilities
+    example_index: torch.Tensor  # M, test indices whose images are kept
+    example_images: torch.Tensor  # M x C x H x W uint8
+    sources: list[str] | None = None  # N image files, for folder and CSV data
+
+    TOP_K = 5
+    WRONG_EXAMPLES = 64
+    RIGHT_EXAMPLES = 16
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.top_index[:, 0]
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.top_prob[:, 0]
+
+    @classmethod
+    def from_probs(cls, probs: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, seed: int = 0,
+                   sources: list[str] | None = None) -> SplitPredictions:
+        top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
+        wrong = torch.nonzero(top_index[:, 0] != labels).flatten()
+        wrong = wrong[top_prob[wrong, 0].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
+        right = torch.nonzero(top_index[:, 0] == labels).flatten()
+        generator = torch.Generator().manual_seed(seed)
+        right = right[torch.randperm(len(right), generator=generator)][: cls.RIGHT_EXAMPLES]
+        examples = torch.cat([wrong, right])
+        return cls(labels.clone(), top_index, top_prob.float(), examples, images[examples].clone(), sources)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp:
+            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SplitPredictions:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(**{f.name: payload.get(f.name) for f in fields(cls)})
+        except Exception as exc:  # noqa: BLE001 damaged or from another version: the caller recomputes
+            raise CheckpointError(f"{path}: unreadable test predictions ({exc.__class__.__name__})") from None
+
+
+# ---------------------------------------------------------------- the directory
+
+
+class RunDir:
+    """One run's folder: where each file lives, and reading and writing them (atomically)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # --- finding and making runs
+
+    @classmethod
+    def create(cls, out: str | os.PathLike | None, default_name: str) -> RunDir:
+        """``out`` if it is new or empty, else ``runs/<default_name>[-N]``: a run never overwrites another."""
+        if out:
+            path = Path(out)
+            if path.exists() and any(path.iterdir()):
+                raise ConfigError(f"`out` {path}: already holds a run; choose another `out`, or continue it with `resume={path}`")
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(path)
+        base = Path("runs") / default_name.replace(" ", "_")
+        candidate, n = base, 1
+        while candidate.exists():
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+        candidate.mkdir(parents=True)
+        return cls(candidate)
+
+    @classmethod
+    def find(cls, path: str | os.PathLike) -> RunDir:
+        """The run a path names: the folder itself, or the folder of one of its checkpoints."""
+        path = Path(path)
+        run = path.parent if path.is_file() else path
+        if not (run / BEST).is_file():
+            raise CheckpointError(f"{path}: not a run directory (no {BEST}); pass the folder a training run wrote")
+        return cls(run)
+
+    @staticmethod
+    def checkpoint_path(path: str | os.PathLike) -> Path:
+        """The checkpoint a path names: the file itself, or a run directory's best.pt."""
+        path = Path(path)
+        return path / BEST if path.is_dir() else path
+
+    # --- what training writes
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(self / CONFIG, yaml.safe_dump(config, sort_keys=False))
+
+    def write_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
+        if skipped:
+            atomic_write_text(self / SKIPPED, "".join(f"{path}\t{name_settings(reason)}\n" for path, reason in skipped))
+
+    def write_history(self, history: Sequence[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self / HISTORY, buffer.getvalue())
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self / METRICS, metrics)
+
+    def write_evaluation(self, evaluation: dict[str, Any]) -> None:
+        atomic_write_json(self / EVALUATION, evaluation)
+
+    def save_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
+        save_checkpoint(self / name, checkpoint)
+
+    def save_predictions(self, predictions: SplitPredictions) -> None:
+        predictions.save(self / TEST_PREDICTIONS)
+
+    # --- what everything after training reads
+
+    def read_config(self) -> dict[str, Any]:
+        return yaml.safe_load((self / CONFIG).read_text(encoding="utf-8")) or {}
+
+    def read_metrics(self) -> dict[str, Any]:
+        path = self / METRICS
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing, the run did not finish; complete it with `resume={self.path}`")
+        return json.loads(path.read_text())
+
+    def read_history(self) -> list[dict[str, str]]:
+        with open(self / HISTORY, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def read_predictions(self) -> SplitPredictions:
+        return SplitPredictions.load(self / TEST_PREDICTIONS)
+
+    def resume_checkpoint(self) -> Checkpoint:
+        """last.pt with its training state, or a one-line error that says why it cannot be resumed and what to do."""
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: no such run directory; pass the folder a training run wrote")
+        if not (self / LAST).is_file():
+            if (self / CONFIG).is_file():
+                raise CheckpointError(f"{self.path}: the run stopped before its first epoch finished, so there is nothing "
+                                      f"to resume; start it again with `config={self / CONFIG}`")
+            raise CheckpointError(f"{self.path}: not a run directory (no {LAST}); pass the folder a training run wrote")
+        checkpoint = read_checkpoint(self / LAST)
+        if checkpoint.training is None or "optimizer" not in checkpoint.training:
+            raise CheckpointError(f"{self / LAST}: holds no training state; it cannot be resumed")
+        return checkpoint
