@@ -44,21 +44,40 @@ def main() -> None:
             for model in reversed(args.models):  # cnn first, so the others can be given as a ratio
                 t0 = time.perf_counter()
                 try:
-                    result = imgclf.train(model=model, out=f"{out}/{dataset}-{model}", verbose=False,
-                                          **settings, **({"epochs": epochs[dataset]} if dataset in epochs else {}))
+                    result = imgclf.train(
+                        model=model,
+                        out=f"{out}/{dataset}-{model}",
+                        verbose=False,
+                        **settings,
+                        **({"epochs": epochs[dataset]} if dataset in epochs else {}),
+                    )
                 except imgclf.ImgclfError as exc:  # e.g. LeNet-5 cannot take 8x8 digits
                     rows.append([dataset, model, "-", "n/a", "-", "-", "-", "-", str(exc)[:60]])
                     continue
                 m = result.metrics
                 cnn_seconds = cnn_seconds or m["train_seconds"]
-                rows.append([dataset, model, result.config.epochs, f"{m['test']['accuracy']:.4f}", f"{m['train_seconds']:.1f}",
-                             f"{m['images_per_second']:.0f}", f"{m['parameters']:,}", f"{m['train_seconds'] / cnn_seconds:.2f}",
-                             f"{time.perf_counter() - t0:.0f}"])
+                rows.append(
+                    [
+                        dataset,
+                        model,
+                        result.config.epochs,
+                        f"{m['test']['accuracy']:.4f}",
+                        f"{m['train_seconds']:.1f}",
+                        f"{m['images_per_second']:.0f}",
+                        f"{m['parameters']:,}",
+                        f"{m['train_seconds'] / cnn_seconds:.2f}",
+                        f"{time.perf_counter() - t0:.0f}",
+                    ]
+                )
                 print(" | ".join(map(str, rows[-1])), flush=True)
     print()
-    print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, imgclf {imgclf.__version__}")
-    print(table(["dataset", "model", "epochs", "test acc", "train s", "images/s", "params", "time / cnn", "wall s"], rows))
+    print(
+        f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, imgclf {imgclf.__version__}"
+    )
+    print(
+        table(["dataset", "model", "epochs", "test acc", "train s", "images/s", "params", "time / cnn", "wall s"], rows)
+    )
 
 
 if __name__ == "__main__":

@@ -37,39 +37,67 @@ DATA = REPO / ".data"
 # task -> [(method, description)], the tutorial recipe first
 SUITES: dict[str, dict[str, list[tuple[str, str]]]] = {
     "cpu": {
-        "mnist": [("tutorial", "2-conv CNN, Adam, batch 100, 2 epochs, DataLoader+PIL"), ("imgclf", "imgclf train --data mnist")],
-        "fashion": [("tutorial", "apparels CNN (2x4 filters), Adam 0.07, 25 full-batch epochs"),
-                    ("imgclf", "imgclf train --data fashion-mnist"),
-                    ("imgclf-long", "imgclf train --data fashion-mnist --budget 300")],
-        "cifar10": [("tutorial", "LeNet, SGD, batch 4, 10 epochs, DataLoader+PIL"),
-                    ("imgclf", "imgclf train --data cifar10/ --image-size 32")],
-        "folder": [("tutorial", "ImageFolder + PIL + DataLoader (2 workers), one epoch"),
-                   ("imgclf", "decode + cache, then load the cache")],
-        "predict": [("tutorial", "per-image PIL transforms + DataLoader, batch 256"),
-                    ("imgclf", "Classifier.predict_proba, batch 256")],
+        "mnist": [
+            ("tutorial", "2-conv CNN, Adam, batch 100, 2 epochs, DataLoader+PIL"),
+            ("imgclf", "imgclf train --data mnist"),
+        ],
+        "fashion": [
+            ("tutorial", "apparels CNN (2x4 filters), Adam 0.07, 25 full-batch epochs"),
+            ("imgclf", "imgclf train --data fashion-mnist"),
+            ("imgclf-long", "imgclf train --data fashion-mnist --budget 300"),
+        ],
+        "cifar10": [
+            ("tutorial", "LeNet, SGD, batch 4, 10 epochs, DataLoader+PIL"),
+            ("imgclf", "imgclf train --data cifar10/ --image-size 32"),
+        ],
+        "folder": [
+            ("tutorial", "ImageFolder + PIL + DataLoader (2 workers), one epoch"),
+            ("imgclf", "decode + cache, then load the cache"),
+        ],
+        "predict": [
+            ("tutorial", "per-image PIL transforms + DataLoader, batch 256"),
+            ("imgclf", "Classifier.predict_proba, batch 256"),
+        ],
     },
     "gpu": {
-        "cifar10-gpu": [("tutorial-resnet18", "ResNet-18, SGD 1e-3, batch 64, 10 epochs, DataLoader+PIL"),
-                        ("tutorial-cnn4", "4-conv dropout CNN, Adam, batch 32, 8 epochs"),
-                        ("imgclf", "imgclf train --data cifar10/ --image-size 32 (5 seeds)"),
-                        ("imgclf-long", "imgclf train ... --target-accuracy 0.934")],
+        "cifar10-gpu": [
+            ("tutorial-resnet18", "ResNet-18, SGD 1e-3, batch 64, 10 epochs, DataLoader+PIL"),
+            ("tutorial-cnn4", "4-conv dropout CNN, Adam, batch 32, 8 epochs"),
+            ("imgclf", "imgclf train --data cifar10/ --image-size 32 (5 seeds)"),
+            ("imgclf-long", "imgclf train ... --target-accuracy 0.934"),
+        ],
     },
 }
 
 TARGETS = {  # (task, method) -> (what, check(result, tutorial result))
-    ("mnist", "imgclf"): (">= 0.993 in <= 0.5x", lambda r, t: r["accuracy"] >= 0.993 and r["train_seconds"] <= 0.5 * t["train_seconds"]),
+    ("mnist", "imgclf"): (
+        ">= 0.993 in <= 0.5x",
+        lambda r, t: r["accuracy"] >= 0.993 and r["train_seconds"] <= 0.5 * t["train_seconds"],
+    ),
     ("fashion", "imgclf"): (">= 0.925 in <= 60 s", lambda r, t: r["accuracy"] >= 0.925 and r["train_seconds"] <= 60),
-    ("fashion", "imgclf-long"): (">= 0.94 in <= 300 s", lambda r, t: r["accuracy"] >= 0.94 and r["train_seconds"] <= 300),
-    ("cifar10", "imgclf"): (">= 0.85 in <= 1x, < 3 GB", lambda r, t: r["accuracy"] >= 0.85
-                            and r["train_seconds"] <= t["train_seconds"] and r["peak_rss_mb"] < 3072),
+    ("fashion", "imgclf-long"): (
+        ">= 0.94 in <= 300 s",
+        lambda r, t: r["accuracy"] >= 0.94 and r["train_seconds"] <= 300,
+    ),
+    ("cifar10", "imgclf"): (
+        ">= 0.85 in <= 1x, < 3 GB",
+        lambda r, t: r["accuracy"] >= 0.85 and r["train_seconds"] <= t["train_seconds"] and r["peak_rss_mb"] < 3072,
+    ),
     ("folder", "imgclf"): ("first run <= 30 s", lambda r, t: r["train_seconds"] <= 30),
     ("predict", "imgclf"): (">= 5000 images/s", lambda r, t: r["images_per_second"] >= 5000),
-    ("cifar10-gpu", "imgclf"): (">= 0.907 in <= 2.5 s", lambda r, t: r["accuracy"] >= 0.907 and r["train_seconds"] <= 2.5),
-    ("cifar10-gpu", "imgclf-long"): (">= 0.934 in <= 17 s", lambda r, t: r["accuracy"] >= 0.934 and r["train_seconds"] <= 17),
+    ("cifar10-gpu", "imgclf"): (
+        ">= 0.907 in <= 2.5 s",
+        lambda r, t: r["accuracy"] >= 0.907 and r["train_seconds"] <= 2.5,
+    ),
+    ("cifar10-gpu", "imgclf-long"): (
+        ">= 0.934 in <= 17 s",
+        lambda r, t: r["accuracy"] >= 0.934 and r["train_seconds"] <= 17,
+    ),
 }
 
 
 # ---------------------------------------------------------------- data
+
 
 def cifar10_folder() -> Path:
     target = DATA / "cifar10"
@@ -98,17 +126,25 @@ def _imgclf(seed: int = 0, **settings: Any) -> dict[str, Any]:
         result = imgclf.train(data_dir=str(SHARED), out=str(Path(out) / "run"), verbose=False, seed=seed, **settings)
         m = result.metrics
         cfg = result.config
-    return {"accuracy": m["test"]["accuracy"], "train_seconds": m["train_seconds"], "compile_seconds": m["compile_seconds"],
-            "images_per_second": m["images_per_second"],
-            "setup": f"{cfg.model} {cfg.model_args or ''} {cfg.epochs:g} ep, batch {cfg.batch_size}"}
+    return {
+        "accuracy": m["test"]["accuracy"],
+        "train_seconds": m["train_seconds"],
+        "compile_seconds": m["compile_seconds"],
+        "images_per_second": m["images_per_second"],
+        "setup": f"{cfg.model} {cfg.model_args or ''} {cfg.epochs:g} ep, batch {cfg.batch_size}",
+    }
 
 
 def _outcome(outcome) -> dict[str, Any]:
-    return {"accuracy": outcome.accuracy, "train_seconds": outcome.train_seconds,
-            "images_per_second": outcome.images_seen / outcome.train_seconds}
+    return {
+        "accuracy": outcome.accuracy,
+        "train_seconds": outcome.train_seconds,
+        "images_per_second": outcome.images_seen / outcome.train_seconds,
+    }
 
 
 # ---------------------------------------------------------------- one method of one task
+
 
 def run_one(task: str, method: str) -> dict[str, Any]:
     from bench import tutorials
@@ -150,8 +186,12 @@ def _folder(method: str) -> dict[str, Any]:
         cached_seconds = time.perf_counter() - start
     assert not first.from_cache and second.from_cache and torch.equal(first.train.images, second.train.images)
     n = len(first.train) + len(first.val) + len(first.test)
-    return {"accuracy": None, "train_seconds": first_seconds, "images_per_second": n / first_seconds,
-            "setup": f"{n} files; later runs load the cache in {cached_seconds:.1f} s"}
+    return {
+        "accuracy": None,
+        "train_seconds": first_seconds,
+        "images_per_second": n / first_seconds,
+        "setup": f"{n} files; later runs load the cache in {cached_seconds:.1f} s",
+    }
 
 
 def _predict(method: str) -> dict[str, Any]:
@@ -175,7 +215,12 @@ def _predict(method: str) -> dict[str, Any]:
     start = time.perf_counter()
     classifier.predict_proba(images, batch_size=256)
     seconds = time.perf_counter() - start
-    return {"accuracy": None, "train_seconds": seconds, "images_per_second": len(images) / seconds, "setup": f"cnn {widths}"}
+    return {
+        "accuracy": None,
+        "train_seconds": seconds,
+        "images_per_second": len(images) / seconds,
+        "setup": f"cnn {widths}",
+    }
 
 
 def _gpu_cifar(method: str, cifar: dict[str, Any]) -> dict[str, Any]:
@@ -191,13 +236,17 @@ def _gpu_cifar(method: str, cifar: dict[str, Any]) -> dict[str, Any]:
         return _imgclf(target_accuracy=0.934, **cifar)
     runs = [_imgclf(seed=seed, **cifar) for seed in range(5)]
     accuracies = ", ".join(format(r["accuracy"], ".4f") for r in runs)
-    return {**runs[0], "accuracy": statistics.mean(r["accuracy"] for r in runs),
-            "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
-            "images_per_second": statistics.mean(r["images_per_second"] for r in runs),
-            "setup": f"{runs[0]['setup']}; mean of 5 seeds, accuracies {accuracies}"}
+    return {
+        **runs[0],
+        "accuracy": statistics.mean(r["accuracy"] for r in runs),
+        "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
+        "images_per_second": statistics.mean(r["images_per_second"] for r in runs),
+        "setup": f"{runs[0]['setup']}; mean of 5 seeds, accuracies {accuracies}",
+    }
 
 
 # ---------------------------------------------------------------- the suite
+
 
 def _child(task: str, method: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -248,11 +297,25 @@ def main(argv: list[str] | None = None) -> int:
             tutorial = next((r for m, r in results.items() if m.startswith("tutorial") and "error" not in r), None)
             ratio = result["train_seconds"] / tutorial["train_seconds"] if tutorial else None
             target = TARGETS.get((task, method))
-            verdict = "" if target is None or tutorial is None else f"{target[0]}: {'met' if target[1](result, tutorial) else 'MISSED'}"
+            verdict = (
+                ""
+                if target is None or tutorial is None
+                else f"{target[0]}: {'met' if target[1](result, tutorial) else 'MISSED'}"
+            )
             compile_note = f"; compile {result['compile_seconds']:.1f} s" if result.get("compile_seconds") else ""
-            rows.append((task, method, _fmt(result["accuracy"], ".4f"), _fmt(result["train_seconds"], ".1f"),
-                         _fmt(result["images_per_second"], ".0f"), _fmt(ratio, ".2f"), _fmt(result["peak_rss_mb"], ".0f"),
-                         verdict, (result.get("setup") or description) + compile_note))
+            rows.append(
+                (
+                    task,
+                    method,
+                    _fmt(result["accuracy"], ".4f"),
+                    _fmt(result["train_seconds"], ".1f"),
+                    _fmt(result["images_per_second"], ".0f"),
+                    _fmt(ratio, ".2f"),
+                    _fmt(result["peak_rss_mb"], ".0f"),
+                    verdict,
+                    (result.get("setup") or description) + compile_note,
+                )
+            )
             print(" | ".join(map(str, rows[-1])), flush=True)
     print()
     print("| " + " | ".join(rows[0]) + " |")

@@ -83,8 +83,14 @@ class ApparelNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.cnn_layers = nn.Sequential(
-            nn.Conv2d(1, 4, 3, stride=1, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(4, 4, 3, stride=1, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(1, 4, 3, stride=1, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(4, 4, 3, stride=1, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
         )
         self.linear_layers = nn.Sequential(nn.Linear(4 * 7 * 7, 10))
 
@@ -127,25 +133,40 @@ def cifar_lenet(train, test, epochs: int = 10) -> Outcome:
 def cifar_resnet18(train, test, epochs: int = 10, device: str = "cuda") -> Outcome:
     """The ResNet-18 transfer-learning tutorial's recipe trained from scratch: torchvision resnet18,
     SGD lr 0.001 momentum 0.9, batch 64, random flip, ToTensor + Normalize, DataLoader with 4 workers."""
-    transform = T.Compose([T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    transform = T.Compose(
+        [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    )
     test_transform = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     import torchvision
 
     model = torchvision.models.resnet18(num_classes=10).to(device)
-    return _device_recipe(model, train, test, transform, test_transform, 64, 4,
-                          torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9), epochs, device)
+    return _device_recipe(
+        model,
+        train,
+        test,
+        transform,
+        test_transform,
+        64,
+        4,
+        torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9),
+        epochs,
+        device,
+    )
 
 
 def cifar_cnn4(train, test, epochs: int = 8, device: str = "cuda") -> Outcome:
     """The 4-conv CIFAR-10 tutorial CNN with dropout, as the PyTorch port of the tutorial trains it: Adam lr 0.001, batch 32."""
     transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
     model = create_model("cnn4", 3, 10, 32).to(device)
-    return _device_recipe(model, train, test, transform, transform, 32, 4,
-                          torch.optim.Adam(model.parameters(), lr=0.001), epochs, device)
+    return _device_recipe(
+        model, train, test, transform, transform, 32, 4, torch.optim.Adam(model.parameters(), lr=0.001), epochs, device
+    )
 
 
 def _device_recipe(model, train, test, transform, test_transform, batch, workers, optimizer, epochs, device) -> Outcome:
-    loader = DataLoader(PILDataset(*train, transform), batch_size=batch, shuffle=True, num_workers=workers, pin_memory=True)
+    loader = DataLoader(
+        PILDataset(*train, transform), batch_size=batch, shuffle=True, num_workers=workers, pin_memory=True
+    )
     criterion = nn.CrossEntropyLoss()
     start, seen = time.perf_counter(), 0
     for _ in range(epochs):
@@ -172,7 +193,9 @@ def folder_epoch(root, batch_size: int = 128, workers: int = 2) -> tuple[float, 
     does with a folder of photos every epoch (seconds, images)."""
     import torchvision
 
-    dataset = torchvision.datasets.ImageFolder(str(root), transform=T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()]))
+    dataset = torchvision.datasets.ImageFolder(
+        str(root), transform=T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()])
+    )
     start, seen = time.perf_counter(), 0
     for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers):
         seen += len(x)
@@ -183,7 +206,9 @@ def per_image_predict(model: nn.Module, images: torch.Tensor, mean, std, batch_s
     """The tutorials' inference: PIL image -> ToTensor -> Normalize per image, batched by a DataLoader.
     Returns images per second."""
     transform = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-    loader = DataLoader(PILDataset(images, torch.zeros(len(images), dtype=torch.long), transform), batch_size=batch_size)
+    loader = DataLoader(
+        PILDataset(images, torch.zeros(len(images), dtype=torch.long), transform), batch_size=batch_size
+    )
     model.eval()
     start = time.perf_counter()
     with torch.no_grad():

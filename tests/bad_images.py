@@ -25,8 +25,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A valid-looking PNG (right CRCs) whose compressed body holds 10 bytes: far too few for its size."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\x00" * 10))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _encoded(image: Image.Image, fmt: str, **options) -> bytes:

@@ -21,7 +21,7 @@ def _patch_image(cls: int, rng: np.random.Generator) -> np.ndarray:
     image = rng.integers(0, 120, (SIZE, SIZE, 3))
     for _ in range(3):  # distractors: bright squares outside the patch
         y, x = rng.integers(14, SIZE - 6, 2)
-        image[y:y + 6, x:x + 6] = rng.integers(150, 256, 3)
+        image[y : y + 6, x : x + 6] = rng.integers(150, 256, 3)
     y, x = np.mgrid[0:10, 0:10]
     stripes = (y // 2 % 2) if cls == 0 else (x // 2 % 2)
     image[PATCH] = stripes[..., None] * rng.integers(180, 256, 3) + rng.integers(0, 40, (10, 10, 3))
@@ -37,7 +37,9 @@ def patch_run(tmp_path_factory) -> Path:
         for i in range(80):
             Image.fromarray(_patch_image(cls, rng)).save(root / "data" / name / f"{i:03d}.png")
     # no augmentation: shifts and flips would move the patch the class depends on
-    result = imgclf.train(data=str(root / "data"), image_size=SIZE, augment="none", out=str(root / "run"), verbose=False)
+    result = imgclf.train(
+        data=str(root / "data"), image_size=SIZE, augment="none", out=str(root / "run"), verbose=False
+    )
     assert result.accuracy > 0.9
     return result.run_dir
 
@@ -97,8 +99,15 @@ def test_explain_a_chosen_layer_and_target_class(trained_run, class_folder, tmp_
 
 @pytest.mark.parametrize("name", ["torchvision:mobilenet_v3_small", "timm:resnet18"])
 def test_explain_a_run_of_a_torchvision_or_timm_backbone(name, class_folder, tmp_path):
-    run = imgclf.train(data=str(class_folder), image_size=64, model=name, epochs=1, freeze_epochs=1,
-                       out=str(tmp_path / "run"), verbose=False).run_dir
+    run = imgclf.train(
+        data=str(class_folder),
+        image_size=64,
+        model=name,
+        epochs=1,
+        freeze_epochs=1,
+        out=str(tmp_path / "run"),
+        verbose=False,
+    ).run_dir
     image = next((class_folder / "checker").iterdir())
     result = imgclf.explain(run, [image], log=lambda _: None)
     expected = "features.12" if name.startswith("torchvision") else "layer4.1"

@@ -70,7 +70,9 @@ def test_the_decoder_uses_or_skips_every_kind(tmp_path):
 
 def test_a_folder_holding_the_corpus_trains_to_the_end_and_lists_what_it_skipped(corpus_run):
     data, run = corpus_run
-    listed = {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in (run / "skipped.txt").read_text().splitlines()}
+    listed = {
+        Path(line.split("\t")[0]).name: line.split("\t")[1] for line in (run / "skipped.txt").read_text().splitlines()
+    }
     assert set(listed) == set(UNUSABLE)  # exactly the unusable kinds; the hidden file was never read
     assert "over the limit" in listed["bomb.png"]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -84,12 +86,19 @@ def test_predict_on_each_file_answers_or_refuses_in_one_line(corpus_run):
     data, run = corpus_run
     folder = data / "checker"
     # one process for the whole corpus, calling the command line's main() per file: a crash ends it with a signal
-    script = ("import json, sys; from imgclf.cli import main\n"
-              "codes = {name: main(['predict', sys.argv[1], sys.argv[2] + '/' + name]) for name in sys.argv[3:]}\n"
-              "print('CODES ' + json.dumps(codes))\n")
+    script = (
+        "import json, sys; from imgclf.cli import main\n"
+        "codes = {name: main(['predict', sys.argv[1], sys.argv[2] + '/' + name]) for name in sys.argv[3:]}\n"
+        "print('CODES ' + json.dumps(codes))\n"
+    )
     names = sorted([*UNUSABLE, *USABLE])
-    done = subprocess.run([sys.executable, "-c", script, str(run), str(folder), *names], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run), str(folder), *names],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert_no_crash(done)
     codes = json.loads(done.stdout.split("CODES ", 1)[1])
     assert {n for n, c in codes.items() if c == 2} == set(UNUSABLE)

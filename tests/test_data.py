@@ -21,6 +21,7 @@ def load(**settings):
 
 # ------------------------------------------------------------------ folders and image modes
 
+
 def test_folder_classes_splits_and_sizes(class_folder):
     data = load(data=str(class_folder), image_size=12, seed=3)
     assert data.classes == ["checker", "horizontal", "vertical"]
@@ -40,16 +41,23 @@ def test_folder_default_image_size_is_the_images_own(class_folder):
 
 def test_folder_of_mixed_sizes_trains_at_the_median_shorter_side_capped(tmp_path):
     rng = np.random.default_rng(0)
-    sides = {"a": [(40, 30), (20, 24), (50, 50)], "b": [(36, 90), (28, 28), (44, 60)]}  # shorter sides 20..50, median 36
+    sides = {
+        "a": [(40, 30), (20, 24), (50, 50)],
+        "b": [(36, 90), (28, 28), (44, 60)],
+    }  # shorter sides 20..50, median 36
     for name, sizes in sides.items():
         (tmp_path / "mixed" / name).mkdir(parents=True)
         for i, (w, h) in enumerate(sizes):
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "mixed" / name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                tmp_path / "mixed" / name / f"{i}.png"
+            )
     data = load(data=str(tmp_path / "mixed"), test_split=0.34)
     assert data.image_size == 36 and "median shorter side of the images (all 6) is 36 (from 20 to 50)" in data.size_note
     for name in ("a", "b"):  # photos larger than the cap train at the cap
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "mixed" / name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(
+                tmp_path / "mixed" / name / f"{i}.png"
+            )
     data = load(data=str(tmp_path / "mixed"), test_split=0.34)
     assert data.image_size == 64 and "all 400x300, capped at 64 by the recipe" in data.size_note
     assert load_data(TrainConfig(data=str(tmp_path / "mixed"), test_split=0.34), size_cap=128).image_size == 128
@@ -99,11 +107,14 @@ def test_corrupt_files_are_skipped_and_listed(class_folder):
     assert len(data.train) + len(data.val) + len(data.test) == 72
 
 
-@pytest.mark.parametrize("layout, message", [
-    ("empty", "no class sub-folders"),
-    ("one", "at least two class sub-folders"),
-    ("loose", "found 2 loose images"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("empty", "no class sub-folders"),
+        ("one", "at least two class sub-folders"),
+        ("loose", "found 2 loose images"),
+    ],
+)
 def test_unusable_folders_raise(tmp_path, layout, message):
     root = tmp_path / layout
     root.mkdir()
@@ -125,6 +136,7 @@ def test_missing_path_and_unknown_name():
 
 
 # ------------------------------------------------------------------ CSV
+
 
 def write_csv_dataset(root: Path, header: str = "id,label", with_suffix: bool = False) -> Path:
     rng = np.random.default_rng(0)
@@ -159,6 +171,7 @@ def test_csv_missing_files(tmp_path):
 
 
 # ------------------------------------------------------------------ built-in sources from local files
+
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
@@ -196,8 +209,15 @@ def test_cifar10_read_straight_from_the_tar_gz(tmp_path):
 
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
         for i in range(1, 6):
-            tar.addfile(*member(f"data_batch_{i}", {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}))
-        tar.addfile(*member("test_batch", {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}))
+            tar.addfile(
+                *member(
+                    f"data_batch_{i}",
+                    {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))},
+                )
+            )
+        tar.addfile(
+            *member("test_batch", {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))})
+        )
         tar.addfile(*member("batches.meta", {"label_names": [f"c{i}" for i in range(10)]}))
     data = load(data="cifar10", data_dir=str(tmp_path), val_split=0.2)
     assert data.classes == [f"c{i}" for i in range(10)] and data.channels == 3 and data.image_size == 32
@@ -230,6 +250,7 @@ def test_real_mnist_files(shared_data):
 
 # ------------------------------------------------------------------ splits, statistics, batches
 
+
 def test_stratified_split_is_seeded_disjoint_and_per_class():
     labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
     kept, held = stratified_split(labels, 0.2, seed=7)
@@ -244,7 +265,9 @@ def test_channel_stats_match_torch():
     mean, std = channel_stats(images, chunk=10)
     x = images.double() / 255
     assert torch.allclose(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)))
-    assert torch.allclose(torch.tensor(std, dtype=torch.float64), x.transpose(0, 1).reshape(3, -1).std(1, unbiased=False))
+    assert torch.allclose(
+        torch.tensor(std, dtype=torch.float64), x.transpose(0, 1).reshape(3, -1).std(1, unbiased=False)
+    )
 
 
 def test_augment_flip_and_shift_move_pixels_exactly():
@@ -256,8 +279,12 @@ def test_augment_flip_and_shift_move_pixels_exactly():
     shifts = set()
     for original, augmented, flipped in zip(x, out, flip):
         candidate = original.flip(2) if flipped else original
-        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                   if torch.equal(torch.roll(candidate, (dy, dx), (1, 2))[:, 1:-1, 1:-1], augmented[:, 1:-1, 1:-1])]
+        matches = [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.equal(torch.roll(candidate, (dy, dx), (1, 2))[:, 1:-1, 1:-1], augmented[:, 1:-1, 1:-1])
+        ]
         assert matches
         shifts.update(matches)
     assert len(shifts) == 9  # all shifts occur
@@ -267,13 +294,17 @@ def test_augment_flip_and_shift_move_pixels_exactly():
 def test_flips_alternate_between_epochs():
     images = torch.zeros(40, 1, 6, 6, dtype=torch.uint8)
     images[..., :2] = 255  # left edge bright: a flipped image is bright on the right
-    batches = BatchIterator(Split(images, torch.arange(40)), 8, torch.device("cpu"), [0.0], [1.0], shuffle=True,
-                            augment="light", hflip=True)
+    batches = BatchIterator(
+        Split(images, torch.arange(40)), 8, torch.device("cpu"), [0.0], [1.0], shuffle=True, augment="light", hflip=True
+    )
 
     def flipped_by_label(epoch: int) -> dict[int, bool]:
         batches.set_epoch(epoch)
-        return {int(label): bool(x[0, 2:4, 4:].sum() > x[0, 2:4, :2].sum())
-                for xb, yb in batches for x, label in zip(xb, yb)}
+        return {
+            int(label): bool(x[0, 2:4, 4:].sum() > x[0, 2:4, :2].sum())
+            for xb, yb in batches
+            for x, label in zip(xb, yb)
+        }
 
     first, second = flipped_by_label(1), flipped_by_label(2)
     assert 5 < sum(first.values()) < 35
@@ -304,8 +335,15 @@ def test_batch_iterator_epochs_and_normalisation():
 def test_balanced_sampler_evens_out_classes():
     labels = torch.tensor([0] * 90 + [1] * 10)
     weights = (1.0 / torch.bincount(labels).float())[labels]
-    batches = BatchIterator(Split(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), labels), 1000, torch.device("cpu"),
-                            [0.0], [1.0], sample_weights=weights, seed=0)
+    batches = BatchIterator(
+        Split(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), labels),
+        1000,
+        torch.device("cpu"),
+        [0.0],
+        [1.0],
+        sample_weights=weights,
+        seed=0,
+    )
     drawn = torch.cat([y for epoch in range(1, 21) for y in (batches.set_epoch(epoch) or [y for _, y in batches])])
     assert 0.45 < drawn.float().mean().item() < 0.55
 

@@ -37,7 +37,8 @@ def test_resnet18_receptive_field_follows_the_main_path_not_the_shortcut():
     assert (layers["layer4.1.conv2"].receptive_field, layers["layer4.1.conv2"].jump) == (435, 32)
     assert layers["layer4.0.downsample.0"].jump == 32
     assert sum(layer.parameters for layer in layers.values()) == sum(
-        p.numel() for p in create_model("resnet18", 3, 10, 224).parameters())
+        p.numel() for p in create_model("resnet18", 3, 10, 224).parameters()
+    )
 
 
 def test_weight_sharing_shown_by_the_mlp_parameter_count():

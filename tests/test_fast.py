@@ -23,6 +23,7 @@ from imgclf.train.optim import build_optimizer
 
 # ---------------------------------------------------------------- decode cache
 
+
 def test_folder_is_decoded_once_and_a_changed_folder_decodes_again(tmp_path):
     folder = write_class_folder(tmp_path / "photos", per_class=12)
     cfg = TrainConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
@@ -57,6 +58,7 @@ def test_damaged_cache_file_is_a_miss_not_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------- model and training tricks
+
 
 def test_whitening_layer_decorrelates_patches():
     torch.manual_seed(0)
@@ -141,8 +143,11 @@ def test_throughput_probe_leaves_the_model_untouched():
 
 # ---------------------------------------------------------------- recipes
 
-VARIANTS = [Variant("quick", epochs=2, measured=(0.90, 10.0)), Variant("default", epochs=4, measured=(0.93, 20.0)),
-            Variant("long", epochs=10, measured=(0.95, 50.0))]
+VARIANTS = [
+    Variant("quick", epochs=2, measured=(0.90, 10.0)),
+    Variant("default", epochs=4, measured=(0.93, 20.0)),
+    Variant("long", epochs=10, measured=(0.95, 50.0)),
+]
 
 
 def test_budget_picks_the_most_accurate_variant_that_fits():
@@ -199,7 +204,9 @@ def test_recipes_command_lists_variants_with_their_measured_results(capsys):
 
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    gpu_default = next(line.split() for line in lines if line.startswith("cifar10 ") and " gpu " in line and "default" in line)
+    gpu_default = next(
+        line.split() for line in lines if line.startswith("cifar10 ") and " gpu " in line and "default" in line
+    )
     measured = RECIPES["cifar10"].gpu[0].measured
     assert gpu_default[:4] == ["cifar10", "gpu", "default", "10"] and f"{measured[0]:.4f}" in gpu_default
     assert any(line.split()[:3] == ["folder", "cpu", "default"] for line in lines)
@@ -230,6 +237,11 @@ def test_recipes_for_builtin_data_use_their_training_set_size():
     digits_cpu = next(r for r in describe_recipes(sizes) if r[:3] == ["digits", "cpu", "default"])
     n_train = len(load_data(TrainConfig(data="digits")).train)
     real, _ = apply_recipe(TrainConfig(data="digits"), "digits", "cpu", n_train)
-    assert digits_cpu[3:8] == [f"{real.epochs:g}", str(real.model_args["widths"]), str(real.batch_size), f"{real.lr:.4g}",
-                               f"{real.warmup_epochs:.3g}"]
+    assert digits_cpu[3:8] == [
+        f"{real.epochs:g}",
+        str(real.model_args["widths"]),
+        str(real.batch_size),
+        f"{real.lr:.4g}",
+        f"{real.warmup_epochs:.3g}",
+    ]
     assert real.batch_size == 128  # the small-data rule halved the CPU batch of 256

@@ -86,11 +86,25 @@ def test_pretrained_without_network_points_to_weights_file(monkeypatch):
         build_model(TrainConfig(model="resnet18", pretrained=True), _Data(), CPU)
 
 
-@pytest.mark.parametrize("name, build_reference, stem, body, head", [
-    ("torchvision:mobilenet_v3_small", lambda: torchvision.models.mobilenet_v3_small(weights=None),
-     "features.0.0.weight", "features.5.block.0.0.weight", "classifier.3"),
-    ("timm:resnet18", lambda: __import__("timm").create_model("resnet18", pretrained=False), "conv1.weight", "layer3.0.conv1.weight", "fc"),
-])
+@pytest.mark.parametrize(
+    "name, build_reference, stem, body, head",
+    [
+        (
+            "torchvision:mobilenet_v3_small",
+            lambda: torchvision.models.mobilenet_v3_small(weights=None),
+            "features.0.0.weight",
+            "features.5.block.0.0.weight",
+            "classifier.3",
+        ),
+        (
+            "timm:resnet18",
+            lambda: __import__("timm").create_model("resnet18", pretrained=False),
+            "conv1.weight",
+            "layer3.0.conv1.weight",
+            "fc",
+        ),
+    ],
+)
 def test_backbone_by_name_from_a_local_weights_file(name, build_reference, stem, body, head, tmp_path):
     reference = build_reference()  # stands in for ImageNet weights: 1000 classes, RGB
     torch.save(reference.state_dict(), tmp_path / "weights.pth")
@@ -109,9 +123,14 @@ def test_backbone_names_that_do_not_exist():
         create_model("timm:no_such_net", 3, 10, 32)
 
 
-def test_registries_find_names_as_registered_and_warn_on_a_second_registration():
+def test_registries_find_names_as_registered_and_warn_on_a_second_registration(monkeypatch):
     from imgclf.data import get_dataset, register_dataset
+    from imgclf.data import registry as dataset_registry
     from imgclf.models import register_model
+    from imgclf.models import registry as model_registry
+
+    for registry in (model_registry._MODELS, dataset_registry._DATASETS):  # the test's entries leave with it
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
 
     @register_model("MyNet_Test", "a test model")
     def my_net(in_channels, num_classes, image_size):

@@ -30,7 +30,9 @@ def new_images(tmp_path_factory) -> Path:
     for c, name in enumerate(CLASSES):
         for i in range(3):
             image = Image.fromarray(synthetic_image(c, rng, 16)).resize((48, 48), Image.NEAREST)
-            (image.convert("L") if i == 2 else image).save(root / f"{name}_{i}.{'jpg' if i == 1 else 'png'}", quality=95)
+            (image.convert("L") if i == 2 else image).save(
+                root / f"{name}_{i}.{'jpg' if i == 1 else 'png'}", quality=95
+            )
     return root
 
 
@@ -51,14 +53,28 @@ def test_load_and_predict_files_folders_and_tensors(trained_run, new_images):
 
 
 def test_predict_command_formats(trained_run, new_images, capsys):
-    code, out, _ = cli(capsys, "predict", trained_run / "best.pt", new_images / "checker_1.jpg", new_images, "--top-k", "2", "--format", "csv")
+    code, out, _ = cli(
+        capsys,
+        "predict",
+        trained_run / "best.pt",
+        new_images / "checker_1.jpg",
+        new_images,
+        "--top-k",
+        "2",
+        "--format",
+        "csv",
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 10 and list(rows[0]) == ["file", "label_1", "prob_1", "label_2", "prob_2"]
     assert rows[0]["label_1"] == "checker" and float(rows[0]["prob_1"]) >= float(rows[0]["prob_2"])
     code, out, _ = cli(capsys, "predict", trained_run, new_images / "horizontal_0.png", "--format", "json")
     assert code == 0 and json.loads(out)[0]["label"] == "horizontal"
     code, out, _ = cli(capsys, "predict", trained_run, new_images / "horizontal_0.png")
-    assert code == 0 and out.splitlines()[0].split() == ["file", "label_1", "prob_1"] and "horizontal" in out.splitlines()[1]
+    assert (
+        code == 0
+        and out.splitlines()[0].split() == ["file", "label_1", "prob_1"]
+        and "horizontal" in out.splitlines()[1]
+    )
 
 
 def test_evaluate_reproduces_the_test_metrics(trained_run, capsys):
@@ -76,19 +92,42 @@ def test_listing_commands(capsys):
     assert code == 0 and names == ["mlp", "cnn2", "lenet5", "cnn4", "resnet18", "cnn", "torchvision:NAME", "timm:NAME"]
     assert "62,006" in out  # LeNet-5 on 3x32x32
     code, out, _ = cli(capsys, "datasets")
-    assert code == 0 and {"mnist", "fashion-mnist", "cifar10", "cifar100", "digits"} <= {line.split()[0] for line in out.splitlines()[1:]}
+    assert code == 0 and {"mnist", "fashion-mnist", "cifar10", "cifar100", "digits"} <= {
+        line.split()[0] for line in out.splitlines()[1:]
+    }
 
 
 def test_train_command_with_flags(class_folder, in_tmp, capsys):
-    code, out, _ = cli(capsys, "train", "--data", class_folder, "--image-size", "16", "--epochs", "2", "--model", "cnn2",
-                       "--optimizer", "adam", "--lr", "0.003", "--schedule", "cosine", "--label-smoothing", "0",
-                       "--out", "r", "--quiet")
+    code, out, _ = cli(
+        capsys,
+        "train",
+        "--data",
+        class_folder,
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--model",
+        "cnn2",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--schedule",
+        "cosine",
+        "--label-smoothing",
+        "0",
+        "--out",
+        "r",
+        "--quiet",
+    )
     assert code == 0 and out.strip().endswith("run saved in r")
     config = (in_tmp / "r" / "config.yaml").read_text()
     assert "optimizer: adam" in config and "schedule: cosine" in config and "model: cnn2" in config
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing lost
+
 
 def assert_one_line_error(code, err, *fragments):
     assert code == 2
@@ -122,25 +161,43 @@ def test_bad_data_inputs(tmp_path, in_tmp, capsys):
 def test_bad_config_files(tmp_path, capsys):
     (tmp_path / "broken.yaml").write_text("epochs: [1,\n")
     (tmp_path / "unknown.yaml").write_text("epochs: 1\nlearning_rate: 0.1\n")
-    assert_one_line_error(*cli(capsys, "train", "--config", tmp_path / "broken.yaml")[::2], "broken.yaml: not valid YAML")
-    assert_one_line_error(*cli(capsys, "train", "--config", tmp_path / "unknown.yaml")[::2], "unknown setting(s) learning_rate")
-    assert_one_line_error(*cli(capsys, "train", "--config", tmp_path / "none.yaml")[::2], "none.yaml: no such config file")
+    assert_one_line_error(
+        *cli(capsys, "train", "--config", tmp_path / "broken.yaml")[::2], "broken.yaml: not valid YAML"
+    )
+    assert_one_line_error(
+        *cli(capsys, "train", "--config", tmp_path / "unknown.yaml")[::2], "unknown setting(s) learning_rate"
+    )
+    assert_one_line_error(
+        *cli(capsys, "train", "--config", tmp_path / "none.yaml")[::2], "none.yaml: no such config file"
+    )
 
 
 def test_bad_checkpoints(trained_run, tmp_path, new_images, capsys):
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    assert_one_line_error(*cli(capsys, "predict", tmp_path / "text.pt", new_images)[::2], "text.pt: not a readable imgclf checkpoint")
+    assert_one_line_error(
+        *cli(capsys, "predict", tmp_path / "text.pt", new_images)[::2], "text.pt: not a readable imgclf checkpoint"
+    )
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
-    assert_one_line_error(*cli(capsys, "predict", tmp_path / "foreign.pt", new_images)[::2], "foreign.pt: not an imgclf checkpoint")
-    assert_one_line_error(*cli(capsys, "evaluate", tmp_path / "nope")[::2], "nope: no such checkpoint; pass a run directory")
+    assert_one_line_error(
+        *cli(capsys, "predict", tmp_path / "foreign.pt", new_images)[::2], "foreign.pt: not an imgclf checkpoint"
+    )
+    assert_one_line_error(
+        *cli(capsys, "evaluate", tmp_path / "nope")[::2], "nope: no such checkpoint; pass a run directory"
+    )
     # weights of another architecture under this checkpoint's model name
     payload = torch.load(trained_run / "best.pt", weights_only=True)
     payload["model"] = {"name": "cnn4", "kwargs": {}}
     torch.save(payload, tmp_path / "other_model.pt")
-    assert_one_line_error(*cli(capsys, "predict", tmp_path / "other_model.pt", new_images)[::2], "weights do not fit model cnn4")
+    assert_one_line_error(
+        *cli(capsys, "predict", tmp_path / "other_model.pt", new_images)[::2], "weights do not fit model cnn4"
+    )
     # a checkpoint evaluated on data with another class count
-    assert_one_line_error(*cli(capsys, "evaluate", trained_run, "--data", "digits")[::2],
-                          "the model knows 3 classes", "digits has 10", "same classes")
+    assert_one_line_error(
+        *cli(capsys, "evaluate", trained_run, "--data", "digits")[::2],
+        "the model knows 3 classes",
+        "digits has 10",
+        "same classes",
+    )
 
 
 def test_checkpoint_loading_executes_no_code(tmp_path, capsys):
@@ -152,24 +209,34 @@ def test_checkpoint_loading_executes_no_code(tmp_path, capsys):
 
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"format": "imgclf-checkpoint", "payload": Exploit()}, f, protocol=2)
-    assert_one_line_error(*cli(capsys, "predict", tmp_path / "evil.pt", tmp_path)[::2], "evil.pt: not a readable imgclf checkpoint")
+    assert_one_line_error(
+        *cli(capsys, "predict", tmp_path / "evil.pt", tmp_path)[::2], "evil.pt: not a readable imgclf checkpoint"
+    )
     assert not marker.exists()
 
 
 def test_unreadable_images_to_predict(trained_run, tmp_path, capsys):
     (tmp_path / "fake.png").write_bytes(b"GIF89a truncated")
-    assert_one_line_error(*cli(capsys, "predict", trained_run, tmp_path / "fake.png")[::2], "fake.png: not a readable image")
-    assert_one_line_error(*cli(capsys, "predict", trained_run, tmp_path / "absent.png")[::2], "absent.png: no such file; check the path")
+    assert_one_line_error(
+        *cli(capsys, "predict", trained_run, tmp_path / "fake.png")[::2], "fake.png: not a readable image"
+    )
+    assert_one_line_error(
+        *cli(capsys, "predict", trained_run, tmp_path / "absent.png")[::2], "absent.png: no such file; check the path"
+    )
 
 
 def test_config_values_of_the_wrong_type_name_the_key_and_the_file(tmp_path, capsys):
-    for text, fragment in (("epochs: ten\n", "epochs must be a whole number, got 'ten'"),
-                           ("batch_size: 1.5\n", "batch_size must be a whole number, got 1.5"),
-                           ("tta: maybe\n", "tta must be true or false, got 'maybe'"),
-                           ("model_args: [16, 32]\n", "model_args must be a mapping, got [16, 32]"),
-                           ("lr: fast\n", "lr must be a number, got 'fast'")):
+    for text, fragment in (
+        ("epochs: ten\n", "epochs must be a whole number, got 'ten'"),
+        ("batch_size: 1.5\n", "batch_size must be a whole number, got 1.5"),
+        ("tta: maybe\n", "tta must be true or false, got 'maybe'"),
+        ("model_args: [16, 32]\n", "model_args must be a mapping, got [16, 32]"),
+        ("lr: fast\n", "lr must be a number, got 'fast'"),
+    ):
         (tmp_path / "bad.yaml").write_text(text)
-        assert_one_line_error(*cli(capsys, "train", "--config", tmp_path / "bad.yaml")[::2], f"{tmp_path / 'bad.yaml'}: {fragment}")
+        assert_one_line_error(
+            *cli(capsys, "train", "--config", tmp_path / "bad.yaml")[::2], f"{tmp_path / 'bad.yaml'}: {fragment}"
+        )
     with pytest.raises(imgclf.ImgclfError, match="^epochs must be a whole number, got 'ten'$"):
         imgclf.train(epochs="ten", verbose=False)
 
@@ -180,7 +247,9 @@ def test_errors_name_the_keyword_in_python_and_the_flag_on_the_command_line(caps
     assert_one_line_error(*cli(capsys, "train", "--val-split", "1.5")[::2], "--val-split 1.5 must be between 0 and 1")
     with pytest.raises(imgclf.ImgclfError, match=r"no CUDA GPU is visible to PyTorch; use device=cpu"):
         imgclf.train(device="cuda", verbose=False) if not torch.cuda.is_available() else pytest.skip("a GPU is present")
-    assert_one_line_error(*cli(capsys, "train", "--device", "cuda")[::2], "--device cuda: no CUDA GPU", "use --device cpu")
+    assert_one_line_error(
+        *cli(capsys, "train", "--device", "cuda")[::2], "--device cuda: no CUDA GPU", "use --device cpu"
+    )
 
 
 def test_predict_reads_a_folder_as_training_does(trained_run, tmp_path, capsys):
@@ -203,8 +272,13 @@ def test_predict_reads_a_folder_as_training_does(trained_run, tmp_path, capsys):
     from imgclf.data.folder import load_folder
 
     raw = load_folder(imgclf.TrainConfig(data=str(classes), cache=False))
-    files = sorted(Path(s).relative_to(classes / "x").as_posix() for s in raw.train.sources if s.startswith(str(classes / "x")))
-    assert files == ["a.png", "sub/c.png"] and sorted(Path(p).name for p, _ in raw.skipped) == ["readme.txt", "readme.txt"]
+    files = sorted(
+        Path(s).relative_to(classes / "x").as_posix() for s in raw.train.sources if s.startswith(str(classes / "x"))
+    )
+    assert files == ["a.png", "sub/c.png"] and sorted(Path(p).name for p, _ in raw.skipped) == [
+        "readme.txt",
+        "readme.txt",
+    ]
 
 
 def test_the_inference_module_is_what_predicts(trained_run, new_images):
@@ -216,8 +290,10 @@ def test_the_inference_module_is_what_predicts(trained_run, new_images):
         probs = module(pixels)
     assert torch.equal(probs, model.predict_proba(pixels))  # predict runs this module, nothing else
     assert torch.allclose(probs.sum(1), torch.ones(len(pixels)))
-    by_hand = model.model((pixels.float() / 255 - torch.tensor(model.spec.mean).view(1, -1, 1, 1))
-                           / torch.tensor(model.spec.std).view(1, -1, 1, 1)).softmax(1)
+    by_hand = model.model(
+        (pixels.float() / 255 - torch.tensor(model.spec.mean).view(1, -1, 1, 1))
+        / torch.tensor(model.spec.std).view(1, -1, 1, 1)
+    ).softmax(1)
     assert torch.allclose(probs, by_hand, atol=1e-6)  # the normalisation is inside it
     # one graph, TTA views included, for any batch size: what an exporter exports
     batch = torch.export.Dim("batch", min=1)

@@ -19,7 +19,9 @@ from imgclf.cli import main
 from imgclf.errors import CheckpointError
 from imgclf.rundir import VERSION, read_checkpoint
 
-V1_RUN = Path(__file__).parent / "fixtures" / "run-v1"  # written by imgclf 0.1 (commit e39e71e): digits, cnn [16, 16, 32]
+V1_RUN = (
+    Path(__file__).parent / "fixtures" / "run-v1"
+)  # written by imgclf 0.1 (commit e39e71e): digits, cnn [16, 16, 32]
 
 
 @pytest.fixture
@@ -28,13 +30,16 @@ def v1_run(tmp_path: Path) -> Path:
 
 
 def test_importing_inference_loads_no_training_code():
-    probe = ("import sys, imgclf.predict, imgclf\n"
-             "imgclf.load  # the package's inference API, loaded\n"
-             "print(sorted(m for m in sys.modules if m.startswith(('imgclf.train', 'imgclf.recipes', 'captum'))))")
+    probe = (
+        "import sys, imgclf.predict, imgclf\n"
+        "imgclf.load  # the package's inference API, loaded\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('imgclf.train', 'imgclf.recipes', 'captum'))))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
     # the functions that share a submodule's name stay functions after their submodules load
     import imgclf.train.pipeline  # noqa: F401
+
     assert callable(imgclf.train) and callable(imgclf.predict) and callable(imgclf.errors) and callable(imgclf.report)
 
 
@@ -51,7 +56,9 @@ def test_a_v1_checkpoint_is_upgraded_when_read():
 def test_a_checkpoint_from_a_newer_imgclf_is_refused(tmp_path):
     raw = torch.load(V1_RUN / "best.pt", weights_only=True)
     torch.save({**raw, "version": VERSION + 1}, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match=f"future.pt: written by a newer imgclf \\(format {VERSION + 1}\\); upgrade imgclf"):
+    with pytest.raises(
+        CheckpointError, match=f"future.pt: written by a newer imgclf \\(format {VERSION + 1}\\); upgrade imgclf"
+    ):
         read_checkpoint(tmp_path / "future.pt")
 
 
@@ -70,9 +77,15 @@ def test_every_command_reads_a_run_from_imgclf_0_1(v1_run, tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path)
     image = _digit_image(v1_run, tmp_path / "digit.png")
     saved = json.loads((v1_run / rundir.METRICS).read_text())["test"]
-    for command in (["predict", v1_run, image, "--format", "json"], ["evaluate", v1_run], ["inspect", v1_run, "--image", image],
-                    ["explain", v1_run, image], ["errors", v1_run], ["compare", v1_run, v1_run, "--out", tmp_path / "c.png"],
-                    ["report", v1_run]):
+    for command in (
+        ["predict", v1_run, image, "--format", "json"],
+        ["evaluate", v1_run],
+        ["inspect", v1_run, "--image", image],
+        ["explain", v1_run, image],
+        ["errors", v1_run],
+        ["compare", v1_run, v1_run, "--out", tmp_path / "c.png"],
+        ["report", v1_run],
+    ):
         assert main([str(a) for a in command]) == 0, command
     capsys.readouterr()
     # evaluate reproduces the old run's own test metrics: same split, same test-time augmentation, same numbers
@@ -99,8 +112,10 @@ def test_resume_of_a_run_that_never_finished_an_epoch_says_how_to_start_again(cl
     (run / rundir.BEST).unlink()
     assert main(["train", "--resume", str(run)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == (f"imgclf: error: {run}: the run stopped before its first epoch finished, so there is nothing to resume; "
-                    f"start it again with --config {run / rundir.CONFIG}")
+    assert line == (
+        f"imgclf: error: {run}: the run stopped before its first epoch finished, so there is nothing to resume; "
+        f"start it again with --config {run / rundir.CONFIG}"
+    )
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such run directory" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match=r"start it again with config=.*config.yaml$"):
@@ -110,8 +125,24 @@ def test_resume_of_a_run_that_never_finished_an_epoch_says_how_to_start_again(cl
 def test_run_directory_names_live_in_one_module():
     """No module but rundir spells a run file's name: the contract has one owner."""
     source = Path(imgclf.__file__).parent
-    names = ["config.yaml", "history.csv", "metrics.json", "best.pt", "last.pt", "test_predictions.pt", "skipped.txt",
-             "evaluation.json", "report.html", "curves.png", "confusion_matrix.png"]
-    offenders = [f"{path.name}: {name}" for path in source.rglob("*.py") if path.name != "rundir.py"
-                 for name in names if f'"{name}"' in path.read_text() or f"'{name}'" in path.read_text()]
+    names = [
+        "config.yaml",
+        "history.csv",
+        "metrics.json",
+        "best.pt",
+        "last.pt",
+        "test_predictions.pt",
+        "skipped.txt",
+        "evaluation.json",
+        "report.html",
+        "curves.png",
+        "confusion_matrix.png",
+    ]
+    offenders = [
+        f"{path.name}: {name}"
+        for path in source.rglob("*.py")
+        if path.name != "rundir.py"
+        for name in names
+        if f'"{name}"' in path.read_text() or f"'{name}'" in path.read_text()
+    ]
     assert offenders == []

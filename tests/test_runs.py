@@ -102,8 +102,9 @@ def test_errors_and_compare_commands(noisy_run, trained_run, tmp_path, capsys):
 
 
 def test_compare_the_plain_network_with_the_cnn(trained_run, class_folder, tmp_path):
-    mlp_run = imgclf.train(data=str(class_folder), image_size=16, model="mlp", epochs=3, out=str(tmp_path / "mlp"),
-                           verbose=False).run_dir
+    mlp_run = imgclf.train(
+        data=str(class_folder), image_size=16, model="mlp", epochs=3, out=str(tmp_path / "mlp"), verbose=False
+    ).run_dir
     result = imgclf.compare([mlp_run, trained_run], out=tmp_path / "cmp.png", **quiet)
     mlp, cnn = result.rows
     assert (mlp["model"], cnn["model"]) == ("mlp", "cnn")
@@ -137,12 +138,20 @@ def test_report_is_one_self_contained_page(noisy_run, tmp_path):
     # curves, samples, confusion matrix, per-class, predictions, mistakes, Grad-CAM, kernels, feature maps
     assert len(images) == 9 and all(im.width > 100 and im.height > 50 for im in images)
     assert f"{imgclf_metrics(noisy_run)['accuracy']:.4f}" in page
-    assert "href=\"http" not in page and "src=\"http" not in page
+    assert 'href="http' not in page and 'src="http' not in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CHECK_IMAGES = """<script>window.addEventListener("load", () => {
   const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;
   document.body.setAttribute("data-images", document.images.length + " " + broken);
@@ -157,11 +166,17 @@ def test_report_renders_in_headless_chromium(noisy_run, tmp_path):
     probe = tmp_path / "probe.html"  # the report plus a script that counts images the browser failed to decode
     probe.write_text(page.replace("</body>", CHECK_IMAGES + "</body>"))
     flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     assert re.search(r'data-images="9 0"', dom), dom[:300]
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, "--window-size=1100,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1100,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
     # rendered figures bring colour: the curves' blue and orange, the confusion matrix's blues
     assert (np.abs(pixels.astype(int) - [31, 119, 180]).sum(1) < 30).sum() > 200
@@ -179,9 +194,14 @@ def _every_run_command(run: Path, tmp_path: Path, capsys) -> None:
     image = tmp_path / "one.png"  # a test image, as the run kept it
     kept = torch.load(run / "test_predictions.pt", weights_only=True)["example_images"][0]
     Image.fromarray(kept.permute(1, 2, 0).squeeze(-1).numpy()).save(image)
-    for command in (["inspect", str(run), "--image", str(image)], ["explain", str(run), str(image), "--method", "saliency"],
-                    ["explain", str(run), str(image)], ["errors", str(run)],
-                    ["compare", str(run), str(run), "--out", str(tmp_path / "c.png")], ["report", str(run)]):
+    for command in (
+        ["inspect", str(run), "--image", str(image)],
+        ["explain", str(run), str(image), "--method", "saliency"],
+        ["explain", str(run), str(image)],
+        ["errors", str(run)],
+        ["compare", str(run), str(run), "--out", str(tmp_path / "c.png")],
+        ["report", str(run)],
+    ):
         assert main(command) == 0, command
     out = capsys.readouterr().out
     assert "receptive field" in out and "gradcam on layer" in out and "per-class accuracy" in out and "report:" in out
@@ -194,7 +214,12 @@ def _every_run_command(run: Path, tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_every_run_command_on_a_builtin_dataset(dataset, shared_data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", dataset, "--data-dir", str(shared_data), "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            ["train", "--data", dataset, "--data-dir", str(shared_data), "--epochs", "1", "--out", str(run), "--quiet"]
+        )
+        == 0
+    )
     _every_run_command(run, tmp_path, capsys)
 
 

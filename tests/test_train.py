@@ -27,7 +27,16 @@ def test_run_directory_contract(trained_run):
     # 90 images: the small-data recipe trains in batches of 16 for at least 300 steps
     assert config["batch_size"] == 16 and config["epochs"] == 60
     rows = list(csv.DictReader(open(run / "history.csv")))
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "seconds",
+        "train_seconds",
+    ]
     assert [int(r["epoch"]) for r in rows] == list(range(1, 61))
     metrics = json.loads((run / "metrics.json").read_text())
     test = metrics["test"]
@@ -41,14 +50,21 @@ def test_run_directory_contract(trained_run):
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
     # checkpoints load without executing code and carry what inference needs
     best = torch.load(run / "best.pt", weights_only=True)
-    assert best["classes"] == ["checker", "horizontal", "vertical"] and best["image_size"] == 16 and best["channels"] == 3
+    assert (
+        best["classes"] == ["checker", "horizontal", "vertical"] and best["image_size"] == 16 and best["channels"] == 3
+    )
     assert best["model"]["name"] == "cnn" and len(best["mean"]) == 3
     assert best["epoch"] == metrics["best_epoch"]
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["epoch"] == 60 and "optimizer" in last
     # every setting is concrete in config.yaml
     # the fast recipe, its lr scaled linearly from batch 1024 to 16
-    assert config["optimizer"] == "sgd" and config["lr"] == pytest.approx(1.5 * 16 / 1024) and config["ema"] and config["tta"]
+    assert (
+        config["optimizer"] == "sgd"
+        and config["lr"] == pytest.approx(1.5 * 16 / 1024)
+        and config["ema"]
+        and config["tta"]
+    )
     assert config["model_args"] == {"widths": [32, 64, 128]} and config["augment"] == "standard"
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
 
@@ -58,8 +74,9 @@ def test_same_config_same_seed_same_numbers(class_folder, in_tmp):
     second = imgclf.train(first.run_dir / "config.yaml", verbose=False)
     assert second.run_dir != first.run_dir  # a new directory, not an overwrite
     timing = ("seconds", "train_seconds")
-    assert [{k: v for k, v in row.items() if k not in timing} for row in second.history] == \
-        [{k: v for k, v in row.items() if k not in timing} for row in first.history]
+    assert [{k: v for k, v in row.items() if k not in timing} for row in second.history] == [
+        {k: v for k, v in row.items() if k not in timing} for row in first.history
+    ]
     assert second.metrics["test"] == first.metrics["test"]
 
 
@@ -81,8 +98,16 @@ def test_resume_continues_exactly_where_it_stopped(class_folder, in_tmp):
 
 def test_early_stopping(class_folder, in_tmp):
     # a learning rate too small to change fp32 weights: validation loss never improves after epoch 1
-    result = imgclf.train(data=str(class_folder), model="mlp", lr=1e-20, weight_decay=0.0, patience=2,
-                          image_size=16, epochs=10, verbose=False)
+    result = imgclf.train(
+        data=str(class_folder),
+        model="mlp",
+        lr=1e-20,
+        weight_decay=0.0,
+        patience=2,
+        image_size=16,
+        epochs=10,
+        verbose=False,
+    )
     assert result.metrics["stopped_early"] and result.metrics["epochs_run"] == 3
     assert result.metrics["best_epoch"] == 1
 
@@ -103,7 +128,9 @@ def test_imbalance_is_reported_and_weighted(tmp_path, in_tmp, capsys):
     imgclf.train(data=str(root), **{**FAST, "epochs": 1})
     out = capsys.readouterr().out
     assert "training images per class: checker 5, horizontal 29, vertical 29" in out
-    assert "warning: imbalanced classes (largest 29, smallest 5); consider class_weights=auto or sampler=balanced" in out
+    assert (
+        "warning: imbalanced classes (largest 29, smallest 5); consider class_weights=auto or sampler=balanced" in out
+    )
     result = imgclf.train(data=str(root), class_weights="auto", sampler="balanced", **{**FAST, "epochs": 2})
     assert "warning: imbalanced" not in capsys.readouterr().out
     assert result.metrics["test"]["per_class"]["checker"]["support"] == 2
@@ -117,8 +144,16 @@ def test_tensorboard_logs(class_folder, in_tmp):
 def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
     weights = resnet18(weights=None).state_dict()
     torch.save(weights, tmp_path / "imagenet.pth")
-    result = imgclf.train(data=str(class_folder), model="resnet18", weights=str(tmp_path / "imagenet.pth"),
-                          freeze_epochs=1, image_size=32, epochs=2, batch_size=32, verbose=False)
+    result = imgclf.train(
+        data=str(class_folder),
+        model="resnet18",
+        weights=str(tmp_path / "imagenet.pth"),
+        freeze_epochs=1,
+        image_size=32,
+        epochs=2,
+        batch_size=32,
+        verbose=False,
+    )
     assert result.config.lr == pytest.approx(0.01 * 32 / 128)  # the fine-tuning recipe (0.01 at batch 128)
     checkpoints = {}
 
@@ -128,8 +163,17 @@ def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
     def result_dir():
         return Path(in_tmp / "runs" / "stripes-resnet18-2")
 
-    imgclf.train(data=str(class_folder), model="resnet18", weights=str(tmp_path / "imagenet.pth"), freeze_epochs=1,
-                 image_size=32, epochs=2, batch_size=32, callbacks=[keep], verbose=False)
+    imgclf.train(
+        data=str(class_folder),
+        model="resnet18",
+        weights=str(tmp_path / "imagenet.pth"),
+        freeze_epochs=1,
+        image_size=32,
+        epochs=2,
+        batch_size=32,
+        callbacks=[keep],
+        verbose=False,
+    )
     assert torch.equal(checkpoints[1]["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"])  # frozen
     assert not torch.equal(checkpoints[1]["fc.weight"], checkpoints[2]["fc.weight"])
     assert not torch.equal(checkpoints[2]["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"])  # then trained
@@ -137,8 +181,13 @@ def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
 
 def test_console_script_trains_on_the_shipped_dataset(in_tmp):
     bin_dir = Path(sys.executable).parent
-    done = subprocess.run([str(bin_dir / "imgclf"), "train"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "IMGCLF_DATA": str(in_tmp / "cache")})
+    done = subprocess.run(
+        [str(bin_dir / "imgclf"), "train"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "IMGCLF_DATA": str(in_tmp / "cache")},
+    )
     assert done.returncode == 0, done.stderr
     epochs = yaml.safe_load((in_tmp / "runs" / "digits-cnn" / "config.yaml").read_text())["epochs"]
     assert f"epoch {epochs:>3}/{epochs}" in done.stdout and "recipe: digits / default (cpu)" in done.stdout

@@ -34,8 +34,21 @@ if TYPE_CHECKING:
     from .train import TrainResult
 
 __all__ = [
-    "CompareResult", "ErrorsResult", "ExplainResult", "InspectResult", "compare", "describe_dataset_sources",
-    "describe_models", "errors", "evaluate", "explain", "inspect", "predict", "recipe_train_images", "report", "train",
+    "CompareResult",
+    "ErrorsResult",
+    "ExplainResult",
+    "InspectResult",
+    "compare",
+    "describe_dataset_sources",
+    "describe_models",
+    "errors",
+    "evaluate",
+    "explain",
+    "inspect",
+    "predict",
+    "recipe_train_images",
+    "report",
+    "train",
 ]
 
 Log = Callable[[str], None]
@@ -74,8 +87,13 @@ def train(
 
 
 def evaluate(
-    path: str | os.PathLike, *, data: str | None = None, data_dir: str | None = None, images: str | None = None,
-    device: str = "auto", verbose: bool = True,
+    path: str | os.PathLike,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    images: str | None = None,
+    device: str = "auto",
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """Re-evaluate a run directory or checkpoint on its test split (or on another dataset with the same classes).
 
@@ -85,25 +103,42 @@ def evaluate(
     return evaluate_run(path, device=device, log=show if verbose else _quiet, **overrides)
 
 
-def predict(checkpoint: str | os.PathLike, images: ImageInput | Sequence[ImageInput], *, top_k: int = 1, device: str = "auto",
-            max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Predictions:
+def predict(
+    checkpoint: str | os.PathLike,
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    top_k: int = 1,
+    device: str = "auto",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Predictions:
     """Predict image files, folders, PIL images or tensors with a run directory or checkpoint; files inside
     folders that are not usable images are listed in the result's ``skipped``."""
     return load(checkpoint, device=device, max_image_pixels=max_image_pixels).predict(images, top_k=top_k)
 
 
-def inspect(path: str | os.PathLike, *, image: ImageInput | None = None, out: str | os.PathLike | None = None,
-            log: Log = show) -> InspectResult:
+def inspect(
+    path: str | os.PathLike, *, image: ImageInput | None = None, out: str | os.PathLike | None = None, log: Log = show
+) -> InspectResult:
     """The model of a run (or checkpoint) layer by layer, its first-layer kernels and, given an image, its
     feature maps; figures and ``layers.json`` go to ``out`` (default: the run's ``inspect/`` folder)."""
     classifier = load(path, device="cpu")
     pixels = classifier.to_uint8(image) if image is not None else None
-    return inspect_classifier(classifier, pixels, Path(out) if out else RunDir.checkpoint_path(path).parent / INSPECT, log)
+    return inspect_classifier(
+        classifier, pixels, Path(out) if out else RunDir.checkpoint_path(path).parent / INSPECT, log
+    )
 
 
-def explain(path: str | os.PathLike, images: ImageInput | Sequence[ImageInput], *, method: str = "gradcam",
-            layer: str | None = None, target: str | None = None, top_k: int = 3,
-            out: str | os.PathLike | None = None, log: Log = show) -> ExplainResult:
+def explain(
+    path: str | os.PathLike,
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    target: str | None = None,
+    top_k: int = 3,
+    out: str | os.PathLike | None = None,
+    log: Log = show,
+) -> ExplainResult:
     """Heat maps of what a run's model looks at in ``images`` (files, folders, PIL images, tensors), for the
     predicted class or ``target``; figures go to ``out`` (default: the run's ``explain/`` folder)."""
     classifier = load(path, device="cpu")
@@ -111,13 +146,16 @@ def explain(path: str | os.PathLike, images: ImageInput | Sequence[ImageInput], 
     for file, reason in skipped:
         log(f"warning: skipped {file}: {reason}")
     folder = Path(out) if out else RunDir.checkpoint_path(path).parent / EXPLAIN
-    result = explain_sources(classifier, sources, batch, method=method, layer=layer, target=target, top_k=top_k,
-                             folder=folder, log=log)
+    result = explain_sources(
+        classifier, sources, batch, method=method, layer=layer, target=target, top_k=top_k, folder=folder, log=log
+    )
     result.skipped = skipped
     return result
 
 
-def errors(run: str | os.PathLike, *, top: int = ERRORS_TOP, out: str | os.PathLike | None = None, log: Log = show) -> ErrorsResult:
+def errors(
+    run: str | os.PathLike, *, top: int = ERRORS_TOP, out: str | os.PathLike | None = None, log: Log = show
+) -> ErrorsResult:
     """Where a run's model is wrong on its test set: the ``top`` most confident mistakes (grid and list),
     the most confused class pairs, and per-class accuracy worst first; written to ``out`` (default RUN/errors)."""
     if top < 0:
@@ -128,7 +166,9 @@ def errors(run: str | os.PathLike, *, top: int = ERRORS_TOP, out: str | os.PathL
     return write_errors(predictions, classifier.classes, top, Path(out) if out else found / ERRORS, log)
 
 
-def compare(runs: Sequence[str | os.PathLike], *, out: str | os.PathLike = "comparison.png", log: Log = show) -> CompareResult:
+def compare(
+    runs: Sequence[str | os.PathLike], *, out: str | os.PathLike = "comparison.png", log: Log = show
+) -> CompareResult:
     """Runs side by side: test accuracy, macro F1, train seconds, parameters and multiply-adds per image,
     as a table and a bar plot (``out``, default ./comparison.png)."""
     return compare_runs(runs, out, log)
@@ -144,18 +184,23 @@ def describe_dataset_sources() -> list[tuple[str, str]]:
     from .data import list_datasets
 
     rows = [(spec.name, spec.description) for spec in list_datasets()]
-    rows += [("PATH/", "a folder with one sub-folder per class (or train/, val/, test/ each holding them)"),
-             ("FILE.csv", "a CSV of file,label (images in `images`, default the CSV's folder)")]
+    rows += [
+        ("PATH/", "a folder with one sub-folder per class (or train/, val/, test/ each holding them)"),
+        ("FILE.csv", "a CSV of file,label (images in `images`, default the CSV's folder)"),
+    ]
     return rows
 
 
-def describe_models(in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> list[tuple[str, int | None, str]]:
+def describe_models(
+    in_channels: int = 3, image_size: int = 32, num_classes: int = 10
+) -> list[tuple[str, int | None, str]]:
     """(name, parameters for a 3x32x32 10-class input, description); model families have no single count."""
     from .models import count_parameters, create_model, list_model_families, list_models
 
     rows: list[tuple[str, int | None, str]] = [
         (spec.name, count_parameters(create_model(spec.name, in_channels, num_classes, image_size)), spec.description)
-        for spec in list_models()]
+        for spec in list_models()
+    ]
     return rows + [(f"{prefix}:NAME", None, description) for prefix, description in list_model_families()]
 
 

@@ -23,23 +23,42 @@ from .report.tables import table
 
 
 def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier and write a run directory",
-                       description="Train a classifier. Unset options come from the recipe for the dataset.",
-                       argument_default=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "train",
+        help="train a classifier and write a run directory",
+        description="Train a classifier. Unset options come from the recipe for the dataset.",
+        argument_default=argparse.SUPPRESS,
+    )
     p.add_argument("--config", help="a config.yaml (e.g. runs/x/config.yaml) to start from; flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="dataset name (imgclf datasets), a folder of class sub-folders, or a CSV of file,label")
-    g.add_argument("--data-dir", help="where built-in datasets are stored/downloaded (default $IMGCLF_DATA or ~/.cache/imgclf)")
+    g.add_argument(
+        "--data", help="dataset name (imgclf datasets), a folder of class sub-folders, or a CSV of file,label"
+    )
+    g.add_argument(
+        "--data-dir", help="where built-in datasets are stored/downloaded (default $IMGCLF_DATA or ~/.cache/imgclf)"
+    )
     g.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
-    g.add_argument("--image-size", type=int, help="side in pixels (default: native; for folders the images' own, at most 64 on a CPU)")
-    g.add_argument("--max-image-pixels", type=int, help=f"refuse images claiming more pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,})")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        help="side in pixels (default: native; for folders the images' own, at most 64 on a CPU)",
+    )
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        help=f"refuse images claiming more pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
     g.add_argument("--augment", choices=CHOICES["augment"])
     g.add_argument("--val-split", type=float, help="share of training data held out for validation (default 0.1)")
-    g.add_argument("--test-split", type=float, help="share held out for testing when the source has no test split (default 0.2)")
+    g.add_argument(
+        "--test-split", type=float, help="share held out for testing when the source has no test split (default 0.2)"
+    )
     g = p.add_argument_group("model")
     g.add_argument("--model", help="model name (imgclf models)")
-    g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (resnet18, torchvision:NAME, timm:NAME)")
+    g.add_argument(
+        "--pretrained", action="store_true", help="start from ImageNet weights (resnet18, torchvision:NAME, timm:NAME)"
+    )
     g.add_argument("--weights", help="start from this weights file instead of downloading")
     g.add_argument("--freeze-epochs", type=int, help="train only the new head for this many epochs first")
     g = p.add_argument_group("optimisation")
@@ -54,19 +73,36 @@ def _train_parser(sub) -> None:
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
-    g.add_argument("--class-weights", choices=CHOICES["class_weights"], help="auto: weight the loss by inverse class frequency")
+    g.add_argument(
+        "--class-weights", choices=CHOICES["class_weights"], help="auto: weight the loss by inverse class frequency"
+    )
     g.add_argument("--sampler", choices=CHOICES["sampler"], help="balanced: sample classes equally often")
     g.add_argument("--patience", type=int, help="stop when validation loss has not improved for this many epochs")
     g.add_argument("--norm-lr-scale", type=float, help="lr multiplier of biases and norm shifts")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, help="lookahead weight averaging late in training")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation for the test metrics")
     g = p.add_argument_group("speed")
-    g.add_argument("--budget", type=float, metavar="SECONDS",
-                   help="seconds of training: picks the recipe variant (and epochs) that fits, measured on this machine")
-    g.add_argument("--target-accuracy", type=float, metavar="FRACTION",
-                   help="picks the quickest recipe variant that reached it in our benchmarks; stops once validation reaches it")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on CUDA)")
-    g.add_argument("--no-cache", dest="cache", action="store_false", help="decode folder/CSV images again instead of using the cache")
+    g.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="seconds of training: picks the recipe variant (and epochs) that fits, measured on this machine",
+    )
+    g.add_argument(
+        "--target-accuracy",
+        type=float,
+        metavar="FRACTION",
+        help="picks the quickest recipe variant that reached it in our benchmarks; stops once validation reaches it",
+    )
+    g.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on CUDA)"
+    )
+    g.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="decode folder/CSV images again instead of using the cache",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=CHOICES["device"])
@@ -80,7 +116,9 @@ def _train_parser(sub) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "quiet", "func")}
     quiet = getattr(args, "quiet", False)
-    result = api.train(getattr(args, "config", None), resume=getattr(args, "resume", None), verbose=not quiet, **settings)
+    result = api.train(
+        getattr(args, "config", None), resume=getattr(args, "resume", None), verbose=not quiet, **settings
+    )
     if quiet:
         print(f"test accuracy {result.accuracy:.4f}; run saved in {result.run_dir}")
     return 0
@@ -98,8 +136,9 @@ def _warn_skipped(skipped: Sequence[tuple[str, str]]) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    predictions = api.predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device,
-                              max_image_pixels=args.max_image_pixels)
+    predictions = api.predict(
+        args.checkpoint, args.images, top_k=args.top_k, device=args.device, max_image_pixels=args.max_image_pixels
+    )
     _print_predictions(predictions, args.format)
     _warn_skipped(predictions.skipped)  # after the results, so that a long list of predictions does not hide them
     return 0
@@ -139,7 +178,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    api.explain(args.run, args.images, method=args.method, layer=args.layer, target=args.target, top_k=args.top_k, out=args.out)
+    api.explain(
+        args.run, args.images, method=args.method, layer=args.layer, target=args.target, top_k=args.top_k, out=args.out
+    )
     return 0
 
 
@@ -162,8 +203,10 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     train_images = api.recipe_train_images(args.data)
     print(table(RECIPE_COLUMNS, describe_recipes(train_images)))
     if None in train_images.values():
-        print(f"'folder' rows: a folder or CSV of {SMALL_DATA:,}+ training images; smaller ones get smaller batches and "
-              "more epochs (imgclf recipes --data PATH shows them)")
+        print(
+            f"'folder' rows: a folder or CSV of {SMALL_DATA:,}+ training images; smaller ones get smaller batches and "
+            "more epochs (imgclf recipes --data PATH shows them)"
+        )
     return 0
 
 
@@ -184,15 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto", choices=CHOICES["device"])
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="refuse images claiming more pixels (decompression bombs)")
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse images claiming more pixels (decompression bombs)",
+    )
     sub.add_parser("datasets", help="list the datasets")
     sub.add_parser("models", help="list the models with their parameter counts")
-    p = sub.add_parser("inspect", help="the model layer by layer: shapes, parameters, multiply-adds, receptive fields, kernels, feature maps")
+    p = sub.add_parser(
+        "inspect",
+        help="the model layer by layer: shapes, parameters, multiply-adds, receptive fields, kernels, feature maps",
+    )
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--image", help="an image whose feature maps to draw")
     p.add_argument("--out", help="folder for the figures and layers.json (default: RUN/inspect)")
-    p = sub.add_parser("explain", help="heat maps of what the model looks at (Grad-CAM or saliency), with top-k classes")
+    p = sub.add_parser(
+        "explain", help="heat maps of what the model looks at (Grad-CAM or saliency), with top-k classes"
+    )
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("images", nargs="+", help="image files and folders")
     p.add_argument("--method", choices=METHODS, default="gradcam")
@@ -210,15 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", help="HTML file (default: RUN/report.html)")
-    p = sub.add_parser("recipes", help="the recipes per dataset and device as training would run them, with measured results")
+    p = sub.add_parser(
+        "recipes", help="the recipes per dataset and device as training would run them, with measured results"
+    )
     p.add_argument("--data", help="only this dataset, folder or CSV (a folder's size decides batch and epochs)")
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
-            "datasets": _cmd_datasets, "models": _cmd_models,
-            "inspect": _cmd_inspect, "explain": _cmd_explain, "errors": _cmd_errors, "compare": _cmd_compare,
-            "report": _cmd_report, "recipes": _cmd_recipes}
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "datasets": _cmd_datasets,
+    "models": _cmd_models,
+    "inspect": _cmd_inspect,
+    "explain": _cmd_explain,
+    "errors": _cmd_errors,
+    "compare": _cmd_compare,
+    "report": _cmd_report,
+    "recipes": _cmd_recipes,
+}
 
 
 def flag_namer(parser: argparse.ArgumentParser) -> Callable[[str, str | None], str]:

@@ -19,6 +19,7 @@ import yaml
 from .errors import ConfigError
 from .rundir import CONFIG
 
+DEFAULT_MODEL = "cnn"  # what the recipes train when no model is named
 # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, about 0.25 GB as 24-bit RGB)
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
@@ -105,10 +106,17 @@ class TrainConfig:
             if value is not None and value <= 0:
                 raise ConfigError(f"{where}{key(name)} must be positive, got {value}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
-            raise ConfigError(f"{where}{key('target_accuracy')} {self.target_accuracy} must be a fraction between 0 and 1 (e.g. 0.99)")
+            raise ConfigError(
+                f"{where}{key('target_accuracy')} {self.target_accuracy} must be a fraction between 0 and 1 (e.g. 0.99)"
+            )
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"{where}{key('label_smoothing')} {self.label_smoothing} must be in [0, 1)")
         return self
+
+    @property
+    def model_name(self) -> str:
+        """The model to build: the one set, else the recipes' default."""
+        return self.model or DEFAULT_MODEL
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,7 +126,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source + ': ' if source else ''}unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source + ': ' if source else ''}unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**values).validate(source)
 
     @classmethod
@@ -141,7 +151,14 @@ class TrainConfig:
 
 
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
-_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list", dict: "a mapping"}
+_TYPE_WORDS = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "text",
+    list: "a list",
+    dict: "a mapping",
+}
 
 
 def _matches(value: Any, kind: Any) -> bool:
@@ -156,7 +173,11 @@ def _matches(value: Any, kind: Any) -> bool:
 
 def _check_type(name: str, value: Any, hint: Any, where: str) -> None:  # name: as the message shows it
     """One-line error when ``value`` is not of the field's declared type (YAML gives strings for typos)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     if value is None and type(None) in options:
         return
     kinds = [kind for kind in options if kind is not type(None)]

@@ -47,7 +47,12 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
         "loss": loss,
         "samples": len(labels),
         "per_class": {
-            name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(), "support": int(support[i])}
+            name: {
+                "precision": precision[i].item(),
+                "recall": recall[i].item(),
+                "f1": f1[i].item(),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(classes)
         },
         "confusion_matrix": multiclass_confusion_matrix(preds, labels, n).tolist(),
@@ -56,14 +61,18 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
 
 def per_class_table(metrics: dict[str, Any]) -> Table:
     """Precision, recall, F1 and support per class, then accuracy and macro F1: the terminal's and the report's."""
-    rows: list[list[Any]] = [[name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
-                             for name, m in metrics["per_class"].items()]
+    rows: list[list[Any]] = [
+        [name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
+        for name, m in metrics["per_class"].items()
+    ]
     rows.append(["accuracy", "", "", f"{metrics['accuracy']:.4f}", metrics["samples"]])
     rows.append(["macro f1", "", "", f"{metrics['macro_f1']:.4f}", ""])
     return Table(["class", "precision", "recall", "f1", "support"], rows)
 
 
-def split_metrics(classifier: Classifier, split: Split, classes: list[str], tta: bool) -> tuple[dict[str, Any], torch.Tensor]:
+def split_metrics(
+    classifier: Classifier, split: Split, classes: list[str], tta: bool
+) -> tuple[dict[str, Any], torch.Tensor]:
     """Metrics of ``classifier`` on a split, and its probabilities; ``accuracy_without_tta`` beside them when ``tta``."""
     probs = classifier.predict_proba(split.images, EVAL_BATCH, tta=tta)
     metrics = compute_metrics(probs, split.labels, classes)
@@ -73,9 +82,13 @@ def split_metrics(classifier: Classifier, split: Split, classes: list[str], tta:
     return metrics, probs
 
 
-def checkpoint_data(classifier: Classifier, source: str | os.PathLike, **overrides: Any) -> tuple[TrainConfig, DataBundle]:
+def checkpoint_data(
+    classifier: Classifier, source: str | os.PathLike, **overrides: Any
+) -> tuple[TrainConfig, DataBundle]:
     """The data a checkpoint was trained on (or other data given by ``overrides``), checked to have its classes."""
-    cfg = TrainConfig.from_dict({**classifier.config, "image_size": classifier.image_size, **overrides}, source=str(source))
+    cfg = TrainConfig.from_dict(
+        {**classifier.config, "image_size": classifier.image_size, **overrides}, source=str(source)
+    )
     dataset = load_data(cfg)
     if dataset.classes != classifier.classes or dataset.channels != classifier.channels:
         raise CheckpointError(
@@ -92,8 +105,11 @@ def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **d
     classifier = load(path, device=device)
     cfg, dataset = checkpoint_data(classifier, classifier.path or path, **data)
     if dataset.skipped:
-        log(f"warning: skipped {len(dataset.skipped)} unusable file(s): "
-            + "; ".join(f"{p} ({reason})" for p, reason in dataset.skipped[:5]) + (" ..." if len(dataset.skipped) > 5 else ""))
+        log(
+            f"warning: skipped {len(dataset.skipped)} unusable file(s): "
+            + "; ".join(f"{p} ({reason})" for p, reason in dataset.skipped[:5])
+            + (" ..." if len(dataset.skipped) > 5 else "")
+        )
     metrics, _ = split_metrics(classifier, dataset.test, dataset.classes, tta=classifier.spec.tta)
     log(per_class_table(metrics).to_text())
     if Path(path).is_dir():
@@ -114,8 +130,10 @@ def test_predictions(run: RunDir, classifier: Classifier, log: Log) -> SplitPred
     try:
         cfg, data = checkpoint_data(classifier, run.path)
     except ImgclfError as exc:
-        raise CheckpointError(f"{run.path}: has no readable {path.name} and its data cannot be loaded ({exc}); "
-                              "restore the data, or train the run again") from None
+        raise CheckpointError(
+            f"{run.path}: has no readable {path.name} and its data cannot be loaded ({exc}); "
+            "restore the data, or train the run again"
+        ) from None
     probs = classifier.predict_proba(data.test.images, EVAL_BATCH, tta=classifier.spec.tta)
     predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
     run.save_predictions(predictions)

@@ -41,7 +41,9 @@ def tta_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     h, w = x.shape[-2:]
     shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-    shifted_logits = sum(_mirrored_logits(network, s.contiguous(memory_format=torch.channels_last), hflip) for s in shifted)
+    shifted_logits = sum(
+        _mirrored_logits(network, s.contiguous(memory_format=torch.channels_last), hflip) for s in shifted
+    )
     return 0.5 * _mirrored_logits(network, x, hflip) + 0.25 * shifted_logits
 
 
@@ -52,8 +54,9 @@ class InferenceModel(nn.Module):
     mean: torch.Tensor  # 1 x C x 1 x 1 buffers: they move with the module and are part of an exported graph
     std: torch.Tensor
 
-    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float], *, tta: bool = False,
-                 hflip: bool = False) -> None:
+    def __init__(
+        self, network: nn.Module, mean: Sequence[float], std: Sequence[float], *, tta: bool = False, hflip: bool = False
+    ) -> None:
         super().__init__()
         self.network = network
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
@@ -79,8 +82,12 @@ class Prediction:
     top_k: list[tuple[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "label": self.label, "probability": self.probability,
-                "top_k": [{"label": lbl, "probability": p} for lbl, p in self.top_k]}
+        return {
+            "source": self.source,
+            "label": self.label,
+            "probability": self.probability,
+            "top_k": [{"label": lbl, "probability": p} for lbl, p in self.top_k],
+        }
 
 
 class Predictions(list[Prediction]):
@@ -99,31 +106,50 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
         model.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:
         first = str(exc).split("\n\t", 2)[1] if "\n\t" in str(exc) else str(exc)[:150]
-        raise CheckpointError(f"{checkpoint.path or 'checkpoint'}: weights do not fit model {spec.model} ({first.strip()}); "
-                              "the file is damaged or from another model") from None
+        raise CheckpointError(
+            f"{checkpoint.path or 'checkpoint'}: weights do not fit model {spec.model} ({first.strip()}); "
+            "the file is damaged or from another model"
+        ) from None
     return model.eval()
 
 
 class Classifier:
     """A trained model with everything inference needs: classes, image size, channels, normalisation."""
 
-    def __init__(self, spec: InferenceSpec, network: nn.Module, device: torch.device, *, config: dict[str, Any] | None = None,
-                 path: Path | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    def __init__(
+        self,
+        spec: InferenceSpec,
+        network: nn.Module,
+        device: torch.device,
+        *,
+        config: dict[str, Any] | None = None,
+        path: Path | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         self.spec = spec
         self.config: dict[str, Any] = config or {}  # the training settings of the run
         self.path = path  # the checkpoint file, when loaded from one
         self.device = device
         self.max_image_pixels = max_image_pixels
-        self.model = network.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # torch's stub lacks this overload
+        self.model = network.to(device).to(memory_format=torch.channels_last).eval()
         # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
-        self.modules = {tta: InferenceModel(self.model, spec.mean, spec.std, tta=tta, hflip=spec.hflip).to(device)
-                        for tta in (False, True)}
+        self.modules = {
+            tta: InferenceModel(self.model, spec.mean, spec.std, tta=tta, hflip=spec.hflip).to(device)
+            for tta in (False, True)
+        }
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device,
-                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Classifier:
-        return cls(checkpoint.spec, model_from_checkpoint(checkpoint), device, config=checkpoint.config, path=checkpoint.path,
-                   max_image_pixels=max_image_pixels)
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, device: torch.device, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ) -> Classifier:
+        return cls(
+            checkpoint.spec,
+            model_from_checkpoint(checkpoint),
+            device,
+            config=checkpoint.config,
+            path=checkpoint.path,
+            max_image_pixels=max_image_pixels,
+        )
 
     @property
     def classes(self) -> list[str]:
@@ -168,40 +194,57 @@ class Classifier:
         chunks = [module(images[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes))
 
-    def read_images(self, images: ImageInput | Sequence[ImageInput]) -> tuple[list[str], torch.Tensor, list[tuple[str, str]]]:
+    def read_images(
+        self, images: ImageInput | Sequence[ImageInput]
+    ) -> tuple[list[str], torch.Tensor, list[tuple[str, str]]]:
         """Files, folders (their visible files, as training finds them), PIL images or image tensors as
         (sources, uint8 N x C x H x W, files inside folders skipped with the reason). A named file that is
         not a usable image is an error; a folder's unusable files are skipped."""
-        items: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]  # type: ignore[list-item]
+        items: list[ImageInput]
+        if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)):
+            items = [images]
+        else:
+            items = list(images)
         sources: list[str] = []
         tensors: list[torch.Tensor] = []
         skipped: list[tuple[str, str]] = []
         for item in items:
             if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
                 files = find_images([item])
-                decoded, kept, folder_skipped, _ = decode_images(files, self.image_size, self.channels, self.max_image_pixels)
+                decoded, kept, folder_skipped, _ = decode_images(
+                    files, self.image_size, self.channels, self.max_image_pixels
+                )
                 skipped += folder_skipped
                 sources += [str(files[i]) for i in kept]
                 tensors += list(decoded)
             else:
-                sources.append(str(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__} {len(sources)}>")
+                sources.append(
+                    str(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__} {len(sources)}>"
+                )
                 tensors.append(self.to_uint8(item))
         if not tensors:
             raise DataError(f"no readable images in {', '.join(map(str, items))}; give image files or folders of them")
         return sources, torch.stack(tensors), skipped
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = PREDICT_BATCH) -> Predictions:
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = PREDICT_BATCH
+    ) -> Predictions:
         """Predict files, folders (all images inside), PIL images or image tensors."""
         sources, batch, skipped = self.read_images(images)
         probs = self.predict_proba(batch, batch_size)
         k = max(1, min(top_k, len(self.classes)))
         values, indices = probs.topk(k, dim=1)
-        return Predictions([
-            Prediction(src, self.classes[idx[0]], val[0], [(self.classes[i], v) for v, i in zip(val, idx)])
-            for src, val, idx in zip(sources, values.tolist(), indices.tolist())
-        ], skipped)
+        return Predictions(
+            [
+                Prediction(src, self.classes[idx[0]], val[0], [(self.classes[i], v) for v, i in zip(val, idx)])
+                for src, val, idx in zip(sources, values.tolist(), indices.tolist())
+            ],
+            skipped,
+        )
 
 
 def load(path: str | os.PathLike, device: str = "auto", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Classifier:
     """Load a run directory (its best.pt) or a checkpoint file for inference."""
-    return Classifier.from_checkpoint(read_checkpoint(RunDir.checkpoint_path(path)), resolve_device(device), max_image_pixels)
+    return Classifier.from_checkpoint(
+        read_checkpoint(RunDir.checkpoint_path(path)), resolve_device(device), max_image_pixels
+    )

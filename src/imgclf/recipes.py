@@ -29,13 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import TrainConfig
+from .config import DEFAULT_MODEL, TrainConfig
 
 LR_BATCH = 1024  # recipe learning rates are for the mean loss of a batch of this size; others scale linearly
 
 # The airbench hyperparameters, for imgclf's `cnn`.
 FAST: dict[str, Any] = {
-    "model": "cnn",
+    "model": DEFAULT_MODEL,
     "optimizer": "sgd",
     "lr": 1.5,  # at batch 1024; with label smoothing and the 1/9 logit scale this high rate is stable
     "momentum": 0.85,  # Nesterov; lower than the usual 0.9 because the lr is high
@@ -95,9 +95,15 @@ class Variant:
     @property
     def settings(self) -> dict[str, Any]:
         """The config settings this variant sets (``widths`` as the cnn's ``model_args``)."""
-        values = {"epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "batch_size": self.batch_size,
-                  "augment": self.augment, "tta": self.tta, "label_smoothing": self.label_smoothing,
-                  "model_args": {"widths": list(self.widths)} if self.widths else None}
+        values = {
+            "epochs": self.epochs,
+            "warmup_epochs": self.warmup_epochs,
+            "batch_size": self.batch_size,
+            "augment": self.augment,
+            "tta": self.tta,
+            "label_smoothing": self.label_smoothing,
+            "model_args": {"widths": list(self.widths)} if self.widths else None,
+        }
         return {k: v for k, v in values.items() if v is not None}
 
 
@@ -117,36 +123,57 @@ RECIPES: dict[str, Recipe] = {
         gpu=[Variant("default", epochs=40, widths=(64, 128, 256), warmup_epochs=8)],
     ),
     "mnist": Recipe(
-        cpu=[Variant("default", epochs=1, widths=(16, 32, 64), warmup_epochs=0.25, measured=(0.9926, 16.8)),
-             Variant("long", epochs=3, widths=(24, 48, 96), warmup_epochs=0.7)],
+        cpu=[
+            Variant("default", epochs=1, widths=(16, 32, 64), warmup_epochs=0.25, measured=(0.9926, 16.8)),
+            Variant("long", epochs=3, widths=(24, 48, 96), warmup_epochs=0.7),
+        ],
         gpu=[Variant("default", epochs=4, widths=(64, 128, 256), warmup_epochs=1)],
     ),
     "fashion-mnist": Recipe(
-        cpu=[Variant("default", epochs=4, widths=(16, 32, 64), warmup_epochs=0.9, measured=(0.9269, 59.3), **UNAUGMENTED),
-             Variant("long", epochs=10, widths=(24, 48, 96), warmup_epochs=2.3, label_smoothing=0.1)],
-        gpu=[Variant("default", epochs=10, widths=(64, 256, 256), warmup_epochs=2.3),
-             Variant("long", epochs=30, widths=(128, 384, 384), warmup_epochs=7)],
+        cpu=[
+            Variant(
+                "default", epochs=4, widths=(16, 32, 64), warmup_epochs=0.9, measured=(0.9269, 59.3), **UNAUGMENTED
+            ),
+            Variant("long", epochs=10, widths=(24, 48, 96), warmup_epochs=2.3, label_smoothing=0.1),
+        ],
+        gpu=[
+            Variant("default", epochs=10, widths=(64, 256, 256), warmup_epochs=2.3),
+            Variant("long", epochs=30, widths=(128, 384, 384), warmup_epochs=7),
+        ],
     ),
     "cifar10": Recipe(
-        cpu=[Variant("quick", epochs=4, widths=(32, 64, 128), warmup_epochs=0.9, batch_size=512),
-             Variant("default", epochs=8, widths=(32, 64, 128), warmup_epochs=1.8, batch_size=512, measured=(0.8465, 582.4))],
-        gpu=[Variant("default", epochs=10, widths=(64, 256, 256), warmup_epochs=2.3, measured=(0.8898, 3.9)),
-             Variant("long", epochs=20, widths=(128, 384, 512), warmup_epochs=4.6, measured=(0.9132, 8.3)),
-             Variant("longer", epochs=25, widths=(128, 512, 512), warmup_epochs=5.8, measured=(0.9168, 11.6))],
+        cpu=[
+            Variant("quick", epochs=4, widths=(32, 64, 128), warmup_epochs=0.9, batch_size=512),
+            Variant(
+                "default", epochs=8, widths=(32, 64, 128), warmup_epochs=1.8, batch_size=512, measured=(0.8465, 582.4)
+            ),
+        ],
+        gpu=[
+            Variant("default", epochs=10, widths=(64, 256, 256), warmup_epochs=2.3, measured=(0.8898, 3.9)),
+            Variant("long", epochs=20, widths=(128, 384, 512), warmup_epochs=4.6, measured=(0.9132, 8.3)),
+            Variant("longer", epochs=25, widths=(128, 512, 512), warmup_epochs=5.8, measured=(0.9168, 11.6)),
+        ],
     ),
     "cifar100": Recipe(
         cpu=[Variant("default", epochs=10, widths=(32, 96, 192), warmup_epochs=2.3, batch_size=512)],
-        gpu=[Variant("default", epochs=20, widths=(64, 256, 256), warmup_epochs=4.6),
-             Variant("long", epochs=40, widths=(128, 512, 512), warmup_epochs=9)],
+        gpu=[
+            Variant("default", epochs=20, widths=(64, 256, 256), warmup_epochs=4.6),
+            Variant("long", epochs=40, widths=(128, 512, 512), warmup_epochs=9),
+        ],
     ),
 }
 
 # A user's folder or CSV: the CIFAR-10 variants with stronger augmentation (shifts of 1/8, small rotations),
 # which keeps a model trained on few photos robust to other framings; their measurements do not carry over.
-RECIPES["folder"] = Recipe(**{
-    device: [Variant(**{**v.__dict__, "augment": "standard", "measured": None}) for v in getattr(RECIPES["cifar10"], device)]
-    for device in ("cpu", "gpu")
-})
+RECIPES["folder"] = Recipe(
+    **{
+        device: [
+            Variant(**{**v.__dict__, "augment": "standard", "measured": None})
+            for v in getattr(RECIPES["cifar10"], device)
+        ]
+        for device in ("cpu", "gpu")
+    }
+)
 
 
 def recipe_for(dataset: str) -> Recipe:
@@ -163,7 +190,10 @@ def image_size_cap(device_type: str) -> int:
 
 
 def choose_variant(
-    variants: list[Variant], *, budget: float | None = None, target_accuracy: float | None = None,
+    variants: list[Variant],
+    *,
+    budget: float | None = None,
+    target_accuracy: float | None = None,
     seconds_per_epoch: Callable[[Variant], float] | None = None,
     epochs_of: Callable[[Variant], float] = lambda v: v.settings["epochs"],
 ) -> tuple[Variant, int | None]:
@@ -184,11 +214,16 @@ def choose_variant(
     return quickest, max(1, math.floor(budget / seconds_per_epoch(quickest)))
 
 
-def variant_values(variant: Variant, device_type: str, model: str | None, pretrained: bool, epochs: int | None) -> dict[str, Any]:
+def variant_values(
+    variant: Variant, device_type: str, model: str | None, pretrained: bool, epochs: int | None
+) -> dict[str, Any]:
     """Steps 3-5: every recipe setting of a variant, before the small-data rule and the lr scaling."""
-    fast = (model or FAST["model"]) == "cnn"
+    fast = (model or DEFAULT_MODEL) == "cnn"
     gpu = device_class(device_type) == "gpu"
-    base = {**(FAST if fast else PLAIN), "compile": gpu}  # compiling takes 10-40 s once, then halves GPU steps; slower on a CPU
+    base = {
+        **(FAST if fast else PLAIN),
+        "compile": gpu,
+    }  # compiling takes 10-40 s once, then halves GPU steps; slower on a CPU
     if fast and not gpu:
         base["batch_size"] = CPU_BATCH
     values = {**base, **variant.settings}
@@ -216,19 +251,24 @@ def _fit_small_data(values: dict[str, Any], n_train: int) -> None:
         values["epochs"] = wanted
 
 
-def fill_recipe(cfg: TrainConfig, variant: Variant, device_type: str, n_train: int | None, epochs: int | None = None) -> TrainConfig:
+def fill_recipe(
+    cfg: TrainConfig, variant: Variant, device_type: str, n_train: int | None, epochs: int | None = None
+) -> TrainConfig:
     """``cfg`` with every unset setting filled from ``variant`` (steps 3-8); ``n_train`` None skips step 6."""
     values = variant_values(variant, device_type, cfg.model, bool(cfg.pretrained or cfg.weights), epochs)
     if cfg.epochs is None and epochs is None and n_train is not None:  # a budget's epochs are final
         _fit_small_data(values, n_train)
     values["lr"] *= (cfg.batch_size or values["batch_size"]) / LR_BATCH
-    if cfg.model_args is not None or (cfg.model or "cnn") != "cnn":
+    if cfg.model_args is not None or cfg.model_name != "cnn":
         values.pop("model_args", None)
     return cfg.replace(**{k: v for k, v in values.items() if getattr(cfg, k, None) is None})
 
 
 def apply_recipe(
-    cfg: TrainConfig, dataset: str, device_type: str, n_train: int,
+    cfg: TrainConfig,
+    dataset: str,
+    device_type: str,
+    n_train: int,
     seconds_per_epoch: Callable[[TrainConfig], float] | None = None,
 ) -> tuple[TrainConfig, str]:
     """Return ``cfg`` with every unset field filled from the recipe for ``dataset`` on ``device_type``,
@@ -240,16 +280,33 @@ def apply_recipe(
     variants = getattr(recipe_for(dataset), device_class(device_type))
     per_epoch = None
     if seconds_per_epoch is not None:
+
         def per_epoch(variant: Variant) -> float:
             return seconds_per_epoch(fill_recipe(cfg, variant, device_type, n_train))
-    variant, epochs = choose_variant(variants, budget=cfg.budget, target_accuracy=cfg.target_accuracy,
-                                     seconds_per_epoch=per_epoch,
-                                     epochs_of=lambda v: fill_recipe(cfg, v, device_type, n_train).epochs or 0)
+
+    variant, epochs = choose_variant(
+        variants,
+        budget=cfg.budget,
+        target_accuracy=cfg.target_accuracy,
+        seconds_per_epoch=per_epoch,
+        epochs_of=lambda v: fill_recipe(cfg, v, device_type, n_train).epochs or 0,
+    )
     return fill_recipe(cfg, variant, device_type, n_train, epochs), variant.name
 
 
-RECIPE_COLUMNS = ["data", "device", "variant", "epochs", "cnn widths", "batch", "lr", "warm-up", "augment", "tta",
-                  "measured (test acc, train s)"]
+RECIPE_COLUMNS = [
+    "data",
+    "device",
+    "variant",
+    "epochs",
+    "cnn widths",
+    "batch",
+    "lr",
+    "warm-up",
+    "augment",
+    "tta",
+    "measured (test acc, train s)",
+]
 
 
 def describe_recipes(train_images: dict[str, int | None]) -> list[list[str]]:
@@ -261,8 +318,23 @@ def describe_recipes(train_images: dict[str, int | None]) -> list[list[str]]:
             device_type = "cuda" if device == "gpu" else "cpu"
             for variant in getattr(recipe_for(dataset), device):
                 cfg = fill_recipe(TrainConfig(data=dataset), variant, device_type, n_train)
-                measured = "-" if variant.measured is None else f"{variant.measured[0]:.4f} in {variant.measured[1]:g} s"
+                measured = (
+                    "-" if variant.measured is None else f"{variant.measured[0]:.4f} in {variant.measured[1]:g} s"
+                )
                 widths = str((cfg.model_args or {}).get("widths", "-"))
-                rows.append([dataset, device, variant.name, f"{cfg.epochs:g}", widths, str(cfg.batch_size), f"{cfg.lr:.4g}",
-                             f"{cfg.warmup_epochs:.3g}", str(cfg.augment), "yes" if cfg.tta else "no", measured])
+                rows.append(
+                    [
+                        dataset,
+                        device,
+                        variant.name,
+                        f"{cfg.epochs:g}",
+                        widths,
+                        str(cfg.batch_size),
+                        f"{cfg.lr:.4g}",
+                        f"{cfg.warmup_epochs:.3g}",
+                        str(cfg.augment),
+                        "yes" if cfg.tta else "no",
+                        measured,
+                    ]
+                )
     return rows

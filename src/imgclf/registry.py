@@ -22,8 +22,10 @@ class Registry(Generic[T]):
     def add(self, name: str, entry: T) -> None:
         key = name.casefold()
         if key in self._entries:
-            warnings.warn(f"{self.kind} {name!r} was registered twice; the later definition replaces the earlier one",
-                          stacklevel=3)
+            warnings.warn(
+                f"{self.kind} {name!r} was registered twice; the later definition replaces the earlier one",
+                stacklevel=3,
+            )
         self._entries[key] = (name, entry)
 
     def get(self, name: str) -> T | None:

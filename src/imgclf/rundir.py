@@ -68,8 +68,18 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 
 FORMAT = "imgclf-checkpoint"
 VERSION = 2
-TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "history", "best_val_loss", "best_epoch", "bad_epochs", "lookahead",
-                 "rng_cpu", "rng_cuda")
+TRAINING_KEYS = (
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "history",
+    "best_val_loss",
+    "best_epoch",
+    "bad_epochs",
+    "lookahead",
+    "rng_cpu",
+    "rng_cuda",
+)
 
 
 @dataclass(frozen=True)
@@ -87,15 +97,30 @@ class InferenceSpec:
     tta: bool = False  # the run's test metrics averaged test-time augmented views
 
     def to_payload(self) -> dict[str, Any]:
-        return {"model": {"name": self.model, "kwargs": dict(self.model_args)}, "classes": list(self.classes),
-                "image_size": self.image_size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
-                "hflip": self.hflip, "tta": self.tta}
+        return {
+            "model": {"name": self.model, "kwargs": dict(self.model_args)},
+            "classes": list(self.classes),
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "hflip": self.hflip,
+            "tta": self.tta,
+        }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> InferenceSpec:
-        return cls(payload["model"]["name"], dict(payload["model"].get("kwargs") or {}), list(payload["classes"]),
-                   int(payload["image_size"]), int(payload["channels"]), [float(v) for v in payload["mean"]],
-                   [float(v) for v in payload["std"]], bool(payload.get("hflip", False)), bool(payload.get("tta", False)))
+        return cls(
+            payload["model"]["name"],
+            dict(payload["model"].get("kwargs") or {}),
+            list(payload["classes"]),
+            int(payload["image_size"]),
+            int(payload["channels"]),
+            [float(v) for v in payload["mean"]],
+            [float(v) for v in payload["std"]],
+            bool(payload.get("hflip", False)),
+            bool(payload.get("tta", False)),
+        )
 
 
 @dataclass
@@ -110,16 +135,31 @@ class Checkpoint:
     path: Path | None = None  # where it was read from
 
     def to_payload(self) -> dict[str, Any]:
-        payload = {"format": FORMAT, "version": VERSION, **self.spec.to_payload(), "state_dict": self.state_dict,
-                   "config": self.config, "epoch": self.epoch, "val_loss": self.val_loss, "val_acc": self.val_acc}
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            **self.spec.to_payload(),
+            "state_dict": self.state_dict,
+            "config": self.config,
+            "epoch": self.epoch,
+            "val_loss": self.val_loss,
+            "val_acc": self.val_acc,
+        }
         return {**payload, **(self.training or {})}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], path: Path | None = None) -> Checkpoint:
         training = {k: payload[k] for k in TRAINING_KEYS if k in payload} or None
-        return cls(InferenceSpec.from_payload(payload), payload["state_dict"], dict(payload.get("config") or {}),
-                   int(payload.get("epoch", 0)), float(payload.get("val_loss", float("nan"))),
-                   float(payload.get("val_acc", float("nan"))), training, path)
+        return cls(
+            InferenceSpec.from_payload(payload),
+            payload["state_dict"],
+            dict(payload.get("config") or {}),
+            int(payload.get("epoch", 0)),
+            float(payload.get("val_loss", float("nan"))),
+            float(payload.get("val_acc", float("nan"))),
+            training,
+            path,
+        )
 
 
 def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +181,9 @@ def upgrade(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -
         version = payload["version"]
     missing = [k for k in INFERENCE_KEYS if k not in payload]
     if missing:
-        raise CheckpointError(f"{source}: incomplete checkpoint (missing {', '.join(missing)}); retrain or use another file")
+        raise CheckpointError(
+            f"{source}: incomplete checkpoint (missing {', '.join(missing)}); retrain or use another file"
+        )
     return payload
 
 
@@ -164,11 +206,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path}: not a readable imgclf checkpoint ({exc.__class__.__name__}); use the {BEST} or {LAST} of a run"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an imgclf checkpoint (no '{FORMAT}' marker); use the {BEST} or {LAST} of a run")
+        raise CheckpointError(
+            f"{path}: not an imgclf checkpoint (no '{FORMAT}' marker); use the {BEST} or {LAST} of a run"
+        )
     try:
         return Checkpoint.from_payload(upgrade(payload, path), path)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint ({exc.__class__.__name__}: {exc}); retrain or use another file") from None
+        raise CheckpointError(
+            f"{path}: damaged checkpoint ({exc.__class__.__name__}: {exc}); retrain or use another file"
+        ) from None
 
 
 # ---------------------------------------------------------------- saved test predictions
@@ -201,8 +247,14 @@ class SplitPredictions:
         return self.top_prob[:, 0]
 
     @classmethod
-    def from_probs(cls, probs: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, seed: int = 0,
-                   sources: list[str] | None = None) -> SplitPredictions:
+    def from_probs(
+        cls,
+        probs: torch.Tensor,
+        labels: torch.Tensor,
+        images: torch.Tensor,
+        seed: int = 0,
+        sources: list[str] | None = None,
+    ) -> SplitPredictions:
         top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
         wrong = torch.nonzero(top_index[:, 0] != labels).flatten()
         wrong = wrong[top_prob[wrong, 0].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
@@ -248,7 +300,9 @@ class RunDir:
         if out:
             path = Path(out)
             if path.exists() and any(path.iterdir()):
-                raise ConfigError(f"`out` {path}: already holds a run; choose another `out`, or continue it with `resume={path}`")
+                raise ConfigError(
+                    f"`out` {path}: already holds a run; choose another `out`, or continue it with `resume={path}`"
+                )
             path.mkdir(parents=True, exist_ok=True)
             return cls(path)
         base = Path("runs") / default_name.replace(" ", "_")
@@ -326,8 +380,10 @@ class RunDir:
             raise CheckpointError(f"{self.path}: no such run directory; pass the folder a training run wrote")
         if not (self / LAST).is_file():
             if (self / CONFIG).is_file():
-                raise CheckpointError(f"{self.path}: the run stopped before its first epoch finished, so there is nothing "
-                                      f"to resume; start it again with `config={self / CONFIG}`")
+                raise CheckpointError(
+                    f"{self.path}: the run stopped before its first epoch finished, so there is nothing "
+                    f"to resume; start it again with `config={self / CONFIG}`"
+                )
             raise CheckpointError(f"{self.path}: not a run directory (no {LAST}); pass the folder a training run wrote")
         checkpoint = read_checkpoint(self / LAST)
         if checkpoint.training is None or "optimizer" not in checkpoint.training:

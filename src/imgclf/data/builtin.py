@@ -36,13 +36,14 @@ def _download(name: str, folder: Path, files: list[str], fetch: Callable[[], obj
 
 # ---------------------------------------------------------------- MNIST-style IDX files
 
+
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (the MNIST format), plain or gzipped."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -77,19 +78,26 @@ def _load_idx_dataset(cfg: TrainConfig, tv_class: Any, classes: list[str], hflip
     )
 
 
-@register_dataset("mnist", "handwritten digits 0-9, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)",
-                  train_images=60_000)
+@register_dataset(
+    "mnist", "handwritten digits 0-9, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)", train_images=60_000
+)
 def mnist(cfg: TrainConfig) -> RawDataset:
     return _load_idx_dataset(cfg, torchvision.datasets.MNIST, [str(i) for i in range(10)], hflip=False)
 
 
-@register_dataset("fashion-mnist", "Zalando clothing, 10 classes, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)",
-                  train_images=60_000)
+@register_dataset(
+    "fashion-mnist",
+    "Zalando clothing, 10 classes, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)",
+    train_images=60_000,
+)
 def fashion_mnist(cfg: TrainConfig) -> RawDataset:
-    return _load_idx_dataset(cfg, torchvision.datasets.FashionMNIST, list(torchvision.datasets.FashionMNIST.classes), hflip=True)
+    return _load_idx_dataset(
+        cfg, torchvision.datasets.FashionMNIST, list(torchvision.datasets.FashionMNIST.classes), hflip=True
+    )
 
 
 # ---------------------------------------------------------------- CIFAR pickled batches
+
 
 def _cifar_members(root: Path, base: str, archive: str, names: list[str]) -> dict[str, dict]:
     """Read the pickled batches from the extracted folder, or straight from the .tar.gz."""
@@ -97,10 +105,13 @@ def _cifar_members(root: Path, base: str, archive: str, names: list[str]) -> dic
     if all((folder / n).exists() for n in names):
         return {n: pickle.loads((folder / n).read_bytes(), encoding="latin1") for n in names}
     with tarfile.open(root / archive, "r:gz") as tar:
-        members = {n: tar.extractfile(f"{base}/{n}") for n in names}
-        if any(member is None for member in members.values()):
-            raise KeyError(archive)  # a folder where a batch file should be: damaged
-        return {n: pickle.load(member, encoding="latin1") for n, member in members.items()}  # type: ignore[arg-type]
+        batches = {}
+        for n in names:
+            member = tar.extractfile(f"{base}/{n}")
+            if member is None:  # a folder where a batch file should be: damaged
+                raise KeyError(n)
+            batches[n] = pickle.load(member, encoding="latin1")
+        return batches
 
 
 def _load_cifar(cfg: TrainConfig, tv_class: Any, label_key: str) -> RawDataset:
@@ -114,7 +125,9 @@ def _load_cifar(cfg: TrainConfig, tv_class: Any, label_key: str) -> RawDataset:
     try:
         batches = _cifar_members(root, base, archive, names)
     except (OSError, KeyError, EOFError, pickle.UnpicklingError, tarfile.TarError):
-        raise DataError(f"{root / archive}: damaged CIFAR files; delete {root / base} and the archive to download again") from None
+        raise DataError(
+            f"{root / archive}: damaged CIFAR files; delete {root / base} and the archive to download again"
+        ) from None
 
     def split(batch_names: list[str]) -> Split:
         x = np.concatenate([batches[n]["data"] for n in batch_names]).reshape(-1, 3, 32, 32)
@@ -129,22 +142,29 @@ def _load_cifar(cfg: TrainConfig, tv_class: Any, label_key: str) -> RawDataset:
     )
 
 
-@register_dataset("cifar10", "10 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)",
-                  train_images=50_000)
+@register_dataset(
+    "cifar10", "10 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)", train_images=50_000
+)
 def cifar10(cfg: TrainConfig) -> RawDataset:
     return _load_cifar(cfg, torchvision.datasets.CIFAR10, "labels")
 
 
-@register_dataset("cifar100", "100 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)",
-                  train_images=50_000)
+@register_dataset(
+    "cifar100", "100 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)", train_images=50_000
+)
 def cifar100(cfg: TrainConfig) -> RawDataset:
     return _load_cifar(cfg, torchvision.datasets.CIFAR100, "fine_labels")
 
 
 # ---------------------------------------------------------------- shipped with the package
 
-@register_dataset("digits", "shipped, works offline: 1,797 handwritten digits, 8x8 grayscale (UCI, CC BY 4.0)",
-                  train_images=1_797, has_test_split=False)
+
+@register_dataset(
+    "digits",
+    "shipped, works offline: 1,797 handwritten digits, 8x8 grayscale (UCI, CC BY 4.0)",
+    train_images=1_797,
+    has_test_split=False,
+)
 def digits(cfg: TrainConfig) -> RawDataset:
     with resources.files(__package__).joinpath("shipped/digits.csv.gz").open("rb") as f:
         table = np.loadtxt(gzip.open(f), delimiter=",", dtype=np.float32)

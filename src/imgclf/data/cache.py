@@ -51,13 +51,23 @@ def _write(path: Path, decoded: Decoded) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.pt"):
         stale.unlink(missing_ok=True)
-    payload = {"format": FORMAT, "images": images, "kept": kept, "skipped": [list(s) for s in skipped], "channels": channels}
+    payload = {
+        "format": FORMAT,
+        "images": images,
+        "kept": kept,
+        "skipped": [list(s) for s in skipped],
+        "channels": channels,
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def decode_cached(
-    paths: list[Path], size: int, cache_dir: str | os.PathLike | None, label: str, channels: int | None = None,
+    paths: list[Path],
+    size: int,
+    cache_dir: str | os.PathLike | None,
+    label: str,
+    channels: int | None = None,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[Decoded, bool]:
     """:func:`decode_images` through the cache; returns (decoded, whether it came from the cache).

@@ -35,7 +35,9 @@ def _files_by_class(folder: Path) -> dict[str, list[Path]]:
     return {d.name: visible_files(d) for d in _class_dirs(folder)}
 
 
-def choose_image_size(paths: list[Path], cap: int = SIZE_CAP, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, str]:
+def choose_image_size(
+    paths: list[Path], cap: int = SIZE_CAP, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[int, str]:
     """The default image size for these files and the reason, from the headers of a sample of them."""
     dimensions = sample_dimensions(paths, SIZE_SAMPLE, max_pixels)
     if not dimensions:
@@ -74,20 +76,31 @@ def _decode_splits(
 ) -> RawDataset:
     """Decode all splits together (so one channel count fits all) and drop unusable files."""
     paths = [p for files, _ in parts.values() for p in files]
-    size, size_note = (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
+    size, size_note = (
+        (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
+    )
     label = Path(cfg.data).expanduser().resolve().name
     cache_dir = Path(cfg.data_dir).expanduser() / "cache" if cfg.cache else None
-    (images, kept, skipped, _), from_cache = decode_cached(paths, size, cache_dir, label, max_pixels=cfg.max_image_pixels)
+    (images, kept, skipped, _), from_cache = decode_cached(
+        paths, size, cache_dir, label, max_pixels=cfg.max_image_pixels
+    )
     labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[kept]
     owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)[kept]
     sources = [str(paths[i]) for i in kept]
-    splits = {name: Split(images[owner == i], labels[owner == i], [s for s, o in zip(sources, owner.tolist()) if o == i])
-              for i, name in enumerate(parts)}
+    splits = {
+        name: Split(images[owner == i], labels[owner == i], [s for s, o in zip(sources, owner.tolist()) if o == i])
+        for i, name in enumerate(parts)
+    }
     if len(splits["train"]) == 0:
         raise DataError(f"{cfg.data}: none of the {len(paths)} files could be read as an image; check the folder")
     return RawDataset(
-        classes=classes, train=splits["train"], val=splits.get("val"), test=splits.get("test"), skipped=skipped,
-        from_cache=from_cache, size_note=size_note,
+        classes=classes,
+        train=splits["train"],
+        val=splits.get("val"),
+        test=splits.get("test"),
+        skipped=skipped,
+        from_cache=from_cache,
+        size_note=size_note,
     )
 
 
@@ -100,13 +113,18 @@ def load_folder(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
         for name, by_class in by_split.items():
             extra = sorted(set(by_class) - set(classes))
             if extra:
-                raise DataError(f"{root / name}: class(es) {', '.join(extra)} are not in {root / 'train'}; add them there or remove them")
+                raise DataError(
+                    f"{root / name}: class(es) {', '.join(extra)} are not in {root / 'train'}; add them there or remove them"
+                )
     else:
         by_split = {"train": _files_by_class(root)}
         _check_classes(root, by_split["train"])
         classes = list(by_split["train"])
     parts = {
-        name: ([f for c in classes for f in by_class.get(c, [])], [i for i, c in enumerate(classes) for _ in by_class.get(c, [])])
+        name: (
+            [f for c in classes for f in by_class.get(c, [])],
+            [i for i, c in enumerate(classes) for _ in by_class.get(c, [])],
+        )
         for name, by_class in by_split.items()
     }
     return _decode_splits(cfg, parts, classes, size_cap)
@@ -144,7 +162,9 @@ def load_csv(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
             rows = list(csv.DictReader(f))
             header = list(rows[0].keys()) if rows else []
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{csv_path}: not a readable CSV ({exc}); save it as UTF-8 text with a header row file,label") from None
+        raise DataError(
+            f"{csv_path}: not a readable CSV ({exc}); save it as UTF-8 text with a header row file,label"
+        ) from None
     if not rows:
         raise DataError(f"{csv_path}: no rows; it needs a header (file,label) and one row per image")
     file_col, label_col = _pick_column(header, FILE_COLUMNS), _pick_column(header, LABEL_COLUMNS)

@@ -113,8 +113,10 @@ def _pixel_limit_reason(width: int, height: int, max_pixels: int) -> str | None:
     if width <= 0 or height <= 0:
         return f"claims an empty {width}x{height} image"
     if width * height > max_pixels:
-        return (f"claims {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-                "(a decompression bomb, or raise `max_image_pixels` if the image is genuine)")
+        return (
+            f"claims {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(a decompression bomb, or raise `max_image_pixels` if the image is genuine)"
+        )
     return None
 
 
@@ -228,8 +230,9 @@ def decode_file(path: Path, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
         return _reason(exc)
 
 
-def read_image(item: str | os.PathLike | Image.Image, size: int, channels: int,
-               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+def read_image(
+    item: str | os.PathLike | Image.Image, size: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> torch.Tensor:
     """One image (a file or an opened PIL image) as a C x size x size uint8 tensor; a one-line error naming
     the file when it is missing, unreadable or over the pixel limit."""
     if isinstance(item, Image.Image):
@@ -269,7 +272,10 @@ def _decode_chunks(paths: Sequence[Path], size: int, max_pixels: int) -> Iterato
 
 
 def decode_images(
-    paths: Sequence[Path], size: int, channels: int | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    paths: Sequence[Path],
+    size: int,
+    channels: int | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]], int]:
     """Decode many files in parallel threads (the decoders release the GIL).
 
@@ -307,8 +313,9 @@ def _dimensions(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def sample_dimensions(paths: Sequence[Path], limit: int = SIZE_SAMPLE,
-                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, int]]:
+def sample_dimensions(
+    paths: Sequence[Path], limit: int = SIZE_SAMPLE, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> list[tuple[int, int]]:
     """(width, height) of up to ``limit`` files spread evenly over ``paths``, read from their headers;
     files without a readable header, or claiming more than ``max_pixels``, are left out."""
     step = max(1, len(paths) / limit)

@@ -18,7 +18,9 @@ from .registry import Split
 AUGMENT_PRESETS = {"none": (0.0, 0.0), "light": (1 / 16, 0.0), "standard": (1 / 8, 10.0)}
 
 
-def normalise(images: torch.Tensor, mean: list[float], std: list[float], device: torch.device | None = None) -> torch.Tensor:
+def normalise(
+    images: torch.Tensor, mean: list[float], std: list[float], device: torch.device | None = None
+) -> torch.Tensor:
     """uint8 images N x C x H x W as a network's input: float, scaled by the per-channel mean and std."""
     images = images.to(device) if device is not None else images
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
@@ -50,9 +52,9 @@ def augment_batch(
     angle = uniform(-max_degrees, max_degrees) * (math.pi / 180.0)
     mirror = torch.ones(n, device=device) if flip is None else 1.0 - 2.0 * flip.to(device, torch.float32)
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack(
-        [torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1
-    ).to(x.dtype)
+    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1).to(
+        x.dtype
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     mode = "bilinear" if max_degrees else "nearest"  # pure shifts and flips land on pixel centres
     return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
@@ -117,7 +119,7 @@ class BatchIterator:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._order(generator).to(self.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             x = self.images[index].float().div_(255)
             if self.augment != "none":
                 flip = None if self.base_flip is None else self.base_flip[index] ^ bool(self.epoch % 2)

@@ -68,7 +68,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].to(torch.float64).div_(255)
+        x = images[start : start + chunk].to(torch.float64).div_(255)
         total += x.sum(dim=(0, 2, 3))
         squares += x.square().sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
@@ -96,7 +96,9 @@ def resolve_source(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> tuple[str, str
     if path.is_dir():
         return path.resolve().name, "folder", functools.partial(load_folder, size_cap=size_cap)
     if any(sep in cfg.data for sep in ("/", "\\")) or cfg.data.startswith("."):
-        raise DataError(f"{cfg.data}: no such folder or file; give a folder of class sub-folders, a CSV, or a dataset name")
+        raise DataError(
+            f"{cfg.data}: no such folder or file; give a folder of class sub-folders, a CSV, or a dataset name"
+        )
     spec = get_dataset(cfg.data)
     return spec.name, "builtin", spec.load
 
@@ -116,6 +118,10 @@ def load_data(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> DataBundle:
         kept, held = stratified_split(train.labels, cfg.val_split, cfg.seed + 1)
         train, val = train.subset(kept), train.subset(held)
     if len(val) == 0 or len(test) == 0:
-        raise DataError(f"{cfg.data}: too few images ({len(raw.train)}) for train, validation and test splits; add more images")
+        raise DataError(
+            f"{cfg.data}: too few images ({len(raw.train)}) for train, validation and test splits; add more images"
+        )
     mean, std = channel_stats(train.images)
-    return DataBundle(name, raw.classes, train, val, test, mean, std, raw.hflip, kind, raw.skipped, raw.from_cache, raw.size_note)
+    return DataBundle(
+        name, raw.classes, train, val, test, mean, std, raw.hflip, kind, raw.skipped, raw.from_cache, raw.size_note
+    )

@@ -53,8 +53,9 @@ class DatasetSpec:
 _DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
-def register_dataset(name: str, description: str, *, train_images: int | None = None,
-                     has_test_split: bool = True) -> Callable:
+def register_dataset(
+    name: str, description: str, *, train_images: int | None = None, has_test_split: bool = True
+) -> Callable:
     """Decorator: ``@register_dataset("mnist", "...")`` on ``def load(config) -> RawDataset``.
 
     ``train_images`` (optional) lets ``imgclf recipes`` show the batch size and epochs the small-data rule

@@ -82,8 +82,15 @@ def _normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 1e-10, (maps - low) / span.clamp_min(1e-10), torch.zeros_like(maps)).clamp(0, 1)
 
 
-def explain_images(model: nn.Module, x: torch.Tensor, *, method: str = "gradcam", layer: str | None = None,
-            target: int | None = None, top_k: int = 3) -> list[Explanation]:
+def explain_images(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    target: int | None = None,
+    top_k: int = 3,
+) -> list[Explanation]:
     """Explain a normalised batch ``x`` (N x C x H x W): one heat map per image for ``target`` (default:
     the predicted class). ``layer`` names the Grad-CAM module (default: the last conv block)."""
     if method not in METHODS:
@@ -130,12 +137,20 @@ class ExplainResult:
 
     def table(self) -> Table:
         k = len(self.explanations[0].top_k) if self.explanations else 0
-        return Table(["image", f"top {k} (probability)"],
-                     [[s, ", ".join(f"{label} {p:.3f}" for label, p in self.top_k(i))] for i, s in enumerate(self.sources)])
+        return Table(
+            ["image", f"top {k} (probability)"],
+            [[s, ", ".join(f"{label} {p:.3f}" for label, p in self.top_k(i))] for i, s in enumerate(self.sources)],
+        )
 
 
-def explain_batch(classifier: Classifier, images: torch.Tensor, method: str, layer: str | None = None,
-                  target: str | None = None, top_k: int = 3) -> list[Explanation]:
+def explain_batch(
+    classifier: Classifier,
+    images: torch.Tensor,
+    method: str,
+    layer: str | None = None,
+    target: str | None = None,
+    top_k: int = 3,
+) -> list[Explanation]:
     """Explanations of a uint8 batch, in chunks, with the caller's mistakes (an unknown method, layer or
     class) as one-line errors that list the choices."""
     model = classifier.model
@@ -143,13 +158,19 @@ def explain_batch(classifier: Classifier, images: torch.Tensor, method: str, lay
     if method not in METHODS:
         raise ConfigError(f"`method` {method}: unknown; use {' or '.join(METHODS)}")
     if target is not None and target not in classifier.classes:
-        raise ConfigError(f"`target` {target}: not a class of this model; choose one of {', '.join(classifier.classes[:20])}")
+        raise ConfigError(
+            f"`target` {target}: not a class of this model; choose one of {', '.join(classifier.classes[:20])}"
+        )
     if method == "gradcam":
         names = [name for name, _ in spatial_layers(model, probe)]
         if not names:
-            raise ConfigError(f"model {classifier.model_name} has no convolution layer for Grad-CAM; use `method=saliency`")
+            raise ConfigError(
+                f"model {classifier.model_name} has no convolution layer for Grad-CAM; use `method=saliency`"
+            )
         if layer is not None and layer not in names:
-            raise ConfigError(f"`layer` {layer}: not a layer with an image-shaped output; choose one of {', '.join(names)}")
+            raise ConfigError(
+                f"`layer` {layer}: not a layer with an image-shaped output; choose one of {', '.join(names)}"
+            )
         layer = layer or last_conv_block(model, probe)
     target_index = classifier.classes.index(target) if target is not None else None
     explanations: list[Explanation] = []
@@ -160,12 +181,20 @@ def explain_batch(classifier: Classifier, images: torch.Tensor, method: str, lay
 
 
 def _titles(labels: Sequence[str], explanations: Sequence[Explanation], classes: Sequence[str]) -> list[str]:
-    return [f"{label[:28]}\n" + ", ".join(f"{classes[c]} {p:.2f}" for c, p in e.top_k[:3])
-            for label, e in zip(labels, explanations)]
+    return [
+        f"{label[:28]}\n" + ", ".join(f"{classes[c]} {p:.2f}" for c, p in e.top_k[:3])
+        for label, e in zip(labels, explanations)
+    ]
 
 
-def plot_explanation_pages(images: torch.Tensor, labels: Sequence[str], explanations: Sequence[Explanation],
-                           classes: Sequence[str], folder: Path, stem: str) -> list[Path]:
+def plot_explanation_pages(
+    images: torch.Tensor,
+    labels: Sequence[str],
+    explanations: Sequence[Explanation],
+    classes: Sequence[str],
+    folder: Path,
+    stem: str,
+) -> list[Path]:
     """The images beside their heat maps, ``EXPLAIN_PAGE`` to a figure: ``stem.png``, ``stem-2.png``..."""
     first = explanations[0]
     how = f"Grad-CAM on {first.layer}" if first.method == "gradcam" else "saliency (input gradient)"
@@ -173,20 +202,35 @@ def plot_explanation_pages(images: torch.Tensor, labels: Sequence[str], explanat
     for page, start in enumerate(range(0, len(images), EXPLAIN_PAGE), 1):
         path = folder / (f"{stem}.png" if page == 1 else f"{stem}-{page}.png")
         chunk = slice(start, start + EXPLAIN_PAGE)
-        plot_explanations(images[chunk], [e.heatmap for e in explanations[chunk]],
-                          _titles(labels[chunk], explanations[chunk], classes), path,
-                          f"{how}: what the top class rests on (red), top-3 probabilities")
+        plot_explanations(
+            images[chunk],
+            [e.heatmap for e in explanations[chunk]],
+            _titles(labels[chunk], explanations[chunk], classes),
+            path,
+            f"{how}: what the top class rests on (red), top-3 probabilities",
+        )
         paths.append(path)
     return paths
 
 
-def explain_sources(classifier: Classifier, sources: list[str], images: torch.Tensor, *, method: str, layer: str | None,
-                    target: str | None, top_k: int, folder: Path, log: Callable[[str], None]) -> ExplainResult:
+def explain_sources(
+    classifier: Classifier,
+    sources: list[str],
+    images: torch.Tensor,
+    *,
+    method: str,
+    layer: str | None,
+    target: str | None,
+    top_k: int,
+    folder: Path,
+    log: Callable[[str], None],
+) -> ExplainResult:
     """Explain decoded images named by ``sources``; figures to ``folder``, the top classes to ``log``."""
     explanations = explain_batch(classifier, images, method, layer, target, top_k)
     result = ExplainResult(sources, explanations, classifier.classes)
-    result.paths = plot_explanation_pages(images, [Path(s).name for s in sources], explanations, classifier.classes,
-                                          folder, method)
+    result.paths = plot_explanation_pages(
+        images, [Path(s).name for s in sources], explanations, classifier.classes, folder, method
+    )
     log(result.table().to_text())
     where = f" on layer {explanations[0].layer}" if method == "gradcam" else ""
     log(f"{method}{where}: {', '.join(str(p) for p in result.paths)}")

@@ -42,12 +42,16 @@ class ErrorAnalysis:
         return Table(["true", "predicted as", "count"], [list(p) for p in self.confused_pairs[:top]])
 
     def mistakes_table(self, top: int) -> Table:
-        return Table(["test #", "true", "predicted", "probability", "file"],
-                     [[m.index, m.true, m.predicted, f"{m.confidence:.4f}", m.source or ""] for m in self.mistakes[:top]])
+        return Table(
+            ["test #", "true", "predicted", "probability", "file"],
+            [[m.index, m.true, m.predicted, f"{m.confidence:.4f}", m.source or ""] for m in self.mistakes[:top]],
+        )
 
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         return {
-            "samples": self.samples, "wrong": len(self.mistakes), "accuracy": self.accuracy,
+            "samples": self.samples,
+            "wrong": len(self.mistakes),
+            "accuracy": self.accuracy,
             "most_confident_mistakes": [vars(m) for m in self.mistakes[:top]],
             "confused_pairs": [{"true": t, "predicted": p, "count": n} for t, p, n in self.confused_pairs],
             "class_accuracy": [{"class": c, "accuracy": a, "support": n} for c, a, n in self.class_accuracy],
@@ -59,8 +63,10 @@ def analyse_errors(predictions: SplitPredictions, classes: list[str]) -> ErrorAn
     wrong = torch.nonzero(predicted != labels).flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True, stable=True)]
     sources = predictions.sources
-    mistakes = [Mistake(i, classes[labels[i]], classes[predicted[i]], confidence[i].item(), sources[i] if sources else None)
-                for i in wrong.tolist()]
+    mistakes = [
+        Mistake(i, classes[labels[i]], classes[predicted[i]], confidence[i].item(), sources[i] if sources else None)
+        for i in wrong.tolist()
+    ]
 
     n = len(classes)
     pairs = torch.bincount(labels[wrong] * n + predicted[wrong], minlength=n * n)
@@ -98,13 +104,18 @@ def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: 
     if not shown:
         return False
     images = predictions.example_images[[position[m.index] for m in shown]]
-    titles = [f"{test_image_name(predictions, m.index)} true {m.true}\npred {m.predicted} {m.confidence:.2f}" for m in shown]
-    plot_image_grid(images, titles, path, ["red"] * len(shown), f"the {len(shown)} most confident mistakes on the test set")
+    titles = [
+        f"{test_image_name(predictions, m.index)} true {m.true}\npred {m.predicted} {m.confidence:.2f}" for m in shown
+    ]
+    plot_image_grid(
+        images, titles, path, ["red"] * len(shown), f"the {len(shown)} most confident mistakes on the test set"
+    )
     return True
 
 
-def write_errors(predictions: SplitPredictions, classes: list[str], top: int, folder: Path,
-                 log: Callable[[str], None]) -> ErrorsResult:
+def write_errors(
+    predictions: SplitPredictions, classes: list[str], top: int, folder: Path, log: Callable[[str], None]
+) -> ErrorsResult:
     """Analyse saved test predictions; errors.json and the mistakes grid to ``folder``, the tables to ``log``."""
     analysis = analyse_errors(predictions, classes)
     result = ErrorsResult(analysis, {"json": folder / "errors.json"})
@@ -115,6 +126,9 @@ def write_errors(predictions: SplitPredictions, classes: list[str], top: int, fo
     log("\nper-class accuracy, worst first:\n" + analysis.class_accuracy_table().to_text())
     if analysis.confused_pairs:
         log("\nmost confused pairs:\n" + analysis.confused_pairs_table().to_text())
-        log(f"\nthe {min(top, len(analysis.mistakes))} most confident mistakes:\n" + analysis.mistakes_table(top).to_text())
+        log(
+            f"\nthe {min(top, len(analysis.mistakes))} most confident mistakes:\n"
+            + analysis.mistakes_table(top).to_text()
+        )
     log(f"\nwritten: {', '.join(str(p) for p in result.paths.values())}")
     return result

@@ -38,9 +38,15 @@ class LayerInfo:
     jump: int | None  # input pixels between neighbouring outputs
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "output_shape": list(self.output_shape),
-                "parameters": self.parameters, "macs": self.macs, "receptive_field": self.receptive_field,
-                "jump": self.jump}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "output_shape": list(self.output_shape),
+            "parameters": self.parameters,
+            "macs": self.macs,
+            "receptive_field": self.receptive_field,
+            "jump": self.jump,
+        }
 
 
 def _pair(value: Any) -> int:
@@ -99,11 +105,17 @@ def inspect_model(model: nn.Module, channels: int, image_size: int) -> list[Laye
             rf = (r, j)
         elif output.dim() != 4:
             rf = None
-        layers.append(LayerInfo(
-            name=names.get(module, "?"), kind=type(module).__name__, output_shape=tuple(output.shape[1:]),
-            parameters=sum(p.numel() for p in module.parameters(recurse=False)), macs=_macs(module, output),
-            receptive_field=rf[0] if rf else None, jump=rf[1] if rf else None,
-        ))
+        layers.append(
+            LayerInfo(
+                name=names.get(module, "?"),
+                kind=type(module).__name__,
+                output_shape=tuple(output.shape[1:]),
+                parameters=sum(p.numel() for p in module.parameters(recurse=False)),
+                macs=_macs(module, output),
+                receptive_field=rf[0] if rf else None,
+                jump=rf[1] if rf else None,
+            )
+        )
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -187,24 +199,44 @@ class InspectResult:
     def weight_sharing_summary(self) -> str:
         """The totals beside the plain network on the same input: the weight-sharing argument, in numbers."""
         c, s = self.channels, self.image_size
-        return (f"total: {self.parameters:,} parameters, {self.macs:,} multiply-adds per {c}x{s}x{s} image; "
-                f"an mlp on the same {c * s * s:,} inputs has {self.mlp_parameters:,} parameters "
-                f"({self.mlp_parameters / max(self.parameters, 1):.1f}x)")
+        return (
+            f"total: {self.parameters:,} parameters, {self.macs:,} multiply-adds per {c}x{s}x{s} image; "
+            f"an mlp on the same {c * s * s:,} inputs has {self.mlp_parameters:,} parameters "
+            f"({self.mlp_parameters / max(self.parameters, 1):.1f}x)"
+        )
 
 
 def layer_table(layers: Sequence[LayerInfo]) -> Table:
-    return Table(["layer", "type", "output", "parameters", "multiply-adds", "receptive field"],
-                 [[la.name, la.kind, "x".join(map(str, la.output_shape)), f"{la.parameters:,}", f"{la.macs:,}",
-                   "-" if la.receptive_field is None else f"{la.receptive_field} (jump {la.jump})"] for la in layers])
+    return Table(
+        ["layer", "type", "output", "parameters", "multiply-adds", "receptive field"],
+        [
+            [
+                la.name,
+                la.kind,
+                "x".join(map(str, la.output_shape)),
+                f"{la.parameters:,}",
+                f"{la.macs:,}",
+                "-" if la.receptive_field is None else f"{la.receptive_field} (jump {la.jump})",
+            ]
+            for la in layers
+        ],
+    )
 
 
-def inspect_classifier(classifier: Classifier, pixels: torch.Tensor | None, folder: Path,
-                       log: Callable[[str], None]) -> InspectResult:
+def inspect_classifier(
+    classifier: Classifier, pixels: torch.Tensor | None, folder: Path, log: Callable[[str], None]
+) -> InspectResult:
     """Layers, kernels and (given one uint8 image) feature maps of a loaded model, written to ``folder``."""
     model, channels, size = classifier.model, classifier.channels, classifier.image_size
     layers = inspect_model(model, channels, size)
-    result = InspectResult(layers, sum(la.parameters for la in layers), sum(la.macs for la in layers),
-                           mlp_parameters_for(channels, size, len(classifier.classes)), channels, size)
+    result = InspectResult(
+        layers,
+        sum(la.parameters for la in layers),
+        sum(la.macs for la in layers),
+        mlp_parameters_for(channels, size, len(classifier.classes)),
+        channels,
+        size,
+    )
     result.paths["layers"] = folder / "layers.json"
     conv_kernels = first_layer_kernels(model) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else None
     if conv_kernels is not None:  # a model without convolutions (mlp) has no kernels to draw
@@ -214,9 +246,16 @@ def inspect_classifier(classifier: Classifier, pixels: torch.Tensor | None, fold
         result.paths["feature_maps"] = folder / "feature_maps.png"
         maps = feature_maps(model, classifier.normalise(pixels.unsqueeze(0)))
         plot_feature_maps(maps, result.paths["feature_maps"], image=pixels)
-    atomic_write_json(result.paths["layers"], {"layers": [la.to_dict() for la in layers], "parameters": result.parameters,
-                                               "macs": result.macs, "mlp_parameters": result.mlp_parameters,
-                                               "input": [channels, size, size]})
+    atomic_write_json(
+        result.paths["layers"],
+        {
+            "layers": [la.to_dict() for la in layers],
+            "parameters": result.parameters,
+            "macs": result.macs,
+            "mlp_parameters": result.mlp_parameters,
+            "input": [channels, size, size],
+        },
+    )
     log(result.layer_table().to_text())
     log(result.weight_sharing_summary())
     log(f"figures and layers.json in {folder}")

@@ -26,18 +26,34 @@ def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     raise ModelError("the model has no convolution to take the image's channels")
 
 
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A conv's 2-D setting (torch types it as a tuple of any length)."""
+    return value[0], value[1]
+
+
 def set_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     """Replace the stem convolution with one of ``in_channels`` inputs (same kernel, stride, padding)."""
     name, conv = _first_conv(model)
     if conv.in_channels != in_channels:
         parent, _, attribute = name.rpartition(".")
-        stem = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-                         conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]  # 2-tuples, typed as tuple[int, ...]
+        padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+        stem = nn.Conv2d(
+            in_channels,
+            conv.out_channels,
+            _pair(conv.kernel_size),
+            _pair(conv.stride),
+            padding,
+            _pair(conv.dilation),
+            conv.groups,
+            conv.bias is not None,
+        )
         setattr(model.get_submodule(parent), attribute, stem)
     return model
 
 
-def fit_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, name: str = "this model") -> None:
+def fit_pretrained_state(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, name: str = "this model"
+) -> None:
     """Load ImageNet weights into ``model``, leaving out its class layer (this dataset's is new) and fitting
     its stem to the image's channels: a grey stem gets the RGB kernels summed, which is what a grey image fed
     as RGB would see. Anything else that does not fit is an error naming the weights."""
@@ -46,23 +62,27 @@ def fit_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
     kernels = state.get(f"{stem_name}.weight")
     if kernels is not None and kernels.shape[1] != stem.in_channels:
         channels = stem.in_channels
-        state[f"{stem_name}.weight"] = (kernels.sum(1, keepdim=True) if channels == 1
-                                        else kernels.mean(1, keepdim=True).repeat(1, channels, 1, 1))
+        state[f"{stem_name}.weight"] = (
+            kernels.sum(1, keepdim=True) if channels == 1 else kernels.mean(1, keepdim=True).repeat(1, channels, 1, 1)
+        )
     head = classifier_layer(model) + "."
     state = {k: v for k, v in state.items() if not k.startswith(head)}
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     missing = [k for k in own if k not in state and not k.startswith(head)]
     if bad or missing:
-        raise ModelError(f"{source} do not fit {name} ({len(bad)} unexpected, {len(missing)} missing tensors, "
-                         f"e.g. {(bad + missing)[0]}); pass weights of the same architecture")
+        raise ModelError(
+            f"{source} do not fit {name} ({len(bad)} unexpected, {len(missing)} missing tensors, "
+            f"e.g. {(bad + missing)[0]}); pass weights of the same architecture"
+        )
     model.load_state_dict(state, strict=False)
 
 
 # --- torchvision ---------------------------------------------------------------------------------------
 
 
-def load_torchvision_weights(model: nn.Module, weights_file: str | None, *, weights: torchvision.models.WeightsEnum,
-                             name: str) -> None:
+def load_torchvision_weights(
+    model: nn.Module, weights_file: str | None, *, weights: torchvision.models.WeightsEnum, name: str
+) -> None:
     """ImageNet weights from torchvision's enum (downloaded and cached by torch.hub) or a local file."""
     if weights_file:
         fit_pretrained_state(model, read_weights_file(weights_file), f"`weights` {weights_file}", name)
@@ -70,23 +90,34 @@ def load_torchvision_weights(model: nn.Module, weights_file: str | None, *, weig
     try:
         state = weights.get_state_dict(progress=True)
     except Exception as exc:  # noqa: BLE001 a download fails in many ways (URLError, HTTPError, OSError...)
-        raise ModelError(f"could not download {name}'s ImageNet weights ({exc.__class__.__name__}); download "
-                         f"{weights.url} elsewhere and pass `weights=FILE`") from None
+        raise ModelError(
+            f"could not download {name}'s ImageNet weights ({exc.__class__.__name__}); download "
+            f"{weights.url} elsewhere and pass `weights=FILE`"
+        ) from None
     fit_pretrained_state(model, state, f"{name} ImageNet weights", name)
 
 
 def _torchvision_spec(arch: str) -> ModelSpec:
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ModelError(f"torchvision:{arch}: not a torchvision classification model; e.g. torchvision:mobilenet_v3_small, "
-                         "torchvision:efficientnet_b0 (torchvision.models.list_models() lists them)")
+        raise ModelError(
+            f"torchvision:{arch}: not a torchvision classification model; e.g. torchvision:mobilenet_v3_small, "
+            "torchvision:efficientnet_b0 (torchvision.models.list_models() lists them)"
+        )
 
     def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-        return set_input_channels(torchvision.models.get_model(arch, weights=None, num_classes=num_classes), in_channels)
+        return set_input_channels(
+            torchvision.models.get_model(arch, weights=None, num_classes=num_classes), in_channels
+        )
 
     weights = torchvision.models.get_model_weights(arch).DEFAULT
-    return ModelSpec(f"torchvision:{arch}", build, f"torchvision's {arch}", head="",
-                     load_pretrained=functools.partial(load_torchvision_weights, weights=weights, name=arch),
-                     pretrained_stats=IMAGENET_STATS)
+    return ModelSpec(
+        f"torchvision:{arch}",
+        build,
+        f"torchvision's {arch}",
+        head="",
+        load_pretrained=functools.partial(load_torchvision_weights, weights=weights, name=arch),
+        pretrained_stats=IMAGENET_STATS,
+    )
 
 
 # --- timm ----------------------------------------------------------------------------------------------
@@ -113,16 +144,26 @@ def _timm_spec(arch: str) -> ModelSpec:
             fit_pretrained_state(model, read_weights_file(weights_file), f"`weights` {weights_file}", arch)
             return
         try:  # timm downloads from the Hugging Face hub and adapts the stem and the head itself
-            source = timm.create_model(arch, pretrained=True, num_classes=model.num_classes, in_chans=_first_conv(model)[1].in_channels)
+            source = timm.create_model(
+                arch, pretrained=True, num_classes=model.num_classes, in_chans=_first_conv(model)[1].in_channels
+            )
         except Exception as exc:  # noqa: BLE001 a download fails in many ways (URLError, HTTPError, OSError...)
-            raise ModelError(f"could not download {arch}'s pretrained weights ({exc.__class__.__name__}); save its "
-                             "state dict elsewhere and pass `weights=FILE`") from None
+            raise ModelError(
+                f"could not download {arch}'s pretrained weights ({exc.__class__.__name__}); save its "
+                "state dict elsewhere and pass `weights=FILE`"
+            ) from None
         model.load_state_dict(source.state_dict())
 
     stats = timm.get_pretrained_cfg(arch)
     mean_std = (list(stats.mean), list(stats.std)) if stats is not None else IMAGENET_STATS
-    return ModelSpec(f"timm:{arch}", build, f"timm's {arch}", head="", load_pretrained=load_pretrained, pretrained_stats=mean_std)
+    return ModelSpec(
+        f"timm:{arch}", build, f"timm's {arch}", head="", load_pretrained=load_pretrained, pretrained_stats=mean_std
+    )
 
 
-register_model_family("torchvision", "any torchvision classification model by name, e.g. torchvision:mobilenet_v3_small", _torchvision_spec)
+register_model_family(
+    "torchvision",
+    "any torchvision classification model by name, e.g. torchvision:mobilenet_v3_small",
+    _torchvision_spec,
+)
 register_model_family("timm", "any timm model by name (pip install timm), e.g. timm:resnet50", _timm_spec)

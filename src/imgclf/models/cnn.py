@@ -39,9 +39,13 @@ class IdentityInitConv(nn.Conv2d):
 class ConvGroup(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, pool: bool) -> None:
         super().__init__(
-            IdentityInitConv(c_in, c_out), nn.MaxPool2d(2) if pool else nn.Identity(),
-            FrozenScaleBatchNorm(c_out), nn.GELU(),
-            IdentityInitConv(c_out, c_out), FrozenScaleBatchNorm(c_out), nn.GELU(),
+            IdentityInitConv(c_in, c_out),
+            nn.MaxPool2d(2) if pool else nn.Identity(),
+            FrozenScaleBatchNorm(c_out),
+            nn.GELU(),
+            IdentityInitConv(c_out, c_out),
+            FrozenScaleBatchNorm(c_out),
+            nn.GELU(),
         )
 
 
@@ -52,7 +56,8 @@ class WhiteningConv(nn.Conv2d):
     def __init__(self, in_channels: int, kernel_size: int = 2) -> None:
         super().__init__(in_channels, 2 * in_channels * kernel_size**2, kernel_size, bias=True)
         self.weight.requires_grad_(False)
-        nn.init.zeros_(self.bias)  # type: ignore[arg-type]  # bias=True above: never None
+        assert self.bias is not None  # bias=True above
+        nn.init.zeros_(self.bias)
 
     @torch.no_grad()
     def init_from_images(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -67,8 +72,15 @@ class WhiteningConv(nn.Conv2d):
 
 
 class FastCNN(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, image_size: int,
-                 widths: tuple[int, ...] = (64, 256, 256), whiten: bool = True, logit_scale: float = 1 / 9) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
+        widths: tuple[int, ...] = (64, 256, 256),
+        whiten: bool = True,
+        logit_scale: float = 1 / 9,
+    ) -> None:
         super().__init__()
         # the module tree (stem.0 = the whitening conv) is the checkpoints' key layout: keep it
         whitening = WhiteningConv(in_channels) if whiten and image_size >= 4 else None
@@ -95,6 +107,11 @@ class FastCNN(nn.Module):
 
 
 @register_model("cnn", "imgclf's default: fast CNN of the CIFAR-10 speed records (whitening stem, conv groups)")
-def cnn(in_channels: int, num_classes: int, image_size: int, widths: list[int] | tuple[int, ...] = (64, 256, 256),
-        whiten: bool = True) -> nn.Module:
+def cnn(
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    widths: list[int] | tuple[int, ...] = (64, 256, 256),
+    whiten: bool = True,
+) -> nn.Module:
     return FastCNN(in_channels, num_classes, image_size, tuple(widths), whiten)

@@ -93,8 +93,10 @@ def read_weights_file(path: str) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise ModelError(f"`weights` {path}: no such file") from None
     except Exception as exc:  # noqa: BLE001 unpickling refused or corrupt
-        raise ModelError(f"`weights` {path}: not a PyTorch weights file ({exc.__class__.__name__}); "
-                         "save one with torch.save(model.state_dict(), path)") from None
+        raise ModelError(
+            f"`weights` {path}: not a PyTorch weights file ({exc.__class__.__name__}); "
+            "save one with torch.save(model.state_dict(), path)"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -106,9 +108,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def create_model(
-    name: str, in_channels: int, num_classes: int, image_size: int, **kwargs: Any
-) -> nn.Module:
+def create_model(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     """Build a registered model and check that it accepts ``image_size`` inputs."""
     spec = get_model_spec(name)
     try:

@@ -16,7 +16,9 @@ from .registry import register_model
     "resnet18",
     "torchvision ResNet-18; --pretrained loads ImageNet weights (or --weights FILE) and replaces the head",
     head="fc",
-    load_pretrained=functools.partial(load_torchvision_weights, weights=ResNet18_Weights.IMAGENET1K_V1, name="resnet18"),
+    load_pretrained=functools.partial(
+        load_torchvision_weights, weights=ResNet18_Weights.IMAGENET1K_V1, name="resnet18"
+    ),
     pretrained_stats=IMAGENET_STATS,
 )
 def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -37,7 +37,7 @@ class HtmlReport:
         self._body.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')
 
     def text(self, text: str, muted: bool = False) -> None:
-        self._body.append(f'<p{" class=muted" if muted else ""}>{html.escape(text)}</p>')
+        self._body.append(f"<p{' class=muted' if muted else ''}>{html.escape(text)}</p>")
 
     def pre(self, text: str) -> None:
         self._body.append(f"<pre>{html.escape(text)}</pre>")
@@ -47,9 +47,13 @@ class HtmlReport:
         if table.title:
             self.text(table.title)
         headers = table.headers
-        head = "<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr></thead>" if headers else ""
+        head = (
+            "<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr></thead>"
+            if headers
+            else ""
+        )
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in table.rows)
-        self._body.append(f'<table{"" if headers else " class=text"}>{head}<tbody>{body}</tbody></table>')
+        self._body.append(f"<table{'' if headers else ' class=text'}>{head}<tbody>{body}</tbody></table>")
 
     def figure(self, png: str | os.PathLike, caption: str = "") -> None:
         """Embed a PNG file; a missing one is named in the page rather than shown broken."""
@@ -64,9 +68,13 @@ class HtmlReport:
 
     def render(self) -> str:
         nav = " ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in self._sections)
-        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
-                f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
-                f'<p class="muted">{html.escape(self.subtitle)}</p><nav>{nav}</nav>\n' + "\n".join(self._body) + "\n</body></html>\n")
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
+            f'<p class="muted">{html.escape(self.subtitle)}</p><nav>{nav}</nav>\n'
+            + "\n".join(self._body)
+            + "\n</body></html>\n"
+        )
 
     def write(self, path: str | os.PathLike) -> Path:
         atomic_write_text(path, self.render())

@@ -42,17 +42,24 @@ def _examples(predictions: SplitPredictions, classes: Sequence[str]) -> tuple[to
     index = predictions.example_index
     wrong = predictions.predicted[index] != predictions.labels[index]
     picked = torch.cat([torch.nonzero(wrong).flatten()[:REPORT_WRONG], torch.nonzero(~wrong).flatten()[:REPORT_RIGHT]])
-    labels = [f"{test_image_name(predictions, int(index[k]))} {'wrong' if wrong[k] else 'right'} "
-              f"(true {classes[int(predictions.labels[index[k]])]})" for k in picked.tolist()]
+    labels = [
+        f"{test_image_name(predictions, int(index[k]))} {'wrong' if wrong[k] else 'right'} "
+        f"(true {classes[int(predictions.labels[index[k]])]})"
+        for k in picked.tolist()
+    ]
     return predictions.example_images[picked], labels
 
 
-def _explanations(classifier: Classifier, images: torch.Tensor, labels: list[str], folder: Path) -> tuple[Path | None, str]:
+def _explanations(
+    classifier: Classifier, images: torch.Tensor, labels: list[str], folder: Path
+) -> tuple[Path | None, str]:
     if not len(images):
         return None, ""
     method = "gradcam" if spatial_layers(classifier.model, classifier.normalise(images[:1])) else "saliency"
     explanations = explain_batch(classifier, images, method)
-    return plot_explanation_pages(images, labels, explanations, classifier.classes, folder, f"report-{method}")[0], method
+    return plot_explanation_pages(images, labels, explanations, classifier.classes, folder, f"report-{method}")[
+        0
+    ], method
 
 
 def _section_metrics(page: HtmlReport, metrics: dict[str, Any], run: RunDir) -> None:
@@ -79,24 +86,42 @@ def _section_model(page: HtmlReport, result: InspectResult) -> None:
     page.section("Inside the model")
     page.text(result.weight_sharing_summary())
     page.table(result.layer_table())
-    for key, caption in (("kernels", "the first layer's kernels"),
-                         ("feature_maps", "feature maps of one test image after each block and pooling")):
+    for key, caption in (
+        ("kernels", "the first layer's kernels"),
+        ("feature_maps", "feature maps of one test image after each block and pooling"),
+    ):
         if key in result.paths:
             page.figure(result.paths[key], caption)
 
 
 def _summary(metrics: dict[str, Any], classifier: Classifier, macs: int) -> Table:
     test, data = metrics["test"], metrics["data"]
-    tta = f" ({test['accuracy_without_tta']:.4f} without test-time augmentation)" if "accuracy_without_tta" in test else ""
-    return Table(None, [
-        ["data", f"{data['name']}: {data['train']} train / {data['val']} validation / {data['test']} test images, "
-                 f"{data['channels']}x{data['image_size']}x{data['image_size']}, {len(data['classes'])} classes"],
-        ["model", f"{classifier.model_name}, {metrics['parameters']:,} parameters, {macs:,} multiply-adds per image"],
-        ["test accuracy", f"{test['accuracy']:.4f}{tta}"],
-        ["macro F1", f"{test['macro_f1']:.4f}"],
-        ["training", f"{metrics['epochs_run']} epochs in {metrics['train_seconds']:.1f} s on {metrics['device']} "
-                     f"({metrics['images_per_second']:.0f} images/s), best epoch {metrics['best_epoch']}"],
-    ])
+    tta = (
+        f" ({test['accuracy_without_tta']:.4f} without test-time augmentation)"
+        if "accuracy_without_tta" in test
+        else ""
+    )
+    return Table(
+        None,
+        [
+            [
+                "data",
+                f"{data['name']}: {data['train']} train / {data['val']} validation / {data['test']} test images, "
+                f"{data['channels']}x{data['image_size']}x{data['image_size']}, {len(data['classes'])} classes",
+            ],
+            [
+                "model",
+                f"{classifier.model_name}, {metrics['parameters']:,} parameters, {macs:,} multiply-adds per image",
+            ],
+            ["test accuracy", f"{test['accuracy']:.4f}{tta}"],
+            ["macro F1", f"{test['macro_f1']:.4f}"],
+            [
+                "training",
+                f"{metrics['epochs_run']} epochs in {metrics['train_seconds']:.1f} s on {metrics['device']} "
+                f"({metrics['images_per_second']:.0f} images/s), best epoch {metrics['best_epoch']}",
+            ],
+        ],
+    )
 
 
 def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Callable[[str], None]) -> Path:
@@ -110,9 +135,11 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     explained, method = _explanations(classifier, examples, labels, run / rundir.EXPLAIN)
 
     test = metrics["test"]
-    page = HtmlReport(f"{run.path.name}: {classifier.model_name} on {metrics['data']['name']}",
-                      f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}; report written "
-                      f"{datetime.now():%Y-%m-%d %H:%M} by imgclf from {run.path.resolve()}")
+    page = HtmlReport(
+        f"{run.path.name}: {classifier.model_name} on {metrics['data']['name']}",
+        f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}; report written "
+        f"{datetime.now():%Y-%m-%d %H:%M} by imgclf from {run.path.resolve()}",
+    )
     page.section("Summary")
     page.table(_summary(metrics, classifier, inspected.macs))
     page.section("Training")
@@ -122,8 +149,11 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     _section_errors(page, errors_result)
     if explained is not None:
         page.section("Explanations")
-        page.text("Grad-CAM heat maps on the last conv block: red marks the image regions the top class rests on."
-                  if method == "gradcam" else "Saliency maps: red marks the pixels the top class is most sensitive to.")
+        page.text(
+            "Grad-CAM heat maps on the last conv block: red marks the image regions the top class rests on."
+            if method == "gradcam"
+            else "Saliency maps: red marks the pixels the top class is most sensitive to."
+        )
         page.figure(explained, "test images (most confident mistakes first), each beside its heat map")
     _section_model(page, inspected)
     page.section("Config")

@@ -52,8 +52,15 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
         for i in range(n):
             for j in range(n):
                 if counts[i, j]:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if rows[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (test; colour = share of the true class)")
@@ -78,14 +85,20 @@ def _show(ax, image: torch.Tensor) -> None:
     """A C x H x W image in 0..1 or uint8."""
     scaled = image.float() / 255 if image.dtype == torch.uint8 else image.float()
     array = scaled.clamp(0, 1).permute(1, 2, 0).numpy()
-    ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray" if array.shape[-1] == 1 else None,
-              interpolation="nearest")
+    ax.imshow(
+        array[..., 0] if array.shape[-1] == 1 else array,
+        cmap="gray" if array.shape[-1] == 1 else None,
+        interpolation="nearest",
+    )
     ax.axis("off")
 
 
 def plot_image_grid(
-    images: torch.Tensor, titles: Sequence[str], path: str | os.PathLike,
-    title_colors: Sequence[str] | None = None, suptitle: str = "",
+    images: torch.Tensor,
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    title_colors: Sequence[str] | None = None,
+    suptitle: str = "",
 ) -> None:
     n = len(images)
     cols = min(8, n)
@@ -106,7 +119,10 @@ def plot_predictions(
     images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], path: str | os.PathLike
 ) -> None:
     confidence, predicted = probs.max(1)
-    titles = [f"{classes[p]} {c:.2f}\n(true {classes[t]})" for p, c, t in zip(predicted.tolist(), confidence.tolist(), labels.tolist())]
+    titles = [
+        f"{classes[p]} {c:.2f}\n(true {classes[t]})"
+        for p, c, t in zip(predicted.tolist(), confidence.tolist(), labels.tolist())
+    ]
     colors = ["black" if p == t else "red" for p, t in zip(predicted.tolist(), labels.tolist())]
     plot_image_grid(images, titles, path, colors, "test predictions: predicted probability (true); wrong in red")
 
@@ -129,8 +145,12 @@ def plot_kernels(kernels: torch.Tensor, path: str | os.PathLike, title: str = "f
     _save(fig, path)
 
 
-def plot_feature_maps(maps: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, channels: int = 8,
-                      image: torch.Tensor | None = None) -> None:
+def plot_feature_maps(
+    maps: Sequence[tuple[str, torch.Tensor]],
+    path: str | os.PathLike,
+    channels: int = 8,
+    image: torch.Tensor | None = None,
+) -> None:
     """One row per layer: its output shape and the first ``channels`` maps of one image (drawn first, if given)."""
     rows = [("input", image)] if image is not None else []
     rows += list(maps)
@@ -150,7 +170,11 @@ def plot_feature_maps(maps: Sequence[tuple[str, torch.Tensor]], path: str | os.P
 
 
 def plot_explanations(
-    images: torch.Tensor, heatmaps: Sequence[torch.Tensor], titles: Sequence[str], path: str | os.PathLike, suptitle: str = "",
+    images: torch.Tensor,
+    heatmaps: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    suptitle: str = "",
 ) -> None:
     """Per image, side by side: the image, and the image under its heat map (red = what the class rests on)."""
     n = len(images)
@@ -174,9 +198,13 @@ def plot_explanations(
 def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """Bars per run: test accuracy, macro F1, train seconds, parameters and multiply-adds (the last two
     on log scales: models differ by orders of magnitude)."""
-    panels = [("test_accuracy", "test accuracy", False), ("macro_f1", "macro F1", False),
-              ("train_seconds", "train seconds", False), ("parameters", "parameters", True),
-              ("macs", "multiply-adds / image", True)]
+    panels = [
+        ("test_accuracy", "test accuracy", False),
+        ("macro_f1", "macro F1", False),
+        ("train_seconds", "train seconds", False),
+        ("parameters", "parameters", True),
+        ("macs", "multiply-adds / image", True),
+    ]
     names = [r["run"] for r in rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.35 * len(rows) + 2.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -15,7 +15,9 @@ class Table:
 
     def to_text(self) -> str:
         """Left-aligned columns padded to the widest cell, under the title if there is one."""
-        cells = ([[str(h) for h in self.headers]] if self.headers else []) + [[str(c) for c in row] for row in self.rows]
+        cells = ([[str(h) for h in self.headers]] if self.headers else []) + [
+            [str(c) for c in row] for row in self.rows
+        ]
         if not cells:
             return self.title
         widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(max(map(len, cells)))]

@@ -68,12 +68,15 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         if self.device.type == "cuda":  # batch shapes are fixed: let cuDNN pick its fastest kernels
             torch.backends.cudnn.benchmark = True
-        assert cfg.epochs and cfg.optimizer and cfg.lr and cfg.weight_decay is not None and cfg.schedule, "the recipe fills these"
+        assert cfg.epochs and cfg.optimizer and cfg.lr and cfg.weight_decay is not None and cfg.schedule, (
+            "the recipe fills these"
+        )
         self.epochs = cfg.epochs
         weight = class_weights.to(self.device) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing or 0.0)
-        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov,
-                                         cfg.norm_lr_scale or 1.0)
+        self.optimizer = build_optimizer(
+            model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.norm_lr_scale or 1.0
+        )
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         steps = len(train_batches)
         self.total_steps = cfg.epochs * steps
@@ -125,7 +128,9 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            self.log("warning: `tensorboard` needs the tensorboard package (pip install tensorboard); logging to history.csv only")
+            self.log(
+                "warning: `tensorboard` needs the tensorboard package (pip install tensorboard); logging to history.csv only"
+            )
             return None
         return SummaryWriter(str(self.run / TENSORBOARD))
 
@@ -214,8 +219,18 @@ class Trainer:
         return loss_sum.item() / seen, correct.item() / seen
 
     def _save(self, name: str, epoch: int, row: dict, with_state: bool) -> None:
-        self.run.save_checkpoint(name, Checkpoint(self.spec, self.model.state_dict(), self.cfg.to_dict(), epoch, row["val_loss"],
-                                                  row["val_acc"], self.training_state() if with_state else None))
+        self.run.save_checkpoint(
+            name,
+            Checkpoint(
+                self.spec,
+                self.model.state_dict(),
+                self.cfg.to_dict(),
+                epoch,
+                row["val_loss"],
+                row["val_acc"],
+                self.training_state() if with_state else None,
+            ),
+        )
 
     def fit(self) -> FitResult:
         cfg = self.cfg
@@ -234,10 +249,16 @@ class Trainer:
             train_time += t1 - t0
             self.train_time += t1 - t0
             train_images += seen
-            row = {"epoch": epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
-                   "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-                   "train_seconds": round(t1 - t0, 3)}
+            row = {
+                "epoch": epoch,
+                "train_loss": round(train_loss, 6),
+                "train_acc": round(train_acc, 6),
+                "val_loss": round(val_loss, 6),
+                "val_acc": round(val_acc, 6),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+                "train_seconds": round(t1 - t0, 3),
+            }
             self.history.append(row)
             improved = val_loss < self.best_val_loss
             if improved:

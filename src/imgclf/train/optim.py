@@ -12,7 +12,12 @@ NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True,
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    nesterov: bool = True,
     norm_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """Parameters that the model left trainable, in three groups: conv/linear weights, normalisation
@@ -28,9 +33,11 @@ def build_optimizer(
     norms = [p for p in trainable if p.ndim <= 1 and id(p) in norm_ids]
     biases = [p for p in trainable if p.ndim <= 1 and id(p) not in norm_ids]
     norm_decay = weight_decay / norm_lr_scale if norm_lr_scale != 1 else 0.0
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": norms, "weight_decay": norm_decay, "lr": lr * norm_lr_scale},
-              {"params": biases, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": norms, "weight_decay": norm_decay, "lr": lr * norm_lr_scale},
+        {"params": biases, "weight_decay": 0.0},
+    ]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adam":

@@ -86,7 +86,7 @@ class Prepared:
 
 
 def _pretrained_stats(cfg: TrainConfig, channels: int) -> tuple[list[float], list[float]] | None:
-    stats = get_model_spec(cfg.model).pretrained_stats if (cfg.pretrained or cfg.weights) else None  # type: ignore[arg-type]
+    stats = get_model_spec(cfg.model_name).pretrained_stats if (cfg.pretrained or cfg.weights) else None
     if stats is None or channels == 3:
         return stats
     return [sum(stats[0]) / 3] * channels, [sum(stats[1]) / 3] * channels
@@ -94,11 +94,16 @@ def _pretrained_stats(cfg: TrainConfig, channels: int) -> tuple[list[float], lis
 
 def _absolute_paths(cfg: TrainConfig, kind: str) -> TrainConfig:
     """Paths in the saved config are absolute, so evaluate and `config` work from any directory."""
+
     def absolute(path: str | None) -> str | None:
         return str(Path(path).expanduser().resolve()) if path else path
 
-    return cfg.replace(data=absolute(cfg.data) if kind != "builtin" else cfg.data,
-                       images=absolute(cfg.images), data_dir=absolute(cfg.data_dir), weights=absolute(cfg.weights))
+    return cfg.replace(
+        data=absolute(cfg.data) if kind != "builtin" else cfg.data,
+        images=absolute(cfg.images),
+        data_dir=absolute(cfg.data_dir),
+        weights=absolute(cfg.weights),
+    )
 
 
 def prepare(cfg: TrainConfig, log: Log) -> Prepared:
@@ -112,15 +117,19 @@ def prepare(cfg: TrainConfig, log: Log) -> Prepared:
     recipe = data.name if data.kind == "builtin" else "folder"
     measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if cfg.budget else None
     cfg, variant = apply_recipe(cfg, recipe, device.type, len(data.train), measure)
-    log(f"recipe: {recipe} / {variant} ({device_class(device.type)}): {cfg.model} {cfg.model_args or ''}, "
-        f"{cfg.epochs:g} epochs, batch {cfg.batch_size}, lr {cfg.lr:.4g}")
+    log(
+        f"recipe: {recipe} / {variant} ({device_class(device.type)}): {cfg.model} {cfg.model_args or ''}, "
+        f"{cfg.epochs:g} epochs, batch {cfg.batch_size}, lr {cfg.lr:.4g}"
+    )
     stats = _pretrained_stats(cfg, data.channels)
     if stats:
         data.mean, data.std = stats
     if data.skipped:
         log(f"warning: skipped {len(data.skipped)} unusable file(s); listed in skipped.txt")
-    log(f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
-        f"{data.channels}x{data.image_size}x{data.image_size}")
+    log(
+        f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
+        f"{data.channels}x{data.image_size}x{data.image_size}"
+    )
     return Prepared(_absolute_paths(cfg, data.kind), data, device)
 
 
@@ -130,14 +139,16 @@ def prepare(cfg: TrainConfig, log: Log) -> Prepared:
 def build_model(cfg: TrainConfig, data: Any, device: torch.device) -> torch.nn.Module:
     """The model on ``device`` in channels-last layout (faster convolutions with oneDNN and cuDNN).
     ``data`` needs ``channels``, ``num_classes`` and ``image_size``."""
-    model = create_model(cfg.model, data.channels, data.num_classes, data.image_size, **(cfg.model_args or {}))  # type: ignore[arg-type]
+    model = create_model(cfg.model_name, data.channels, data.num_classes, data.image_size, **(cfg.model_args or {}))
     if cfg.pretrained or cfg.weights:
-        spec = get_model_spec(cfg.model)  # type: ignore[arg-type]
+        spec = get_model_spec(cfg.model_name)
         if spec.load_pretrained is None:
-            raise ConfigError(f"model {cfg.model} has no pretrained weights; `pretrained` and `weights` work with resnet18, "
-                              "torchvision:NAME and timm:NAME")
+            raise ConfigError(
+                f"model {cfg.model} has no pretrained weights; `pretrained` and `weights` work with resnet18, "
+                "torchvision:NAME and timm:NAME"
+            )
         spec.load_pretrained(model, cfg.weights)
-    return model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks this overload
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def build(prepared: Prepared, resuming: bool) -> torch.nn.Module:
@@ -152,15 +163,31 @@ def build(prepared: Prepared, resuming: bool) -> torch.nn.Module:
 
 def _batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterator:
     data = prepared.data
-    return BatchIterator(split, kwargs.pop("batch_size", EVAL_BATCH), prepared.device, data.mean, data.std, hflip=data.hflip,
-                         seed=prepared.cfg.seed, channels_last=True, **kwargs)
+    return BatchIterator(
+        split,
+        kwargs.pop("batch_size", EVAL_BATCH),
+        prepared.device,
+        data.mean,
+        data.std,
+        hflip=data.hflip,
+        seed=prepared.cfg.seed,
+        channels_last=True,
+        **kwargs,
+    )
 
 
 def _train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None) -> BatchIterator:
     cfg = prepared.cfg
     # compiled graphs are specialised to a batch shape: drop the ragged last batch rather than recompile
-    return _batches(prepared.data.train, prepared, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-                    sample_weights=sample_weights, drop_last=bool(cfg.compile))
+    return _batches(
+        prepared.data.train,
+        prepared,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        augment=cfg.augment,
+        sample_weights=sample_weights,
+        drop_last=bool(cfg.compile),
+    )
 
 
 def _seconds_per_epoch(cfg: TrainConfig, data: DataBundle, device: torch.device) -> float:
@@ -179,10 +206,14 @@ def _class_balance(data: DataBundle, cfg: TrainConfig, log: Log) -> tuple[torch.
     shown = ", ".join(f"{name} {int(c)}" for name, c in zip(data.classes[:20], counts[:20]))
     log(f"classes ({data.num_classes}), training images per class: {shown}{' ...' if data.num_classes > 20 else ''}")
     if counts.min() == 0:
-        log(f"warning: class(es) {', '.join(n for n, c in zip(data.classes, counts) if c == 0)} have no training images")
+        log(
+            f"warning: class(es) {', '.join(n for n, c in zip(data.classes, counts) if c == 0)} have no training images"
+        )
     elif counts.max() > IMBALANCE_RATIO * counts.min() and cfg.class_weights == "none" and cfg.sampler == "shuffle":
-        log(f"warning: imbalanced classes (largest {int(counts.max())}, smallest {int(counts.min())}); "
-            "consider `class_weights=auto` or `sampler=balanced`")
+        log(
+            f"warning: imbalanced classes (largest {int(counts.max())}, smallest {int(counts.min())}); "
+            "consider `class_weights=auto` or `sampler=balanced`"
+        )
     inverse = 1.0 / counts.clamp_min(1)
     class_weights = (inverse / inverse.mean()).float() if cfg.class_weights == "auto" else None
     sample_weights = inverse[data.train.labels].float() if cfg.sampler == "balanced" else None
@@ -199,12 +230,28 @@ def _plot_samples(batches: BatchIterator, data: DataBundle, path: Path) -> None:
 
 def inference_spec(prepared: Prepared) -> InferenceSpec:
     cfg, data = prepared.cfg, prepared.data
-    return InferenceSpec(cfg.model, dict(cfg.model_args or {}), data.classes, data.image_size, data.channels,  # type: ignore[arg-type]
-                         data.mean, data.std, data.hflip, bool(cfg.tta))
+    return InferenceSpec(
+        cfg.model_name,
+        dict(cfg.model_args or {}),
+        data.classes,
+        data.image_size,
+        data.channels,
+        data.mean,
+        data.std,
+        data.hflip,
+        bool(cfg.tta),
+    )
 
 
-def fit(prepared: Prepared, model: torch.nn.Module, run: RunDir, checkpoint: Checkpoint | None,
-        callbacks: Iterable[EpochCallback], log: Log, verbose: bool) -> FitResult:
+def fit(
+    prepared: Prepared,
+    model: torch.nn.Module,
+    run: RunDir,
+    checkpoint: Checkpoint | None,
+    callbacks: Iterable[EpochCallback],
+    log: Log,
+    verbose: bool,
+) -> FitResult:
     """Train the epochs the config asks for (those left, when resuming), checkpointing after each."""
     cfg, data = prepared.cfg, prepared.data
     class_weights, sample_weights = _class_balance(data, cfg, log)
@@ -212,9 +259,19 @@ def fit(prepared: Prepared, model: torch.nn.Module, run: RunDir, checkpoint: Che
     train_batches = _train_batches(prepared, sample_weights)
     if checkpoint is None:
         _plot_samples(train_batches, data, run / SAMPLES)
-    trainer = Trainer(model, train_batches, _batches(data.val, prepared), cfg, run, inference_spec(prepared),
-                      class_weights=class_weights, head=head_of(model, get_model_spec(cfg.model)),  # type: ignore[arg-type]
-                      callbacks=callbacks, log=log, verbose=verbose)
+    trainer = Trainer(
+        model,
+        train_batches,
+        _batches(data.val, prepared),
+        cfg,
+        run,
+        inference_spec(prepared),
+        class_weights=class_weights,
+        head=head_of(model, get_model_spec(cfg.model_name)),
+        callbacks=callbacks,
+        log=log,
+        verbose=verbose,
+    )
     if checkpoint is not None:
         trainer.resume(checkpoint)
         log(f"resuming {run.path} after epoch {len(trainer.history)} of {cfg.epochs}")
@@ -257,26 +314,39 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
         "images_per_second": round(result.images_per_second, 1),
         "parameters": count_parameters(model),
         "device": str(prepared.device),
-        "data": {"name": data.name, "classes": data.classes, "image_size": data.image_size, "channels": data.channels,
-                 "train": len(data.train), "val": len(data.val), "test": len(data.test), "skipped": len(data.skipped)},
+        "data": {
+            "name": data.name,
+            "classes": data.classes,
+            "image_size": data.image_size,
+            "channels": data.channels,
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "skipped": len(data.skipped),
+        },
     }
     run.write_metrics(metrics)
     plot_curves(result.history, run / CURVES)
     plot_confusion_matrix(test["confusion_matrix"], data.classes, run / CONFUSION_MATRIX)
     plot_per_class(test, run / PER_CLASS)
     _plot_test_predictions(data, probs, run / PREDICTIONS_PLOT, cfg.seed)
-    run.save_predictions(SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources))
+    run.save_predictions(
+        SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
+    )
     log(per_class_table(test).to_text())
-    log(f"test accuracy {test['accuracy']:.4f} (best epoch {result.best_epoch}, {result.train_seconds:.1f}s, "
-        f"{result.images_per_second:.0f} images/s); run saved in {run.path}")
+    log(
+        f"test accuracy {test['accuracy']:.4f} (best epoch {result.best_epoch}, {result.train_seconds:.1f}s, "
+        f"{result.images_per_second:.0f} images/s); run saved in {run.path}"
+    )
     return TrainResult(run.path, metrics, result.history, cfg)
 
 
 # ---------------------------------------------------------------- the whole run
 
 
-def starting_config(config: TrainConfig | str | os.PathLike | None, resume: str | os.PathLike | None,
-                    settings: dict[str, Any]) -> tuple[TrainConfig, RunDir | None, Checkpoint | None]:
+def starting_config(
+    config: TrainConfig | str | os.PathLike | None, resume: str | os.PathLike | None, settings: dict[str, Any]
+) -> tuple[TrainConfig, RunDir | None, Checkpoint | None]:
     """The config to train with, and, when resuming, the run and its ``last.pt``."""
     if resume is not None:
         if config is not None:
@@ -291,12 +361,20 @@ def starting_config(config: TrainConfig | str | os.PathLike | None, resume: str 
     return TrainConfig().replace(**settings), None, None
 
 
-def train_run(config: TrainConfig | str | os.PathLike | None, resume: str | os.PathLike | None, settings: dict[str, Any],
-              callbacks: Iterable[EpochCallback], log: Log, verbose: bool) -> TrainResult:
+def train_run(
+    config: TrainConfig | str | os.PathLike | None,
+    resume: str | os.PathLike | None,
+    settings: dict[str, Any],
+    callbacks: Iterable[EpochCallback],
+    log: Log,
+    verbose: bool,
+) -> TrainResult:
     cfg, run, checkpoint = starting_config(config, resume, settings)
     seed_everything(cfg.seed)
     prepared = prepare(cfg, log)
-    model = build(prepared, resuming=checkpoint is not None)  # before the run directory: a model error leaves nothing behind
+    model = build(
+        prepared, resuming=checkpoint is not None
+    )  # before the run directory: a model error leaves nothing behind
     if run is None:
         run = RunDir.create(prepared.cfg.out, f"{prepared.data.name}-{prepared.cfg.model}")
     prepared.cfg = prepared.cfg.replace(out=str(run.path))

@@ -11,8 +11,12 @@ import torch
 from torch import nn
 
 
-def seconds_per_image(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                      min_seconds: float = 1.0, max_steps: int = 20) -> float:
+def seconds_per_image(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    min_seconds: float = 1.0,
+    max_steps: int = 20,
+) -> float:
     """Training seconds per image of a copy of ``model`` (forward, backward, SGD step) on real batches,
     after two warm-up steps; the model itself is not touched."""
     model = copy.deepcopy(model).train()
