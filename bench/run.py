@@ -8,7 +8,7 @@ Every method runs in its own process (clean timing and peak memory), one after a
 data: ../shared/data (or $IMGCLF_SHARED_DATA); CIFAR-10 is the shared JPEG copy, unpacked once into
 .data/ and trained on as a folder of images at 32x32. "train s" is training time only (decoding and
 evaluation apart; for the compiled GPU runs, compile time is its own column). "ratio" is the method's
-time over the tutorial recipe's time in the same task. The last column checks the issue's targets.
+time over the baseline's, the task's first method (the tutorial recipe, or what imgclf did before). The last column checks the issue's targets.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ SUITES: dict[str, dict[str, list[tuple[str, str]]]] = {
         "folder": [
             ("tutorial", "ImageFolder + PIL + DataLoader (2 workers), one epoch"),
             ("imgclf", "decode + cache, then load the cache"),
+        ],
+        "folder-size": [
+            ("imgclf-0.1", "imgclf 0.1's folder default, 64 px: --image-size 64 --epochs 1"),
+            ("imgclf", "imgclf train --data cifar10/ --epochs 1: the size from the images"),
         ],
         "predict": [
             ("tutorial", "per-image PIL transforms + DataLoader, batch 256"),
@@ -123,7 +127,8 @@ def _imgclf(seed: int = 0, **settings: Any) -> dict[str, Any]:
     import imgclf
 
     with tempfile.TemporaryDirectory() as out:
-        result = imgclf.train(data_dir=str(SHARED), out=str(Path(out) / "run"), verbose=False, seed=seed, **settings)
+        settings = {"data_dir": str(SHARED), **settings}
+        result = imgclf.train(out=str(Path(out) / "run"), verbose=False, seed=seed, **settings)
         m = result.metrics
         cfg = result.config
     return {
@@ -160,6 +165,8 @@ def run_one(task: str, method: str) -> dict[str, Any]:
         return _outcome(tutorials.cifar_lenet(*_splits(**cifar))) if method == "tutorial" else _imgclf(**cifar)
     if task == "folder":
         return _folder(method)
+    if task == "folder-size":
+        return _folder_size(method)
     if task == "predict":
         return _predict(method)
     if task == "cifar10-gpu":
@@ -192,6 +199,14 @@ def _folder(method: str) -> dict[str, Any]:
         "images_per_second": n / first_seconds,
         "setup": f"{n} files; later runs load the cache in {cached_seconds:.1f} s",
     }
+
+
+def _folder_size(method: str) -> dict[str, Any]:
+    """One epoch of the folder recipe on the CIFAR-10 JPEGs (32x32) at 0.1's 64 px default or at their own size."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        size = {"image_size": 64} if method == "imgclf-0.1" else {}
+        result = _imgclf(data=str(cifar10_folder()), epochs=1, data_dir=cache_dir, **size)
+    return {**result, "setup": f"{result['setup']}, {64 if size else 'default'} px"}
 
 
 def _predict(method: str) -> dict[str, Any]:
@@ -288,13 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks or list(suite):
         results: dict[str, dict[str, Any]] = {}
         for method, description in suite[task]:
-            if args.methods and method not in args.methods and not method.startswith("tutorial"):
+            if args.methods and method not in args.methods and method != suite[task][0][0]:
                 continue
             result = results[method] = _child(task, method)
             if "error" in result:
                 rows.append((task, method, result["error"], "", "", "", "", "", description))
                 continue
-            tutorial = next((r for m, r in results.items() if m.startswith("tutorial") and "error" not in r), None)
+            baseline = results.get(suite[task][0][0])  # the task's first method
+            tutorial = baseline if baseline is not None and "error" not in baseline else None
             ratio = result["train_seconds"] / tutorial["train_seconds"] if tutorial else None
             target = TARGETS.get((task, method))
             verdict = (

@@ -144,7 +144,7 @@ def test_tensorboard_logs(class_folder, in_tmp):
 def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
     weights = resnet18(weights=None).state_dict()
     torch.save(weights, tmp_path / "imagenet.pth")
-    result = imgclf.train(
+    fine_tune = dict(
         data=str(class_folder),
         model="resnet18",
         weights=str(tmp_path / "imagenet.pth"),
@@ -154,6 +154,7 @@ def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
         batch_size=32,
         verbose=False,
     )
+    result = imgclf.train(**fine_tune)
     assert result.config.lr == pytest.approx(0.01 * 32 / 128)  # the fine-tuning recipe (0.01 at batch 128)
     checkpoints = {}
 
@@ -163,17 +164,7 @@ def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
     def result_dir():
         return Path(in_tmp / "runs" / "stripes-resnet18-2")
 
-    imgclf.train(
-        data=str(class_folder),
-        model="resnet18",
-        weights=str(tmp_path / "imagenet.pth"),
-        freeze_epochs=1,
-        image_size=32,
-        epochs=2,
-        batch_size=32,
-        callbacks=[keep],
-        verbose=False,
-    )
+    imgclf.train(**fine_tune, callbacks=[keep])
     assert torch.equal(checkpoints[1]["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"])  # frozen
     assert not torch.equal(checkpoints[1]["fc.weight"], checkpoints[2]["fc.weight"])
     assert not torch.equal(checkpoints[2]["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"])  # then trained

@@ -186,7 +186,7 @@ def describe_dataset_sources() -> list[tuple[str, str]]:
     rows = [(spec.name, spec.description) for spec in list_datasets()]
     rows += [
         ("PATH/", "a folder with one sub-folder per class (or train/, val/, test/ each holding them)"),
-        ("FILE.csv", "a CSV of file,label (images in `images`, default the CSV's folder)"),
+        ("FILE.csv", name_settings("a CSV of file,label (images in `images`, default the CSV's folder)")),
     ]
     return rows
 
@@ -198,7 +198,11 @@ def describe_models(
     from .models import count_parameters, create_model, list_model_families, list_models
 
     rows: list[tuple[str, int | None, str]] = [
-        (spec.name, count_parameters(create_model(spec.name, in_channels, num_classes, image_size)), spec.description)
+        (
+            spec.name,
+            count_parameters(create_model(spec.name, in_channels, num_classes, image_size)),
+            name_settings(spec.description),
+        )
         for spec in list_models()
     ]
     return rows + [(f"{prefix}:NAME", None, description) for prefix, description in list_model_families()]

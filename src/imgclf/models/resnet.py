@@ -14,7 +14,7 @@ from .registry import register_model
 
 @register_model(
     "resnet18",
-    "torchvision ResNet-18; --pretrained loads ImageNet weights (or --weights FILE) and replaces the head",
+    "torchvision ResNet-18; `pretrained` loads ImageNet weights (or `weights=FILE`) and replaces the head",
     head="fc",
     load_pretrained=functools.partial(
         load_torchvision_weights, weights=ResNet18_Weights.IMAGENET1K_V1, name="resnet18"

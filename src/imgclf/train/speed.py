@@ -1,4 +1,4 @@
-"""Measure how fast a model trains on this machine, so that ``--budget`` is planned from facts."""
+"""Measure how fast a model trains on this machine, so that a `budget` is planned from facts."""
 
 from __future__ import annotations
 
