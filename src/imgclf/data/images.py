@@ -54,7 +54,7 @@ def visible_files(folder: Path) -> list[Path]:
     """Every visible file under ``folder``, recursively and sorted: what a class folder or a predicted
     folder holds. Hidden files and folders (.git, .ipynb_checkpoints, macOS's ._ files) are left out;
     files that are not images are kept here and skipped, with a reason, when decoded."""
-    found = []
+    found: list[Path] = []
     for root, folders, files in os.walk(folder):  # pruning hidden folders: 3x quicker than rglob + a filter
         folders[:] = [name for name in folders if not name.startswith(".")]
         found.extend(Path(root, name) for name in files if not name.startswith("."))
