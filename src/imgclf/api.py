@@ -29,6 +29,7 @@ from .predict import ImageInput, Predictions, load
 from .report.compare import CompareResult, compare_runs
 from .report.page import write_report
 from .rundir import ERRORS, EXPLAIN, INSPECT, RunDir
+from .runtime import Log, quiet
 
 if TYPE_CHECKING:
     from .train import TrainResult
@@ -51,16 +52,10 @@ __all__ = [
     "train",
 ]
 
-Log = Callable[[str], None]
-
 
 def show(message: str) -> None:
     """The default ``log``: the message on standard output, its settings named for the caller."""
     print(name_settings(message))  # noqa: T201  the API's one place that writes to the terminal
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def train(
@@ -79,7 +74,7 @@ def train(
     """
     from .train import train_run  # deferred: importing imgclf, or predicting, never loads the trainer
 
-    log = show if verbose else _quiet
+    log = show if verbose else quiet
     result = train_run(config, resume, settings, callbacks, log, verbose)
     if result.config.report:
         report(result.run_dir, log=log)
@@ -100,7 +95,7 @@ def evaluate(
     For a run directory the metrics are also written to ``evaluation.json`` in it.
     """
     overrides = {k: v for k, v in {"data": data, "data_dir": data_dir, "images": images}.items() if v is not None}
-    return evaluate_run(path, device=device, log=show if verbose else _quiet, **overrides)
+    return evaluate_run(path, device=device, log=show if verbose else quiet, **overrides)
 
 
 def predict(
@@ -213,15 +208,13 @@ def recipe_train_images(data: str | None = None) -> dict[str, int | None]:
     them: the built-in datasets' known sizes, a large folder (None), or the folder or CSV ``data`` counted."""
     from .data import get_dataset, list_datasets
     from .data.folder import count_training_files
+    from .data.registry import training_images
     from .recipes import RECIPES
-
-    defaults = TrainConfig()
 
     def after_splits(spec: Any) -> int | None:
         if spec.train_images is None:
             return None
-        kept = spec.train_images * (1 if spec.has_test_split else 1 - defaults.test_split)
-        return round(kept * (1 - defaults.val_split))
+        return training_images(spec.train_images, TrainConfig(), hold_test=not spec.has_test_split)
 
     if data is None:
         known = {spec.name: after_splits(spec) for spec in list_datasets() if spec.name in RECIPES}

@@ -144,14 +144,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_predictions(predictions: Sequence[Prediction], format: str) -> None:
-    if format == "json":
+def _print_predictions(predictions: Sequence[Prediction], output_format: str) -> None:
+    if output_format == "json":
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
     k = max(len(p.top_k) for p in predictions)
     headers = ["file"] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
     rows = [[p.source] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")] for p in predictions]
-    if format == "csv":
+    if output_format == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(headers)

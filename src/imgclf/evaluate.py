@@ -8,7 +8,6 @@ so re-evaluating a run reproduces its metrics exactly.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,9 @@ from .errors import CheckpointError, ImgclfError
 from .predict import Classifier, load
 from .report.tables import Table
 from .rundir import TEST_PREDICTIONS, RunDir, SplitPredictions
+from .runtime import Log
 
-Log = Callable[[str], None]
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # images per forward pass when predicting a split
 
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:

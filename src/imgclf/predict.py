@@ -65,7 +65,7 @@ class InferenceModel(nn.Module):
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels as the network's input; the same operations, in the same order, as training's batches."""
-        x = images.float().div_(255)
+        x = images.float() / 255  # not in place: a float input is the caller's tensor
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -358,18 +358,11 @@ class RunDir:
 
     # --- what everything after training reads
 
-    def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load((self / CONFIG).read_text(encoding="utf-8")) or {}
-
     def read_metrics(self) -> dict[str, Any]:
         path = self / METRICS
         if not path.is_file():
             raise CheckpointError(f"{path}: missing, the run did not finish; complete it with `resume={self.path}`")
         return json.loads(path.read_text())
-
-    def read_history(self) -> list[dict[str, str]]:
-        with open(self / HISTORY, newline="") as f:
-            return list(csv.DictReader(f))
 
     def read_predictions(self) -> SplitPredictions:
         return SplitPredictions.load(self / TEST_PREDICTIONS)

@@ -1,13 +1,20 @@
-"""Device choice and seeding, shared by training and inference."""
+"""Device choice, seeding and the progress log, shared by training and inference."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
+
+Log = Callable[[str], None]  # where a stage reports progress: printed by the API by default, never by the stage
+
+
+def quiet(_message: str) -> None:
+    """A log that says nothing."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:

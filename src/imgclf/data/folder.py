@@ -16,7 +16,7 @@ from ..config import DEFAULT_MAX_IMAGE_PIXELS, TrainConfig
 from ..errors import DataError
 from .cache import decode_cached
 from .images import IMAGE_SUFFIXES, SIZE_SAMPLE, sample_dimensions, visible_files
-from .registry import RawDataset, Split
+from .registry import RawDataset, Split, training_images
 
 SIZE_CAP = 64  # largest default image size on a CPU (the recipes raise it on a GPU); `image_size` overrides
 MIN_SIZE = 8  # smallest default image size: the conv models need a few pixels to pool
@@ -199,11 +199,8 @@ def count_training_files(cfg: TrainConfig) -> int:
     root = Path(cfg.data).expanduser()
     if root.suffix.lower() == ".csv":
         with open(root, newline="", encoding="utf-8-sig") as f:
-            files, held = max(sum(1 for _ in f) - 1, 0), cfg.test_split
-    elif (root / "train").is_dir():
-        files, held = sum(len(v) for v in _files_by_class(root / "train").values()), 0.0
-        if (root / "val").is_dir():
-            return files
-    else:
-        files, held = sum(len(v) for v in _files_by_class(root).values()), cfg.test_split
-    return round(files * (1 - held) * (1 - cfg.val_split))
+            return training_images(max(sum(1 for _ in f) - 1, 0), cfg, hold_test=True)
+    if (root / "train").is_dir():
+        files = sum(len(v) for v in _files_by_class(root / "train").values())
+        return training_images(files, cfg, hold_test=False, hold_val=not (root / "val").is_dir())
+    return training_images(sum(len(v) for v in _files_by_class(root).values()), cfg, hold_test=True)

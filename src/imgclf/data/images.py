@@ -43,6 +43,11 @@ SIZE_SAMPLE = 1000  # files whose headers decide a folder's default image size
 
 # imgclf enforces its own pixel limit before Pillow decodes; Pillow's warning below its hard limit is noise
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# torchvision 0.29 warns on every decode that TorchCodec supersedes it; filtered once here, because a
+# catch_warnings() block per image is not thread-safe under the decoding threads
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 Decoded = tuple[torch.Tensor, bool]  # 3 x size x size uint8, and whether the source was grayscale
 
@@ -170,10 +175,8 @@ def _decode_jpeg(data: bytes, size: int) -> Decoded | None:
     Pillow (CMYK, or a photo large enough that Pillow's reduced-scale decoding is faster)."""
     if _tv_io is None:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        image = _tv_io.decode_image(raw, mode=_tv_io.ImageReadMode.UNCHANGED, apply_exif_orientation=True)
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    image = _tv_io.decode_image(raw, mode=_tv_io.ImageReadMode.UNCHANGED, apply_exif_orientation=True)
     if image.dtype != torch.uint8 or image.shape[0] not in (1, 3):
         return None
     return fit_tensor(image.expand(3, -1, -1), size), image.shape[0] == 1
@@ -305,10 +308,10 @@ def decode_images(
 def _dimensions(path: Path) -> tuple[int, int] | None:
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16)  # the frame header follows any EXIF block, itself at most 64 KB
+            head = f.read(4096)  # the header is near the start; a large EXIF block before it goes to Pillow below
         if (size := _header_size(head)) is not None:
             return size
-        with Image.open(path) as img:  # reads the header only
+        with Image.open(path) as img:  # reads only as far as the header
             return img.size
     except Exception:  # noqa: BLE001  an unreadable file has no size; decoding names it later
         return None

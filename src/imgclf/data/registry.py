@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import TrainConfig
 from ..errors import DataError
 from ..registry import Registry
 
@@ -39,6 +40,12 @@ class RawDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     from_cache: bool = False  # decoded images came from the decode cache
     size_note: str = ""  # how the default image size was chosen, for folders and CSVs
+
+
+def training_images(total: int, cfg: TrainConfig, hold_test: bool, hold_val: bool = True) -> int:
+    """About how many of ``total`` images train once ``load_data`` holds out its splits (those the source lacks)."""
+    kept = total * (1 - cfg.test_split if hold_test else 1)
+    return round(kept * (1 - cfg.val_split if hold_val else 1))
 
 
 @dataclass(frozen=True)

@@ -238,10 +238,11 @@ def inspect_classifier(
         size,
     )
     result.paths["layers"] = folder / "layers.json"
-    conv_kernels = first_layer_kernels(model) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else None
-    if conv_kernels is not None:  # a model without convolutions (mlp) has no kernels to draw
+    try:
+        plot_kernels(first_layer_kernels(model), folder / "kernels.png")
         result.paths["kernels"] = folder / "kernels.png"
-        plot_kernels(conv_kernels, result.paths["kernels"])
+    except ValueError:  # a model without convolutions (mlp) has no kernels to draw
+        pass
     if pixels is not None:
         result.paths["feature_maps"] = folder / "feature_maps.png"
         maps = feature_maps(model, classifier.normalise(pixels.unsqueeze(0)))

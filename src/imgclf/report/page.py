@@ -27,14 +27,11 @@ from ..explain import (
 )
 from ..predict import Classifier, load
 from ..rundir import RunDir, SplitPredictions
+from ..runtime import quiet
 from .html import HtmlReport
 from .tables import Table
 
 REPORT_RIGHT, REPORT_WRONG = 6, 6  # test images explained in the report
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def _examples(predictions: SplitPredictions, classes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
@@ -129,9 +126,9 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     metrics = run.read_metrics()
     classifier = load(run.path, device="cpu")
     predictions = test_predictions(run, classifier, log)
-    errors_result = write_errors(predictions, classifier.classes, ERRORS_TOP, run / rundir.ERRORS, _quiet)
+    errors_result = write_errors(predictions, classifier.classes, ERRORS_TOP, run / rundir.ERRORS, quiet)
     examples, labels = _examples(predictions, classifier.classes)
-    inspected = inspect_classifier(classifier, examples[-1] if len(examples) else None, run / rundir.INSPECT, _quiet)
+    inspected = inspect_classifier(classifier, examples[-1] if len(examples) else None, run / rundir.INSPECT, quiet)
     explained, method = _explanations(classifier, examples, labels, run / rundir.EXPLAIN)
 
     test = metrics["test"]

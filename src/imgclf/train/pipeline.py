@@ -13,7 +13,7 @@ and from the loop: under distributed training one place decides which process wr
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from ..config import TrainConfig
 from ..data import BatchIterator, DataBundle, Split, load_data, normalise
 from ..errors import ConfigError
-from ..evaluate import per_class_table, split_metrics
+from ..evaluate import EVAL_BATCH, per_class_table, split_metrics
 from ..models import count_parameters, create_model, get_model_spec, head_of
 from ..predict import Classifier
 from ..recipes import apply_recipe, device_class, image_size_cap
@@ -42,12 +42,10 @@ from ..rundir import (
     SplitPredictions,
     read_checkpoint,
 )
-from ..runtime import resolve_device, seed_everything
+from ..runtime import Log, resolve_device, seed_everything
 from .loop import EpochCallback, FitResult, Trainer
 from .speed import seconds_per_image
 
-Log = Callable[[str], None]
-EVAL_BATCH = 1024
 IMBALANCE_RATIO = 3.0
 WHITENING_IMAGES = 5000  # training images that estimate the whitening layer's patch covariance
 
