@@ -43,7 +43,12 @@ def choose_image_size(
     if not dimensions:
         return cap, f"image size {cap}: no image header could be read"
     n = len(dimensions)  # headers read: a sample of a large folder, without unreadable files and bombs
-    sampled = f"all {n:,}" if n == len(paths) else f"{n:,} read of {len(paths):,} files"
+    if n == len(paths):
+        sampled = f"all {n:,}"
+    elif len(paths) > SIZE_SAMPLE:
+        sampled = f"a sample of {n:,} from {len(paths):,} files"
+    else:
+        sampled = f"{n:,} readable of {len(paths):,} files"
     sides = sorted(min(d) for d in dimensions)
     if len(set(dimensions)) == 1:
         width, height = dimensions[0]
