@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,16 @@ def trained_run(tmp_path_factory) -> Path:
     data = write_class_folder(root / "stripes", per_class=30)
     result = imgclf.train(data=str(data), image_size=16, out=str(root / "run"), verbose=False)  # the folder recipe
     return result.run_dir
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

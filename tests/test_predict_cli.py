@@ -300,3 +300,74 @@ def test_the_inference_module_is_what_predicts(trained_run, new_images):
     exported = torch.export.export(model.inference_model(tta=True), (pixels[:2],), dynamic_shapes=({0: batch},))
     with torch.inference_mode():
         assert torch.allclose(exported.module()(pixels), model.predict_proba(pixels, tta=True), atol=1e-5)
+
+
+# ---------------------------------------------------------------- folders of any size
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(5)
+    for i in range(600):
+        folder = root / CLASSES[i % 3]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(synthetic_image(i % 3, rng)).save(folder / f"{i:04d}.png")
+    (root / "checker" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    return root
+
+
+def test_a_folder_is_predicted_batch_by_batch_not_decoded_whole(trained_run, big_folder, monkeypatch):
+    import imgclf.data.images as images
+
+    decoded = []
+    real_decode = images.decode_file
+    monkeypatch.setattr(images, "decode_file", lambda *a, **k: decoded.append(a[0]) or real_decode(*a, **k))
+    stream = imgclf.load(trained_run).stream([big_folder], batch_size=50)
+    assert stream.total == 601 and not decoded  # listed up front, nothing decoded before it is asked for
+    predictions = iter(stream)
+    next(predictions)
+    assert len(decoded) <= 4 * 50  # the first batch and a few decoded ahead, not 601 files
+    rest = list(predictions)
+    assert len(rest) == 599
+    assert stream.skipped == [(str(big_folder / "checker" / "broken.png"), stream.skipped[0][1])]
+
+
+def test_predict_writes_csv_and_json_files_as_it_goes_and_lists_the_unreadable_last(
+    trained_run, big_folder, tmp_path, capsys
+):
+    code, out, err = cli(capsys, "predict", trained_run, big_folder, "--out", tmp_path / "p.csv", "--top-k", "2")
+    assert code == 0 and out == ""
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 600 and set(rows[0]) == {"file", "label_1", "prob_1", "label_2", "prob_2"}
+    assert not (tmp_path / "p.csv.partial").exists()
+    assert err.splitlines()[-2:] == [
+        f"wrote 600 predictions to {tmp_path / 'p.csv'}",
+        f"imgclf: warning: skipped {big_folder / 'checker' / 'broken.png'}: not an image file in a format imgclf reads",
+    ]
+    code, out, err = cli(capsys, "predict", trained_run, big_folder, "--out", tmp_path / "p.json")
+    predictions = json.loads((tmp_path / "p.json").read_text())
+    assert [p["source"] for p in predictions] == [r["file"] for r in rows]
+    assert [p["label"] for p in predictions] == [r["label_1"] for r in rows]
+
+
+def test_an_interrupted_prediction_leaves_a_partial_file_not_a_complete_looking_one(
+    trained_run, big_folder, tmp_path, capsys, monkeypatch
+):
+    from imgclf import cli as cli_module
+
+    original = cli_module.CsvWriter.write
+    calls = []
+
+    def write_then_stop(self, prediction):
+        original(self, prediction)
+        calls.append(1)
+        if len(calls) == 300:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module.CsvWriter, "write", write_then_stop)
+    code, _, err = cli(capsys, "predict", trained_run, big_folder, "--out", tmp_path / "p.csv")
+    assert code == 130
+    assert not (tmp_path / "p.csv").exists()
+    assert len((tmp_path / "p.csv.partial").read_text().splitlines()) == 301  # header and the 300 made
+    assert f"the predictions made so far are in {tmp_path / 'p.csv.partial'}" in err

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import imgclf
-from conftest import CLASSES, synthetic_image
+from conftest import CHROMIUM, CHROMIUM_FLAGS, CLASSES, synthetic_image
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.data import load_data
@@ -141,17 +141,6 @@ def test_report_is_one_self_contained_page(noisy_run, tmp_path):
     assert 'href="http' not in page and 'src="http' not in page
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CHECK_IMAGES = """<script>window.addEventListener("load", () => {
   const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;
   document.body.setAttribute("data-images", document.images.length + " " + broken);

@@ -17,10 +17,10 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-# Six API functions share their name with a submodule (imgclf.train, imgclf.predict, ...). Python binds a
+# Eight API functions share their name with a submodule (imgclf.train, imgclf.predict, ...). Python binds a
 # submodule onto its package when it is first imported, which would replace the function; this keeps
 # the function, while `from imgclf.train import ...` still finds the module in sys.modules.
-_FUNCTIONS_NAMED_LIKE_MODULES = {"train", "evaluate", "predict", "explain", "errors", "report"}
+_FUNCTIONS_NAMED_LIKE_MODULES = {"train", "evaluate", "predict", "explain", "errors", "report", "export", "serve"}
 
 
 class _Package(types.ModuleType):
@@ -41,16 +41,35 @@ from .predict import Classifier, Prediction, Predictions, load  # noqa: E402
 __version__ = "0.2.0"
 
 _LAZY = {  # name -> module that defines it, imported on first use
-    **dict.fromkeys(["train", "evaluate", "predict", "inspect", "explain", "errors", "compare", "report"], ".api"),
+    **dict.fromkeys(
+        [
+            "train",
+            "evaluate",
+            "predict",
+            "inspect",
+            "explain",
+            "errors",
+            "compare",
+            "report",
+            "export",
+            "serve",
+            "classifier",
+        ],
+        ".api",
+    ),
+    **dict.fromkeys(["ExportResult"], ".export"),
+    **dict.fromkeys(["ServeSettings"], ".serve"),
     **dict.fromkeys(["CompareResult"], ".report.compare"),
     **dict.fromkeys(["ErrorsResult", "ExplainResult", "InspectResult"], ".explain"),
     "TrainResult": ".train.pipeline",
 }
 
 if TYPE_CHECKING:
-    from .api import compare, errors, evaluate, explain, inspect, predict, report, train
+    from .api import classifier, compare, errors, evaluate, explain, export, inspect, predict, report, serve, train
     from .explain import ErrorsResult, ExplainResult, InspectResult
+    from .export import ExportResult
     from .report.compare import CompareResult
+    from .serve import ServeSettings
     from .train.pipeline import TrainResult
 
 
@@ -71,22 +90,27 @@ __all__ = [
     "CompareResult",
     "ErrorsResult",
     "ExplainResult",
+    "ExportResult",
     "ImgclfError",
     "InspectResult",
     "Prediction",
     "Predictions",
+    "ServeSettings",
     "TrainConfig",
     "TrainResult",
+    "classifier",
     "compare",
     "create_model",
     "errors",
     "evaluate",
     "explain",
+    "export",
     "inspect",
     "load",
     "predict",
     "register_dataset",
     "register_model",
     "report",
+    "serve",
     "train",
 ]

@@ -25,16 +25,21 @@ from .explain import (
     inspect_classifier,
     write_errors,
 )
-from .predict import ImageInput, Predictions, load
+from .predict import Classifier, ImageInput, Predictions, load
 from .report.compare import CompareResult, compare_runs
 from .report.page import write_report
 from .rundir import ERRORS, EXPLAIN, INSPECT, RunDir
 from .runtime import Log, quiet
 
 if TYPE_CHECKING:
+    from .export import ExportResult
+    from .serve import ServeSettings
     from .train import TrainResult
 
+BACKENDS = ("torch", "onnx", "torchscript")
+
 __all__ = [
+    "BACKENDS",
     "CompareResult",
     "ErrorsResult",
     "ExplainResult",
@@ -43,12 +48,15 @@ __all__ = [
     "describe_dataset_sources",
     "describe_models",
     "errors",
+    "classifier",
     "evaluate",
     "explain",
+    "export",
     "inspect",
     "predict",
     "recipe_train_images",
     "report",
+    "serve",
     "train",
 ]
 
@@ -98,17 +106,67 @@ def evaluate(
     return evaluate_run(path, device=device, log=show if verbose else quiet, **overrides)
 
 
+def classifier(
+    checkpoint: str | os.PathLike,
+    *,
+    device: str = "auto",
+    backend: str = "torch",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    log: Log = quiet,
+) -> Classifier:
+    """A run (or checkpoint) loaded for inference; ``backend="onnx"`` runs its forward pass in ONNX
+    Runtime (exported into RUN/export first when needed)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"`backend` {backend}: unknown; use {' or '.join(BACKENDS)}")
+    loaded = load(checkpoint, device=device, max_image_pixels=max_image_pixels)
+    if backend != "torch":
+        from .export import exported_backend  # deferred: the exporter needs onnx, the [export] extra
+
+        loaded.backend = exported_backend(checkpoint, backend, log)
+    return loaded
+
+
 def predict(
     checkpoint: str | os.PathLike,
     images: ImageInput | Sequence[ImageInput],
     *,
     top_k: int = 1,
     device: str = "auto",
+    backend: str = "torch",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Predictions:
     """Predict image files, folders, PIL images or tensors with a run directory or checkpoint; files inside
-    folders that are not usable images are listed in the result's ``skipped``."""
-    return load(checkpoint, device=device, max_image_pixels=max_image_pixels).predict(images, top_k=top_k)
+    folders that are not usable images are listed in the result's ``skipped``. For folders too large to
+    hold, ``classifier(checkpoint).stream(images)`` yields the predictions batch by batch."""
+    model = classifier(checkpoint, device=device, backend=backend, max_image_pixels=max_image_pixels)
+    return model.predict(images, top_k=top_k)
+
+
+def export(
+    run: str | os.PathLike, *, format: str = "onnx", out: str | os.PathLike | None = None, log: Log = show
+) -> ExportResult:
+    """Export a run's model (ONNX or TorchScript) with its preprocessing and class names, checked against
+    PyTorch on the run's test images; written to ``out`` (default RUN/export)."""
+    from .export import export as export_run  # deferred: torch.onnx loads onnxscript
+
+    result = export_run(run, format, out, log)
+    log(result.summary())
+    return result
+
+
+def serve(
+    run: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    log: Log = show,
+) -> None:
+    """Serve a run's model: the web page at ``/``, ``POST /predict``, ``/health``, ``/model`` and the API
+    docs at ``/docs``, until interrupted. Needs ``pip install 'imgclf[serve]'``."""
+    from .serve import run_server  # deferred: FastAPI and uvicorn are the [serve] extra
+
+    run_server(run, host=host, port=port, settings=settings, log=log)
 
 
 def inspect(

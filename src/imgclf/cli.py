@@ -6,20 +6,25 @@ Every user error (:class:`imgclf.errors.ImgclfError`) prints ``imgclf: error: ..
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import io
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
 
 from . import api
 from .config import CHOICES, DEFAULT_MAX_IMAGE_PIXELS
-from .errors import ImgclfError, keyword_name, name_settings, setting_names
+from .errors import ConfigError, ImgclfError, keyword_name, name_settings, setting_names
 from .explain import METHODS
-from .predict import Prediction
+from .predict import PREDICT_BATCH, Prediction
 from .recipes import RECIPE_COLUMNS, SMALL_DATA, describe_recipes
 from .report.tables import table
+from .serve.settings import ServeSettings
 
 
 def _train_parser(sub) -> None:
@@ -135,30 +140,132 @@ def _warn_skipped(skipped: Sequence[tuple[str, str]]) -> None:
         print(f"imgclf: warning: skipped {path}: {name_settings(reason)}", file=sys.stderr)
 
 
+def _log_stderr(message: str) -> None:
+    print(name_settings(message), file=sys.stderr)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    predictions = api.predict(
-        args.checkpoint, args.images, top_k=args.top_k, device=args.device, max_image_pixels=args.max_image_pixels
+    model = api.classifier(
+        args.checkpoint,
+        device=args.device,
+        backend=args.backend,
+        max_image_pixels=args.max_image_pixels,
+        log=_log_stderr,
     )
-    _print_predictions(predictions, args.format)
-    _warn_skipped(predictions.skipped)  # after the results, so that a long list of predictions does not hide them
+    stream = model.stream(args.images, top_k=args.top_k, batch_size=args.batch_size)
+    output_format = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "table")
+    if output_format not in PREDICT_FORMATS:
+        raise ConfigError(f"`out` {args.out}: give --format csv or json, or a file ending in .csv or .json")
+    k = max(1, min(args.top_k, len(model.classes)))
+    with prediction_output(args.out) as out:
+        writer = PREDICTION_WRITERS[output_format](out, k)
+        with tqdm(total=stream.total, unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
+            for done, prediction in enumerate(stream, 1):
+                writer.write(prediction)
+                progress.update(done + len(stream.skipped) - progress.n)
+        writer.close()
+    if args.out:
+        print(f"wrote {stream.total - len(stream.skipped)} predictions to {args.out}", file=sys.stderr)
+    _warn_skipped(stream.skipped)  # after the results, so that a long list of predictions does not hide them
     return 0
 
 
-def _print_predictions(predictions: Sequence[Prediction], output_format: str) -> None:
-    if output_format == "json":
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+@contextlib.contextmanager
+def prediction_output(out: str | None) -> Iterator[TextIO]:
+    """Standard output, or ``out`` written as ``out.partial`` while predicting and renamed when complete:
+    an interrupted run leaves what it predicted, never a file that looks complete."""
+    if out is None:
+        yield sys.stdout
         return
-    k = max(len(p.top_k) for p in predictions)
-    headers = ["file"] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
-    rows = [[p.source] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")] for p in predictions]
-    if output_format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(rows)
-        sys.stdout.write(buffer.getvalue())
-    else:
-        print(table(headers, rows))
+    partial = Path(out + ".partial")
+    with open(partial, "w", encoding="utf-8", newline="") as f:
+        try:
+            yield f
+        except BaseException:
+            print(f"imgclf: the predictions made so far are in {partial}", file=sys.stderr)
+            raise
+    os.replace(partial, out)
+
+
+def _headers(k: int) -> list[str]:
+    return ["file"] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
+
+
+def _row(p: Prediction) -> list[str]:
+    return [p.source] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
+
+
+class CsvWriter:
+    FLUSH_EVERY = 256  # rows: a reader of the file (tail -f) sees it grow batch by batch
+
+    def __init__(self, out: TextIO, k: int) -> None:
+        self.out, self.rows = out, 0
+        self.csv = csv.writer(out, lineterminator="\n")
+        self.csv.writerow(_headers(k))
+
+    def write(self, p: Prediction) -> None:
+        self.csv.writerow(_row(p))
+        self.rows += 1
+        if self.rows % self.FLUSH_EVERY == 0:
+            self.out.flush()
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+class JsonWriter:
+    """A JSON array written item by item: valid JSON once closed, one prediction per line."""
+
+    def __init__(self, out: TextIO, k: int) -> None:
+        self.out, self.separator = out, "[\n  "
+
+    def write(self, p: Prediction) -> None:
+        self.out.write(self.separator + json.dumps(p.to_dict()))
+        self.separator = ",\n  "
+
+    def close(self) -> None:
+        self.out.write("[]\n" if self.separator.startswith("[") else "\n]\n")
+        self.out.flush()
+
+
+class TableWriter:
+    """The terminal's aligned table: its column widths need every row, so rows (not images) are kept."""
+
+    def __init__(self, out: TextIO, k: int) -> None:
+        self.out = out
+        self.rows: list[list[str]] = []
+        self.headers = _headers(k)
+
+    def write(self, p: Prediction) -> None:
+        self.rows.append(_row(p))
+
+    def close(self) -> None:
+        self.out.write(table(self.headers, self.rows) + "\n")
+
+
+PREDICTION_WRITERS: dict[str, Callable[[TextIO, int], CsvWriter | JsonWriter | TableWriter]] = {
+    "csv": CsvWriter,
+    "json": JsonWriter,
+    "table": TableWriter,
+}
+PREDICT_FORMATS = tuple(PREDICTION_WRITERS)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    api.export(args.run, format=args.format, out=args.out)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = ServeSettings(
+        max_upload_bytes=int(args.max_upload_mb * 1e6),
+        max_images=args.max_images,
+        max_image_pixels=args.max_image_pixels,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+    )
+    api.serve(args.run, host=args.host, port=args.port, settings=settings)
+    return 0
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -225,13 +332,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
     p.add_argument("images", nargs="+", help="image files and folders (their visible files, as training reads them)")
     p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=PREDICT_FORMATS, help="default: table, or the --out file's kind (.csv, .json)")
+    p.add_argument("--out", help="write the predictions to this .csv or .json file as they are made")
+    p.add_argument(
+        "--backend",
+        choices=api.BACKENDS,
+        default="torch",
+        help="onnx: ONNX Runtime runs the model (exported into RUN/export first)",
+    )
+    p.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="images decoded and predicted together")
     p.add_argument("--device", default="auto", choices=CHOICES["device"])
     p.add_argument(
         "--max-image-pixels",
         type=int,
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="refuse images claiming more pixels (decompression bombs)",
+    )
+    p = sub.add_parser("export", help="write the model as ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", help="folder for the model and its JSON (default: RUN/export)")
+    defaults = ServeSettings()
+    p = sub.add_parser("serve", help="a web page and JSON API for the model (pip install 'imgclf[serve]')")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 1e6, help="per request")
+    p.add_argument("--max-images", type=int, default=defaults.max_images, help="images per POST /predict")
+    p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels, help="per image")
+    p.add_argument("--max-batch", type=int, default=defaults.max_batch, help="images per forward pass (1: no batching)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="how long an image waits for others to batch with",
     )
     sub.add_parser("datasets", help="list the datasets")
     sub.add_parser("models", help="list the models with their parameter counts")
@@ -281,6 +415,8 @@ COMMANDS = {
     "compare": _cmd_compare,
     "report": _cmd_report,
     "recipes": _cmd_recipes,
+    "export": _cmd_export,
+    "serve": _cmd_serve,
 }
 
 

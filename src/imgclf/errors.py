@@ -67,3 +67,7 @@ class ModelError(ImgclfError):
 
 class CheckpointError(ImgclfError):
     """A checkpoint or run directory cannot be loaded or does not fit."""
+
+
+class ExportError(ImgclfError):
+    """An exported model that does not compute what the PyTorch model computes, or an exporter missing."""

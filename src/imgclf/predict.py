@@ -8,8 +8,9 @@ pixels in, probabilities out), so an exporter can export exactly the graph that 
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from .config import DEFAULT_MAX_IMAGE_PIXELS
-from .data.images import decode_images, find_images, read_image
+from .data.images import describe_skip, find_images, read_image, stream_images
 from .errors import CheckpointError, DataError
 from .models import create_model
 from .rundir import Checkpoint, InferenceSpec, RunDir, read_checkpoint
@@ -90,6 +91,23 @@ class Prediction:
         }
 
 
+class OnnxBackend:
+    """An exported ONNX model run by ONNX Runtime: uint8 N x C x H x W in, probabilities out. Imported
+    lazily: ``pip install 'imgclf[export]'``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise CheckpointError("the ONNX backend needs onnxruntime: pip install 'imgclf[export]'") from None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"images": images.cpu().numpy()})[0])
+
+
 class Predictions(list[Prediction]):
     """The predictions, in input order, and the files inside given folders that were skipped, with why."""
 
@@ -132,6 +150,8 @@ class Classifier:
         self.device = device
         self.max_image_pixels = max_image_pixels
         self.model = network.to(device).to(memory_format=torch.channels_last).eval()
+        # another engine for the plain (no TTA) forward pass: an exported model (see imgclf.export)
+        self.backend: Callable[[torch.Tensor], torch.Tensor] | None = None
         # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
         self.modules = {
             tta: InferenceModel(self.model, spec.mean, spec.std, tta=tta, hflip=spec.hflip).to(device)
@@ -191,56 +211,128 @@ class Classifier:
         """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels
         (``tta``: average over flipped and shifted views, as the run's test metrics did)."""
         module = self.modules[tta].eval()
-        chunks = [module(images[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(images), batch_size)]
+        run = self.backend if self.backend is not None and not tta else lambda x: module(x.to(self.device))
+        chunks = [run(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes))
+
+    def batches(self, plan: InputPlan, batch_size: int = PREDICT_BATCH) -> Iterator[DecodedInputs]:
+        """The planned inputs decoded batch by batch (files in threads, a few batches ahead): memory holds
+        a few batches whatever the number of files. A named file that is not a usable image is an error;
+        a folder's unusable files are skipped, with the reason."""
+        for files, named, in_memory in plan.segments:
+            if in_memory:
+                for start in range(0, len(in_memory), batch_size):
+                    chunk = in_memory[start : start + batch_size]
+                    sources = [f"<{type(item).__name__} {start + i}>" for i, item in enumerate(chunk)]
+                    yield DecodedInputs(sources, torch.stack([self.to_uint8(item) for item in chunk]), [])
+                continue
+            for batch in stream_images(files, self.image_size, self.channels, self.max_image_pixels, batch_size):
+                for file, reason in batch.skipped:
+                    if file in named:
+                        raise DataError(f"{file}: {describe_skip(reason)}")
+                yield DecodedInputs([str(f) for f in batch.files], batch.images, batch.skipped)
 
     def read_images(
         self, images: ImageInput | Sequence[ImageInput]
     ) -> tuple[list[str], torch.Tensor, list[tuple[str, str]]]:
         """Files, folders (their visible files, as training finds them), PIL images or image tensors as
-        (sources, uint8 N x C x H x W, files inside folders skipped with the reason). A named file that is
-        not a usable image is an error; a folder's unusable files are skipped."""
-        items: list[ImageInput]
-        if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)):
-            items = [images]
-        else:
-            items = list(images)
-        sources: list[str] = []
-        tensors: list[torch.Tensor] = []
-        skipped: list[tuple[str, str]] = []
-        for item in items:
-            if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-                files = find_images([item])
-                decoded, kept, folder_skipped, _ = decode_images(
-                    files, self.image_size, self.channels, self.max_image_pixels
-                )
-                skipped += folder_skipped
-                sources += [str(files[i]) for i in kept]
-                tensors += list(decoded)
-            else:
-                sources.append(
-                    str(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__} {len(sources)}>"
-                )
-                tensors.append(self.to_uint8(item))
-        if not tensors:
-            raise DataError(f"no readable images in {', '.join(map(str, items))}; give image files or folders of them")
-        return sources, torch.stack(tensors), skipped
+        (sources, uint8 N x C x H x W, files inside folders skipped with the reason), all in memory."""
+        plan = InputPlan.of(images)
+        decoded = list(self.batches(plan))
+        sources = [source for part in decoded for source in part.sources]
+        if not sources:
+            raise plan.nothing_readable()
+        return sources, torch.cat([part.images for part in decoded]), [s for part in decoded for s in part.skipped]
+
+    def top_k(self, sources: Sequence[str], probs: torch.Tensor, k: int) -> list[Prediction]:
+        values, indices = probs.topk(max(1, min(k, len(self.classes))), dim=1)
+        return [
+            Prediction(src, self.classes[idx[0]], val[0], [(self.classes[i], v) for v, i in zip(val, idx)])
+            for src, val, idx in zip(sources, values.tolist(), indices.tolist())
+        ]
+
+    def stream(
+        self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = PREDICT_BATCH
+    ) -> PredictionStream:
+        """Predictions as they are made, for folders of any size: iterate the result."""
+        return PredictionStream(self, InputPlan.of(images), top_k, batch_size)
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = PREDICT_BATCH
     ) -> Predictions:
         """Predict files, folders (all images inside), PIL images or image tensors."""
-        sources, batch, skipped = self.read_images(images)
-        probs = self.predict_proba(batch, batch_size)
-        k = max(1, min(top_k, len(self.classes)))
-        values, indices = probs.topk(k, dim=1)
-        return Predictions(
-            [
-                Prediction(src, self.classes[idx[0]], val[0], [(self.classes[i], v) for v, i in zip(val, idx)])
-                for src, val, idx in zip(sources, values.tolist(), indices.tolist())
-            ],
-            skipped,
+        stream = self.stream(images, top_k, batch_size)
+        return Predictions(list(stream), stream.skipped)
+
+
+@dataclass
+class DecodedInputs:
+    sources: list[str]
+    images: torch.Tensor  # N x C x H x W uint8 at the model's size
+    skipped: list[tuple[str, str]]  # files inside folders that are not usable images, with the reason
+
+
+@dataclass
+class InputPlan:
+    """What to predict, listed before any decoding: runs of files (with the named ones, which must be
+    images) and runs of in-memory images, in the order given. Missing files are an error up front."""
+
+    given: list[ImageInput]
+    segments: list[tuple[list[Path], set[str], list[ImageInput]]]
+
+    @classmethod
+    def of(cls, images: ImageInput | Sequence[ImageInput]) -> InputPlan:
+        given: list[ImageInput] = (
+            [images] if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)) else list(images)
         )
+        segments: list[tuple[list[Path], set[str], list[ImageInput]]] = []
+        for is_path, group in itertools.groupby(given, key=lambda item: isinstance(item, (str, os.PathLike))):
+            items = list(group)
+            if not is_path:
+                segments.append(([], set(), items))
+                continue
+            files: list[Path] = []
+            named: set[str] = set()
+            for item in (Path(path) for path in items if isinstance(path, (str, os.PathLike))):
+                if item.is_dir():
+                    files += find_images([item])
+                elif item.is_file():
+                    files.append(item)
+                    named.add(str(item))
+                else:
+                    raise DataError(f"{item}: no such file; check the path")
+            segments.append((files, named, []))
+        return cls(given, segments)
+
+    @property
+    def total(self) -> int:
+        return sum(len(files) + len(in_memory) for files, _, in_memory in self.segments)
+
+    def nothing_readable(self) -> DataError:
+        return DataError(
+            f"no readable images in {', '.join(map(str, self.given))}; give image files or folders of them"
+        )
+
+
+class PredictionStream:
+    """Iterating it predicts batch by batch; ``skipped`` grows as folders' unusable files are met, and
+    ``total`` (the number of inputs, known up front) lets a caller show progress."""
+
+    def __init__(self, classifier: Classifier, plan: InputPlan, top_k: int, batch_size: int) -> None:
+        self.classifier, self.plan, self.top_k, self.batch_size = classifier, plan, top_k, batch_size
+        self.total = plan.total
+        self.skipped: list[tuple[str, str]] = []
+
+    def __iter__(self) -> Iterator[Prediction]:
+        predicted = 0
+        for part in self.classifier.batches(self.plan, self.batch_size):
+            self.skipped += part.skipped
+            if part.sources:
+                probs = self.classifier.predict_proba(part.images, self.batch_size)
+                yield from self.classifier.top_k(part.sources, probs, self.top_k)
+                predicted += len(part.sources)
+        if not predicted:
+            raise self.plan.nothing_readable()
 
 
 def load(path: str | os.PathLike, device: str = "auto", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Classifier:

@@ -15,11 +15,15 @@ the same way (:func:`decode_images`), so they see the same pixels.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +53,8 @@ warnings.filterwarnings(
     "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
 )
 
+T = TypeVar("T")
+R = TypeVar("R")
 Decoded = tuple[torch.Tensor, bool]  # 3 x size x size uint8, and whether the source was grayscale
 
 
@@ -221,17 +227,30 @@ def _reason(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {first[:200]}"
 
 
-def decode_file(path: Path, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded | str:
-    """(3 x size x size uint8, grayscale) or the reason the file is not a usable image."""
+def _raise_pillow_limit(max_pixels: int) -> None:
     if max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or 0):  # a user's higher limit must not meet Pillow's lower one
         Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _decode_guarded(read: Callable[[], bytes | str], size: int, max_pixels: int) -> Decoded | str:
+    _raise_pillow_limit(max_pixels)
     try:
-        data = _read_checked(path, max_pixels)
+        data = read()
         return data if isinstance(data, str) else _decode_checked(data, size, max_pixels)
     except Image.DecompressionBombError:  # Pillow's own limit, for formats whose header imgclf does not read
         return f"claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit of {max_pixels:,}"
     except Exception as exc:  # noqa: BLE001  any decoder error of one file (MemoryError too) skips that file, never the run
         return _reason(exc)
+
+
+def decode_file(path: Path, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded | str:
+    """(3 x size x size uint8, grayscale) or the reason the file is not a usable image."""
+    return _decode_guarded(lambda: _read_checked(path, max_pixels), size, max_pixels)
+
+
+def decode_bytes(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded | str:
+    """:func:`decode_file` for bytes already in memory (an upload): the same checks, the same pixels."""
+    return _decode_guarded(lambda: data or "empty file", size, max_pixels)
 
 
 def read_image(
@@ -268,11 +287,68 @@ def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return image.contiguous()
 
 
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
+    """``map(fn, items)`` in ``workers`` threads, in order, with at most ``ahead`` results waiting: memory
+    stays bounded whatever the number of items (``Executor.map`` submits them all at once)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _chunks(paths: Sequence[Path], chunk: int) -> Iterator[Sequence[Path]]:
+    return (paths[i : i + chunk] for i in range(0, len(paths), chunk))
+
+
 def _decode_chunks(paths: Sequence[Path], size: int, max_pixels: int) -> Iterator[Decoded | str]:
-    chunks = [paths[i : i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one task per chunk: futures cost
-        for chunk in pool.map(lambda c: [decode_file(Path(p), size, max_pixels) for p in c], chunks):
-            yield from chunk
+    workers = os.cpu_count() or 1
+    decode_chunk = lambda c: [decode_file(Path(p), size, max_pixels) for p in c]  # noqa: E731  one task per chunk: futures cost
+    for chunk in bounded_map(decode_chunk, _chunks(paths, DECODE_CHUNK), workers, 2 * workers):
+        yield from chunk
+
+
+@dataclass
+class DecodedBatch:
+    """One batch of a stream: the usable files, their pixels, and the files skipped with the reason."""
+
+    files: list[Path]
+    images: torch.Tensor  # N x C x size x size uint8
+    skipped: list[tuple[str, str]]
+
+
+def stream_images(
+    paths: Sequence[Path], size: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, batch: int = 256
+) -> Iterator[DecodedBatch]:
+    """Decode ``paths`` batch by batch in parallel threads, a few batches ahead of the consumer: memory
+    holds a few batches, not the folder."""
+    workers = os.cpu_count() or 1
+    sub_batch = -(-batch // workers)  # each thread decodes a slice of a batch, so one batch uses every core
+
+    def slices() -> Iterator[tuple[int, Sequence[Path]]]:
+        for start in range(0, len(paths), batch):
+            end = min(start + batch, len(paths))
+            yield from ((start, paths[lo : min(lo + sub_batch, end)]) for lo in range(start, end, sub_batch))
+
+    def decode(piece: tuple[int, Sequence[Path]]) -> tuple[int, Sequence[Path], list[Decoded | str]]:
+        start, files = piece
+        return start, files, [decode_file(Path(f), size, max_pixels) for f in files]
+
+    decoded = bounded_map(decode, slices(), workers, 3 * workers)
+    for _, pieces in itertools.groupby(decoded, key=lambda piece: piece[0]):
+        files, images, skipped = [], [], []
+        for _, chunk, results in pieces:
+            for path, result in zip(chunk, results):
+                if isinstance(result, str):
+                    skipped.append((str(path), result))
+                else:
+                    files.append(Path(path))
+                    images.append(to_channels(result[0], channels))
+        stacked = torch.stack(images) if images else torch.empty(0, channels, size, size, dtype=torch.uint8)
+        yield DecodedBatch(files, stacked, skipped)
 
 
 def decode_images(

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 from captum.attr import LayerAttribution, LayerGradCam, Saliency
+from matplotlib import colormaps
+from PIL import Image
 from torch import nn
 
 from ..errors import ConfigError
@@ -116,6 +118,16 @@ def explain_images(
         Explanation(heat[i], int(targets[i]), list(zip(indices[i].tolist(), values[i].tolist())), method, layer)
         for i in range(len(x))
     ]
+
+
+def overlay_image(image: torch.Tensor, heatmap: torch.Tensor, size: int = 256, alpha: float = 0.45) -> Image.Image:
+    """A uint8 C x H x W image with its 0..1 heat map blended on top in the colours of the report's
+    figures (matplotlib's ``jet``), enlarged to ``size`` pixels for a screen."""
+    rgb = image.expand(3, -1, -1).permute(1, 2, 0).float().numpy() / 255
+    colours = colormaps["jet"](heatmap.clamp(0, 1).numpy())[..., :3]
+    blended = ((1 - alpha) * rgb + alpha * colours).clip(0, 1)
+    picture = Image.fromarray((blended * 255).round().astype("uint8"))
+    return picture.resize((size, size), Image.Resampling.BILINEAR)
 
 
 # ---------------------------------------------------------------- a run's model, explained

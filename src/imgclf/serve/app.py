@@ -1,0 +1,239 @@
+"""The web app: a page at ``/``, ``POST /predict``, ``POST /explain``, ``GET /health``, ``GET /model``.
+
+Uploads are decoded by the same guarded decoder as training and ``predict`` (header checked before any
+pixel is allocated), in worker threads; the model runs in its own thread through the batcher. Every
+problem with a request is a 4xx JSON answer ``{"error": ..., "file": ...}``; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from importlib import resources
+from typing import Annotated, Any
+
+import torch
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..data.images import decode_bytes, describe_skip, to_channels
+from ..errors import CheckpointError, ConfigError
+from ..predict import Classifier
+from .batcher import MicroBatcher, ModelThread
+from .settings import ServeSettings
+
+OVERLAY_SIZE = 256  # pixels of the Grad-CAM picture the page shows
+
+
+class ClassScore(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    file: str
+    label: str
+    probability: float
+    top_k: list[ClassScore]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[ImagePrediction]
+
+
+class ExplainResponse(ImagePrediction):
+    overlay: str  # data: URL of a PNG, the image with its Grad-CAM heat map
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    file: str | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in {
+        400: "no image in the request",
+        413: "the request is larger than the upload limit, or has too many images",
+        422: "a file that is not a usable image (unreadable, truncated, over the pixel limit)",
+    }.items()
+}
+
+
+class RequestProblem(HTTPException):
+    """A bad request, answered as ``{"error": ..., "file": ...}`` with its status."""
+
+    def __init__(self, status: int, error: str, file: str | None = None) -> None:
+        super().__init__(status, error)
+        self.file = file
+
+
+class BodyLimit:
+    """Refuses a request body over ``max_bytes``: at once from its Content-Length, else while it streams
+    in, before the multipart parser spools it to disk."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def problem(self) -> RequestProblem:
+        return RequestProblem(413, f"upload larger than the limit of {self.max_bytes:,} bytes; send smaller images")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            problem = self.problem() if declared.isdigit() else RequestProblem(400, "invalid Content-Length header")
+            await JSONResponse({"error": problem.detail}, problem.status_code)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.problem()  # inside the route: FastAPI re-raises it, its handler answers 413
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _predictions(classifier: Classifier, names: list[str], probs: torch.Tensor, k: int) -> list[ImagePrediction]:
+    return [
+        ImagePrediction(
+            file=name,
+            label=p.label,
+            probability=p.probability,
+            top_k=[ClassScore(label=label, probability=prob) for label, prob in p.top_k],
+        )
+        for name, p in zip(names, classifier.top_k(names, probs, k))
+    ]
+
+
+async def _decode(upload: UploadFile, classifier: Classifier, max_pixels: int) -> torch.Tensor:
+    name = upload.filename or "upload"
+    data = await upload.read()
+    result = await run_in_threadpool(decode_bytes, data, classifier.image_size, max_pixels)
+    if isinstance(result, str):
+        raise RequestProblem(422, f"{name}: {describe_skip(result)}", name)
+    return to_channels(result[0], classifier.channels)
+
+
+def _model_info(classifier: Classifier, settings: ServeSettings) -> dict[str, Any]:
+    from ..rundir import RunDir  # the run's test metrics, when the checkpoint sits in a run directory
+
+    try:
+        metrics = RunDir(classifier.path.parent).read_metrics().get("test") if classifier.path else None
+    except CheckpointError:
+        metrics = None
+    summary = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+    return {
+        "model": classifier.model_name,
+        "classes": classifier.classes,
+        "image_size": classifier.image_size,
+        "channels": classifier.channels,
+        "checkpoint": str(classifier.path) if classifier.path else None,
+        "test_metrics": summary or None,
+        "limits": asdict(settings),
+    }
+
+
+def create_app(classifier: Classifier, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``classifier`` (see the module's docstring); ``uvicorn.run(app)`` runs it."""
+    settings = settings or ServeSettings()
+    model_thread = ModelThread()
+    batcher = MicroBatcher(
+        lambda images: classifier.predict_proba(images), model_thread, settings.max_batch, settings.max_wait_ms / 1000
+    )
+    info = _model_info(classifier, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+        model_thread.close()
+
+    app = FastAPI(
+        title="imgclf",
+        summary=f"{classifier.model_name} classifying {len(classifier.classes)} classes",
+        version=__import__("imgclf").__version__,
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def problem_answer(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail, "file": getattr(exc, "file", None)}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        hint = "; send images as multipart form data: files=@IMAGE" if where.startswith("file") else ""
+        return JSONResponse({"error": f"{where or 'request'}: {first.get('msg', 'invalid')}{hint}", "file": None}, 422)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+        return HTMLResponse(html.replace("__MODEL__", json.dumps(info).replace("</", "<\\/")))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: answers while the server runs, with how many images it has predicted."""
+        return {"status": "ok", "images": batcher.images, "batches": batcher.batches}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """The model: its class names, input size and channels, the run's test metrics and the limits."""
+        return info
+
+    @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
+    async def predict(
+        files: Annotated[list[UploadFile], File(description="one or more image files")],
+        top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image (default 5)")] = None,
+    ) -> PredictResponse:
+        """Classify one or several images: the top-k classes with probabilities, per image, in order."""
+        if not files:
+            raise RequestProblem(400, "no image in the request; send files=@IMAGE as multipart form data")
+        if len(files) > settings.max_images:
+            raise RequestProblem(413, f"{len(files)} images in one request, over the limit of {settings.max_images}")
+        images = torch.stack([await _decode(f, classifier, settings.max_image_pixels) for f in files])
+        probs = await batcher(images)
+        names = [f.filename or f"upload {i}" for i, f in enumerate(files)]
+        return PredictResponse(predictions=_predictions(classifier, names, probs, top_k or settings.top_k))
+
+    @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
+    async def explain(file: Annotated[UploadFile, File(description="one image file")]) -> ExplainResponse:
+        """One image's top classes and its Grad-CAM overlay (a PNG data URL): what the page shows."""
+        image = await _decode(file, classifier, settings.max_image_pixels)
+        probs, overlay = await model_thread.run(_explain, classifier, image)
+        (prediction,) = _predictions(classifier, [file.filename or "upload"], probs, settings.top_k)
+        return ExplainResponse(**prediction.model_dump(), overlay=overlay)
+
+    return app
+
+
+def _explain(classifier: Classifier, image: torch.Tensor) -> tuple[torch.Tensor, str]:
+    from ..explain.attribution import explain_batch, overlay_image  # captum and matplotlib: loaded on first use
+
+    probs = classifier.predict_proba(image[None])
+    try:
+        (explanation,) = explain_batch(classifier, image[None], "gradcam")
+    except ConfigError:  # a model without a conv layer (the MLP): the input-gradient saliency instead
+        (explanation,) = explain_batch(classifier, image[None], "saliency")
+    buffer = io.BytesIO()
+    overlay_image(image, explanation.heatmap, OVERLAY_SIZE).save(buffer, format="PNG")
+    return probs, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

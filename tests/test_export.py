@@ -1,0 +1,146 @@
+"""Export: every registered model leaves imgclf as ONNX and TorchScript and computes what PyTorch computes;
+the ONNX file runs with no PyTorch at all from its JSON; a mismatch fails and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imgclf
+from imgclf.cli import main
+from imgclf.errors import ExportError
+from imgclf.export import EXPORTERS, FORMATS, PARITY_TOLERANCE, export_classifier
+from imgclf.models import create_model, list_models
+from imgclf.predict import Classifier, load
+from imgclf.rundir import InferenceSpec
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+
+
+def random_classifier(name: str, channels: int = 3, size: int = 32) -> Classifier:
+    torch.manual_seed(0)
+    network = create_model(name, channels, len(CLASSES), size)
+    spec = InferenceSpec(name, {}, CLASSES, size, channels, [0.5] * channels, [0.25] * channels)
+    return Classifier(spec, network, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", [spec.name for spec in list_models()])  # the registry: a new model is tested here
+def test_every_registered_model_exports_and_matches_pytorch(name, fmt, tmp_path):
+    classifier = random_classifier(name)
+    result = export_classifier(classifier, fmt, tmp_path)
+    assert result.max_difference <= PARITY_TOLERANCE
+    # checked again here, independently of the exporter's own check, at a batch size it never saw
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    exported = EXPORTERS[fmt][1](result.path)(images)
+    assert (exported - classifier.predict_proba(images)).abs().max() <= PARITY_TOLERANCE
+    meta = json.loads(result.metadata.read_text())
+    assert meta["classes"] == CLASSES
+    assert meta["input"] == {**meta["input"], "dtype": "uint8", "shape": ["batch", 3, 32, 32]}
+    assert meta["max_difference"] == result.max_difference
+
+
+def test_an_export_that_computes_something_else_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    classifier = random_classifier("cnn2")
+    exporter, backend = EXPORTERS["torchscript"]
+
+    def drifted(model, example, path):  # an exporter bug: the weights move a little on the way out
+        last_bias = list(model.network.parameters())[-1]
+        with torch.no_grad():
+            last_bias[0] += 0.5  # one class only: a shift of every logit would not change a probability
+        exporter(model, example, path)
+        with torch.no_grad():
+            last_bias[0] -= 0.5
+
+    monkeypatch.setitem(EXPORTERS, "torchscript", (drifted, backend))
+    with pytest.raises(ExportError, match=r"differ from PyTorch's by up to .* over the limit of 1e-04"):
+        export_classifier(classifier, "torchscript", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_command_checks_the_runs_test_images_and_predict_can_run_onnx(trained_run, tmp_path, capsys):
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out
+    assert "largest probability difference" in out and "onnx vs PyTorch on" in out
+    tested = int(out.split("PyTorch on ")[1].split(" test")[0])
+    assert tested > 0  # the run's kept test images, not only random ones
+    assert (tmp_path / "x" / "model.onnx").is_file() and (tmp_path / "x" / "model.onnx.json").is_file()
+
+    images = sorted((trained_run.parent / "stripes").rglob("*.png"))[:12]
+    torch_preds = imgclf.predict(trained_run, images, top_k=3)
+    onnx_preds = imgclf.predict(trained_run, images, top_k=3, backend="onnx")  # exports into RUN/export first
+    assert (trained_run / "export" / "model.onnx").is_file()
+    assert [p.label for p in onnx_preds] == [p.label for p in torch_preds]
+    assert max(abs(a.probability - b.probability) for a, b in zip(onnx_preds, torch_preds)) <= PARITY_TOLERANCE
+
+
+STANDALONE = textwrap.dedent(
+    """
+    import sys
+    sys.modules["torch"] = None  # prove it: no PyTorch, no imgclf
+    import json
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    model_file, image_file = sys.argv[1:]
+    meta = json.load(open(model_file + ".json"))
+    _, channels, size, _ = meta["input"]["shape"]
+    image = Image.open(image_file).convert("RGB" if channels == 3 else "L")
+    scale = size / min(image.size)  # shorter side to size, then the centre square
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    batch = pixels.reshape(size, size, channels).transpose(2, 0, 1)[None]
+    session = ort.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+    probs = session.run(None, {"images": batch})[0][0]
+    print(json.dumps({"label": meta["classes"][int(probs.argmax())], "probability": float(probs.max())}))
+    """
+)
+
+
+def test_the_onnx_file_runs_without_pytorch_from_its_json(trained_run, tmp_path):
+    result = imgclf.export(trained_run, out=tmp_path, log=lambda _: None)
+    image = tmp_path / "stripe.png"  # at the model's size, so that no resize rule can differ
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(image)
+    done = subprocess.run(
+        [sys.executable, "-c", STANDALONE, str(result.path), str(image)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    (expected,) = load(trained_run).predict([image])
+    assert answer["label"] == expected.label
+    assert abs(answer["probability"] - expected.probability) <= PARITY_TOLERANCE
+
+
+def write_code_running_checkpoint(path: Path, marker: Path) -> None:
+    """A checkpoint that, unpickled by a plain torch.load, would run a shell command creating ``marker``."""
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    torch.save({"format": "imgclf-checkpoint", "payload": Payload()}, path)
+
+
+@pytest.mark.parametrize(
+    "command", [["export"], ["export", "--format", "torchscript"], ["serve", "--port", "1"], ["predict", "IMAGE"]]
+)
+def test_a_checkpoint_that_runs_code_is_refused_by_every_loader(command, tmp_path, capsys):
+    evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    write_code_running_checkpoint(evil, marker)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    argv = [command[0], str(evil), *[str(image) if a == "IMAGE" else a for a in command[1:]]]
+    assert main(argv) == 2
+    assert "not a readable imgclf checkpoint (UnpicklingError)" in capsys.readouterr().err
+    assert not marker.exists()

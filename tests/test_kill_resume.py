@@ -1,0 +1,98 @@
+"""Training killed with SIGKILL at a random moment: every checkpoint left on disk loads, ``--resume``
+finishes the run (or says to start again when no epoch had finished), and the finished run's test
+metrics equal those of the same run never interrupted (same seed, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imgclf import rundir
+
+IMGCLF = str(Path(sys.executable).parent / "imgclf")
+SETTINGS = ["--image-size", "16", "--epochs", "4", "--seed", "3", "--no-cache", "--device", "cpu"]
+
+
+def imgclf(*argv: object, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([IMGCLF, *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict, float]:
+    from conftest import write_class_folder
+
+    root = tmp_path_factory.mktemp("kill")
+    data = write_class_folder(root / "data", per_class=24)
+    started = time.monotonic()
+    done = imgclf("train", "--data", data, *SETTINGS, "--out", root / "reference", "--quiet")
+    assert done.returncode == 0, done.stderr
+    seconds = time.monotonic() - started
+    return data, json.loads((root / "reference" / rundir.METRICS).read_text())["test"], seconds
+
+
+def kill_and_resume(data: Path, run: Path, after: float) -> str:
+    """Train into ``run``, SIGKILL it ``after`` seconds in, then resume; how the trial went."""
+    process = subprocess.Popen(
+        [IMGCLF, "train", "--data", str(data), *SETTINGS, "--out", str(run), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(after)
+    process.send_signal(signal.SIGKILL)
+    finished_before_kill = process.wait() == 0
+    for name in (rundir.BEST, rundir.LAST):  # whatever the kill left must load: writes are atomic
+        if (run / name).exists():
+            rundir.read_checkpoint(run / name)
+    if finished_before_kill:
+        return "finished"
+    resumed = imgclf("train", "--resume", run, "--quiet")
+    if resumed.returncode == 2 and "no such run directory" in resumed.stderr:
+        assert not (run / rundir.CONFIG).exists()  # killed before the run wrote anything: a fresh start is all there is
+        return "restart"
+    if resumed.returncode == 2 and "nothing to resume" in resumed.stderr:
+        assert "start it again with --config" in resumed.stderr
+        if not (run / rundir.CONFIG).is_file():  # killed before the run directory held its config
+            return "restart"
+        again = imgclf("train", "--config", run / rundir.CONFIG, "--out", run.with_name(run.name + "-again"), "--quiet")
+        assert again.returncode == 0, again.stderr
+        run = run.with_name(run.name + "-again")
+        outcome = "restarted"
+    else:
+        assert resumed.returncode == 0, resumed.stderr
+        outcome = "resumed"
+    return outcome if (run / rundir.METRICS).is_file() else "no metrics"
+
+
+def trials(uninterrupted, tmp_path: Path, count: int, seed: int) -> list[str]:
+    data, reference, seconds = uninterrupted
+    rng = random.Random(seed)
+    outcomes = []
+    for trial in range(count):
+        run = tmp_path / f"trial{trial}"
+        outcome = kill_and_resume(data, run, rng.uniform(0.3, seconds))
+        if outcome in ("resumed", "restarted"):
+            final = run if outcome == "resumed" else run.with_name(run.name + "-again")
+            assert json.loads((final / rundir.METRICS).read_text())["test"] == reference, (trial, outcome)
+        outcomes.append(outcome)
+    assert "no metrics" not in outcomes
+    return outcomes
+
+
+def test_two_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterrupted, tmp_path):
+    trials(uninterrupted, tmp_path, count=2, seed=11)
+
+
+@pytest.mark.slow
+def test_ten_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterrupted, tmp_path):
+    outcomes = trials(uninterrupted, tmp_path, count=10, seed=12)
+    print("kill trials:", {o: outcomes.count(o) for o in set(outcomes)})
+    assert outcomes.count("resumed") >= 3  # most kills land mid-training, after an epoch
