@@ -51,19 +51,19 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def recipe_classifier(task: str, train_images: torch.Tensor):
+def recipe_classifier(task: str, train_images: torch.Tensor, model_name: str = "cnn"):
     from imgclf.data import channel_stats
     from imgclf.models import create_model
     from imgclf.predict import Classifier
     from imgclf.recipes import RECIPES
     from imgclf.rundir import InferenceSpec
 
-    widths = next(v for v in RECIPES[task].cpu if v.name == "default").widths
+    args = {"widths": next(v for v in RECIPES[task].cpu if v.name == "default").widths} if model_name == "cnn" else {}
     channels, size = train_images.shape[1], train_images.shape[-1]
     mean, std = channel_stats(train_images)
     torch.manual_seed(0)
-    model = create_model("cnn", channels, 10, size, widths=widths).eval()
-    spec = InferenceSpec("cnn", {"widths": widths}, [str(i) for i in range(10)], size, channels, mean, std)
+    model = create_model(model_name, channels, 10, size, **args).eval()
+    spec = InferenceSpec(model_name, args, [str(i) for i in range(10)], size, channels, mean, std)
     return Classifier(spec, model, torch.device("cpu"))
 
 
@@ -102,12 +102,13 @@ def throughput(task: str, peak: float) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- a folder, streamed
 
 
-def write_run(task: str, folder: Path) -> Path:
-    """A run directory holding only best.pt: the recipe's network with random weights."""
+def write_run(task: str, folder: Path, model_name: str = "cnn") -> Path:
+    """A run directory holding only best.pt: the recipe's network (or ``model_name``) with random weights."""
     from imgclf.rundir import BEST, Checkpoint, save_checkpoint
 
     (train, _), _ = _splits(str(cifar10_folder()) if task == "cifar10" else task, image_size=None)
-    classifier = recipe_classifier(task, train)
+    classifier = recipe_classifier(task, train, model_name)
+    folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / BEST, Checkpoint(classifier.spec, classifier.model.state_dict()))
     return folder
 
@@ -272,15 +273,18 @@ def main(argv: list[str] | None = None) -> int:
                 "requests/s | good images/s | p50 ms | p99 ms | failed good | bad not 4xx | images per pass |"
             )
             print("|---|---|---|---|---|---|---|---|")
+            resnet = write_run("cifar10", Path(folder) / "resnet18", "resnet18")
             servers = [("unbatched (--max-batch 1)", 1), ("batched (--max-batch 64)", 64)]
-            for name, max_batch in servers * 2:  # alternating rounds: this machine's speed drifts
-                r = load_test(run, max_batch, args.seconds)
-                print(
-                    f"| {name} | {r['requests_per_second']:.0f} | {r['images_per_second']:.0f} | {r['p50_ms']:.1f} | "
-                    f"{r['p99_ms']:.1f} | {r['failed_good']} of {r['good']} | {r['bad_not_4xx']} of {r['bad']} | "
-                    f"{r['images_per_forward_pass']:.1f} |"
-                )
-                print("RESULT server=" + name.split()[0] + " " + json.dumps(r, separators=(",", ":")))
+            for model_name, model_run in (("cnn", run), ("resnet18", resnet)):
+                for name, max_batch in servers * 2:  # alternating rounds: this machine's speed drifts
+                    r = load_test(model_run, max_batch, args.seconds)
+                    print(
+                        f"| {model_name}, {name} | {r['requests_per_second']:.0f} | {r['images_per_second']:.0f} | {r['p50_ms']:.1f} | "
+                        f"{r['p99_ms']:.1f} | {r['failed_good']} of {r['good']} | {r['bad_not_4xx']} of {r['bad']} | "
+                        f"{r['images_per_forward_pass']:.1f} |"
+                    )
+                    result = json.dumps(r, separators=(",", ":"))
+                    print(f"RESULT server={model_name}-{name.split()[0]} {result}")
     return 0
 
 

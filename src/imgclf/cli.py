@@ -112,6 +112,13 @@ def _train_parser(sub) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=CHOICES["device"])
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    g.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="train on N processes (GPUs, or CPU processes) through torchrun; --batch-size is per process",
+    )
+    g.add_argument("--sync-bn", action="store_true", help="distributed on GPUs: batch norm over the global batch")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     g.add_argument("--report", action="store_true", help="write report.html (as imgclf report) when training ends")
     g.add_argument("--out", help="run directory (default runs/<data>-<model>, never overwritten)")
@@ -119,7 +126,18 @@ def _train_parser(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "quiet", "func")}
+    devices = getattr(args, "devices", 1)
+    if devices > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it, with this command
+        from .runtime import resolve_device
+        from .train.distributed import check_sync_bn, launch
+
+        check_sync_bn(getattr(args, "sync_bn", False), resolve_device(getattr(args, "device", "auto")).type)
+        return launch(devices, _without_devices(args.argv))
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "config", "resume", "quiet", "func", "devices", "argv")
+    }
     quiet = getattr(args, "quiet", False)
     result = api.train(
         getattr(args, "config", None), resume=getattr(args, "resume", None), verbose=not quiet, **settings
@@ -127,6 +145,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if quiet:
         print(f"test accuracy {result.accuracy:.4f}; run saved in {result.run_dir}")
     return 0
+
+
+def _without_devices(argv: Sequence[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--devices="):
+            skip = False
+            continue
+        skip = arg == "--devices"
+        if not skip:
+            kept.append(arg)
+    return kept
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -447,7 +477,9 @@ def flag_namer(parser: argparse.ArgumentParser) -> Callable[[str, str | None], s
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # `train --devices N` runs the same command again under torchrun
     if args.command is None:
         parser.print_help()
         return 2

@@ -79,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision where the device supports it (CUDA)
+    sync_bn: bool = False  # distributed on GPUs: batch norm statistics over the whole global batch
     compile: bool | None = None  # torch.compile the model (default: on CUDA)
     tensorboard: bool = False
     report: bool = False  # write report.html (imgclf report) when training ends

@@ -252,13 +252,21 @@ def _fit_small_data(values: dict[str, Any], n_train: int) -> None:
 
 
 def fill_recipe(
-    cfg: TrainConfig, variant: Variant, device_type: str, n_train: int | None, epochs: int | None = None
+    cfg: TrainConfig,
+    variant: Variant,
+    device_type: str,
+    n_train: int | None,
+    epochs: int | None = None,
+    processes: int = 1,
 ) -> TrainConfig:
-    """``cfg`` with every unset setting filled from ``variant`` (steps 3-8); ``n_train`` None skips step 6."""
+    """``cfg`` with every unset setting filled from ``variant`` (steps 3-8); ``n_train`` None skips step 6.
+    ``processes``: distributed training, where ``batch_size`` is per process and a step takes that many
+    images from each."""
     values = variant_values(variant, device_type, cfg.model, bool(cfg.pretrained or cfg.weights), epochs)
     if cfg.epochs is None and epochs is None and n_train is not None:  # a budget's epochs are final
         _fit_small_data(values, n_train)
-    values["lr"] *= (cfg.batch_size or values["batch_size"]) / LR_BATCH
+    # the linear scaling rule (Goyal et al. 2017): lr in proportion to the global batch, all processes' images
+    values["lr"] *= (cfg.batch_size or values["batch_size"]) * processes / LR_BATCH
     if cfg.model_args is not None or cfg.model_name != "cnn":
         values.pop("model_args", None)
     return cfg.replace(**{k: v for k, v in values.items() if getattr(cfg, k, None) is None})
@@ -270,6 +278,7 @@ def apply_recipe(
     device_type: str,
     n_train: int,
     seconds_per_epoch: Callable[[TrainConfig], float] | None = None,
+    processes: int = 1,
 ) -> tuple[TrainConfig, str]:
     """Return ``cfg`` with every unset field filled from the recipe for ``dataset`` on ``device_type``,
     and the name of the variant used.
@@ -291,7 +300,7 @@ def apply_recipe(
         seconds_per_epoch=per_epoch,
         epochs_of=lambda v: fill_recipe(cfg, v, device_type, n_train).epochs or 0,
     )
-    return fill_recipe(cfg, variant, device_type, n_train, epochs), variant.name
+    return fill_recipe(cfg, variant, device_type, n_train, epochs, processes), variant.name
 
 
 RECIPE_COLUMNS = [

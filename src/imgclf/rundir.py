@@ -283,10 +283,14 @@ class SplitPredictions:
 
 
 class RunDir:
-    """One run's folder: where each file lives, and reading and writing them (atomically)."""
+    """One run's folder: where each file lives, and reading and writing them (atomically).
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``writes=False`` gives a view that reads but never writes: what every training process but the first
+    holds under distributed training, so that one process alone writes the run."""
+
+    def __init__(self, path: str | os.PathLike, writes: bool = True) -> None:
         self.path = Path(path)
+        self.writes = writes
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -333,13 +337,19 @@ class RunDir:
     # --- what training writes
 
     def write_config(self, config: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         atomic_write_text(self / CONFIG, yaml.safe_dump(config, sort_keys=False))
 
     def write_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
+        if not self.writes:
+            return
         if skipped:
             atomic_write_text(self / SKIPPED, "".join(f"{path}\t{name_settings(reason)}\n" for path, reason in skipped))
 
     def write_history(self, history: Sequence[dict]) -> None:
+        if not self.writes:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -347,15 +357,23 @@ class RunDir:
         atomic_write_text(self / HISTORY, buffer.getvalue())
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         atomic_write_json(self / METRICS, metrics)
 
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         atomic_write_json(self / EVALUATION, evaluation)
 
     def save_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
+        if not self.writes:
+            return
         save_checkpoint(self / name, checkpoint)
 
     def save_predictions(self, predictions: SplitPredictions) -> None:
+        if not self.writes:
+            return
         predictions.save(self / TEST_PREDICTIONS)
 
     # --- what everything after training reads

@@ -29,12 +29,18 @@ def normalise(
 
 
 def augment_batch(
-    x: torch.Tensor, preset: str, flip: torch.Tensor | None, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    preset: str,
+    flip: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    share: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Flip (where ``flip`` is true), pad-and-crop (integer translation, mirrored borders) and small
     rotation, per image.
 
     ``x`` is a float batch N x C x H x W in 0..1. One ``affine_grid``/``grid_sample`` applies all three.
+    ``share`` (start, total): ``x`` is rows start.. of a batch of ``total`` (one process's share of it):
+    the random draws are the whole batch's, so an image is augmented alike however many processes share it.
     """
     shift_fraction, max_degrees = AUGMENT_PRESETS[preset]
     n, _, h, w = x.shape
@@ -42,8 +48,10 @@ def augment_batch(
         return x
     device = x.device
 
+    start, total = share or (0, n)
+
     def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator).to(device) * (high - low) + low
+        return torch.rand(total, generator=generator)[start : start + n].to(device) * (high - low) + low
 
     pad = max(1, round(shift_fraction * w))
     # integer pixel shifts, expressed in affine_grid's -1..1 coordinates (align_corners=False: 2/W per pixel)
@@ -83,6 +91,8 @@ class BatchIterator:
         seed: int = 0,
         channels_last: bool = False,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
@@ -95,14 +105,20 @@ class BatchIterator:
         self.seed = seed
         self.epoch = 0
         self.channels_last = channels_last
-        self.drop_last = drop_last and len(self.labels) > batch_size
+        # distributed: a step takes batch_size images per process; this process trains on its slice
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        self.drop_last = drop_last and len(self.labels) > self.global_batch
+        self.rows_in_step = 0  # images in the current step over all processes (the loss is their mean)
         base_flip = torch.rand(len(self.labels), generator=torch.Generator().manual_seed(seed)) < 0.5
         self.base_flip = base_flip.to(device) if hflip else None
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.labels) // self.batch_size
-        return math.ceil(len(self.labels) / self.batch_size)
+        n = len(self.labels)
+        steps = n // self.global_batch if self.drop_last else math.ceil(n / self.global_batch)
+        if self.shuffle and 0 < n % self.global_batch < self.world_size:  # a last training step too small to
+            steps = n // self.global_batch  # give every process an image is left out (evaluation keeps all)
+        return max(1, steps)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -118,12 +134,16 @@ class BatchIterator:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._order(generator).to(self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
+        for start in range(0, len(self) * self.global_batch, self.global_batch):
+            step = order[start : start + self.global_batch]
+            # contiguous slices, sizes within one of each other: the ranks' rows rejoin the step in order
+            index = step.tensor_split(self.world_size)[self.rank]
+            first = self.rank * (len(step) // self.world_size) + min(self.rank, len(step) % self.world_size)
+            self.rows_in_step = len(step)
             x = self.images[index].float().div_(255)
             if self.augment != "none":
                 flip = None if self.base_flip is None else self.base_flip[index] ^ bool(self.epoch % 2)
-                x = augment_batch(x, self.augment, flip, generator)
+                x = augment_batch(x, self.augment, flip, generator, (first, len(step)))
             x = (x - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

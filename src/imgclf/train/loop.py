@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..rundir import BEST, LAST, TENSORBOARD, Checkpoint, InferenceSpec, RunDir
+from .distributed import SINGLE, Distributed
 from .ema import Lookahead
 from .optim import build_optimizer, build_scheduler
 from .progress import batches_with_bar, format_epoch
@@ -60,8 +61,10 @@ class Trainer:
         callbacks: Iterable[EpochCallback] = (),
         log: Callable[[str], None] = print,
         verbose: bool = True,
+        distributed: Distributed = SINGLE,
     ) -> None:
         self.model, self.train_batches, self.val_batches = model, train_batches, val_batches
+        self.distributed = distributed
         self.cfg, self.run, self.spec = cfg, run, spec
         self.head, self.callbacks, self.log, self.verbose = head, list(callbacks), log, verbose
         self.device = next(model.parameters()).device
@@ -84,13 +87,15 @@ class Trainer:
             self.optimizer, cfg.schedule, self.total_steps, round((cfg.warmup_epochs or 0) * steps)
         )
         self.lookahead = Lookahead(model, self.total_steps) if cfg.ema else None
-        # compiled graphs share the model's parameters: checkpoints keep saving the plain module
-        self.forward = torch.compile(model) if cfg.compile else model
+        # what the step calls: DDP around the model when distributed, compiled on request; both share the
+        # model's parameters, and checkpoints keep saving the plain module (self.model)
+        wrapped = distributed.wrap(model, bool(cfg.sync_bn))
+        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         self.compile_seconds = 0.0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.history: list[dict] = []
         self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
-        self.tensorboard = self._open_tensorboard() if cfg.tensorboard else None
+        self.tensorboard = self._open_tensorboard() if cfg.tensorboard and distributed.is_main else None
 
     # ------------------------------------------------------------------ state
 
@@ -183,8 +188,11 @@ class Trainer:
             with self._autocast():
                 logits = self.forward(x)
                 loss = self.criterion(logits, y)
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the step makes
+            # that average the mean over the whole step, as one process with the whole batch computes it
+            share = len(y) * self.distributed.world_size / self.train_batches.rows_in_step
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss * share if self.distributed.enabled else loss).backward()
             if self.cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -200,7 +208,8 @@ class Trainer:
             seen += len(y)
         if self.lookahead is not None:
             self.lookahead.finish_epoch()
-        return loss_sum.item() / seen, correct.item() / seen, seen
+        loss_total, correct_total, seen_total = self.distributed.sum(loss_sum.item(), correct.item(), seen)
+        return loss_total / seen_total, correct_total / seen_total, int(seen_total)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
@@ -209,14 +218,17 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for x, y in self.val_batches:
-            with self._autocast():
-                logits = self.forward(x)
+            if not len(y):  # a process's empty share of the last batch
+                continue
+            with self._autocast():  # the plain model: DDP's forward would be a collective call per batch
+                logits = (self.model if self.distributed.enabled else self.forward)(x)
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
         if self.lookahead is not None:
             self.lookahead.finish_epoch()
-        return loss_sum.item() / seen, correct.item() / seen
+        loss_total, correct_total, seen_total = self.distributed.sum(loss_sum.item(), correct.item(), seen)
+        return loss_total / seen_total, correct_total / seen_total
 
     def _save(self, name: str, epoch: int, row: dict, with_state: bool) -> None:
         self.run.save_checkpoint(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ from ..rundir import (
     SplitPredictions,
     read_checkpoint,
 )
-from ..runtime import Log, resolve_device, seed_everything
+from ..runtime import Log, quiet, resolve_device, seed_everything
+from .distributed import Distributed, check_sync_bn, init_distributed
 from .loop import EpochCallback, FitResult, Trainer
 from .speed import seconds_per_image
 
@@ -78,6 +79,7 @@ class Prepared:
     cfg: TrainConfig  # every setting concrete
     data: DataBundle
     device: torch.device
+    distributed: Distributed = field(default_factory=Distributed)
 
 
 # ---------------------------------------------------------------- prepare
@@ -104,20 +106,33 @@ def _absolute_paths(cfg: TrainConfig, kind: str) -> TrainConfig:
     )
 
 
-def prepare(cfg: TrainConfig, log: Log) -> Prepared:
-    """Load the data, fill the recipe into the config (measuring this machine for `budget`), log both."""
-    device = resolve_device(cfg.device)
+def _load_data(cfg: TrainConfig, device: torch.device, distributed: Distributed) -> DataBundle:
+    """The data, loaded by the first process first (it decodes and writes the cache), then by the others."""
+    if not distributed.is_main:
+        distributed.barrier()
     data = load_data(cfg, size_cap=image_size_cap(device.type))
+    if distributed.is_main:
+        distributed.barrier()
+    return data
+
+
+def prepare(cfg: TrainConfig, log: Log, distributed: Distributed | None = None) -> Prepared:
+    """Load the data, fill the recipe into the config (measuring this machine for `budget`), log both."""
+    distributed = distributed or Distributed()
+    device = distributed.device(resolve_device(cfg.device))
+    check_sync_bn(bool(cfg.sync_bn) and distributed.enabled, device.type)
+    data = _load_data(cfg, device, distributed)
     if data.from_cache:
         log(f"loaded {data.name}'s decoded images from the cache in {cfg.data_dir}/cache (`cache=False` decodes again)")
     if data.size_note:
         log(data.size_note)
     recipe = data.name if data.kind == "builtin" else "folder"
     measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if cfg.budget else None
-    cfg, variant = apply_recipe(cfg, recipe, device.type, len(data.train), measure)
+    cfg, variant = apply_recipe(cfg, recipe, device.type, len(data.train), measure, distributed.world_size)
+    processes = f" x {distributed.world_size} processes" if distributed.enabled else ""
     log(
         f"recipe: {recipe} / {variant} ({device_class(device.type)}): {cfg.model} {cfg.model_args or ''}, "
-        f"{cfg.epochs:g} epochs, batch {cfg.batch_size}, lr {cfg.lr:.4g}"
+        f"{cfg.epochs:g} epochs, batch {cfg.batch_size}{processes}, lr {cfg.lr:.4g}"
     )
     stats = _pretrained_stats(cfg, data.channels)
     if stats:
@@ -128,7 +143,7 @@ def prepare(cfg: TrainConfig, log: Log) -> Prepared:
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{data.channels}x{data.image_size}x{data.image_size}"
     )
-    return Prepared(_absolute_paths(cfg, data.kind), data, device)
+    return Prepared(_absolute_paths(cfg, data.kind), data, device, distributed)
 
 
 # ---------------------------------------------------------------- build
@@ -170,6 +185,8 @@ def _batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterator:
         hflip=data.hflip,
         seed=prepared.cfg.seed,
         channels_last=True,
+        rank=prepared.distributed.rank,
+        world_size=prepared.distributed.world_size,
         **kwargs,
     )
 
@@ -255,7 +272,7 @@ def fit(
     class_weights, sample_weights = _class_balance(data, cfg, log)
     log(f"model {cfg.model}: {count_parameters(model):,} parameters, device {prepared.device}, run {run.path}")
     train_batches = _train_batches(prepared, sample_weights)
-    if checkpoint is None:
+    if checkpoint is None and prepared.distributed.is_main:
         _plot_samples(train_batches, data, run / SAMPLES)
     trainer = Trainer(
         model,
@@ -269,6 +286,7 @@ def fit(
         callbacks=callbacks,
         log=log,
         verbose=verbose,
+        distributed=prepared.distributed,
     )
     if checkpoint is not None:
         trainer.resume(checkpoint)
@@ -359,6 +377,16 @@ def starting_config(
     return TrainConfig().replace(**settings), None, None
 
 
+def _run_directory(prepared: Prepared, run: RunDir | None) -> RunDir:
+    """The run directory: made by the first process; the others get a view of it that never writes."""
+    distributed = prepared.distributed
+    if run is None and distributed.is_main:
+        run = RunDir.create(prepared.cfg.out, f"{prepared.data.name}-{prepared.cfg.model}")
+    path = distributed.broadcast(run.path if run is not None else None)
+    assert isinstance(path, Path)
+    return RunDir(path, writes=distributed.is_main)
+
+
 def train_run(
     config: TrainConfig | str | os.PathLike | None,
     resume: str | os.PathLike | None,
@@ -368,15 +396,24 @@ def train_run(
     verbose: bool,
 ) -> TrainResult:
     cfg, run, checkpoint = starting_config(config, resume, settings)
-    seed_everything(cfg.seed)
-    prepared = prepare(cfg, log)
-    model = build(
-        prepared, resuming=checkpoint is not None
-    )  # before the run directory: a model error leaves nothing behind
-    if run is None:
-        run = RunDir.create(prepared.cfg.out, f"{prepared.data.name}-{prepared.cfg.model}")
-    prepared.cfg = prepared.cfg.replace(out=str(run.path))
-    run.write_config(prepared.cfg.to_dict())
-    run.write_skipped(prepared.data.skipped)
-    result = fit(prepared, model, run, checkpoint, callbacks, log, verbose)
-    return finish(prepared, model, run, result, log)
+    distributed = init_distributed(resolve_device(cfg.device).type)
+    if not distributed.is_main:  # one process speaks for all
+        log, verbose = quiet, False
+    try:
+        seed_everything(cfg.seed)  # the same on every process: the same initial weights, order and augmentation
+        prepared = prepare(cfg, log, distributed)
+        model = build(
+            prepared, resuming=checkpoint is not None
+        )  # before the run directory: a model error leaves nothing
+        run = _run_directory(prepared, run)
+        prepared.cfg = prepared.cfg.replace(out=str(run.path))
+        run.write_config(prepared.cfg.to_dict())
+        run.write_skipped(prepared.data.skipped)
+        result = fit(prepared, model, run, checkpoint, callbacks, log, verbose)
+        if distributed.is_main:
+            finished = finish(prepared, model, run, result, log)
+        metrics = distributed.broadcast(finished.metrics if distributed.is_main else None)
+        assert isinstance(metrics, dict)
+        return TrainResult(run.path, metrics, result.history, prepared.cfg)
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,97 @@
+"""Distributed training on CPU processes (gloo), launched by torchrun: two processes with batch B each step
+exactly as one process with batch 2B, only the first process writes, and a run killed mid-way resumes
+under torchrun to the uninterrupted result."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_class_folder
+from imgclf import rundir
+from imgclf.cli import main
+from imgclf.rundir import read_checkpoint
+
+IMGCLF = str(Path(sys.executable).parent / "imgclf")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "imgclf"]
+# cnn2 has no batch norm: with it, each process would normalise its own half of the batch (sync_bn needs GPUs)
+SETTINGS = ["--model", "cnn2", "--image-size", "16", "--epochs", "3", "--no-cache", "--seed", "0", "--device", "cpu"]
+WEIGHT_TOLERANCE = 1e-5  # the same sums in another order: float rounding only
+
+
+def run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """One process with batch 16, and two with batch 8 each (through `--devices 2`), on the same data."""
+    root = tmp_path_factory.mktemp("ddp")
+    write_class_folder(root / "data", per_class=30)
+    run([IMGCLF, "train", "--data", "data", *SETTINGS, "--batch-size", "16", "--out", "one", "--quiet"], root)
+    run([IMGCLF, "train", "--devices", "2", "--data", "data", *SETTINGS, "--batch-size", "8", "--out", "two"], root)
+    return root
+
+
+def without_times(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in history]
+
+
+def test_two_processes_with_batch_b_train_as_one_with_batch_2b(runs):
+    one, two = read_checkpoint(runs / "one" / rundir.LAST), read_checkpoint(runs / "two" / rundir.LAST)
+    assert one.config["lr"] == two.config["lr"]  # the lr follows the global batch: 16 = 2 x 8
+    worst = max((one.state_dict[k].float() - two.state_dict[k].float()).abs().max().item() for k in one.state_dict)
+    assert worst <= WEIGHT_TOLERANCE
+    assert without_times(two.training["history"]) == without_times(one.training["history"])
+    one_test, two_test = (json.loads((runs / name / rundir.METRICS).read_text())["test"] for name in ("one", "two"))
+    assert two_test["confusion_matrix"] == one_test["confusion_matrix"]
+    assert two_test["accuracy"] == one_test["accuracy"] and two_test["per_class"] == one_test["per_class"]
+    assert two_test["loss"] == pytest.approx(one_test["loss"], rel=1e-5)  # weights equal to float rounding
+
+
+def test_only_the_first_process_writes(runs):
+    assert sorted(p.name for p in runs.iterdir()) == ["data", "one", "two"]  # no second run directory, no runs/
+    listing = sorted(str(p.relative_to(runs / "two")) for p in (runs / "two").rglob("*"))
+    assert listing == sorted(str(p.relative_to(runs / "one")) for p in (runs / "one").rglob("*"))
+    assert len(list(csv.DictReader(open(runs / "two" / rundir.HISTORY)))) == 3
+
+
+def test_a_distributed_run_killed_mid_way_resumes_under_torchrun(runs):
+    cut = runs / "cut"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    argv = [*TORCHRUN, "train", "--data", "data", *SETTINGS, "--batch-size", "8", "--out", str(cut), "--quiet"]
+    process = subprocess.Popen(
+        argv, cwd=runs, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not (cut / rundir.LAST).exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers, at once
+    process.wait()
+    history = read_checkpoint(cut / rundir.LAST).training["history"]
+    assert 1 <= len(history) < 3, "the kill came too late to test a resume"
+    run([*TORCHRUN, "train", "--resume", str(cut), "--quiet"], runs)
+    resumed = json.loads((cut / rundir.METRICS).read_text())["test"]
+    assert resumed == json.loads((runs / "two" / rundir.METRICS).read_text())["test"]
+    assert without_times(read_checkpoint(cut / rundir.LAST).training["history"]) == without_times(
+        read_checkpoint(runs / "two" / rundir.LAST).training["history"]
+    )
+
+
+def test_sync_bn_on_cpu_processes_is_a_one_line_error(tmp_path, capsys):
+    write_class_folder(tmp_path / "data", per_class=6)
+    code = main(["train", "--data", str(tmp_path / "data"), "--devices", "2", "--sync-bn", "--device", "cpu"])
+    assert code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("imgclf: error: --sync-bn needs GPUs: PyTorch synchronises batch norm over NCCL only")
