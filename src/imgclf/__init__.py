@@ -54,6 +54,7 @@ _LAZY = {  # name -> module that defines it, imported on first use
             "export",
             "serve",
             "classifier",
+            "lr_find",
         ],
         ".api",
     ),
@@ -65,7 +66,20 @@ _LAZY = {  # name -> module that defines it, imported on first use
 }
 
 if TYPE_CHECKING:
-    from .api import classifier, compare, errors, evaluate, explain, export, inspect, predict, report, serve, train
+    from .api import (
+        classifier,
+        compare,
+        errors,
+        evaluate,
+        explain,
+        export,
+        inspect,
+        lr_find,
+        predict,
+        report,
+        serve,
+        train,
+    )
     from .explain import ErrorsResult, ExplainResult, InspectResult
     from .export import ExportResult
     from .report.compare import CompareResult
@@ -107,6 +121,7 @@ __all__ = [
     "export",
     "inspect",
     "load",
+    "lr_find",
     "predict",
     "register_dataset",
     "register_model",

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .export import ExportResult
     from .serve import ServeSettings
     from .train import TrainResult
+    from .train.lr_find import LrFindResult
 
 BACKENDS = ("torch", "onnx", "torchscript")
 
@@ -53,6 +54,7 @@ __all__ = [
     "explain",
     "export",
     "inspect",
+    "lr_find",
     "predict",
     "recipe_train_images",
     "report",
@@ -87,6 +89,25 @@ def train(
     if result.config.report:
         report(result.run_dir, log=log)
     return result
+
+
+def lr_find(
+    config: TrainConfig | str | os.PathLike | None = None,
+    *,
+    out: str | os.PathLike = "lr_find.png",
+    start_lr: float = 1e-6,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    verbose: bool = True,
+    **settings: Any,
+) -> LrFindResult:
+    """The learning-rate finder for the run ``train`` would start with the same ``config`` and ``settings``:
+    the smoothed loss over ``steps`` steps of a log-spaced sweep, plotted into ``out``, and a suggested lr."""
+    from .train.lr_find import lr_find as sweep
+    from .train.pipeline import starting_config
+
+    cfg, _, _ = starting_config(config, None, settings)
+    return sweep(cfg, Path(out), show if verbose else quiet, start_lr, end_lr, steps)
 
 
 def evaluate(

@@ -34,8 +34,24 @@ def _train_parser(sub) -> None:
         description="Train a classifier. Unset options come from the recipe for the dataset.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--config", help="a config.yaml (e.g. runs/x/config.yaml) to start from; flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
+    _training_options(p, out_help="run directory (default runs/<data>-<model>, never overwritten)")
+    p = sub.add_parser(
+        "lr-find",
+        help="the learning-rate finder: training loss over a log-spaced lr sweep, a plot and a suggested lr",
+        description="Sweep the learning rate for the model, data and optimizer that `train` with the same "
+        "options would use, and suggest one (the loss's steepest descent).",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--start-lr", type=float, default=1e-6)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=100, help="training steps of the sweep")
+    _training_options(p, out_help="the plot (default lr_find.png)")
+
+
+def _training_options(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The options of a training run, shared by train and lr-find."""
+    p.add_argument("--config", help="a config.yaml (e.g. runs/x/config.yaml) to start from; flags override it")
     g = p.add_argument_group("data")
     g.add_argument(
         "--data", help="dataset name (imgclf datasets), a folder of class sub-folders, or a CSV of file,label"
@@ -66,6 +82,12 @@ def _train_parser(sub) -> None:
     )
     g.add_argument("--weights", help="start from this weights file instead of downloading")
     g.add_argument("--freeze-epochs", type=int, help="train only the new head for this many epochs first")
+    g.add_argument(
+        "--backbone-lr-scale", type=float, help="lr of everything but the head, as a fraction of the head's (e.g. 0.1)"
+    )
+    g.add_argument(
+        "--init", metavar="RUN", help="start from a run's weights (its best.pt); a new head if classes differ"
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
@@ -121,7 +143,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--sync-bn", action="store_true", help="distributed on GPUs: batch norm over the global batch")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     g.add_argument("--report", action="store_true", help="write report.html (as imgclf report) when training ends")
-    g.add_argument("--out", help="run directory (default runs/<data>-<model>, never overwritten)")
+    g.add_argument("--out", help=out_help)
     g.add_argument("--quiet", action="store_true", help="print only the final summary")
 
 
@@ -144,6 +166,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if quiet:
         print(f"test accuracy {result.accuracy:.4f}; run saved in {result.run_dir}")
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    sweep = {name: vars(args).pop(name) for name in ("start_lr", "end_lr", "steps")}
+    out = vars(args).pop("out", "lr_find.png")
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet", "devices", "argv")}
+    api.lr_find(getattr(args, "config", None), out=out, **sweep, **settings)
     return 0
 
 
@@ -446,6 +476,7 @@ COMMANDS = {
     "report": _cmd_report,
     "recipes": _cmd_recipes,
     "export": _cmd_export,
+    "lr-find": _cmd_lr_find,
     "serve": _cmd_serve,
 }
 

@@ -55,6 +55,8 @@ class TrainConfig:
     pretrained: bool = False
     weights: str | None = None
     freeze_epochs: int = 0
+    backbone_lr_scale: float = 1.0  # the lr of everything but the head, as a fraction of the head's (fine-tuning)
+    init: str | None = None  # start from the weights of one of your runs (its best.pt); a new head if classes differ
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -102,7 +104,7 @@ class TrainConfig:
         for name, example in (("val_split", 0.1), ("test_split", 0.2)):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"{where}{key(name)} {getattr(self, name)} must be between 0 and 1 (e.g. {example})")
-        for name in ("epochs", "batch_size", "lr", "image_size", "max_image_pixels", "budget"):
+        for name in ("epochs", "batch_size", "lr", "image_size", "max_image_pixels", "budget", "backbone_lr_scale"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{where}{key(name)} must be positive, got {value}")

@@ -75,6 +75,10 @@ def fit_pretrained_state(
             f"e.g. {(bad + missing)[0]}); pass weights of the same architecture"
         )
     model.load_state_dict(state, strict=False)
+    # the new head starts at zero, every class at equal odds: a random head over pretrained features starts
+    # far off (timm's EfficientNet init scales with 1/sqrt(classes): logits of +-20 for 10 classes)
+    for parameter in model.get_submodule(classifier_layer(model)).parameters():
+        nn.init.zeros_(parameter)
 
 
 # --- torchvision ---------------------------------------------------------------------------------------

@@ -225,3 +225,21 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
             ax.text(v, i, f" {v:,.0f}" if v >= 10 else f" {v:.4f}", va="center", fontsize=7)
         ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
+
+
+def plot_lr_sweep(
+    lrs: Sequence[float], losses: Sequence[float], suggestion: float, path: str | os.PathLike, title: str
+) -> None:
+    """The learning-rate finder's curve: smoothed training loss over a log-spaced lr sweep, the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, losses, color="tab:blue")
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    low, high = min(losses), losses[0]
+    ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.6 * (high - low + 1e-9))  # the explosion off the top
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)

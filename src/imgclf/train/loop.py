@@ -78,7 +78,15 @@ class Trainer:
         weight = class_weights.to(self.device) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing or 0.0)
         self.optimizer = build_optimizer(
-            model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.norm_lr_scale or 1.0
+            model,
+            cfg.optimizer,
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.momentum,
+            cfg.nesterov,
+            cfg.norm_lr_scale or 1.0,
+            head=getattr(model, head, None),
+            backbone_lr_scale=cfg.backbone_lr_scale,
         )
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         steps = len(train_batches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = True,
     norm_lr_scale: float = 1.0,
+    head: nn.Module | None = None,
+    backbone_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """Parameters that the model left trainable, in three groups: conv/linear weights, normalisation
     layers' scales and shifts, and other biases (no weight decay: decaying them only hurts).
@@ -26,6 +29,10 @@ def build_optimizer(
     With ``norm_lr_scale`` 1 the norm group gets no weight decay either. With a larger scale (the airbench
     recipes' 64) it steps that much faster while shrinking by the same amount per step as the weights
     (weight decay divided by the scale), as in those recipes.
+
+    With ``backbone_lr_scale`` below 1, each group is split again: the ``head``'s parameters keep the lr,
+    the rest (a pretrained backbone) learn at that fraction of it, so fine-tuning adapts rather than erases
+    what the backbone knows.
     """
     norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -33,11 +40,22 @@ def build_optimizer(
     norms = [p for p in trainable if p.ndim <= 1 and id(p) in norm_ids]
     biases = [p for p in trainable if p.ndim <= 1 and id(p) not in norm_ids]
     norm_decay = weight_decay / norm_lr_scale if norm_lr_scale != 1 else 0.0
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": norms, "weight_decay": norm_decay, "lr": lr * norm_lr_scale},
         {"params": biases, "weight_decay": 0.0},
     ]
+    if backbone_lr_scale != 1 and head is not None:
+        head_ids = {id(p) for p in head.parameters()}
+        groups = [
+            {**group, "params": params, "lr": group.get("lr", lr) * (1 if in_head else backbone_lr_scale)}
+            for group in groups
+            for in_head, params in (
+                (True, [p for p in group["params"] if id(p) in head_ids]),
+                (False, [p for p in group["params"] if id(p) not in head_ids]),
+            )
+            if params
+        ]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adam":

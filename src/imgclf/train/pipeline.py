@@ -22,9 +22,10 @@ import torch
 
 from ..config import TrainConfig
 from ..data import BatchIterator, DataBundle, Split, load_data, normalise
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..evaluate import EVAL_BATCH, per_class_table, split_metrics
 from ..models import count_parameters, create_model, get_model_spec, head_of
+from ..models.registry import classifier_layer
 from ..predict import Classifier
 from ..recipes import apply_recipe, device_class, image_size_cap
 from ..report.plots import plot_confusion_matrix, plot_curves, plot_image_grid, plot_per_class, plot_predictions
@@ -116,9 +117,30 @@ def _load_data(cfg: TrainConfig, device: torch.device, distributed: Distributed)
     return data
 
 
+def _init_checkpoint(cfg: TrainConfig) -> Checkpoint | None:
+    return read_checkpoint(RunDir.checkpoint_path(cfg.init)) if cfg.init else None
+
+
+def _from_init(cfg: TrainConfig, init: Checkpoint | None) -> TrainConfig:
+    """Unset model and image size taken from the run ``init`` names: its weights fit only its own network."""
+    if init is None:
+        return cfg
+    if cfg.model is not None and cfg.model_name != init.spec.model:
+        raise ConfigError(
+            f"`init` {cfg.init}: holds a {init.spec.model}, not a {cfg.model_name}; leave `model` unset to use its model"
+        )
+    return cfg.replace(
+        model=init.spec.model,
+        model_args=cfg.model_args if cfg.model_args is not None else dict(init.spec.model_args),
+        image_size=cfg.image_size or init.spec.image_size,
+    )
+
+
 def prepare(cfg: TrainConfig, log: Log, distributed: Distributed | None = None) -> Prepared:
     """Load the data, fill the recipe into the config (measuring this machine for `budget`), log both."""
     distributed = distributed or Distributed()
+    init = _init_checkpoint(cfg)
+    cfg = _from_init(cfg, init)
     device = distributed.device(resolve_device(cfg.device))
     check_sync_bn(bool(cfg.sync_bn) and distributed.enabled, device.type)
     data = _load_data(cfg, device, distributed)
@@ -134,9 +156,9 @@ def prepare(cfg: TrainConfig, log: Log, distributed: Distributed | None = None) 
         f"recipe: {recipe} / {variant} ({device_class(device.type)}): {cfg.model} {cfg.model_args or ''}, "
         f"{cfg.epochs:g} epochs, batch {cfg.batch_size}{processes}, lr {cfg.lr:.4g}"
     )
-    stats = _pretrained_stats(cfg, data.channels)
-    if stats:
-        data.mean, data.std = stats
+    stats = (init.spec.mean, init.spec.std) if init is not None else _pretrained_stats(cfg, data.channels)
+    if stats:  # the normalisation the starting weights learned under
+        data.mean, data.std = list(stats[0]), list(stats[1])
     if data.skipped:
         log(f"warning: skipped {len(data.skipped)} unusable file(s); listed in skipped.txt")
     log(
@@ -164,13 +186,34 @@ def build_model(cfg: TrainConfig, data: Any, device: torch.device) -> torch.nn.M
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def build(prepared: Prepared, resuming: bool) -> torch.nn.Module:
-    """The model, with its data-dependent initialisation (``cnn``'s whitening layer) unless resuming."""
+def load_init(model: torch.nn.Module, init: Checkpoint, classes: list[str], log: Log) -> None:
+    """Start from a run's weights: all of them when the classes are the same, else all but the head."""
+    head = classifier_layer(model) + "."
+    same_classes = init.spec.classes == classes
+    state = {k: v for k, v in init.state_dict.items() if same_classes or not k.startswith(head)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"`init` {init.path}: its weights do not fit this data ({str(exc).splitlines()[-1].strip()})"
+        ) from None
+    if unexpected or [k for k in missing if not k.startswith(head)]:
+        raise ModelError(f"`init` {init.path}: its weights do not fit model {init.spec.model} as built here")
+    log(f"starting from {init.path}" + ("" if same_classes else f" with a new head for {len(classes)} classes"))
+
+
+def build(prepared: Prepared, resuming: bool, log: Log = quiet) -> torch.nn.Module:
+    """The model, started from ``init`` or with its data-dependent initialisation (``cnn``'s whitening
+    layer), unless resuming."""
     model = build_model(prepared.cfg, prepared.data, prepared.device)
-    init = getattr(model, "init_from_data", None)
-    if init is not None and not resuming:
+    init = _init_checkpoint(prepared.cfg) if not resuming else None
+    if init is not None:
+        load_init(model, init, prepared.data.classes, log)
+        return model
+    init_from_data = getattr(model, "init_from_data", None)
+    if init_from_data is not None and not resuming:
         data = prepared.data
-        init(normalise(data.train.images[:WHITENING_IMAGES], data.mean, data.std, prepared.device))
+        init_from_data(normalise(data.train.images[:WHITENING_IMAGES], data.mean, data.std, prepared.device))
     return model
 
 
