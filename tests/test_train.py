@@ -155,7 +155,8 @@ def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
         verbose=False,
     )
     result = imgclf.train(**fine_tune)
-    assert result.config.lr == pytest.approx(0.01 * 32 / 128)  # the fine-tuning recipe (0.01 at batch 128)
+    # the fine-tuning recipe: AdamW at 2e-3 for batch 128, scaled to the batch
+    assert result.config.optimizer == "adamw" and result.config.lr == pytest.approx(2e-3 * 32 / 128)
     checkpoints = {}
 
     def keep(epoch, row):
