@@ -3,6 +3,7 @@ every command, inference never imports training, and a run that cannot be resume
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -29,18 +30,29 @@ def v1_run(tmp_path: Path) -> Path:
     return Path(shutil.copytree(V1_RUN, tmp_path / "run-v1"))
 
 
-def test_importing_inference_loads_no_training_code():
-    probe = (
-        "import sys, imgclf.predict, imgclf\n"
-        "imgclf.load  # the package's inference API, loaded\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('imgclf.train', 'imgclf.recipes', 'captum'))))"
-    )
+def modules_loaded_by(statements: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with ``prefixes`` that running ``statements`` in a fresh interpreter imports."""
+    probe = f"import sys\n{statements}\nprint(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert done.returncode == 0, done.stderr
+    return ast.literal_eval(done.stdout)  # a printed list of strings
+
+
+def test_importing_inference_loads_no_training_code():
+    # the package's inference API, loaded
+    assert (
+        modules_loaded_by("import imgclf.predict, imgclf\nimgclf.load", ("imgclf.train", "imgclf.recipes", "captum"))
+        == []
+    )
     # the functions that share a submodule's name stay functions after their submodules load
     import imgclf.train.pipeline  # noqa: F401
 
     assert callable(imgclf.train) and callable(imgclf.predict) and callable(imgclf.errors) and callable(imgclf.report)
+
+
+def test_the_command_line_starts_without_the_stages_it_does_not_run():
+    heavy = ("torchmetrics", "captum", "fastapi", "onnx", "imgclf.train", "imgclf.evaluate", "imgclf.report.page")
+    assert modules_loaded_by("import imgclf.cli", heavy) == []
 
 
 def test_a_v1_checkpoint_is_upgraded_when_read():

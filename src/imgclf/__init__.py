@@ -12,7 +12,6 @@ report load when first used, so a server or an exporter never carries the traini
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ sys.modules[__name__].__class__ = _Package
 from .config import TrainConfig  # noqa: E402
 from .data import register_dataset  # noqa: E402
 from .errors import ImgclfError  # noqa: E402
+from .lazy import lazy_exports  # noqa: E402
 from .models import create_model, register_model  # noqa: E402
 from .predict import Classifier, Prediction, Predictions, load  # noqa: E402
 
@@ -87,12 +87,7 @@ if TYPE_CHECKING:
     from .train.pipeline import TrainResult
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -21,12 +21,11 @@ from torch import nn
 from ..errors import ConfigError
 from ..report.plots import plot_explanations
 from ..report.tables import Table
+from . import METHODS
 from .inspect import POOLS
 
 if TYPE_CHECKING:
     from ..predict import Classifier
-
-METHODS = ("gradcam", "saliency")
 
 
 @dataclass

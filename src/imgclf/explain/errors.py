@@ -83,8 +83,6 @@ def analyse_errors(predictions: SplitPredictions, classes: list[str]) -> ErrorAn
 
 # ---------------------------------------------------------------- a run's errors, written
 
-ERRORS_TOP = 25  # mistakes listed and drawn by default
-
 
 @dataclass
 class ErrorsResult:
