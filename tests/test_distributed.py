@@ -23,7 +23,20 @@ from imgclf.rundir import read_checkpoint
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "imgclf"]
 # cnn2 has no batch norm: with it, each process would normalise its own half of the batch (sync_bn needs GPUs)
-SETTINGS = ["--model", "cnn2", "--image-size", "16", "--epochs", "3", "--no-cache", "--seed", "0", "--device", "cpu"]
+EPOCHS = 40  # a tenth of a second each: enough of them that a kill after the first lands mid-run
+SETTINGS = [
+    "--model",
+    "cnn2",
+    "--image-size",
+    "16",
+    "--epochs",
+    str(EPOCHS),
+    "--no-cache",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+]
 WEIGHT_TOLERANCE = 1e-5  # the same sums in another order: float rounding only
 
 
@@ -64,7 +77,7 @@ def test_only_the_first_process_writes(runs):
     assert sorted(p.name for p in runs.iterdir()) == ["data", "one", "two"]  # no second run directory, no runs/
     listing = sorted(str(p.relative_to(runs / "two")) for p in (runs / "two").rglob("*"))
     assert listing == sorted(str(p.relative_to(runs / "one")) for p in (runs / "one").rglob("*"))
-    assert len(list(csv.DictReader(open(runs / "two" / rundir.HISTORY)))) == 3
+    assert len(list(csv.DictReader(open(runs / "two" / rundir.HISTORY)))) == EPOCHS
 
 
 def test_a_distributed_run_killed_mid_way_resumes_under_torchrun(runs):
@@ -80,7 +93,7 @@ def test_a_distributed_run_killed_mid_way_resumes_under_torchrun(runs):
     os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers, at once
     process.wait()
     history = read_checkpoint(cut / rundir.LAST).training["history"]
-    assert 1 <= len(history) < 3, "the kill came too late to test a resume"
+    assert 1 <= len(history) < EPOCHS, "the kill came too late to test a resume"
     run([*TORCHRUN, "train", "--resume", str(cut), "--quiet"], runs)
     resumed = json.loads((cut / rundir.METRICS).read_text())["test"]
     assert resumed == json.loads((runs / "two" / rundir.METRICS).read_text())["test"]
