@@ -371,3 +371,12 @@ def test_an_interrupted_prediction_leaves_a_partial_file_not_a_complete_looking_
     assert not (tmp_path / "p.csv").exists()
     assert len((tmp_path / "p.csv.partial").read_text().splitlines()) == 301  # header and the 300 made
     assert f"the predictions made so far are in {tmp_path / 'p.csv.partial'}" in err
+
+
+def test_an_out_file_that_cannot_be_written_is_one_line(trained_run, big_folder, tmp_path, capsys):
+    code, out, err = cli(capsys, "predict", trained_run, big_folder, "--out", tmp_path / "no" / "such" / "p.csv")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"imgclf: error: --out {tmp_path / 'no' / 'such' / 'p.csv'}: cannot write it (No such file or directory); "
+        "give a file in an existing, writable folder"
+    ]

@@ -238,7 +238,13 @@ def prediction_output(out: str | None) -> Iterator[TextIO]:
         yield sys.stdout
         return
     partial = Path(out + ".partial")
-    with open(partial, "w", encoding="utf-8", newline="") as f:
+    try:
+        f = open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115  closed by the with below
+    except OSError as exc:
+        raise ConfigError(
+            f"`out` {out}: cannot write it ({exc.strerror}); give a file in an existing, writable folder"
+        ) from None
+    with f:
         try:
             yield f
         except BaseException:

@@ -137,8 +137,9 @@ class BatchIterator:
         for start in range(0, len(self) * self.global_batch, self.global_batch):
             step = order[start : start + self.global_batch]
             # contiguous slices, sizes within one of each other: the ranks' rows rejoin the step in order
-            index = step.tensor_split(self.world_size)[self.rank]
-            first = self.rank * (len(step) // self.world_size) + min(self.rank, len(step) % self.world_size)
+            shares = step.tensor_split(self.world_size)
+            index = shares[self.rank]
+            first = sum(len(share) for share in shares[: self.rank])  # this rank's first row in the step
             self.rows_in_step = len(step)
             x = self.images[index].float().div_(255)
             if self.augment != "none":

@@ -109,16 +109,18 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+def _image_prediction(name: str, top: list[tuple[str, float]]) -> ImagePrediction:
+    """One image's answer from its (label, probability) pairs, most probable first."""
+    return ImagePrediction(
+        file=name,
+        label=top[0][0],
+        probability=top[0][1],
+        top_k=[ClassScore(label=label, probability=prob) for label, prob in top],
+    )
+
+
 def _predictions(classifier: Classifier, names: list[str], probs: torch.Tensor, k: int) -> list[ImagePrediction]:
-    return [
-        ImagePrediction(
-            file=name,
-            label=p.label,
-            probability=p.probability,
-            top_k=[ClassScore(label=label, probability=prob) for label, prob in p.top_k],
-        )
-        for name, p in zip(names, classifier.top_k(names, probs, k))
-    ]
+    return [_image_prediction(name, p.top_k) for name, p in zip(names, classifier.top_k(names, probs, k))]
 
 
 async def _decode(upload: UploadFile, classifier: Classifier, max_pixels: int) -> torch.Tensor:
@@ -219,21 +221,22 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
     async def explain(file: Annotated[UploadFile, File(description="one image file")]) -> ExplainResponse:
         """One image's top classes and its Grad-CAM overlay (a PNG data URL): what the page shows."""
         image = await _decode(file, classifier, settings.max_image_pixels)
-        probs, overlay = await model_thread.run(_explain, classifier, image)
-        (prediction,) = _predictions(classifier, [file.filename or "upload"], probs, settings.top_k)
+        top, overlay = await model_thread.run(_explain, classifier, image, settings.top_k)
+        prediction = _image_prediction(file.filename or "upload", top)
         return ExplainResponse(**prediction.model_dump(), overlay=overlay)
 
     return app
 
 
-def _explain(classifier: Classifier, image: torch.Tensor) -> tuple[torch.Tensor, str]:
+def _explain(classifier: Classifier, image: torch.Tensor, k: int) -> tuple[list[tuple[str, float]], str]:
+    """The top ``k`` (label, probability) and the overlay, from the explanation's own forward pass."""
     from ..explain.attribution import explain_batch, overlay_image  # captum and matplotlib: loaded on first use
 
-    probs = classifier.predict_proba(image[None])
     try:
-        (explanation,) = explain_batch(classifier, image[None], "gradcam")
+        (explanation,) = explain_batch(classifier, image[None], "gradcam", top_k=k)
     except ConfigError:  # a model without a conv layer (the MLP): the input-gradient saliency instead
-        (explanation,) = explain_batch(classifier, image[None], "saliency")
+        (explanation,) = explain_batch(classifier, image[None], "saliency", top_k=k)
     buffer = io.BytesIO()
     overlay_image(image, explanation.heatmap, OVERLAY_SIZE).save(buffer, format="PNG")
-    return probs, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    top = [(classifier.classes[c], p) for c, p in explanation.top_k]
+    return top, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -81,6 +81,7 @@ class Prepared:
     data: DataBundle
     device: torch.device
     distributed: Distributed = field(default_factory=Distributed)
+    init: Checkpoint | None = None  # the run `init` names, read once
 
 
 # ---------------------------------------------------------------- prepare
@@ -165,7 +166,7 @@ def prepare(cfg: TrainConfig, log: Log, distributed: Distributed | None = None) 
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{data.channels}x{data.image_size}x{data.image_size}"
     )
-    return Prepared(_absolute_paths(cfg, data.kind), data, device, distributed)
+    return Prepared(_absolute_paths(cfg, data.kind), data, device, distributed, init)
 
 
 # ---------------------------------------------------------------- build
@@ -206,9 +207,8 @@ def build(prepared: Prepared, resuming: bool, log: Log = quiet) -> torch.nn.Modu
     """The model, started from ``init`` or with its data-dependent initialisation (``cnn``'s whitening
     layer), unless resuming."""
     model = build_model(prepared.cfg, prepared.data, prepared.device)
-    init = _init_checkpoint(prepared.cfg) if not resuming else None
-    if init is not None:
-        load_init(model, init, prepared.data.classes, log)
+    if prepared.init is not None and not resuming:
+        load_init(model, prepared.init, prepared.data.classes, log)
         return model
     init_from_data = getattr(model, "init_from_data", None)
     if init_from_data is not None and not resuming:
