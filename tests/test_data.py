@@ -262,7 +262,7 @@ def test_stratified_split_is_seeded_disjoint_and_per_class():
 
 def test_channel_stats_match_torch():
     images = torch.randint(0, 256, (37, 3, 5, 5), dtype=torch.uint8)
-    mean, std = channel_stats(images, chunk=10)
+    mean, std = channel_stats(images, chunk_pixels=750)  # 10 images a chunk
     x = images.double() / 255
     assert torch.allclose(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)))
     assert torch.allclose(

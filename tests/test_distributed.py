@@ -108,3 +108,14 @@ def test_sync_bn_on_cpu_processes_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("imgclf: error: --sync-bn needs GPUs: PyTorch synchronises batch norm over NCCL only")
+
+
+def test_two_processes_stream_packed_shards_each_reading_its_own(tmp_path):
+    write_class_folder(tmp_path / "data", per_class=30)
+    run([IMGCLF, "pack", "data", "--out", "shards", "--image-size", "16", "--shard-size", "10"], tmp_path)
+    settings = ["--model", "cnn2", "--epochs", "12", "--batch-size", "8", "--device", "cpu", "--data-dir", "cache"]
+    done = run([*TORCHRUN, "train", "--data", "shards", *settings, "--out", "run"], tmp_path)
+    assert "streamed from 7 shard(s)" in done.stdout  # 65 training images, 10 a shard
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "run", "shards"]  # one run directory

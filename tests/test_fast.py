@@ -31,7 +31,7 @@ def test_folder_is_decoded_once_and_a_changed_folder_decodes_again(tmp_path):
     second = load_data(cfg)
     assert not first.from_cache and second.from_cache
     assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
-    assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.pt"))) == 1
+    assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.u8"))) == 1
     # another image size is another cache entry
     assert not load_data(cfg.replace(image_size=8)).from_cache
     # replacing a file (new size and mtime) invalidates the entry, and the stale file is removed
@@ -40,7 +40,7 @@ def test_folder_is_decoded_once_and_a_changed_folder_decodes_again(tmp_path):
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
     third = load_data(cfg)
     assert not third.from_cache
-    assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.pt"))) == 1
+    assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.u8"))) == 1
     assert load_data(cfg).from_cache
     # --no-cache decodes and writes nothing
     assert not load_data(cfg.replace(cache=False, data_dir=str(tmp_path / "none"))).from_cache
@@ -51,7 +51,7 @@ def test_damaged_cache_file_is_a_miss_not_an_error(tmp_path):
     folder = write_class_folder(tmp_path / "photos", per_class=8)
     cfg = TrainConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
     load_data(cfg)
-    (cached,) = (tmp_path / "data" / "cache").glob("*.pt")
+    (cached,) = (tmp_path / "data" / "cache").glob("*.u8")
     cached.write_bytes(b"truncated")
     assert not load_data(cfg).from_cache
     assert load_data(cfg).from_cache

@@ -273,7 +273,10 @@ def test_predict_reads_a_folder_as_training_does(trained_run, tmp_path, capsys):
 
     raw = load_folder(imgclf.TrainConfig(data=str(classes), cache=False))
     files = sorted(
-        Path(s).relative_to(classes / "x").as_posix() for s in raw.train.sources if s.startswith(str(classes / "x"))
+        Path(s).relative_to(classes / "x").as_posix()
+        for split in (raw.train, raw.val, raw.test)
+        for s in split.sources or []
+        if s.startswith(str(classes / "x"))
     )
     assert files == ["a.png", "sub/c.png"] and sorted(Path(p).name for p, _ in raw.skipped) == [
         "readme.txt",

@@ -23,6 +23,7 @@ from .runtime import Log, quiet
 # Each function imports its stage when called: `imgclf predict` starts without loading torchmetrics,
 # captum or the report (about 1.5 s and 100 MB on the project's CPU).
 if TYPE_CHECKING:
+    from .data.shards import PackResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
     from .export import ExportResult
     from .report.compare import CompareResult
@@ -44,6 +45,7 @@ __all__ = [
     "export",
     "inspect",
     "lr_find",
+    "pack",
     "predict",
     "recipe_train_images",
     "report",
@@ -97,6 +99,28 @@ def lr_find(
 
     cfg, _, _ = starting_config(config, None, settings)
     return sweep(cfg, Path(out), show if verbose else quiet, start_lr, end_lr, steps)
+
+
+def pack(
+    data: str,
+    out: str | os.PathLike,
+    *,
+    shard_size: int = 2000,
+    jpeg_quality: int | None = None,
+    device: str = "auto",
+    verbose: bool = True,
+    **settings: Any,
+) -> PackResult:
+    """Pack a folder or CSV into WebDataset tar shards in ``out`` for streaming training (``train(data=out)``):
+    the splits, image size and pixels that training on ``data`` with the same ``settings`` (``image_size``,
+    ``seed``, ``val_split``, ...) would use; ``shard_size`` images a shard; PNG, or JPEG at ``jpeg_quality``."""
+    from .data.shards import pack as write_shards
+    from .recipes import image_size_cap
+    from .runtime import resolve_device
+
+    cfg = TrainConfig(data=data, **settings).validate()
+    cap = image_size_cap(resolve_device(device).type)
+    return write_shards(cfg, out, shard_size, jpeg_quality, cap, show if verbose else quiet)
 
 
 def evaluate(

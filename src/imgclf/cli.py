@@ -130,6 +130,12 @@ def _training_options(p: argparse.ArgumentParser, out_help: str) -> None:
         action="store_false",
         help="decode folder/CSV images again instead of using the cache",
     )
+    g.add_argument(
+        "--storage",
+        choices=CHOICES["storage"],
+        help="decoded folder/CSV images in memory, or memory-mapped from the cache file for folders larger than "
+        "memory (default auto: memory-mapped when they would take over half the available memory)",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=CHOICES["device"])
@@ -187,6 +193,26 @@ def _without_devices(argv: Sequence[str]) -> list[str]:
         if not skip:
             kept.append(arg)
     return kept
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    settings = {
+        k: v for k, v in vars(args).items() if k not in ("command", "argv", "data", "out", "shard_size", "jpeg_quality")
+    }
+    result = api.pack(
+        args.data,
+        args.out,
+        shard_size=args.shard_size,
+        jpeg_quality=args.jpeg_quality,
+        **{k: v for k, v in settings.items() if v is not None},
+    )
+    _warn_skipped(result.skipped)
+    counts = " / ".join(f"{result.counts[s]:,} {s}" for s in ("train", "val", "test"))
+    print(
+        f"packed {counts} images into {sum(map(len, result.shards.values()))} shards "
+        f"({result.bytes / 2**20:,.1f} MB) in {result.seconds:.1f}s: {result.out}; train with --data {result.out}"
+    )
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -414,6 +440,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="refuse images claiming more pixels (decompression bombs)",
     )
+    p = sub.add_parser(
+        "pack",
+        help="write a folder or CSV as WebDataset tar shards, for streaming training of data larger than the disk cache",
+    )
+    p.add_argument("data", help="a folder of class sub-folders, or a CSV of file,label")
+    p.add_argument("--out", required=True, help="new folder for the shards (then train with --data OUT)")
+    p.add_argument("--image-size", type=int, help="side in pixels (default: as training would choose)")
+    p.add_argument("--shard-size", type=int, default=2000, metavar="N", help="images a shard (default 2000)")
+    p.add_argument("--jpeg-quality", type=int, metavar="Q", help="store JPEG at this quality (default: PNG, lossless)")
+    p.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
+    p.add_argument("--val-split", type=float, help="as training's (default 0.1)")
+    p.add_argument("--test-split", type=float, help="as training's (default 0.2)")
+    p.add_argument("--seed", type=int, help="as training's: the held-out splits depend on it (default 0)")
+    p.add_argument("--max-image-pixels", type=int)
     p = sub.add_parser("export", help="write the model as ONNX or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -483,6 +523,7 @@ COMMANDS = {
     "recipes": _cmd_recipes,
     "export": _cmd_export,
     "lr-find": _cmd_lr_find,
+    "pack": _cmd_pack,
     "serve": _cmd_serve,
 }
 

@@ -30,6 +30,7 @@ CHOICES = {
     "class_weights": ("none", "auto"),
     "sampler": ("shuffle", "balanced"),
     "device": ("auto", "cpu", "cuda", "mps"),
+    "storage": ("auto", "memory", "mmap"),
 }
 
 
@@ -49,6 +50,7 @@ class TrainConfig:
     test_split: float = 0.2  # only used when the source has no test split
     cache: bool = True  # keep decoded folder/CSV images in <data_dir>/cache (invalidated when files change)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # images claiming more pixels are refused before decoding
+    storage: str = "auto"  # decoded folder/CSV images: in memory, or memory-mapped from the cache (larger than memory)
     # the model
     model: str | None = None
     model_args: dict[str, Any] | None = None  # passed to the model function, e.g. {"widths": [16, 32, 64]}

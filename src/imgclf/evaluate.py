@@ -29,7 +29,13 @@ from .report.tables import Table
 from .rundir import TEST_PREDICTIONS, RunDir, SplitPredictions
 from .runtime import Log
 
-EVAL_BATCH = 1024  # images per forward pass when predicting a split
+EVAL_BATCH = 1024  # most images per forward pass when predicting a split
+EVAL_BATCH_BYTES = 2**24  # ... and at most 16 MB of uint8 pixels (64 MB as floats): large images, small batches
+
+
+def eval_batch(images: torch.Tensor) -> int:
+    """Images per forward pass for a split of ``images`` (N x C x H x W): memory bounded by the image size."""
+    return max(1, min(EVAL_BATCH, EVAL_BATCH_BYTES // max(1, images[0].numel() if len(images) else 1)))
 
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -73,10 +79,10 @@ def split_metrics(
     classifier: Classifier, split: Split, classes: list[str], tta: bool
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Metrics of ``classifier`` on a split, and its probabilities; ``accuracy_without_tta`` beside them when ``tta``."""
-    probs = classifier.predict_proba(split.images, EVAL_BATCH, tta=tta)
+    probs = classifier.predict_proba(split.images, eval_batch(split.images), tta=tta)
     metrics = compute_metrics(probs, split.labels, classes)
     if tta:
-        plain = classifier.predict_proba(split.images, EVAL_BATCH)
+        plain = classifier.predict_proba(split.images, eval_batch(split.images))
         metrics["accuracy_without_tta"] = (plain.argmax(1) == split.labels).float().mean().item()
     return metrics, probs
 
@@ -133,7 +139,7 @@ def test_predictions(run: RunDir, classifier: Classifier, log: Log) -> SplitPred
             f"{run.path}: has no readable {path.name} and its data cannot be loaded ({exc}); "
             "restore the data, or train the run again"
         ) from None
-    probs = classifier.predict_proba(data.test.images, EVAL_BATCH, tta=classifier.spec.tta)
+    probs = classifier.predict_proba(data.test.images, eval_batch(data.test.images), tta=classifier.spec.tta)
     predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
     run.save_predictions(predictions)
     return predictions

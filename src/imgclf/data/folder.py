@@ -8,6 +8,7 @@ side, in both cases at most the recipe's cap (a 4,000-pixel photo trains at the 
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 
 import torch
@@ -17,12 +18,14 @@ from ..errors import DataError
 from .cache import decode_cached
 from .images import IMAGE_SUFFIXES, SIZE_SAMPLE, sample_dimensions, visible_files
 from .registry import RawDataset, Split, training_images
+from .splits import stratified_split
 
 SIZE_CAP = 64  # largest default image size on a CPU (the recipes raise it on a GPU); `image_size` overrides
 MIN_SIZE = 8  # smallest default image size: the conv models need a few pixels to pool
 FILE_COLUMNS = ("file", "filename", "image", "image_id", "path", "id", "name")
 LABEL_COLUMNS = ("label", "class", "target", "category", "y")
 SPLIT_NAMES = ("train", "val", "test")
+Parts = dict[str, tuple[list[Path], list[int]]]  # split -> (files, labels)
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -76,40 +79,59 @@ def _check_classes(where: Path, by_class: dict[str, list[Path]]) -> None:
         raise DataError(f"{where}: class folder(s) {', '.join(empty)} hold no files; add images or remove them")
 
 
-def _decode_splits(
-    cfg: TrainConfig, parts: dict[str, tuple[list[Path], list[int]]], classes: list[str], size_cap: int
-) -> RawDataset:
+def hold_out(cfg: TrainConfig, parts: Parts) -> Parts:
+    """The splits a source lacks, held out of its training files (stratified, seeded as ``load_data`` does for
+    built-in data), so that each split is one contiguous run of the decoded file: a view, never a copy."""
+
+    def take(files: list[Path], labels: list[int], index: torch.Tensor) -> tuple[list[Path], list[int]]:
+        return [files[i] for i in index.tolist()], [labels[i] for i in index.tolist()]
+
+    parts = dict(parts)
+    for name, fraction, seed in (("test", cfg.test_split, cfg.seed), ("val", cfg.val_split, cfg.seed + 1)):
+        if name not in parts:
+            files, labels = parts["train"]
+            kept, held = stratified_split(torch.tensor(labels, dtype=torch.long), fraction, seed)
+            parts["train"], parts[name] = take(files, labels, kept), take(files, labels, held)
+    return {name: parts[name] for name in SPLIT_NAMES}
+
+
+def _decode_splits(cfg: TrainConfig, parts: Parts, classes: list[str], size_cap: int) -> RawDataset:
     """Decode all splits together (so one channel count fits all) and drop unusable files."""
+    parts = hold_out(cfg, parts)
     paths = [p for files, _ in parts.values() for p in files]
     size, size_note = (
         (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
     )
     label = Path(cfg.data).expanduser().resolve().name
-    cache_dir = Path(cfg.data_dir).expanduser() / "cache" if cfg.cache else None
-    (images, kept, skipped, _), from_cache = decode_cached(
-        paths, size, cache_dir, label, max_pixels=cfg.max_image_pixels
+    data_dir = Path(cfg.data_dir).expanduser()
+    decoded = decode_cached(
+        paths, size, data_dir / "cache" if cfg.cache else None, label, cfg.max_image_pixels, cfg.storage, data_dir
     )
-    labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[kept]
-    owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)[kept]
-    sources = [str(paths[i]) for i in kept]
-    splits = {
-        name: Split(images[owner == i], labels[owner == i], [s for s, o in zip(sources, owner.tolist()) if o == i])
-        for i, name in enumerate(parts)
+    labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[decoded.kept]
+    owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)
+    counts = torch.bincount(owner[decoded.kept], minlength=len(parts)).tolist()
+    sources = [str(paths[i]) for i in decoded.kept]
+    bounds = [0, *itertools.accumulate(counts)]
+    splits = {  # kept indices ascend and the parts are in order: each split is a slice (a view of a mapped file)
+        name: Split(decoded.images[lo:hi], labels[lo:hi], sources[lo:hi], decoded.storage == "mmap")
+        for name, lo, hi in zip(parts, bounds, bounds[1:])
     }
     if len(splits["train"]) == 0:
         raise DataError(f"{cfg.data}: none of the {len(paths)} files could be read as an image; check the folder")
     return RawDataset(
         classes=classes,
         train=splits["train"],
-        val=splits.get("val"),
-        test=splits.get("test"),
-        skipped=skipped,
-        from_cache=from_cache,
+        val=splits["val"],
+        test=splits["test"],
+        skipped=decoded.skipped,
+        from_cache=decoded.from_cache,
         size_note=size_note,
+        storage_note=decoded.note,
     )
 
 
-def load_folder(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+def folder_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
+    """A folder's files and labels by split (train, and val/test where the folder has them), and its classes."""
     root = Path(cfg.data).expanduser()
     if (root / "train").is_dir():
         by_split = {name: _files_by_class(root / name) for name in SPLIT_NAMES if (root / name).is_dir()}
@@ -132,7 +154,11 @@ def load_folder(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
         )
         for name, by_class in by_split.items()
     }
-    return _decode_splits(cfg, parts, classes, size_cap)
+    return parts, classes
+
+
+def load_folder(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+    return _decode_splits(cfg, *folder_parts(cfg), size_cap)
 
 
 def _pick_column(header: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -157,7 +183,8 @@ def _class_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def load_csv(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+def csv_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
+    """A CSV's files and labels (one training split) and its classes."""
     csv_path = Path(cfg.data).expanduser()
     folder = Path(cfg.images).expanduser() if cfg.images else csv_path.parent
     if not folder.is_dir():
@@ -195,7 +222,17 @@ def load_csv(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
     if len(classes) < 2:
         raise DataError(f"{csv_path}: every row has label {classes[0]!r}; a classifier needs at least two classes")
     index = {c: i for i, c in enumerate(classes)}
-    return _decode_splits(cfg, {"train": (files, [index[n] for n in names])}, classes, size_cap)
+    return {"train": (files, [index[n] for n in names])}, classes
+
+
+def load_csv(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+    return _decode_splits(cfg, *csv_parts(cfg), size_cap)
+
+
+def source_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
+    """A folder's or CSV's files and labels in the train, val and test splits training uses, and the classes."""
+    parts, classes = csv_parts(cfg) if Path(cfg.data).suffix.lower() == ".csv" else folder_parts(cfg)
+    return hold_out(cfg, parts), classes
 
 
 def count_training_files(cfg: TrainConfig) -> int:

@@ -304,7 +304,8 @@ def _chunks(paths: Sequence[Path], chunk: int) -> Iterator[Sequence[Path]]:
     return (paths[i : i + chunk] for i in range(0, len(paths), chunk))
 
 
-def _decode_chunks(paths: Sequence[Path], size: int, max_pixels: int) -> Iterator[Decoded | str]:
+def decode_each(paths: Sequence[Path], size: int, max_pixels: int) -> Iterator[Decoded | str]:
+    """Each file's decoded image or skip reason, in order, decoded by threads a bounded number of chunks ahead."""
     workers = os.cpu_count() or 1
     decode_chunk = lambda c: [decode_file(Path(p), size, max_pixels) for p in c]  # noqa: E731  one task per chunk: futures cost
     for chunk in bounded_map(decode_chunk, _chunks(paths, DECODE_CHUNK), workers, 2 * workers):
@@ -364,7 +365,7 @@ def decode_images(
     grayscale, else 3.
     """
     kept, images, skipped, all_gray = [], [], [], True
-    for i, (path, result) in enumerate(zip(paths, _decode_chunks(paths, size, max_pixels))):
+    for i, (path, result) in enumerate(zip(paths, decode_each(paths, size, max_pixels))):
         if isinstance(result, str):
             skipped.append((str(path), result))
             continue

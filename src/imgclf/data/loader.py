@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,33 @@ def augment_batch(
     return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
 
 
+class TrainBatches(Protocol):
+    """What training asks of a batch source (:class:`BatchIterator`, or packed shards' ``ShardBatches``)."""
+
+    rows_in_step: int  # images in the current step over all processes
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def to_network_input(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    augment: str,
+    flip: torch.Tensor | None,
+    generator: torch.Generator,
+    share: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """A uint8 batch on its device as the network's input: float, augmented (:func:`augment_batch`) and
+    normalised by ``mean`` and ``std`` (1 x C x 1 x 1). Every source of batches ends here."""
+    x = images.float().div_(255)
+    if augment != "none":
+        x = augment_batch(x, augment, flip, generator, share)
+    return x.sub_(mean).div_(std)  # in place: x is this batch's own copy
+
+
 class BatchIterator:
     """Iterates (normalised float images, labels) batches of a split held on ``device``.
 
@@ -94,7 +122,8 @@ class BatchIterator:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.images = split.images.to(device)
+        # a memory-mapped split stays where it is: each batch is gathered from it and then moved
+        self.images = split.images if split.mapped else split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
         self.device = device
@@ -141,11 +170,7 @@ class BatchIterator:
             index = shares[self.rank]
             first = sum(len(share) for share in shares[: self.rank])  # this rank's first row in the step
             self.rows_in_step = len(step)
-            x = self.images[index].float().div_(255)
-            if self.augment != "none":
-                flip = None if self.base_flip is None else self.base_flip[index] ^ bool(self.epoch % 2)
-                x = augment_batch(x, self.augment, flip, generator, (first, len(step)))
-            x = (x - self.mean) / self.std
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[index]
+            flip = None if self.base_flip is None else self.base_flip[index] ^ bool(self.epoch % 2)
+            images = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
+            x = to_network_input(images, self.mean, self.std, self.augment, flip, generator, (first, len(step)))
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), self.labels[index]

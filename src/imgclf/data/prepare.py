@@ -14,6 +14,8 @@ from ..errors import DataError
 from .folder import SIZE_CAP, load_csv, load_folder
 from .images import fit_tensor
 from .registry import RawDataset, Split, get_dataset
+from .shards import is_shards, load_shards
+from .splits import stratified_split
 
 
 @dataclass
@@ -28,10 +30,11 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     hflip: bool
-    kind: str = "builtin"  # builtin | folder | csv
+    kind: str = "builtin"  # builtin | folder | csv | shards
     skipped: list[tuple[str, str]] = field(default_factory=list)
     from_cache: bool = False
     size_note: str = ""  # how a folder's default image size was chosen
+    storage_note: str = ""  # where a folder's decoded images are kept (memory or memory-mapped) and why
 
     @property
     def channels(self) -> int:
@@ -49,28 +52,16 @@ class DataBundle:
         return torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
 
 
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (kept, held out): ``fraction`` of each class held out, at least one where a class has two."""
-    generator = torch.Generator().manual_seed(seed)
-    kept, held = [], []
-    for cls in torch.unique(labels):
-        index = torch.nonzero(labels == cls).flatten()
-        index = index[torch.randperm(len(index), generator=generator)]
-        n_held = int(round(len(index) * fraction))
-        n_held = min(max(n_held, 1 if len(index) >= 2 else 0), len(index) - 1)
-        held.append(index[:n_held])
-        kept.append(index[n_held:])
-    return torch.cat(kept).sort().values, torch.cat(held).sort().values
-
-
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in the 0..1 range, computed in chunks (float64)."""
+def channel_stats(images: torch.Tensor, chunk_pixels: int = 2**22) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in the 0..1 range, computed in chunks of about
+    ``chunk_pixels`` values (float64: 32 MB), so that a memory-mapped dataset is read, never copied."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
+    chunk = max(1, chunk_pixels // max(1, images[0].numel() if len(images) else 1))
     for start in range(0, len(images), chunk):
         x = images[start : start + chunk].to(torch.float64).div_(255)
         total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
+        squares += x.square_().sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
@@ -88,6 +79,8 @@ def resolve_source(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> tuple[str, str
     """The dataset's display name, kind and loader: a registered name, a folder, or a CSV file (whose
     default image size is at most ``size_cap``)."""
     path = Path(cfg.data).expanduser()
+    if is_shards(path):
+        return path.resolve().name, "shards", load_shards
     if path.suffix.lower() == ".csv":
         if not path.is_file():
             raise DataError(f"{path}: no such CSV file; check the path")
@@ -121,7 +114,19 @@ def load_data(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> DataBundle:
         raise DataError(
             f"{cfg.data}: too few images ({len(raw.train)}) for train, validation and test splits; add more images"
         )
-    mean, std = channel_stats(train.images)
+    mean, std = raw.stats or channel_stats(train.images)
     return DataBundle(
-        name, raw.classes, train, val, test, mean, std, raw.hflip, kind, raw.skipped, raw.from_cache, raw.size_note
+        name,
+        raw.classes,
+        train,
+        val,
+        test,
+        mean,
+        std,
+        raw.hflip,
+        kind,
+        raw.skipped,
+        raw.from_cache,
+        raw.size_note,
+        raw.storage_note,
     )

@@ -21,11 +21,15 @@ class Split:
     images: torch.Tensor  # uint8, N x C x H x W
     labels: torch.Tensor  # int64, N
     sources: list[str] | None = None  # each image's file, for folder and CSV data
+    mapped: bool = False  # images are memory-mapped from a file (larger than memory): gathered batch by batch
+    shards: list[str] | None = None  # streamed from these packed shards: ``images`` is empty, of the right shape
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> Split:
+        if self.shards is not None:  # load_data holds out no split of packed data: pack already did
+            raise ValueError("a streamed split has no subsets")
         sources = [self.sources[i] for i in index.tolist()] if self.sources is not None else None
         return Split(self.images[index], self.labels[index], sources)
 
@@ -40,6 +44,8 @@ class RawDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     from_cache: bool = False  # decoded images came from the decode cache
     size_note: str = ""  # how the default image size was chosen, for folders and CSVs
+    storage_note: str = ""  # where decoded folder/CSV images are kept (memory or memory-mapped) and why
+    stats: tuple[list[float], list[float]] | None = None  # the training images' mean and std, where known
 
 
 def training_images(total: int, cfg: TrainConfig, hold_test: bool, hold_val: bool = True) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data import BatchIterator
+from ..data.loader import TrainBatches
 from ..report.plots import plot_lr_sweep
 from ..runtime import Log, seed_everything
 from .optim import build_optimizer
@@ -46,7 +46,7 @@ def steepest(lrs: list[float], losses: list[float]) -> float:
     return lrs[int(np.argmin(slopes))]
 
 
-def _epochs(batches: BatchIterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _epochs(batches: TrainBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Training batches, epoch after epoch, for as many steps as the sweep takes."""
     for epoch in itertools.count(1):
         batches.set_epoch(epoch)

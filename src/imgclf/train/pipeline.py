@@ -22,8 +22,10 @@ import torch
 
 from ..config import TrainConfig
 from ..data import BatchIterator, DataBundle, Split, load_data, normalise
+from ..data.loader import TrainBatches
+from ..data.shards import ShardBatches, shard_sample
 from ..errors import ConfigError, ModelError
-from ..evaluate import EVAL_BATCH, per_class_table, split_metrics
+from ..evaluate import eval_batch, per_class_table, split_metrics
 from ..models import count_parameters, create_model, get_model_spec, head_of
 from ..models.registry import classifier_layer
 from ..predict import Classifier
@@ -149,6 +151,8 @@ def prepare(cfg: TrainConfig, log: Log, distributed: Distributed | None = None) 
         log(f"loaded {data.name}'s decoded images from the cache in {cfg.data_dir}/cache (`cache=False` decodes again)")
     if data.size_note:
         log(data.size_note)
+    if data.storage_note:
+        log(data.storage_note)
     recipe = data.name if data.kind == "builtin" else "folder"
     measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if cfg.budget else None
     cfg, variant = apply_recipe(cfg, recipe, device.type, len(data.train), measure, distributed.world_size)
@@ -213,7 +217,10 @@ def build(prepared: Prepared, resuming: bool, log: Log = quiet) -> torch.nn.Modu
     init_from_data = getattr(model, "init_from_data", None)
     if init_from_data is not None and not resuming:
         data = prepared.data
-        init_from_data(normalise(data.train.images[:WHITENING_IMAGES], data.mean, data.std, prepared.device))
+        sample = (
+            shard_sample(data.train, WHITENING_IMAGES) if data.train.shards else data.train.images[:WHITENING_IMAGES]
+        )
+        init_from_data(normalise(sample, data.mean, data.std, prepared.device))
     return model
 
 
@@ -221,7 +228,7 @@ def _batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterator:
     data = prepared.data
     return BatchIterator(
         split,
-        kwargs.pop("batch_size", EVAL_BATCH),
+        kwargs.pop("batch_size", eval_batch(split.images)),
         prepared.device,
         data.mean,
         data.std,
@@ -234,8 +241,27 @@ def _batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterator:
     )
 
 
-def _train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None) -> BatchIterator:
+def _train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None) -> TrainBatches:
     cfg = prepared.cfg
+    if prepared.data.train.shards:
+        if sample_weights is not None:
+            raise ConfigError(
+                "`sampler=balanced` draws by index, which packed shards do not have; use `class_weights=auto`"
+            )
+        assert cfg.batch_size and cfg.augment, "filled in by the recipe"
+        return ShardBatches(
+            prepared.data.train,
+            cfg.batch_size,
+            prepared.device,
+            prepared.data.mean,
+            prepared.data.std,
+            augment=cfg.augment,
+            hflip=prepared.data.hflip,
+            seed=cfg.seed,
+            channels_last=True,
+            rank=prepared.distributed.rank,
+            world_size=prepared.distributed.world_size,
+        )
     # compiled graphs are specialised to a batch shape: drop the ragged last batch rather than recompile
     return _batches(
         prepared.data.train,
@@ -278,7 +304,7 @@ def _class_balance(data: DataBundle, cfg: TrainConfig, log: Log) -> tuple[torch.
     return class_weights, sample_weights
 
 
-def _plot_samples(batches: BatchIterator, data: DataBundle, path: Path) -> None:
+def _plot_samples(batches: TrainBatches, data: DataBundle, path: Path) -> None:
     batches.set_epoch(0)  # epoch 0 is never trained on, so drawing it does not shift training's randomness
     x, y = next(iter(batches))
     x, y = x[:32].float().cpu(), y[:32].cpu()
