@@ -56,9 +56,11 @@ _LAZY = {  # name -> module that defines it, imported on first use
             "classifier",
             "lr_find",
             "pack",
+            "doctor",
         ],
         ".api",
     ),
+    **dict.fromkeys(["DoctorResult"], ".doctor.output"),
     **dict.fromkeys(["ExportResult"], ".export"),
     **dict.fromkeys(["ServeSettings"], ".serve"),
     **dict.fromkeys(["CompareResult"], ".report.compare"),
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from .api import (
         classifier,
         compare,
+        doctor,
         errors,
         evaluate,
         explain,
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
         serve,
         train,
     )
+    from .doctor.output import DoctorResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
     from .export import ExportResult
     from .report.compare import CompareResult
@@ -99,6 +103,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Classifier",
     "CompareResult",
+    "DoctorResult",
     "ErrorsResult",
     "ExplainResult",
     "ExportResult",
@@ -112,6 +117,7 @@ __all__ = [
     "classifier",
     "compare",
     "create_model",
+    "doctor",
     "errors",
     "evaluate",
     "explain",

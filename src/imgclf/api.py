@@ -17,13 +17,14 @@ from .config import DEFAULT_MAX_IMAGE_PIXELS, TrainConfig
 from .errors import ConfigError, name_settings
 from .explain import ERRORS_TOP
 from .predict import Classifier, ImageInput, Predictions, load
-from .rundir import ERRORS, EXPLAIN, INSPECT, RunDir
+from .rundir import DOCTOR, ERRORS, EXPLAIN, INSPECT, RunDir
 from .runtime import Log, quiet
 
 # Each function imports its stage when called: `imgclf predict` starts without loading torchmetrics,
 # captum or the report (about 1.5 s and 100 MB on the project's CPU).
 if TYPE_CHECKING:
     from .data.shards import PackResult
+    from .doctor.output import DoctorResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
     from .export import ExportResult
     from .report.compare import CompareResult
@@ -38,6 +39,7 @@ __all__ = [
     "compare",
     "describe_dataset_sources",
     "describe_models",
+    "doctor",
     "errors",
     "classifier",
     "evaluate",
@@ -99,6 +101,70 @@ def lr_find(
 
     cfg, _, _ = starting_config(config, None, settings)
     return sweep(cfg, Path(out), show if verbose else quiet, start_lr, end_lr, steps)
+
+
+def doctor(
+    data: str,
+    *,
+    run: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    fix: bool = False,
+    labels: bool = True,
+    near: bool = True,
+    folds: int = 3,
+    epochs: int = 4,
+    device: str = "auto",
+    verbose: bool = True,
+    **settings: Any,
+) -> DoctorResult:
+    """What is wrong with a dataset: odd and unreadable files, exact and near duplicates (within a class,
+    across classes, across the splits training would use: leaks), class balance, and likely label errors
+    ranked by confident learning on out-of-fold predictions of quick models (``folds`` x ``epochs``), or on
+    the predictions of ``run``. Writes doctor.json, grids and doctor.html into ``out`` (default: doctor/
+    beside the data); ``fix`` adds moves.csv and exclude.txt (for ``train(exclude=...)``), deleting nothing."""
+    from .data.images import fit_tensor, to_channels
+    from .doctor import examine, summary, take_inventory, write_findings
+    from .doctor.output import DoctorResult
+    from .recipes import image_size_cap
+    from .runtime import resolve_device
+
+    log = show if verbose else quiet
+    cfg = TrainConfig(data=data, **settings).validate()
+    inventory = take_inventory(cfg, image_size_cap(resolve_device(device).type))
+    log(f"examining {len(inventory):,} images of {inventory.name} ({len(inventory.skipped)} unusable files)")
+    probs = None
+    if run is not None:
+        model = load(run, device=device)
+        images = to_channels(fit_tensor(inventory.images, model.image_size), model.channels)
+        probs = model.predict_proba(images)
+        log(f"label issues from the predictions of {model.path} (in-sample for its training images)")
+    elif labels:
+        from .train.quick import out_of_fold_probs
+
+        probs = out_of_fold_probs(
+            inventory.images,
+            inventory.labels,
+            len(inventory.classes),
+            hflip=inventory.hflip,
+            folds=folds,
+            epochs=epochs,
+            seed=cfg.seed,
+            device=device,
+            log=log,
+        )
+    findings = examine(inventory, probs, near=near, log=log)
+    folder = Path(out) if out else _doctor_folder(cfg.data, inventory.kind)
+    written = write_findings(findings, folder, fix)
+    if run is not None and Path(run).is_dir():  # the run's report shows the data's health
+        write_findings(findings, Path(run) / DOCTOR)
+    log(summary(findings))
+    log(f"written: {', '.join(str(p) for p in written.values())}")
+    return DoctorResult(findings.to_dict(), written)
+
+
+def _doctor_folder(data: str, kind: str) -> Path:
+    path = Path(data).expanduser()
+    return (path.resolve().parent / "doctor") if kind != "builtin" else Path("doctor")
 
 
 def pack(
@@ -170,12 +236,14 @@ def predict(
     device: str = "auto",
     backend: str = "torch",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_confidence: float = 0.0,
 ) -> Predictions:
     """Predict image files, folders, PIL images or tensors with a run directory or checkpoint; files inside
-    folders that are not usable images are listed in the result's ``skipped``. For folders too large to
-    hold, ``classifier(checkpoint).stream(images)`` yields the predictions batch by batch."""
+    folders that are not usable images are listed in the result's ``skipped``; a prediction whose calibrated
+    top probability is below ``min_confidence`` is labelled ``unknown``. For folders too large to hold,
+    ``classifier(checkpoint).stream(images)`` yields the predictions batch by batch."""
     model = classifier(checkpoint, device=device, backend=backend, max_image_pixels=max_image_pixels)
-    return model.predict(images, top_k=top_k)
+    return model.predict(images, top_k=top_k, min_confidence=min_confidence)
 
 
 def export(

@@ -21,7 +21,7 @@ from . import api
 from .config import CHOICES, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ConfigError, ImgclfError, keyword_name, name_settings, setting_names
 from .explain import METHODS
-from .predict import PREDICT_BATCH, Prediction
+from .predict import PREDICT_BATCH, Prediction, check_min_confidence
 from .recipes import RECIPE_COLUMNS, SMALL_DATA, describe_recipes
 from .report.tables import table
 from .serve.settings import ServeSettings
@@ -131,6 +131,11 @@ def _training_options(p: argparse.ArgumentParser, out_help: str) -> None:
         help="decode folder/CSV images again instead of using the cache",
     )
     g.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="leave out the images this file lists, one path a line (e.g. the doctor's doctor/exclude.txt)",
+    )
+    g.add_argument(
         "--storage",
         choices=CHOICES["storage"],
         help="decoded folder/CSV images in memory, or memory-mapped from the cache file for folders larger than "
@@ -195,6 +200,13 @@ def _without_devices(argv: Sequence[str]) -> list[str]:
     return kept
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    options = ("run", "out", "fix", "labels", "near", "folds", "epochs", "device")
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "argv", "data", *options) and v is not None}
+    api.doctor(args.data, **{k: getattr(args, k) for k in options}, **settings)
+    return 0
+
+
 def _cmd_pack(args: argparse.Namespace) -> int:
     settings = {
         k: v for k, v in vars(args).items() if k not in ("command", "argv", "data", "out", "shard_size", "jpeg_quality")
@@ -238,13 +250,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         log=_log_stderr,
     )
-    stream = model.stream(args.images, top_k=args.top_k, batch_size=args.batch_size)
+    stream = model.stream(args.images, args.top_k, args.batch_size, args.min_confidence)
     output_format = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "table")
     if output_format not in PREDICT_FORMATS:
         raise ConfigError(f"`out` {args.out}: give --format csv or json, or a file ending in .csv or .json")
     k = max(1, min(args.top_k, len(model.classes)))
     with prediction_output(args.out) as out:
-        writer = PREDICTION_WRITERS[output_format](out, k)
+        writer = PREDICTION_WRITERS[output_format](out, k, args.min_confidence > 0)
         with tqdm(total=stream.total, unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
             for done, prediction in enumerate(stream, 1):
                 writer.write(prediction)
@@ -279,24 +291,25 @@ def prediction_output(out: str | None) -> Iterator[TextIO]:
     os.replace(partial, out)
 
 
-def _headers(k: int) -> list[str]:
-    return ["file"] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
+def _headers(k: int, decided: bool) -> list[str]:
+    """``decided``: a `prediction` column (a class, or `unknown` below --min-confidence) before the top k."""
+    return ["file"] + ["prediction"] * decided + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
 
 
-def _row(p: Prediction) -> list[str]:
-    return [p.source] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
+def _row(p: Prediction, decided: bool) -> list[str]:
+    return [p.source] + [p.label] * decided + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
 
 
 class CsvWriter:
     FLUSH_EVERY = 256  # rows: a reader of the file (tail -f) sees it grow batch by batch
 
-    def __init__(self, out: TextIO, k: int) -> None:
-        self.out, self.rows = out, 0
+    def __init__(self, out: TextIO, k: int, decided: bool = False) -> None:
+        self.out, self.rows, self.decided = out, 0, decided
         self.csv = csv.writer(out, lineterminator="\n")
-        self.csv.writerow(_headers(k))
+        self.csv.writerow(_headers(k, decided))
 
     def write(self, p: Prediction) -> None:
-        self.csv.writerow(_row(p))
+        self.csv.writerow(_row(p, self.decided))
         self.rows += 1
         if self.rows % self.FLUSH_EVERY == 0:
             self.out.flush()
@@ -308,8 +321,8 @@ class CsvWriter:
 class JsonWriter:
     """A JSON array written item by item: valid JSON once closed, one prediction per line."""
 
-    def __init__(self, out: TextIO, k: int) -> None:
-        self.out, self.separator = out, "[\n  "
+    def __init__(self, out: TextIO, k: int, decided: bool = False) -> None:
+        self.out, self.separator = out, "[\n  "  # each item's `label` is the decision already
 
     def write(self, p: Prediction) -> None:
         self.out.write(self.separator + json.dumps(p.to_dict()))
@@ -323,19 +336,19 @@ class JsonWriter:
 class TableWriter:
     """The terminal's aligned table: its column widths need every row, so rows (not images) are kept."""
 
-    def __init__(self, out: TextIO, k: int) -> None:
-        self.out = out
+    def __init__(self, out: TextIO, k: int, decided: bool = False) -> None:
+        self.out, self.decided = out, decided
         self.rows: list[list[str]] = []
-        self.headers = _headers(k)
+        self.headers = _headers(k, decided)
 
     def write(self, p: Prediction) -> None:
-        self.rows.append(_row(p))
+        self.rows.append(_row(p, self.decided))
 
     def close(self) -> None:
         self.out.write(table(self.headers, self.rows) + "\n")
 
 
-PREDICTION_WRITERS: dict[str, Callable[[TextIO, int], CsvWriter | JsonWriter | TableWriter]] = {
+PREDICTION_WRITERS: dict[str, Callable[[TextIO, int, bool], CsvWriter | JsonWriter | TableWriter]] = {
     "csv": CsvWriter,
     "json": JsonWriter,
     "table": TableWriter,
@@ -355,7 +368,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        min_confidence=args.min_confidence,
     )
+    check_min_confidence(args.min_confidence)
     api.serve(args.run, host=args.host, port=args.port, settings=settings)
     return 0
 
@@ -424,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
     p.add_argument("images", nargs="+", help="image files and folders (their visible files, as training reads them)")
     p.add_argument("--top-k", type=int, default=1)
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer `unknown` when the (calibrated) top probability is below P; `evaluate` shows the coverage per P",
+    )
     p.add_argument("--format", choices=PREDICT_FORMATS, help="default: table, or the --out file's kind (.csv, .json)")
     p.add_argument("--out", help="write the predictions to this .csv or .json file as they are made")
     p.add_argument(
@@ -440,6 +462,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="refuse images claiming more pixels (decompression bombs)",
     )
+    p = sub.add_parser(
+        "doctor",
+        help="what is wrong with a dataset: odd files, duplicates, train/test leaks, likely label errors",
+    )
+    p.add_argument("data", help="a dataset name, a folder of class sub-folders, or a CSV of file,label")
+    p.add_argument("--run", help="rank label errors by this run's predictions instead of quick cross-validated models")
+    p.add_argument("--out", help="folder for doctor.json, the grids and doctor.html (default: doctor/ beside the data)")
+    p.add_argument("--fix", action="store_true", help="also write moves.csv and exclude.txt (for train --exclude)")
+    p.add_argument("--no-labels", dest="labels", action="store_false", help="skip the label-error models")
+    p.add_argument("--no-near", dest="near", action="store_false", help="skip the near-duplicate hashes")
+    p.add_argument("--folds", type=int, default=3, help="cross-validation folds for the label check (default 3)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of each fold's quick model (default 4)")
+    p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    p.add_argument("--image-size", type=int, help="side in pixels (default: as training would choose)")
+    p.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
+    p.add_argument("--data-dir", help="where built-in datasets and the decode cache are")
+    p.add_argument("--val-split", type=float, help="as training's: leaks are judged on its splits (default 0.1)")
+    p.add_argument("--test-split", type=float, help="as training's (default 0.2)")
+    p.add_argument("--seed", type=int, help="as training's (default 0)")
     p = sub.add_parser(
         "pack",
         help="write a folder or CSV as WebDataset tar shards, for streaming training of data larger than the disk cache",
@@ -467,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=defaults.max_images, help="images per POST /predict")
     p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels, help="per image")
     p.add_argument("--max-batch", type=int, default=defaults.max_batch, help="images per forward pass (1: no batching)")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=defaults.min_confidence,
+        metavar="P",
+        help="label `unknown` below this calibrated top probability (a request's min_confidence overrides it)",
+    )
     p.add_argument(
         "--max-wait-ms",
         type=float,
@@ -524,6 +572,7 @@ COMMANDS = {
     "export": _cmd_export,
     "lr-find": _cmd_lr_find,
     "pack": _cmd_pack,
+    "doctor": _cmd_doctor,
     "serve": _cmd_serve,
 }
 

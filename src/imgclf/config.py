@@ -50,6 +50,7 @@ class TrainConfig:
     test_split: float = 0.2  # only used when the source has no test split
     cache: bool = True  # keep decoded folder/CSV images in <data_dir>/cache (invalidated when files change)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # images claiming more pixels are refused before decoding
+    exclude: str | None = None  # a file listing images to leave out (one path a line), e.g. doctor/exclude.txt
     storage: str = "auto"  # decoded folder/CSV images: in memory, or memory-mapped from the cache (larger than memory)
     # the model
     model: str | None = None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
+    multiclass_calibration_error,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_precision,
@@ -61,7 +62,85 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
             for i, name in enumerate(classes)
         },
         "confusion_matrix": multiclass_confusion_matrix(preds, labels, n).tolist(),
+        "calibration_error": calibration_error(probs, labels),
+        "coverage": coverage(probs, labels),
     }
+
+
+# ---------------------------------------------------------------- calibration and "unknown"
+
+CALIBRATION_BINS = 15  # the usual count for the expected calibration error (Guo et al., 2017)
+COVERAGE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # the confidences `evaluate` reports coverage at
+
+
+def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimises the negative log-likelihood of ``softmax(log(probs) / T)`` on a held-out
+    split (temperature scaling, Guo et al., 2017): one parameter, so the predicted classes never change.
+    Dividing log-probabilities by T equals dividing the logits by T (softmax ignores a shift)."""
+    log_probs = probs.double().clamp_min(1e-30).log()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(log_probs / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (probs.clamp_min(1e-30).log() / temperature).softmax(1)
+
+
+def calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Expected calibration error (torchmetrics; 15 equal-width confidence bins, L1)."""
+    if not len(labels):
+        return 0.0
+    return multiclass_calibration_error(probs.float(), labels, probs.shape[1], n_bins=CALIBRATION_BINS).item()
+
+
+def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """Per confidence bin: its mean confidence, its accuracy and its count (the reliability diagram's bars)."""
+    confidence, predicted = probs.max(1)
+    index = (confidence * bins).long().clamp(max=bins - 1)
+    correct = (predicted == labels).float()
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        rows.append(
+            {
+                "low": b / bins,
+                "high": (b + 1) / bins,
+                "confidence": confidence[inside].mean().item() if n else (b + 0.5) / bins,
+                "accuracy": correct[inside].mean().item() if n else 0.0,
+                "count": n,
+            }
+        )
+    return rows
+
+
+def coverage(probs: torch.Tensor, labels: torch.Tensor, thresholds=COVERAGE_THRESHOLDS) -> list[dict[str, float]]:
+    """At each confidence threshold: the share of images answered (the rest would be "unknown") and the
+    accuracy on those answered: what a user reads to choose ``min_confidence``."""
+    confidence, predicted = probs.max(1)
+    rows = []
+    for threshold in thresholds:
+        answered = confidence >= threshold
+        n = int(answered.sum())
+        accuracy = (predicted[answered] == labels[answered]).float().mean().item() if n else float("nan")
+        rows.append({"min_confidence": threshold, "coverage": n / max(1, len(labels)), "accuracy": accuracy})
+    return rows
+
+
+def coverage_table(rows: list[dict[str, float]]) -> Table:
+    return Table(
+        ["min confidence", "answered", "accuracy when answered"],
+        [[f"{r['min_confidence']:.2f}", f"{r['coverage']:.1%}", f"{r['accuracy']:.4f}"] for r in rows],
+    )
 
 
 def per_class_table(metrics: dict[str, Any]) -> Table:
@@ -117,6 +196,11 @@ def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **d
         )
     metrics, _ = split_metrics(classifier, dataset.test, dataset.classes, tta=classifier.spec.tta)
     log(per_class_table(metrics).to_text())
+    log(
+        f"expected calibration error {metrics['calibration_error']:.4f} (temperature {classifier.spec.temperature:.3f})"
+    )
+    log("coverage: how many answers `min_confidence` leaves (the rest are `unknown`), and how many of them are right")
+    log(coverage_table(metrics["coverage"]).to_text())
     if Path(path).is_dir():
         RunDir(path).write_evaluation({"test": metrics, "data": cfg.data, "checkpoint": str(classifier.path)})
     return metrics

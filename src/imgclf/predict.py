@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import DEFAULT_MAX_IMAGE_PIXELS
 from .data.images import describe_skip, find_images, read_image, stream_images
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .models import create_model
 from .rundir import Checkpoint, InferenceSpec, RunDir, read_checkpoint
 from .runtime import resolve_device
@@ -48,6 +48,14 @@ def tta_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor
     return 0.5 * _mirrored_logits(network, x, hflip) + 0.25 * shifted_logits
 
 
+UNKNOWN = "unknown"  # the label of a prediction below `min_confidence`
+
+
+def check_min_confidence(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"`min_confidence` {value} must be a probability between 0 and 1 (e.g. 0.8)")
+
+
 class InferenceModel(nn.Module):
     """A trained network with its preprocessing: uint8 images N x C x H x W at the model's size in, class
     probabilities N x classes out. ``tta`` adds the test-time augmented views the run's test metrics used."""
@@ -56,13 +64,20 @@ class InferenceModel(nn.Module):
     std: torch.Tensor
 
     def __init__(
-        self, network: nn.Module, mean: Sequence[float], std: Sequence[float], *, tta: bool = False, hflip: bool = False
+        self,
+        network: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        tta: bool = False,
+        hflip: bool = False,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.network = network
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-        self.tta, self.hflip = tta, hflip
+        self.tta, self.hflip, self.temperature = tta, hflip, float(temperature)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels as the network's input; the same operations, in the same order, as training's batches."""
@@ -72,7 +87,7 @@ class InferenceModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalise(images)
         logits = tta_logits(self.network, x, self.hflip) if self.tta else self.network(x).float()
-        return logits.softmax(1)
+        return (logits / self.temperature).softmax(1)  # calibrated: the run's fitted temperature
 
 
 @dataclass
@@ -154,7 +169,9 @@ class Classifier:
         self.backend: Callable[[torch.Tensor], torch.Tensor] | None = None
         # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
         self.modules = {
-            tta: InferenceModel(self.model, spec.mean, spec.std, tta=tta, hflip=spec.hflip).to(device)
+            tta: InferenceModel(
+                self.model, spec.mean, spec.std, tta=tta, hflip=spec.hflip, temperature=spec.temperature
+            ).to(device)
             for tta in (False, True)
         }
 
@@ -244,24 +261,43 @@ class Classifier:
             raise plan.nothing_readable()
         return sources, torch.cat([part.images for part in decoded]), [s for part in decoded for s in part.skipped]
 
-    def top_k(self, sources: Sequence[str], probs: torch.Tensor, k: int) -> list[Prediction]:
+    def top_k(
+        self, sources: Sequence[str], probs: torch.Tensor, k: int, min_confidence: float = 0.0
+    ) -> list[Prediction]:
+        """The ``k`` most likely classes of each image; the label is ``unknown`` where the top probability
+        (calibrated: see the run's temperature) is below ``min_confidence``."""
         values, indices = probs.topk(max(1, min(k, len(self.classes))), dim=1)
         return [
-            Prediction(src, self.classes[idx[0]], val[0], [(self.classes[i], v) for v, i in zip(val, idx)])
+            Prediction(
+                src,
+                self.classes[idx[0]] if val[0] >= min_confidence else UNKNOWN,
+                val[0],
+                [(self.classes[i], v) for v, i in zip(val, idx)],
+            )
             for src, val, idx in zip(sources, values.tolist(), indices.tolist())
         ]
 
     def stream(
-        self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = PREDICT_BATCH
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        top_k: int = 1,
+        batch_size: int = PREDICT_BATCH,
+        min_confidence: float = 0.0,
     ) -> PredictionStream:
         """Predictions as they are made, for folders of any size: iterate the result."""
-        return PredictionStream(self, InputPlan.of(images), top_k, batch_size)
+        check_min_confidence(min_confidence)
+        return PredictionStream(self, InputPlan.of(images), top_k, batch_size, min_confidence)
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], top_k: int = 1, batch_size: int = PREDICT_BATCH
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        top_k: int = 1,
+        batch_size: int = PREDICT_BATCH,
+        min_confidence: float = 0.0,
     ) -> Predictions:
-        """Predict files, folders (all images inside), PIL images or image tensors."""
-        stream = self.stream(images, top_k, batch_size)
+        """Predict files, folders (all images inside), PIL images or image tensors; ``unknown`` below
+        ``min_confidence``."""
+        stream = self.stream(images, top_k, batch_size, min_confidence)
         return Predictions(list(stream), stream.skipped)
 
 
@@ -318,8 +354,11 @@ class PredictionStream:
     """Iterating it predicts batch by batch; ``skipped`` grows as folders' unusable files are met, and
     ``total`` (the number of inputs, known up front) lets a caller show progress."""
 
-    def __init__(self, classifier: Classifier, plan: InputPlan, top_k: int, batch_size: int) -> None:
+    def __init__(
+        self, classifier: Classifier, plan: InputPlan, top_k: int, batch_size: int, min_confidence: float = 0.0
+    ) -> None:
         self.classifier, self.plan, self.top_k, self.batch_size = classifier, plan, top_k, batch_size
+        self.min_confidence = min_confidence
         self.total = plan.total
         self.skipped: list[tuple[str, str]] = []
 
@@ -329,7 +368,7 @@ class PredictionStream:
             self.skipped += part.skipped
             if part.sources:
                 probs = self.classifier.predict_proba(part.images, self.batch_size)
-                yield from self.classifier.top_k(part.sources, probs, self.top_k)
+                yield from self.classifier.top_k(part.sources, probs, self.top_k, self.min_confidence)
                 predicted += len(part.sources)
         if not predicted:
             raise self.plan.nothing_readable()

@@ -57,12 +57,14 @@ CONFUSION_MATRIX = f"{PLOTS}/confusion_matrix.png"
 PER_CLASS = f"{PLOTS}/per_class.png"
 SAMPLES = f"{PLOTS}/samples.png"
 PREDICTIONS_PLOT = f"{PLOTS}/predictions.png"
+RELIABILITY = f"{PLOTS}/reliability.png"
 TENSORBOARD = "tensorboard"
 EXPORT = "export"
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # the metadata: FILE.json
 INSPECT = "inspect"  # folders written by the commands over a finished run
 EXPLAIN = "explain"
 ERRORS = "errors"
+DOCTOR = "doctor"  # imgclf doctor --run RUN: the data's health, which the run's report shows
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
 
@@ -97,6 +99,7 @@ class InferenceSpec:
     std: list[float]
     hflip: bool = False  # a mirrored image keeps its label: test-time augmentation may mirror
     tta: bool = False  # the run's test metrics averaged test-time augmented views
+    temperature: float = 1.0  # logits are divided by it before the softmax: fitted on validation (calibration)
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -108,6 +111,7 @@ class InferenceSpec:
             "std": list(self.std),
             "hflip": self.hflip,
             "tta": self.tta,
+            "temperature": self.temperature,
         }
 
     @classmethod
@@ -122,6 +126,7 @@ class InferenceSpec:
             [float(v) for v in payload["std"]],
             bool(payload.get("hflip", False)),
             bool(payload.get("tta", False)),
+            float(payload.get("temperature", 1.0)),  # checkpoints before calibration: uncalibrated
         )
 
 

@@ -158,7 +158,8 @@ def folder_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
 
 
 def load_folder(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
-    return _decode_splits(cfg, *folder_parts(cfg), size_cap)
+    parts, classes = folder_parts(cfg)
+    return _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
 
 
 def _pick_column(header: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -226,13 +227,35 @@ def csv_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
 
 
 def load_csv(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
-    return _decode_splits(cfg, *csv_parts(cfg), size_cap)
+    parts, classes = csv_parts(cfg)
+    return _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
 
 
 def source_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
     """A folder's or CSV's files and labels in the train, val and test splits training uses, and the classes."""
     parts, classes = csv_parts(cfg) if Path(cfg.data).suffix.lower() == ".csv" else folder_parts(cfg)
-    return hold_out(cfg, parts), classes
+    return hold_out(cfg, excluding(cfg, parts)), classes
+
+
+def excluding(cfg: TrainConfig, parts: Parts) -> Parts:
+    """``parts`` without the files ``cfg.exclude`` lists (one a line, absolute or relative to the data folder)."""
+    if not cfg.exclude:
+        return parts
+    listing = Path(cfg.exclude).expanduser()
+    try:
+        lines = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"`exclude` {listing}: cannot read it ({exc}); give a text file of paths, one a line") from None
+    root = Path(cfg.data).expanduser()
+    root = root.parent if root.suffix.lower() == ".csv" else root
+    excluded = {str((root / line).resolve()) for line in lines if line and not line.startswith("#")}
+    return {
+        name: (
+            [f for f in files if str(f.resolve()) not in excluded],
+            [y for f, y in zip(files, labels) if str(f.resolve()) not in excluded],
+        )
+        for name, (files, labels) in parts.items()
+    }
 
 
 def count_training_files(cfg: TrainConfig) -> int:

@@ -91,14 +91,16 @@ def explain_images(
     layer: str | None = None,
     target: int | None = None,
     top_k: int = 3,
+    temperature: float = 1.0,
 ) -> list[Explanation]:
     """Explain a normalised batch ``x`` (N x C x H x W): one heat map per image for ``target`` (default:
-    the predicted class). ``layer`` names the Grad-CAM module (default: the last conv block)."""
+    the predicted class). ``layer`` names the Grad-CAM module (default: the last conv block); the top-k
+    probabilities are calibrated by ``temperature`` as predict's are."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use {' or '.join(METHODS)}")
     model = model.eval()
     with torch.no_grad():
-        probs = model(x).float().softmax(1)
+        probs = (model(x).float() / temperature).softmax(1)
     values, indices = probs.topk(max(1, min(top_k, probs.shape[1])), dim=1)
     targets = indices[:, 0] if target is None else torch.full((len(x),), target, dtype=torch.long)
     inputs = x.detach().clone().requires_grad_(True)
@@ -187,7 +189,15 @@ def explain_batch(
     explanations: list[Explanation] = []
     for start in range(0, len(images), EXPLAIN_BATCH):
         x = classifier.normalise(images[start : start + EXPLAIN_BATCH])
-        explanations += explain_images(model, x, method=method, layer=layer, target=target_index, top_k=top_k)
+        explanations += explain_images(
+            model,
+            x,
+            method=method,
+            layer=layer,
+            target=target_index,
+            top_k=top_k,
+            temperature=classifier.spec.temperature,
+        )
     return explanations
 
 

@@ -3,6 +3,7 @@ errors, Grad-CAM explanations of test images and the model layer by layer."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from .. import rundir
-from ..evaluate import per_class_table, test_predictions
+from ..evaluate import coverage_table, per_class_table, test_predictions
 from ..explain import (
     ERRORS_TOP,
     ErrorsResult,
@@ -65,6 +66,27 @@ def _section_metrics(page: HtmlReport, metrics: dict[str, Any], run: RunDir) -> 
     page.figure(run / rundir.CONFUSION_MATRIX, "confusion matrix: rows are the true classes, columns the predictions")
     page.figure(run / rundir.PER_CLASS, "precision, recall and F1 per class")
     page.figure(run / rundir.PREDICTIONS_PLOT, "a sample of test predictions (mistakes in red)")
+    _section_confidence(page, metrics)
+    if "calibration" in metrics:
+        page.figure(run / rundir.RELIABILITY, "reliability: accuracy per confidence bin, before and after calibration")
+
+
+def _section_confidence(page: HtmlReport, metrics: dict[str, Any]) -> None:
+    """Calibration and coverage: how far the probabilities can be believed, and what `min_confidence` costs."""
+    page.section("Confidence")
+    calibration = metrics.get("calibration")
+    if calibration:  # runs before calibration have none
+        page.text(
+            f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f}. "
+            f"Expected calibration error on the test split {calibration['test_ece_before']:.4f} before, "
+            f"{calibration['test_ece_after']:.4f} after; predict, serve, explain and export apply it."
+        )
+    if "coverage" in metrics["test"]:
+        page.text(
+            "With `--min-confidence P`, predictions below P answer `unknown`: the share still answered and "
+            "their accuracy, on the test split."
+        )
+        page.table(coverage_table(metrics["test"]["coverage"]))
 
 
 def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
@@ -144,6 +166,11 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     page.figure(run / rundir.SAMPLES, "training images as the network saw them (after augmentation)")
     _section_metrics(page, metrics, run)
     _section_errors(page, errors_result)
+    doctor = run / rundir.DOCTOR
+    if (doctor / "doctor.json").is_file():  # written by `imgclf doctor DATA --run RUN`
+        from ..doctor.output import add_section
+
+        add_section(page, json.loads((doctor / "doctor.json").read_text()), doctor)
     if explained is not None:
         page.section("Explanations")
         page.text(

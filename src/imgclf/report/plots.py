@@ -81,6 +81,34 @@ def plot_per_class(metrics: dict[str, Any], path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
+def plot_reliability(
+    before: Sequence[dict[str, float]],
+    after: Sequence[dict[str, float]],
+    ece: tuple[float, float],
+    path: str | os.PathLike,
+) -> None:
+    """Reliability diagrams of the test predictions before and after temperature scaling: each bin's
+    accuracy against its confidence (the diagonal is perfect calibration), and how many images it holds."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for ax, bins, name, error in zip(axes, (before, after), ("before calibration", "after temperature scaling"), ece):
+        lows = [b["low"] for b in bins]
+        width = bins[0]["high"] - bins[0]["low"]
+        accuracy = [b["accuracy"] if b["count"] else 0.0 for b in bins]
+        confidence = [b["confidence"] if b["count"] else 0.0 for b in bins]
+        ax.bar(lows, accuracy, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy")
+        gap = [c - a for c, a in zip(confidence, accuracy)]  # over-confidence shows as red above the bar
+        ax.bar(lows, gap, bottom=accuracy, width=width, align="edge", color="#dd5555", alpha=0.45, label="gap")
+        ax.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_title(f"{name}: ECE {error:.4f}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left")
+    _save(fig, path)
+
+
 def _show(ax, image: torch.Tensor) -> None:
     """A C x H x W image in 0..1 or uint8."""
     scaled = image.float() / 255 if image.dtype == torch.uint8 else image.float()
@@ -110,8 +138,8 @@ def plot_image_grid(
             ax.set_title(titles[i], fontsize=7, color=(title_colors[i] if title_colors else "black"))
         else:
             ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle)
+    if suptitle:  # above the top row's two-line titles (bbox_inches="tight" keeps it in the file)
+        fig.suptitle(suptitle, y=1.0 + 0.12 / rows)
     _save(fig, path)
 
 

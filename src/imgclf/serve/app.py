@@ -109,18 +109,22 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def _image_prediction(name: str, top: list[tuple[str, float]]) -> ImagePrediction:
-    """One image's answer from its (label, probability) pairs, most probable first."""
+def _image_prediction(name: str, top: list[tuple[str, float]], label: str | None = None) -> ImagePrediction:
+    """One image's answer from its (label, probability) pairs, most probable first; ``label``: the decided
+    one (``unknown`` below the minimum confidence), else the most probable."""
     return ImagePrediction(
         file=name,
-        label=top[0][0],
+        label=label or top[0][0],
         probability=top[0][1],
         top_k=[ClassScore(label=label, probability=prob) for label, prob in top],
     )
 
 
-def _predictions(classifier: Classifier, names: list[str], probs: torch.Tensor, k: int) -> list[ImagePrediction]:
-    return [_image_prediction(name, p.top_k) for name, p in zip(names, classifier.top_k(names, probs, k))]
+def _predictions(
+    classifier: Classifier, names: list[str], probs: torch.Tensor, k: int, min_confidence: float
+) -> list[ImagePrediction]:
+    predictions = classifier.top_k(names, probs, k, min_confidence)
+    return [_image_prediction(name, p.top_k, p.label) for name, p in zip(names, predictions)]
 
 
 async def _decode(upload: UploadFile, classifier: Classifier, max_pixels: int) -> torch.Tensor:
@@ -206,6 +210,12 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
     async def predict(
         files: Annotated[list[UploadFile], File(description="one or more image files")],
         top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image (default 5)")] = None,
+        min_confidence: Annotated[
+            float | None,
+            Query(
+                ge=0, le=1, description="label `unknown` below this calibrated top probability (default: the server's)"
+            ),
+        ] = None,
     ) -> PredictResponse:
         """Classify one or several images: the top-k classes with probabilities, per image, in order."""
         if not files:
@@ -215,7 +225,8 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
         images = torch.stack([await _decode(f, classifier, settings.max_image_pixels) for f in files])
         probs = await batcher(images)
         names = [f.filename or f"upload {i}" for i, f in enumerate(files)]
-        return PredictResponse(predictions=_predictions(classifier, names, probs, top_k or settings.top_k))
+        threshold = settings.min_confidence if min_confidence is None else min_confidence
+        return PredictResponse(predictions=_predictions(classifier, names, probs, top_k or settings.top_k, threshold))
 
     @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
     async def explain(file: Annotated[UploadFile, File(description="one image file")]) -> ExplainResponse:

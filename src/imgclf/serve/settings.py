@@ -17,3 +17,4 @@ class ServeSettings:
     max_batch: int = 64  # images in one forward pass; 1 turns batching off
     max_wait_ms: float = 2.0  # how long the first image of a batch waits for others
     top_k: int = 5  # classes per image when a request does not say
+    min_confidence: float = 0.0  # label `unknown` below this calibrated top probability, when a request does not say

@@ -12,6 +12,7 @@ and from the loop: under distributed training one place decides which process wr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,12 +26,27 @@ from ..data import BatchIterator, DataBundle, Split, load_data, normalise
 from ..data.loader import TrainBatches
 from ..data.shards import ShardBatches, shard_sample
 from ..errors import ConfigError, ModelError
-from ..evaluate import eval_batch, per_class_table, split_metrics
+from ..evaluate import (
+    apply_temperature,
+    calibration_error,
+    eval_batch,
+    fit_temperature,
+    per_class_table,
+    reliability,
+    split_metrics,
+)
 from ..models import count_parameters, create_model, get_model_spec, head_of
 from ..models.registry import classifier_layer
 from ..predict import Classifier
 from ..recipes import apply_recipe, device_class, image_size_cap
-from ..report.plots import plot_confusion_matrix, plot_curves, plot_image_grid, plot_per_class, plot_predictions
+from ..report.plots import (
+    plot_confusion_matrix,
+    plot_curves,
+    plot_image_grid,
+    plot_per_class,
+    plot_predictions,
+    plot_reliability,
+)
 from ..rundir import (
     BEST,
     CONFUSION_MATRIX,
@@ -38,6 +54,7 @@ from ..rundir import (
     LAST,
     PER_CLASS,
     PREDICTIONS_PLOT,
+    RELIABILITY,
     SAMPLES,
     Checkpoint,
     InferenceSpec,
@@ -381,14 +398,41 @@ def _plot_test_predictions(data: DataBundle, probs: torch.Tensor, path: Path, se
     plot_predictions(data.test.images[index], probs[index], data.test.labels[index], data.classes, path)
 
 
+def calibrate(classifier: Classifier, data: DataBundle, run: RunDir, best: Checkpoint) -> Classifier:
+    """Temperature scaling: the temperature that best fits the validation split's labels, stored in best.pt
+    (so predict, serve, explain and export all apply it) and in the classifier returned."""
+    tta = classifier.spec.tta
+    probs = classifier.predict_proba(data.val.images, eval_batch(data.val.images), tta=tta)
+    spec = dataclasses.replace(classifier.spec, temperature=fit_temperature(probs, data.val.labels))
+    run.save_checkpoint(BEST, dataclasses.replace(best, spec=spec))
+    return Classifier(spec, classifier.model, classifier.device, config=classifier.config)
+
+
 def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitResult, log: Log) -> TrainResult:
     """The best checkpoint's test metrics (as ``evaluate`` computes them), figures and saved predictions."""
     cfg, data = prepared.cfg, prepared.data
-    model.load_state_dict(read_checkpoint(run / BEST).state_dict)
-    classifier = Classifier(inference_spec(prepared), model, prepared.device, config=cfg.to_dict())
+    best = read_checkpoint(run / BEST)
+    model.load_state_dict(best.state_dict)
+    classifier = calibrate(
+        Classifier(inference_spec(prepared), model, prepared.device, config=cfg.to_dict()), data, run, best
+    )
     test, probs = split_metrics(classifier, data.test, data.classes, tta=bool(cfg.tta))
+    temperature = classifier.spec.temperature
+    uncalibrated = apply_temperature(probs, 1 / temperature)  # softmax(T log p): the probabilities before scaling
+    ece_before = calibration_error(uncalibrated, data.test.labels)
+    plot_reliability(
+        reliability(uncalibrated, data.test.labels),
+        reliability(probs, data.test.labels),
+        (ece_before, test["calibration_error"]),
+        run / RELIABILITY,
+    )
     metrics = {
         "test": test,
+        "calibration": {  # temperature scaling, fitted on the validation split; ECE on the test split
+            "temperature": temperature,
+            "test_ece_before": ece_before,
+            "test_ece_after": test["calibration_error"],
+        },
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "epochs_run": len(result.history),

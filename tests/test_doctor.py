@@ -1,0 +1,143 @@
+"""The data doctor on a generated folder with planted faults: each kind is found, by exact lists."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgclf
+from imgclf.cli import main
+from imgclf.data.folder import source_parts
+
+CLASSES = ("red", "green", "blue")
+
+
+def photo(rng: np.random.Generator, cls: int, size: int = 32) -> Image.Image:
+    """A smooth random picture (distinct perceptual hashes) tinted by its class (what a model can learn)."""
+    coarse = rng.integers(0, 160, (8, 8, 3), dtype=np.uint8)
+    coarse[..., cls] += 95
+    return Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+
+
+def planted_folder(root: Path, per_class: int = 100) -> dict[str, Any]:
+    """train/ and test/ class folders, then the faults; returns where each fault is."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", per_class // 4)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                photo(rng, c).save(root / split / name / f"{i:03d}.png")
+    train, test = root / "train", root / "test"
+    planted: dict[str, Any] = {}
+    shutil.copy(train / "red" / "000.png", train / "red" / "copy_000.png")  # exact, same class
+    planted["exact"] = {train / "red" / "000.png", train / "red" / "copy_000.png"}
+    shutil.copy(train / "green" / "001.png", train / "blue" / "also_green_001.png")  # one image, two labels
+    planted["cross_class"] = {train / "green" / "001.png", train / "blue" / "also_green_001.png"}
+    Image.open(train / "blue" / "002.png").save(train / "blue" / "near_002.jpg", quality=85)  # re-encoded
+    planted["near"] = {train / "blue" / "002.png", train / "blue" / "near_002.jpg"}
+    shutil.copy(test / "red" / "003.png", train / "red" / "leaked_003.png")  # a test image in training
+    planted["leak"] = {test / "red" / "003.png", train / "red" / "leaked_003.png"}
+    flipped = []
+    for i in range(4):  # green pictures filed as red
+        photo(rng, 1).save(train / "red" / f"flipped_{i}.png")
+        flipped.append(train / "red" / f"flipped_{i}.png")
+    planted["flipped"] = set(flipped)
+    (train / "green" / "notes.png").write_text("not an image")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(train / "green" / "tiny.png")
+    Image.fromarray(rng.integers(0, 255, (20, 120, 3), dtype=np.uint8)).save(train / "green" / "strip.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), "L").save(train / "blue" / "gray.png")
+    planted["odd"] = {
+        (str(train / "green" / "notes.png"), "unreadable"),
+        (str(train / "green" / "tiny.png"), "tiny"),
+        (str(train / "green" / "strip.png"), "odd-aspect"),
+        (str(train / "blue" / "gray.png"), "odd-mode"),
+    }
+    return planted
+
+
+def _sets(groups: list[dict]) -> set[frozenset[str]]:
+    return {frozenset(g["paths"]) for g in groups}
+
+
+def _resolved(paths) -> frozenset[str]:
+    return frozenset(str(Path(p).resolve()) for p in paths)
+
+
+@pytest.fixture(scope="module")
+def examined(tmp_path_factory):
+    root = tmp_path_factory.mktemp("doctor")
+    planted = planted_folder(root / "photos")
+    result = imgclf.doctor(
+        str(root / "photos"), epochs=15, data_dir=str(root / "cache"), out=str(root / "report"), fix=True, verbose=False
+    )
+    return root, planted, result
+
+
+def test_every_planted_duplicate_and_leak_is_found_and_nothing_else(examined):
+    _, planted, result = examined
+    found = result.findings
+    assert _sets([g for g in found["duplicates"] if g["kind"] == "exact"]) == {
+        _resolved(planted["exact"]),
+        _resolved(planted["cross_class"]),
+        _resolved(planted["leak"]),
+    }
+    assert _sets([g for g in found["duplicates"] if g["kind"] == "near"]) == {_resolved(planted["near"])}
+    assert _sets(found["leaks"]) == {_resolved(planted["leak"])}
+    assert _sets(found["cross_class"]) == {_resolved(planted["cross_class"])}
+    (leak,) = found["leaks"]
+    assert sorted(leak["splits"]) == ["test", "train"]
+
+
+def test_odd_files_are_named_with_their_kind(examined):
+    _, planted, result = examined
+    odd = {(str(Path(o["path"])), o["kind"]) for o in result.findings["odd_files"]}
+    assert odd == {(str(Path(p).resolve()), kind) for p, kind in planted["odd"]}
+    green = next(r for r in result.findings["class_summary"] if r["class"] == "green")
+    assert green["odd"] == {"unreadable": 1, "tiny": 1, "odd-aspect": 1}
+
+
+def test_flipped_labels_lead_the_label_issue_ranking(examined):
+    _, planted, result = examined
+    top = [Path(r["path"]) for r in result.label_issues[:8]]
+    flipped = {Path(p).resolve() for p in planted["flipped"]}
+    assert flipped <= set(top)
+    for row in result.label_issues:
+        if Path(row["path"]) in flipped:
+            assert row["given"] == "red" and row["suggested"] == "green"
+
+
+def test_outputs_and_training_without_the_flagged_files(examined):
+    root, planted, result = examined
+    report = root / "report"
+    saved = json.loads((report / "doctor.json").read_text())
+    assert {"duplicates", "leaks", "label_issues", "odd_files", "class_summary"} <= set(saved)
+    assert (report / "doctor.html").is_file() and (report / "label_issues.png").is_file()
+    assert (report / "duplicates.png").is_file()
+    excluded = set((report / "exclude.txt").read_text().split())
+    leak_train = str((root / "photos" / "train" / "red" / "leaked_003.png").resolve())
+    assert leak_train in excluded and str((root / "photos" / "test" / "red" / "003.png").resolve()) not in excluded
+    assert _resolved(planted["cross_class"]) <= excluded and _resolved(planted["flipped"]) <= excluded
+    moves = (report / "moves.csv").read_text().splitlines()
+    assert moves[0] == "file,given,suggested,p_suggested" and len(moves) == 1 + len(result.label_issues)
+    cfg = imgclf.TrainConfig(data=str(root / "photos"), exclude=str(report / "exclude.txt"))
+    parts, _ = source_parts(cfg)
+    kept = {str(p.resolve()) for files, _ in parts.values() for p in files}
+    assert not kept & excluded and len(kept) > 100
+    assert all(Path(p).exists() for p in excluded)  # nothing deleted
+
+
+def test_the_command_line_reports_and_names_a_missing_folder(examined, capsys):
+    root, _, _ = examined
+    code = main(
+        ["doctor", str(root / "photos"), "--no-labels", "--data-dir", str(root / "cache"), "--out", str(root / "cli")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "leaks" in out and "duplicates: 3 exact and 1 near group(s)" in out
+    assert json.loads((root / "cli" / "doctor.json").read_text())["label_issues"] is None
+    assert main(["doctor", str(root / "missing")]) == 2
