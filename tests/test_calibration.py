@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import imgclf
+from conftest import write_class_folder
 from imgclf.cli import main
 from imgclf.evaluate import apply_temperature, calibration_error, coverage, fit_temperature, reliability
 from imgclf.predict import UNKNOWN, load
@@ -56,11 +57,35 @@ def test_coverage_trades_answers_for_accuracy():
     assert rows[2]["coverage"] == pytest.approx(answered.float().mean().item())
 
 
-def test_a_run_stores_its_temperature_and_every_path_applies_it(trained_run, tmp_path):
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    """A run whose validation split has mistakes (a third of the labels are wrong): calibration has work."""
+    root = tmp_path_factory.mktemp("calibration")
+    folder = write_class_folder(root / "data", per_class=40)
+    rng = np.random.default_rng(0)
+    for path in sorted(folder.rglob("*.png")):
+        if rng.random() < 0.3:  # move to the next class's folder
+            classes = sorted(p.name for p in folder.iterdir())
+            target = folder / classes[(classes.index(path.parent.name) + 1) % len(classes)] / f"moved_{path.name}"
+            path.rename(target)
+    result = imgclf.train(data=str(folder), image_size=16, epochs=6, out=str(root / "run"), verbose=False)
+    return result.run_dir
+
+
+def test_a_run_without_validation_mistakes_keeps_temperature_one_and_says_why(trained_run):
+    """The shared run's stripes are easy: its validation split has no mistake, so no temperature is fitted."""
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["calibration"]["temperature"] == 1.0 and "validation mistake" in metrics["calibration"]["note"]
+    assert read_checkpoint(trained_run).spec.temperature == 1.0
+
+
+def test_a_run_stores_its_temperature_and_every_path_applies_it(noisy_run, tmp_path):
+    trained_run = noisy_run
     metrics = json.loads((trained_run / "metrics.json").read_text())
     calibration = metrics["calibration"]
     spec = read_checkpoint(trained_run).spec
-    assert spec.temperature == calibration["temperature"] and spec.temperature != 1.0
+    assert calibration["note"] is None and spec.temperature == calibration["temperature"] != 1.0
+    assert calibration["test_ece_after"] < calibration["test_ece_before"]
     assert {"test_ece_before", "test_ece_after"} <= set(calibration) and (trained_run / RELIABILITY).is_file()
     assert metrics["test"]["coverage"][0]["coverage"] == 1.0
     classifier = load(trained_run, device="cpu")

@@ -132,11 +132,20 @@ def test_report_is_one_self_contained_page(noisy_run, tmp_path):
     finally:
         (tmp_path / "away").rename(data)
     page = path.read_text()
-    for heading in ("Summary", "Training", "Test metrics", "Errors", "Explanations", "Inside the model", "Config"):
+    for heading in (
+        "Summary",
+        "Training",
+        "Test metrics",
+        "Confidence",
+        "Errors",
+        "Explanations",
+        "Inside the model",
+        "Config",
+    ):
         assert f">{heading}</h2>" in page
     images = _embedded_images(page)
     # curves, samples, confusion matrix, per-class, predictions, mistakes, Grad-CAM, kernels, feature maps
-    assert len(images) == 9 and all(im.width > 100 and im.height > 50 for im in images)
+    assert len(images) == 10 and all(im.width > 100 and im.height > 50 for im in images)
     assert f"{imgclf_metrics(noisy_run)['accuracy']:.4f}" in page
     assert 'href="http' not in page and 'src="http' not in page
 
@@ -158,7 +167,7 @@ def test_report_renders_in_headless_chromium(noisy_run, tmp_path):
     dom = subprocess.run(
         [CHROMIUM, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout
-    assert re.search(r'data-images="9 0"', dom), dom[:300]
+    assert re.search(r'data-images="10 0"', dom), dom[:300]
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, *flags, "--window-size=1100,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
@@ -195,7 +204,7 @@ def _every_run_command(run: Path, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "receptive field" in out and "gradcam on layer" in out and "per-class accuracy" in out and "report:" in out
     assert {p.name for p in (run / "explain").iterdir()} >= {"gradcam.png", "saliency.png"}
-    assert len(_embedded_images((run / "report.html").read_text())) == 9
+    assert len(_embedded_images((run / "report.html").read_text())) == 10
 
 
 @pytest.mark.shared_data

@@ -73,6 +73,20 @@ CALIBRATION_BINS = 15  # the usual count for the expected calibration error (Guo
 COVERAGE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # the confidences `evaluate` reports coverage at
 
 
+MIN_MISTAKES = 5  # validation mistakes temperature scaling needs: with none, the best temperature is 0
+
+
+def calibration_note(probs: torch.Tensor, labels: torch.Tensor) -> str | None:
+    """Why temperature scaling would be meaningless on this validation split, or None when it is not."""
+    mistakes = int((probs.argmax(1) != labels).sum())
+    if mistakes < MIN_MISTAKES:
+        return (
+            f"not calibrated: {mistakes} validation mistake(s), fewer than {MIN_MISTAKES}; with (almost) none, "
+            "the likelihood only grows as the temperature falls (a larger validation split helps)"
+        )
+    return None
+
+
 def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T that minimises the negative log-likelihood of ``softmax(log(probs) / T)`` on a held-out
     split (temperature scaling, Guo et al., 2017): one parameter, so the predicted classes never change.
@@ -123,23 +137,32 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATI
     return rows
 
 
-def coverage(probs: torch.Tensor, labels: torch.Tensor, thresholds=COVERAGE_THRESHOLDS) -> list[dict[str, float]]:
+def coverage(
+    probs: torch.Tensor, labels: torch.Tensor, thresholds: tuple[float, ...] = COVERAGE_THRESHOLDS
+) -> list[dict[str, float | None]]:
     """At each confidence threshold: the share of images answered (the rest would be "unknown") and the
-    accuracy on those answered: what a user reads to choose ``min_confidence``."""
+    accuracy on those answered (None where none is): what a user reads to choose ``min_confidence``."""
     confidence, predicted = probs.max(1)
     rows = []
     for threshold in thresholds:
         answered = confidence >= threshold
         n = int(answered.sum())
-        accuracy = (predicted[answered] == labels[answered]).float().mean().item() if n else float("nan")
+        accuracy = (predicted[answered] == labels[answered]).float().mean().item() if n else None
         rows.append({"min_confidence": threshold, "coverage": n / max(1, len(labels)), "accuracy": accuracy})
     return rows
 
 
-def coverage_table(rows: list[dict[str, float]]) -> Table:
+def coverage_table(rows: list[dict[str, Any]]) -> Table:
     return Table(
         ["min confidence", "answered", "accuracy when answered"],
-        [[f"{r['min_confidence']:.2f}", f"{r['coverage']:.1%}", f"{r['accuracy']:.4f}"] for r in rows],
+        [
+            [
+                f"{r['min_confidence']:.2f}",
+                f"{r['coverage']:.1%}",
+                "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+            ]
+            for r in rows
+        ],
     )
 
 

@@ -75,7 +75,9 @@ def _section_confidence(page: HtmlReport, metrics: dict[str, Any]) -> None:
     """Calibration and coverage: how far the probabilities can be believed, and what `min_confidence` costs."""
     page.section("Confidence")
     calibration = metrics.get("calibration")
-    if calibration:  # runs before calibration have none
+    if calibration and calibration.get("note"):
+        page.text(f"Temperature scaling: {calibration['note']}.")
+    elif calibration:  # runs before calibration have none
         page.text(
             f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f}. "
             f"Expected calibration error on the test split {calibration['test_ece_before']:.4f} before, "

@@ -150,6 +150,7 @@ def _model_info(classifier: Classifier, settings: ServeSettings) -> dict[str, An
         "image_size": classifier.image_size,
         "channels": classifier.channels,
         "checkpoint": str(classifier.path) if classifier.path else None,
+        "temperature": classifier.spec.temperature,  # the calibration the probabilities include
         "test_metrics": summary or None,
         "limits": asdict(settings),
     }

@@ -29,6 +29,7 @@ from ..errors import ConfigError, ModelError
 from ..evaluate import (
     apply_temperature,
     calibration_error,
+    calibration_note,
     eval_batch,
     fit_temperature,
     per_class_table,
@@ -398,14 +399,21 @@ def _plot_test_predictions(data: DataBundle, probs: torch.Tensor, path: Path, se
     plot_predictions(data.test.images[index], probs[index], data.test.labels[index], data.classes, path)
 
 
-def calibrate(classifier: Classifier, data: DataBundle, run: RunDir, best: Checkpoint) -> Classifier:
+def calibrate(
+    classifier: Classifier, data: DataBundle, run: RunDir, best: Checkpoint, log: Log
+) -> tuple[Classifier, str | None]:
     """Temperature scaling: the temperature that best fits the validation split's labels, stored in best.pt
-    (so predict, serve, explain and export all apply it) and in the classifier returned."""
+    (so predict, serve, explain and export all apply it) and in the classifier returned; with too few
+    validation mistakes to fit one, the classifier as it was and the reason."""
     tta = classifier.spec.tta
     probs = classifier.predict_proba(data.val.images, eval_batch(data.val.images), tta=tta)
+    note = calibration_note(probs, data.val.labels)
+    if note is not None:
+        log(note)
+        return classifier, note
     spec = dataclasses.replace(classifier.spec, temperature=fit_temperature(probs, data.val.labels))
     run.save_checkpoint(BEST, dataclasses.replace(best, spec=spec))
-    return Classifier(spec, classifier.model, classifier.device, config=classifier.config)
+    return Classifier(spec, classifier.model, classifier.device, config=classifier.config), None
 
 
 def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitResult, log: Log) -> TrainResult:
@@ -413,9 +421,8 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
     cfg, data = prepared.cfg, prepared.data
     best = read_checkpoint(run / BEST)
     model.load_state_dict(best.state_dict)
-    classifier = calibrate(
-        Classifier(inference_spec(prepared), model, prepared.device, config=cfg.to_dict()), data, run, best
-    )
+    plain = Classifier(inference_spec(prepared), model, prepared.device, config=cfg.to_dict())
+    classifier, not_calibrated = calibrate(plain, data, run, best, log)
     test, probs = split_metrics(classifier, data.test, data.classes, tta=bool(cfg.tta))
     temperature = classifier.spec.temperature
     uncalibrated = apply_temperature(probs, 1 / temperature)  # softmax(T log p): the probabilities before scaling
@@ -432,6 +439,7 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
             "temperature": temperature,
             "test_ece_before": ece_before,
             "test_ece_after": test["calibration_error"],
+            "note": not_calibrated,  # why the temperature stayed 1, where it did
         },
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
