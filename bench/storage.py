@@ -17,14 +17,13 @@ import argparse
 import datetime
 import json
 import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.memory import run_with_peak_anon
 from bench.run import DATA, cifar10_folder, machine
 
 METHODS = ("memory", "mmap", "shards")
@@ -32,26 +31,10 @@ METHODS = ("memory", "mmap", "shards")
 
 def _run(command: list[str]) -> tuple[str, float, int]:
     """Run ``command``; its output, seconds and peak RssAnon (bytes)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
-
-    def sample() -> None:
-        while process.poll() is None:
-            try:
-                status = Path(f"/proc/{process.pid}/status").read_text()
-                peak[0] = max(peak[0], int(status.split("RssAnon:")[1].split()[0]) * 1024)
-            except (OSError, IndexError):
-                pass
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    output, _ = process.communicate()
-    sampler.join()
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{output[-3000:]}")
-    return output, time.perf_counter() - start, peak[0]
+    done, seconds, peak = run_with_peak_anon(command)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    return done.stdout + done.stderr, seconds, peak
 
 
 def _imgclf(*args: str) -> list[str]:

@@ -141,3 +141,29 @@ def test_the_command_line_reports_and_names_a_missing_folder(examined, capsys):
     assert code == 0 and "leaks" in out and "duplicates: 3 exact and 1 near group(s)" in out
     assert json.loads((root / "cli" / "doctor.json").read_text())["label_issues"] is None
     assert main(["doctor", str(root / "missing")]) == 2
+
+
+def test_a_csv_dataset_and_a_builtin_one_are_examined_too(examined, tmp_path):
+    root, planted, _ = examined
+    rows = ["file,label"] + [
+        f"{p.relative_to(root / 'photos')},{p.parent.name}" for p in sorted((root / "photos" / "train").rglob("*.png"))
+    ]
+    (root / "photos" / "labels.csv").write_text("\n".join(rows) + "\n")
+    found = imgclf.doctor(
+        str(root / "photos" / "labels.csv"),
+        labels=False,
+        data_dir=str(root / "cache"),
+        out=str(tmp_path / "csv"),
+        verbose=False,
+    ).findings
+    assert {str(p.resolve()) for p in planted["exact"]} in [set(g["paths"]) for g in found["duplicates"]]
+    # a CSV has no test/ folder: its held-out splits are drawn, and a duplicate pair split across them is a leak
+    cfg = imgclf.TrainConfig(data=str(root / "photos" / "labels.csv"))
+    split_of = {str(f.resolve()): split for split, (files, _) in source_parts(cfg)[0].items() for f in files}
+    pair = sorted(str(p.resolve()) for p in planted["exact"])
+    expected = [pair] if split_of[pair[0]] != split_of[pair[1]] else []
+    assert found["kind"] == "csv" and [sorted(g["paths"]) for g in found["leaks"]] == expected
+    assert expected  # seed 0 happens to split this pair: the check above saw a leak
+    digits = imgclf.doctor("digits", labels=False, out=str(tmp_path / "digits"), verbose=False).findings
+    assert digits["kind"] == "builtin" and digits["images"] == 1797 and sum(digits["splits"].values()) == 1797
+    assert all(p.split("/")[0] in ("train", "val", "test") for g in digits["duplicates"] for p in g["paths"])

@@ -6,8 +6,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.memory import run_with_peak_anon
 from imgclf import TrainConfig
 from imgclf.data import load_data
 from imgclf.data.cache import choose_storage
@@ -95,37 +94,14 @@ def _set_data_limit(limit: int) -> None:
 
 
 def _train(folder: Path, tmp_path: Path, out: str, storage: str, limit: int) -> tuple[subprocess.CompletedProcess, int]:
-    """`imgclf train` under a data-memory limit; returns the process and its peak anonymous resident memory
-    (RssAnon, sampled every 20 ms: what the process holds that is not a file's page cache)."""
+    """`imgclf train` under a data-memory limit; returns the process and its peak anonymous resident memory."""
     config = tmp_path / "big.yaml"  # a small model and batch: the memory measured is the data's
     config.write_text("model: mlp\nmodel_args: {hidden: 16}\nimage_size: 352\nepochs: 1\nbatch_size: 32\n")
     env = dict(os.environ, MALLOC_ARENA_MAX="2", OMP_NUM_THREADS="2")  # arenas and threads reserve memory too
     command = [sys.executable, "-m", "imgclf", "train", "--config", str(config), "--data", str(folder)]
     command += ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / out), "--storage", storage]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=lambda: _set_data_limit(limit),
-    )
-    peak = [0]
-
-    def sample() -> None:
-        while process.poll() is None:
-            try:
-                status = Path(f"/proc/{process.pid}/status").read_text()
-                peak[0] = max(peak[0], int(status.split("RssAnon:")[1].split()[0]) * 1024)
-            except (OSError, IndexError):
-                pass
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    stdout, stderr = process.communicate(timeout=600)
-    sampler.join()
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), peak[0]
+    done, _, peak = run_with_peak_anon(command, env, lambda: _set_data_limit(limit), timeout=600)
+    return done, peak
 
 
 @pytest.mark.slow
@@ -140,6 +116,9 @@ def test_a_folder_larger_than_the_memory_cap_trains_with_bounded_resident_memory
     assert "memory-mapped from the cache file" in mapped.stdout  # auto chose it, and said why
     assert "test accuracy" in mapped.stdout and (tmp_path / "mapped" / "best.pt").is_file()
     assert 0 < peak < cap < decoded
+    print(
+        f"decoded {decoded / 2**30:.2f} GB under RLIMIT_DATA {cap / 2**30:.2f} GB: peak RssAnon {peak / 2**30:.2f} GB"
+    )
     # the same run holding the images in memory cannot: one line naming the fix, no traceback
     in_memory, _ = _train(folder, tmp_path, "in_memory", "memory", cap)
     assert in_memory.returncode == 2

@@ -16,10 +16,20 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-# Eight API functions share their name with a submodule (imgclf.train, imgclf.predict, ...). Python binds a
+# Nine API functions share their name with a submodule (imgclf.train, imgclf.predict, ...). Python binds a
 # submodule onto its package when it is first imported, which would replace the function; this keeps
 # the function, while `from imgclf.train import ...` still finds the module in sys.modules.
-_FUNCTIONS_NAMED_LIKE_MODULES = {"train", "evaluate", "predict", "explain", "errors", "report", "export", "serve"}
+_FUNCTIONS_NAMED_LIKE_MODULES = {
+    "train",
+    "evaluate",
+    "predict",
+    "explain",
+    "errors",
+    "report",
+    "export",
+    "serve",
+    "doctor",
+}
 
 
 class _Package(types.ModuleType):

@@ -424,6 +424,18 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_as_training_sees_it(p: argparse.ArgumentParser) -> None:
+    """The settings that decide which images a split holds and at what size, as `train` takes them: the
+    commands that work on a dataset before training (doctor, pack) see it as training would."""
+    p.add_argument("--image-size", type=int, help="side in pixels (default: as training would choose)")
+    p.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
+    p.add_argument("--data-dir", help="where built-in datasets and the decode cache are")
+    p.add_argument("--val-split", type=float, help="as training's (default 0.1)")
+    p.add_argument("--test-split", type=float, help="as training's (default 0.2)")
+    p.add_argument("--seed", type=int, help="as training's: the held-out splits depend on it (default 0)")
+    p.add_argument("--max-image-pixels", type=int, help="as training's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description="Train, evaluate and use image classifiers.")
     parser.add_argument("--version", action="version", version=f"imgclf {__import__('imgclf').__version__}")
@@ -475,26 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds for the label check (default 3)")
     p.add_argument("--epochs", type=int, default=4, help="epochs of each fold's quick model (default 4)")
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
-    p.add_argument("--image-size", type=int, help="side in pixels (default: as training would choose)")
-    p.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
-    p.add_argument("--data-dir", help="where built-in datasets and the decode cache are")
-    p.add_argument("--val-split", type=float, help="as training's: leaks are judged on its splits (default 0.1)")
-    p.add_argument("--test-split", type=float, help="as training's (default 0.2)")
-    p.add_argument("--seed", type=int, help="as training's (default 0)")
+    _data_as_training_sees_it(p)
     p = sub.add_parser(
         "pack",
         help="write a folder or CSV as WebDataset tar shards, for streaming training of data larger than the disk cache",
     )
     p.add_argument("data", help="a folder of class sub-folders, or a CSV of file,label")
     p.add_argument("--out", required=True, help="new folder for the shards (then train with --data OUT)")
-    p.add_argument("--image-size", type=int, help="side in pixels (default: as training would choose)")
     p.add_argument("--shard-size", type=int, default=2000, metavar="N", help="images a shard (default 2000)")
     p.add_argument("--jpeg-quality", type=int, metavar="Q", help="store JPEG at this quality (default: PNG, lossless)")
-    p.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
-    p.add_argument("--val-split", type=float, help="as training's (default 0.1)")
-    p.add_argument("--test-split", type=float, help="as training's (default 0.2)")
-    p.add_argument("--seed", type=int, help="as training's: the held-out splits depend on it (default 0)")
-    p.add_argument("--max-image-pixels", type=int)
+    _data_as_training_sees_it(p)
     p = sub.add_parser("export", help="write the model as ONNX or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")

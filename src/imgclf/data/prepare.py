@@ -16,6 +16,7 @@ from .images import fit_tensor
 from .registry import RawDataset, Split, get_dataset
 from .shards import is_shards, load_shards
 from .splits import stratified_split
+from .stats import channel_stats
 
 
 @dataclass
@@ -50,22 +51,6 @@ class DataBundle:
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
-
-
-def channel_stats(images: torch.Tensor, chunk_pixels: int = 2**22) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in the 0..1 range, computed in chunks of about
-    ``chunk_pixels`` values (float64: 32 MB), so that a memory-mapped dataset is read, never copied."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    chunk = max(1, chunk_pixels // max(1, images[0].numel() if len(images) else 1))
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].to(torch.float64).div_(255)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square_().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
-    return mean.tolist(), std.tolist()
 
 
 def _resize(split: Split, size: int) -> Split:

@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from .folder import SIZE_CAP, SPLIT_NAMES, choose_image_size, source_parts
 from .images import decode_bytes, decode_each, to_channels
 from .loader import to_network_input
 from .registry import RawDataset, Split
+from .stats import RunningStats
 
 INDEX = "index.json"
 FORMAT = "imgclf-shards-1"
@@ -91,6 +92,39 @@ def _encode(image: torch.Tensor, gray: bool, jpeg_quality: int | None) -> tuple[
     return "png", buffer.getvalue()
 
 
+@dataclass
+class _Written:
+    labels: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    all_gray: bool = True
+
+
+def _write_split(
+    sink: Any,
+    files: list[Path],
+    labels: list[int],
+    size: int,
+    max_pixels: int,
+    jpeg_quality: int | None,
+    stats: RunningStats | None,
+) -> _Written:
+    """Decode ``files`` (threads) and write each usable one as a sample, its image and its class; ``stats``
+    accumulates the images' mean and std on the way."""
+    written = _Written()
+    for file, label, result in zip(files, labels, decode_each(files, size, max_pixels)):
+        if isinstance(result, str):
+            written.skipped.append((str(file), result))
+            continue
+        image, gray = result
+        written.all_gray &= gray
+        suffix, data = _encode(image, gray, jpeg_quality)
+        sink.write({"__key__": f"{len(written.labels):09d}", suffix: data, "cls": label})
+        written.labels.append(label)
+        if stats is not None:
+            stats.add(image[None])
+    return written
+
+
 def pack(
     cfg: TrainConfig,
     out: str | os.PathLike,
@@ -118,37 +152,26 @@ def pack(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     counts, shards, labels, skipped, all_gray = {}, {}, {}, [], True
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
+    stats = RunningStats()
     for split in SPLIT_NAMES:
         files, split_labels = parts[split]
         # shards are written in a seeded random order: a worker reading a few shards still sees every class
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         files, split_labels = [files[i] for i in order], [split_labels[i] for i in order]
-        kept_labels: list[int] = []
-        with wds.ShardWriter(str(partial / f"{split}-%06d.tar"), maxcount=shard_images, verbose=0) as sink:
-            for file, label, result in zip(files, split_labels, decode_each(files, size, cfg.max_image_pixels)):
-                if isinstance(result, str):
-                    skipped.append((str(file), result))
-                    continue
-                image, gray = result
-                all_gray &= gray
-                suffix, data = _encode(image, gray, jpeg_quality)
-                sink.write({"__key__": f"{len(kept_labels):09d}", suffix: data, "cls": label})
-                kept_labels.append(label)
-                if split == "train":
-                    x = image.to(torch.float64).div_(255)
-                    total += x.sum(dim=(1, 2))
-                    squares += x.square_().sum(dim=(1, 2))
-        counts[split], labels[split] = len(kept_labels), kept_labels
+        pattern = str(partial / f"{split}-%06d.tar")
+        with wds.ShardWriter(pattern, maxcount=shard_images, verbose=0) as sink:
+            written = _write_split(
+                sink, files, split_labels, size, cfg.max_image_pixels, jpeg_quality, stats if split == "train" else None
+            )
+        skipped += written.skipped
+        all_gray &= written.all_gray
+        counts[split], labels[split] = len(written.labels), written.labels
         shards[split] = sorted(p.name for p in partial.glob(f"{split}-*.tar"))
-        log(f"{split}: {len(kept_labels):,} images in {len(shards[split])} shard(s)")
+        log(f"{split}: {len(written.labels):,} images in {len(shards[split])} shard(s)")
     if not counts["train"]:
         shutil.rmtree(partial)
         raise DataError(f"{cfg.data}: none of the {len(paths)} files could be read as an image; check the folder")
-    pixels = counts["train"] * size * size
-    mean = total / pixels
-    std = (squares / pixels - mean.square()).clamp_min(1e-12).sqrt()
+    mean, std = stats.result()
     channels = 1 if all_gray else 3
     index = {
         "format": FORMAT,
@@ -159,8 +182,8 @@ def pack(
         "counts": counts,
         "shards": shards,
         "labels": labels,
-        "mean": mean.tolist()[:1] if all_gray else mean.tolist(),
-        "std": std.tolist()[:1] if all_gray else std.tolist(),
+        "mean": mean[:channels],  # a grayscale image's three channels are equal
+        "std": std[:channels],
         "skipped": skipped,
         "seed": cfg.seed,
         "val_split": cfg.val_split,
@@ -168,8 +191,8 @@ def pack(
     }
     atomic_write_json(partial / INDEX, index)
     os.replace(partial, out)
-    written = sum(f.stat().st_size for f in out.iterdir())
-    return PackResult(out, counts, shards, written, time.perf_counter() - start, skipped)
+    total_bytes = sum(f.stat().st_size for f in out.iterdir())
+    return PackResult(out, counts, shards, total_bytes, time.perf_counter() - start, skipped)
 
 
 # ---------------------------------------------------------------- read

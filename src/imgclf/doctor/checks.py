@@ -4,6 +4,7 @@ splits), class balance and sizes, and likely label errors ranked by confident le
 from __future__ import annotations
 
 import statistics
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -12,11 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..errors import ConfigError
 from .inventory import Inventory
 
-NEAR_DISTANCE = 4  # most differing bits of two 64-bit perceptual hashes that still make a near duplicate
+NEAR_DISTANCE = 4  # most differing bits of two 64-bit perceptual hashes that make a near-duplicate candidate
+NEAR_PIXELS = 5.0  # ... confirmed when their pixels at the training size differ by at most 5 levels (of 255) on
+# average: a re-encoded or rescaled copy differs by about 2; on Fashion-MNIST, two different shoes with close
+# hashes by 20 (bench/doctor.py: hashes alone paired 1,996 groups there, of which 100 were planted)
 BANDS = 5  # hashes are bucketed by 5 bands of ~13 bits: two within 4 bits share one band (pigeonhole)
 BUCKET_LIMIT = 2000  # a band value shared by more images (blank, uniform ones) is compared in no pairs
 TINY_FRACTION = 0.25  # shorter side under a quarter of the median shorter side (or under MIN_SIDE): tiny
@@ -119,12 +124,17 @@ def perceptual_hashes(images: torch.Tensor, chunk: int = 4096) -> np.ndarray:
     except ImportError:
         raise ConfigError(f"near duplicates {_missing('imagehash')}") from None
     hashes = np.empty(len(images), dtype=np.uint64)
+    bar = tqdm(
+        total=len(images), desc="perceptual hashes", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()
+    )
     for start in range(0, len(images), chunk):
         block = images[start : start + chunk]
         pixels = (block[:, 0] if block.shape[1] == 1 else block.permute(0, 2, 3, 1)).numpy()
         for i, array in enumerate(pixels):
             bits = imagehash.phash(Image.fromarray(array)).hash.flatten()
             hashes[start + i] = np.packbits(bits).view(">u8")[0]
+        bar.update(len(block))
+    bar.close()
     return hashes
 
 
@@ -132,9 +142,30 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
 
 
+def _luma(images: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W uint8 as N x H x W float brightness (ITU-R 601 weights, as Pillow's "L")."""
+    if images.shape[1] == 1:
+        return images[:, 0].float()
+    return torch.einsum("nchw,c->nhw", images.float(), torch.tensor([0.299, 0.587, 0.114]))
+
+
+def _same_pixels(
+    images: torch.Tensor, first: np.ndarray, second: np.ndarray, chunk: int = 1024
+) -> list[tuple[int, int]]:
+    """The candidate pairs whose images' brightness (luma) differs by at most NEAR_PIXELS levels on average;
+    luma, because JPEG halves the colour resolution: a re-encoded saturated picture moves 6 levels in RGB, 1 in luma."""
+    kept = []
+    for start in range(0, len(first), chunk):
+        a, b = first[start : start + chunk], second[start : start + chunk]
+        difference = (_luma(images[a]) - _luma(images[b])).abs().flatten(1).mean(1)
+        kept += [(int(i), int(j)) for i, j, d in zip(a, b, difference.tolist()) if d <= NEAR_PIXELS]
+    return kept
+
+
 def duplicate_groups(inventory: Inventory, hashes: np.ndarray | None) -> list[DuplicateGroup]:
-    """Exact groups (same content hash), then near groups (perceptual hashes within NEAR_DISTANCE bits,
-    found through bands so that no all-pairs comparison is needed) that are not already exact groups."""
+    """Exact groups (same content hash), then near groups that are not already exact groups: perceptual
+    hashes within NEAR_DISTANCE bits (found through bands, so no all-pairs comparison is needed) whose
+    pixels agree within NEAR_PIXELS."""
     exact = _UnionFind(len(inventory))
     first: dict[str, int] = {}
     for i, digest in enumerate(inventory.content):
@@ -158,8 +189,9 @@ def duplicate_groups(inventory: Inventory, hashes: np.ndarray | None) -> list[Du
             if 1 < len(members) <= BUCKET_LIMIT:
                 index = np.array(members)
                 distance = _popcount(hashes[index][:, None] ^ hashes[index][None, :]).reshape(len(index), len(index))
-                for a, b in zip(*np.nonzero(np.triu(distance <= NEAR_DISTANCE, k=1))):
-                    near.union(int(index[a]), int(index[b]))
+                a, b = np.nonzero(np.triu(distance <= NEAR_DISTANCE, k=1))
+                for i, j in _same_pixels(inventory.images, index[a], index[b]):
+                    near.union(i, j)
     exact_sets = {frozenset(g.members) for g in groups}
     groups += [DuplicateGroup("near", g) for g in near.groups(range(len(inventory))) if frozenset(g) not in exact_sets]
     return groups
