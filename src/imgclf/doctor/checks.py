@@ -270,6 +270,7 @@ class Findings:
         return {
             "data": inv.name,
             "kind": inv.kind,
+            "root": inv.root,  # the paths below are absolute; pages and the terminal show them relative to it
             "images": len(inv),
             "classes": inv.classes,
             "splits": dict(Counter(inv.splits)),

@@ -46,6 +46,7 @@ class Inventory:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unusable files and why
     hflip: bool = True
     size_note: str = ""
+    root: str = ""  # the data folder (the CSV's images folder): paths are shown relative to it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,6 +101,11 @@ def _files(cfg: TrainConfig, name: str, kind: str, size_cap: int) -> Inventory:
         facts,
         [(str(Path(p).resolve()), reason) for p, reason in decoded.skipped],
         size_note=size_note,
+        root=str(
+            (Path(cfg.images) if cfg.images else Path(cfg.data).parent if kind == "csv" else Path(cfg.data))
+            .expanduser()
+            .resolve()
+        ),
     )
 
 

@@ -4,6 +4,7 @@ the suggested moves and the files to leave out of training (never a deletion).""
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,11 @@ class DoctorResult:
         return self.findings["duplicates"]
 
 
+def shown(path: str, root: str) -> str:
+    """A path as pages and the terminal show it: relative to the data folder when inside it."""
+    return os.path.relpath(path, root) if root and path.startswith(root + os.sep) else path
+
+
 def _ordered(findings: Findings) -> list[DuplicateGroup]:
     """Duplicate groups, the harmful first: across splits (leaks), then across classes, then the rest."""
     inv = findings.inventory
@@ -69,16 +75,14 @@ def summary(findings: Findings) -> str:
         f"(leaks), {len(findings.cross_class)} across classes"
     )
     for group in _ordered(findings)[:SHOWN]:
-        shown = group.to_dict(inv)
-        lines.append(
-            f"  {group.kind}: "
-            + "  ".join(f"{p} [{lbl}, {s}]" for p, lbl, s in zip(shown["paths"], shown["labels"], shown["splits"]))
-        )
+        g = group.to_dict(inv)
+        members = zip(g["paths"], g["labels"], g["splits"])
+        lines.append(f"  {group.kind}: " + "  ".join(f"{shown(p, inv.root)} [{lbl}, {s}]" for p, lbl, s in members))
     if findings.issues is not None:
         lines.append(f"likely label errors: {len(findings.issues)} (most likely first)")
         for row in (found["label_issues"] or [])[:SHOWN]:
             lines.append(
-                f"  {row['path']}: labelled {row['given']} ({row['given_probability']:.2f}), "
+                f"  {shown(row['path'], inv.root)}: labelled {row['given']} ({row['given_probability']:.2f}), "
                 f"looks like {row['suggested']} ({row['suggested_probability']:.2f})"
             )
     lines += findings.notes
@@ -121,6 +125,7 @@ def _page(findings: Findings, out: Path, grids: dict[str, bool]) -> Path:
 
 def add_section(page: HtmlReport, found: dict[str, Any], folder: Path, grids: dict[str, bool] | None = None) -> None:
     """The doctor's findings as a section of an HTML page (its own, or a run's report)."""
+    root = found.get("root", "")
     page.section("Data health")
     page.table(
         Table(
@@ -170,7 +175,10 @@ def add_section(page: HtmlReport, found: dict[str, Any], folder: Path, grids: di
         page.table(
             Table(
                 ["file", "given", "suggested", "p(suggested)"],
-                [[r["path"], r["given"], r["suggested"], f"{r['suggested_probability']:.2f}"] for r in issues[:50]],
+                [
+                    [shown(r["path"], root), r["given"], r["suggested"], f"{r['suggested_probability']:.2f}"]
+                    for r in issues[:50]
+                ],
             )
         )
         if grids is None or grids.get(LABEL_GRID):
