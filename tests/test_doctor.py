@@ -167,3 +167,22 @@ def test_a_csv_dataset_and_a_builtin_one_are_examined_too(examined, tmp_path):
     digits = imgclf.doctor("digits", labels=False, out=str(tmp_path / "digits"), verbose=False).findings
     assert digits["kind"] == "builtin" and digits["images"] == 1797 and sum(digits["splits"].values()) == 1797
     assert all(p.split("/")[0] in ("train", "val", "test") for g in digits["duplicates"] for p in g["paths"])
+
+
+def test_with_a_run_the_labels_come_from_it_and_its_report_shows_the_data_health(examined, tmp_path):
+    root, planted, _ = examined
+    run = imgclf.train(
+        data=str(root / "photos"),
+        epochs=4,
+        model="cnn2",
+        data_dir=str(root / "cache"),
+        out=str(tmp_path / "run"),
+        verbose=False,
+    ).run_dir
+    result = imgclf.doctor(
+        str(root / "photos"), run=run, data_dir=str(root / "cache"), out=str(tmp_path / "d"), verbose=False
+    )
+    assert (run / "doctor" / "doctor.json").is_file()
+    assert _resolved(planted["leak"]) in _sets(result.leaks)
+    page = imgclf.report(run, log=lambda _: None).read_text()
+    assert ">Data health</h2>" in page and "leaked_003.png" in page

@@ -21,7 +21,7 @@ from .inventory import Inventory
 NEAR_DISTANCE = 4  # most differing bits of two 64-bit perceptual hashes that make a near-duplicate candidate
 NEAR_PIXELS = 5.0  # ... confirmed when their pixels at the training size differ by at most 5 levels (of 255) on
 # average: a re-encoded or rescaled copy differs by about 2; on Fashion-MNIST, two different shoes with close
-# hashes by 20 (bench/doctor.py: hashes alone paired 1,996 groups there, of which 100 were planted)
+# hashes by 20 (bench/doctor.py: hashes alone gave 1,746 near groups there for 100 planted; with this, 181)
 BANDS = 5  # hashes are bucketed by 5 bands of ~13 bits: two within 4 bits share one band (pigeonhole)
 BUCKET_LIMIT = 2000  # a band value shared by more images (blank, uniform ones) is compared in no pairs
 TINY_FRACTION = 0.25  # shorter side under a quarter of the median shorter side (or under MIN_SIDE): tiny
