@@ -107,7 +107,7 @@ def _train(folder: Path, tmp_path: Path, out: str, storage: str, limit: int) -> 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
 def test_a_folder_larger_than_the_memory_cap_trains_with_bounded_resident_memory(tmp_path):
-    folder = write_noise_folder(tmp_path / "big", per_class=1500)  # 6,000 files, 2.2 GB decoded at 352 px
+    folder = write_noise_folder(tmp_path / "big", per_class=1500)  # 6,000 files, 2.08 GiB decoded at 352 px
     decoded = 6000 * 3 * 352 * 352
     cap = int(1.9 * GB)  # RLIMIT_DATA: the process's private memory, below the decoded folder's size
     assert decoded > cap
