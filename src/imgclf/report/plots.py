@@ -96,8 +96,21 @@ def plot_reliability(
         accuracy = [b["accuracy"] if b["count"] else 0.0 for b in bins]
         confidence = [b["confidence"] if b["count"] else 0.0 for b in bins]
         ax.bar(lows, accuracy, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy")
-        gap = [c - a for c, a in zip(confidence, accuracy)]  # over-confidence shows as red above the bar
-        ax.bar(lows, gap, bottom=accuracy, width=width, align="edge", color="#dd5555", alpha=0.45, label="gap")
+        # the gap between a bin's accuracy and its confidence: above the bar over-confident, inside it under-
+        bottom = [min(a, c) for a, c in zip(accuracy, confidence)]
+        gap = [abs(c - a) for a, c in zip(accuracy, confidence)]
+        ax.bar(
+            lows,
+            gap,
+            bottom=bottom,
+            width=width,
+            align="edge",
+            facecolor="none",
+            edgecolor="#cc3333",
+            hatch="///",
+            linewidth=0.8,
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
