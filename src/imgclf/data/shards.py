@@ -345,12 +345,22 @@ class ShardBatches:
         generator = torch.Generator().manual_seed(stream_seed)
         batches = iter(loader)
         for _ in range(len(self)):
-            images, labels = next(batches)
+            images, labels = _next_batch(batches)
             images = images.to(self.device, non_blocking=True)
             flip = torch.rand(len(labels), generator=generator) < 0.5 if self.hflip else None
             x = to_network_input(images, self.mean, self.std, self.augment, flip, generator)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), labels.to(self.device)
         del batches  # ends the epoch's workers
+
+
+def _next_batch(batches: Iterator[Any]) -> Any:
+    """The next batch; a damaged shard's DataError comes back from a worker wrapped in its traceback text,
+    and is raised again as the one line it was."""
+    try:
+        return next(batches)
+    except DataError as exc:
+        last = str(exc).strip().splitlines()[-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
 
 
 def shard_sample(split: Split, count: int) -> torch.Tensor:
