@@ -18,7 +18,7 @@ import torch
 
 import imgclf
 from bench.run import SHARED, cifar10_folder
-from imgclf.report.tables import table
+from imgclf.plots.tables import table
 
 MODELS = ["mlp", "cnn2", "lenet5", "cnn4", "cnn"]
 

@@ -131,7 +131,8 @@ def test_evaluate_on_a_folder_holding_the_corpus(corpus_run):
     done = run_cli("evaluate", run)
     assert_no_crash(done)
     assert done.returncode == 0, done.stderr
-    assert f"warning: skipped {len(UNUSABLE)} unusable file(s)" in done.stdout
+    assert f"warning: skipped {len(UNUSABLE)} unusable file(s)" in done.stderr  # warnings: standard error
+    assert ".cpp" not in done.stderr and "__w/" not in done.stderr  # a decoder's reason, not its build path
     evaluated = json.loads((run / "evaluation.json").read_text())["test"]
     saved = json.loads((run / "metrics.json").read_text())["test"]
     assert evaluated["accuracy"] == saved["accuracy"] and evaluated["confusion_matrix"] == saved["confusion_matrix"]
@@ -145,3 +146,19 @@ def test_a_higher_pixel_limit_lets_a_genuine_large_image_through(tmp_path, corpu
     refused = run_cli("predict", run, tmp_path / "large.png", "--max-image-pixels", "50000")
     assert refused.returncode == 2 and "claims 300x200 = 60,000 pixels, over the limit of 50,000" in refused.stderr
     assert run_cli("predict", run, tmp_path / "large.png", "--max-image-pixels", "60000").returncode == 0
+
+
+def test_a_truncated_jpeg_that_libjpeg_turbo_decodes_is_named_without_its_build_path():
+    """torchvision's decoder (small JPEGs) says where in its C++ source it failed: the user sees why, not where."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from imgclf.data.images import decode_bytes
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    reason = decode_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2], 32)
+    assert isinstance(reason, str) and "truncated" in reason
+    assert ".cpp" not in reason and "/" not in reason, reason

@@ -16,7 +16,7 @@ import imgclf
 from conftest import write_class_folder
 from imgclf.cli import main
 from imgclf.evaluate import apply_temperature, calibration_error, coverage, fit_temperature, reliability
-from imgclf.predict import UNKNOWN, load
+from imgclf.predict import UNKNOWN, load, tta_logits
 from imgclf.rundir import RELIABILITY, read_checkpoint
 from imgclf.serve import ServeSettings
 from imgclf.serve.app import create_app
@@ -90,11 +90,13 @@ def test_a_run_stores_its_temperature_and_every_path_applies_it(noisy_run, tmp_p
     assert metrics["test"]["coverage"][0]["coverage"] == 1.0
     classifier = load(trained_run, device="cpu")
     images = torch.randint(0, 256, (6, classifier.channels, 16, 16), dtype=torch.uint8)
-    with torch.no_grad():
-        logits = classifier.model(classifier.normalise(images)).float()
+    with torch.no_grad():  # by hand: the run's test-time augmentation (the cnn recipe's), then the temperature
+        x = classifier.normalise(images)
+        logits = tta_logits(classifier.model, x, spec.hflip) if spec.tta else classifier.model(x).float()
+    assert spec.tta
     expected = (logits / spec.temperature).softmax(1)
     assert torch.allclose(classifier.predict_proba(images), expected, atol=1e-6)
-    # the exported model carries the temperature: its probabilities are predict's
+    # the exported model carries the temperature and the views: its probabilities are predict's
     exported = imgclf.export(trained_run, format="onnx", out=tmp_path / "export", log=lambda _: None)
     import onnxruntime
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -11,13 +12,13 @@ from torch import nn
 
 import imgclf
 from conftest import write_class_folder
-from imgclf.config import TrainConfig
-from imgclf.data import load_data
+from imgclf.config import DataConfig, TrainConfig
+from imgclf.data import BatchIterator, Split, load_data
 from imgclf.models import create_model
 from imgclf.models.cnn import WhiteningConv
 from imgclf.predict import tta_logits
-from imgclf.recipes import RECIPES, Variant, apply_recipe, choose_variant
-from imgclf.train import seconds_per_image
+from imgclf.recipes import RECIPES, DataFacts, Variant, choose_variant, resolve
+from imgclf.train import Trainer, seconds_per_image
 from imgclf.train.ema import Lookahead
 from imgclf.train.optim import build_optimizer
 
@@ -26,14 +27,14 @@ from imgclf.train.optim import build_optimizer
 
 def test_folder_is_decoded_once_and_a_changed_folder_decodes_again(tmp_path):
     folder = write_class_folder(tmp_path / "photos", per_class=12)
-    cfg = TrainConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
+    cfg = DataConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
     first = load_data(cfg)
     second = load_data(cfg)
     assert not first.from_cache and second.from_cache
     assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
     assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.u8"))) == 1
     # another image size is another cache entry
-    assert not load_data(cfg.replace(image_size=8)).from_cache
+    assert not load_data(dataclasses.replace(cfg, image_size=8)).from_cache
     # replacing a file (new size and mtime) invalidates the entry, and the stale file is removed
     changed = folder / "checker" / "000.png"
     changed.write_bytes((folder / "vertical" / "000.png").read_bytes())
@@ -43,13 +44,13 @@ def test_folder_is_decoded_once_and_a_changed_folder_decodes_again(tmp_path):
     assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.u8"))) == 1
     assert load_data(cfg).from_cache
     # --no-cache decodes and writes nothing
-    assert not load_data(cfg.replace(cache=False, data_dir=str(tmp_path / "none"))).from_cache
+    assert not load_data(dataclasses.replace(cfg, cache=False, data_dir=str(tmp_path / "none"))).from_cache
     assert not (tmp_path / "none").exists()
 
 
 def test_damaged_cache_file_is_a_miss_not_an_error(tmp_path):
     folder = write_class_folder(tmp_path / "photos", per_class=8)
-    cfg = TrainConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
+    cfg = DataConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
     load_data(cfg)
     (cached,) = (tmp_path / "data" / "cache").glob("*.u8")
     cached.write_bytes(b"truncated")
@@ -133,12 +134,22 @@ def test_tta_averages_mirror_and_shifted_views():
     assert torch.allclose(tta_logits(model, x, hflip=False), no_flip, atol=1e-5)
 
 
-def test_throughput_probe_leaves_the_model_untouched():
+def _trainer(settings: TrainConfig, model: nn.Module, n: int = 64) -> Trainer:
+    """A trainer of ``model`` on ``n`` random 1x8x8 images of 3 classes, with the folder recipe's run config."""
+    cfg, _ = resolve(settings, "folder", "cpu", DataFacts(n, 8))
+    split = Split(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8), torch.arange(n) % 3)
+    batches = BatchIterator(split, cfg.optim.batch_size, torch.device("cpu"), [0.5], [0.25], shuffle=True)
+    return Trainer(model, cfg, batches)
+
+
+def test_throughput_probe_times_the_trainers_step_and_leaves_the_model_untouched():
     model = create_model("cnn", 1, 3, 8, widths=[8, 8, 8])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    batches = [(torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,)))] * 3
-    assert 0 < seconds_per_image(model, batches, min_seconds=0.05) < 1
+    trainer = _trainer(TrainConfig(batch_size=16), model)
+    assert 0 < seconds_per_image(trainer, min_seconds=0.05) < 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert trainer.steps == 0 and not trainer.optimizer.state  # the optimizer's momentum is undone too
+    assert trainer.scheduler.last_epoch == 0
 
 
 # ---------------------------------------------------------------- recipes
@@ -169,22 +180,85 @@ def test_target_accuracy_picks_the_quickest_variant_that_reached_it():
     assert choose_variant(VARIANTS, target_accuracy=0.99)[0].name == "long"  # none did: the most accurate
 
 
+def _resolved(recipe: str, n_train: int, device: str = "cpu", **settings):
+    cfg, _ = resolve(TrainConfig(**settings), recipe, device, DataFacts(n_train))
+    return cfg
+
+
 def test_recipes_per_dataset_and_device():
-    cfg, variant = apply_recipe(TrainConfig(data="mnist"), "mnist", "cpu", 54_000)
-    assert variant == "default" and cfg.model == "cnn" and cfg.epochs == 1 and cfg.batch_size == 256
-    assert cfg.model_args == {"widths": [16, 32, 64]} and cfg.ema and cfg.tta and cfg.lr == pytest.approx(1.5 / 4)
-    gpu, _ = apply_recipe(TrainConfig(data="cifar10"), "cifar10", "cuda", 45_000)
-    assert gpu.batch_size == 1024 and gpu.model_args == {"widths": [64, 256, 256]} and gpu.lr == pytest.approx(1.5)
+    cfg, variant = resolve(TrainConfig(data="mnist"), "mnist", "cpu", DataFacts(54_000))
+    assert variant == "default" and cfg.model.model == "cnn" and cfg.schedule.epochs == 1
+    assert cfg.optim.batch_size == 256 and cfg.model.model_args == {"widths": [16, 32, 64]}
+    assert cfg.optim.ema and cfg.eval.tta and cfg.optim.lr == pytest.approx(1.5 / 4)
+    gpu = _resolved("cifar10", 45_000, "cuda", data="cifar10")
+    assert gpu.optim.batch_size == 1024 and gpu.model.model_args == {"widths": [64, 256, 256]}
+    assert gpu.optim.lr == pytest.approx(1.5) and gpu.run.compile
     # a flag wins over the recipe; a batch size given alone scales the recipe's lr linearly
-    mine, _ = apply_recipe(TrainConfig(data="mnist", batch_size=64, epochs=3), "mnist", "cpu", 54_000)
-    assert mine.epochs == 3 and mine.lr == pytest.approx(1.5 * 64 / 1024)
+    mine = _resolved("mnist", 54_000, data="mnist", batch_size=64, epochs=3)
+    assert mine.schedule.epochs == 3 and mine.optim.lr == pytest.approx(1.5 * 64 / 1024)
     # tutorial models train with plain SGD, no lookahead or TTA
-    plain, _ = apply_recipe(TrainConfig(data="mnist", model="lenet5"), "mnist", "cpu", 54_000)
-    assert plain.lr == pytest.approx(0.1) and not plain.ema and not plain.tta and plain.model_args is None
+    plain = _resolved("mnist", 54_000, data="mnist", model="lenet5")
+    assert plain.optim.lr == pytest.approx(0.1) and not plain.optim.ema and not plain.eval.tta
+    assert plain.model.model_args == {}
     # every built-in dataset has a CPU and a GPU recipe with a default
     for name, recipe in RECIPES.items():
         for variants in (recipe.cpu, recipe.gpu):
             assert any(v.name == "default" for v in variants), name
+
+
+def test_epochs_given_scale_the_warm_up_and_never_the_batch_or_lr():
+    """One rule for what follows from an override: the warm-up keeps its share of the run; batch and lr stay."""
+    default = _resolved("folder", 432)  # a 600-photo folder's training split
+    one = _resolved("folder", 432, epochs=1)
+    assert (one.optim.batch_size, one.optim.lr) == (default.optim.batch_size, default.optim.lr) == (32, 1.5 * 32 / 1024)
+    assert one.sources["epochs"] == "you" and one.sources["batch_size"].startswith("rule: 432 training images")
+    assert one.schedule.warmup_epochs == pytest.approx(default.schedule.warmup_epochs / default.schedule.epochs)
+    # digits: 40 epochs with 8 of warm-up; 6 epochs warm up for 1.2, so the lr still reaches its peak
+    digits = _resolved("digits", 1295, data="digits", epochs=6)
+    assert digits.schedule.warmup_epochs == pytest.approx(1.2) and digits.sources["warmup_epochs"].startswith("rule:")
+    # what you set is never changed by a rule
+    mine = _resolved("digits", 1295, data="digits", epochs=6, warmup_epochs=3.0, batch_size=512, lr=0.3)
+    assert (mine.schedule.warmup_epochs, mine.optim.batch_size, mine.optim.lr) == (3.0, 512, 0.3)
+    assert {mine.sources[k] for k in ("warmup_epochs", "batch_size", "lr", "epochs")} == {"you"}
+
+
+def test_the_resolved_config_is_concrete_and_records_where_each_value_came_from(trained_run):
+    import yaml
+
+    from imgclf.config import SETTINGS, RunConfig
+
+    saved = yaml.safe_load((trained_run / "config.yaml").read_text())
+    cfg = RunConfig.from_dict(saved)
+    values = cfg.values()
+    assert set(values) == set(SETTINGS) and set(cfg.sources) == set(SETTINGS)
+    recipe_filled = [s.name for s in SETTINGS.values() if s.recipe]
+    assert recipe_filled and all(values[name] is not None for name in recipe_filled)
+    assert values["image_size"] == 16  # the folder's size, never null
+    assert {source.split(" ")[0].rstrip(":") for source in cfg.sources.values()} <= {
+        "you",
+        "default",
+        "recipe",
+        "rule",
+        "data",
+    }
+    # passing config.yaml back reproduces the run's settings, each now given by that file
+    again = TrainConfig.load(trained_run / "config.yaml")
+    assert {name: getattr(again, name) for name in SETTINGS} == values
+    assert again.origin("lr") == f"config {trained_run / 'config.yaml'}"
+
+
+def test_settings_are_checked_when_given():
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="epochs must be a whole number, got 'ten'"):
+        TrainConfig(epochs="ten")
+    with pytest.raises(ConfigError, match="optimizer 'lamb' is not one of sgd, adam, adamw"):
+        TrainConfig(optimizer="lamb")
+    with pytest.raises(ConfigError, match="val_split 1.5 must be between 0 and 1"):
+        TrainConfig(val_split=1.5)
+    with pytest.raises(ConfigError, match="unknown setting\\(s\\) epoch;"):
+        TrainConfig(epoch=3)
+    assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)
 
 
 def test_budget_and_target_accuracy_end_to_end(tmp_path, monkeypatch):
@@ -192,10 +266,11 @@ def test_budget_and_target_accuracy_end_to_end(tmp_path, monkeypatch):
     folder = write_class_folder(tmp_path / "stripes", per_class=30)
     unbounded = imgclf.train(data=str(folder), image_size=16, verbose=False, epochs=None)
     budgeted = imgclf.train(data=str(folder), image_size=16, verbose=False, budget=0.5)
-    assert 1 <= budgeted.config.epochs < unbounded.config.epochs
+    assert 1 <= budgeted.config.schedule.epochs < unbounded.config.schedule.epochs
+    assert budgeted.config.sources["epochs"] == "rule: what the budget of 0.5 s allows"
     assert budgeted.metrics["train_seconds"] < unbounded.metrics["train_seconds"]
     early = imgclf.train(data=str(folder), image_size=16, verbose=False, target_accuracy=0.9)
-    assert early.metrics["stopped_early"] and early.metrics["epochs_run"] < early.config.epochs
+    assert early.metrics["stopped_early"] and early.metrics["epochs_run"] < early.config.schedule.epochs
     assert early.history[-1]["val_acc"] >= 0.9 > max((r["val_acc"] for r in early.history[:-1]), default=0.0)
 
 
@@ -219,13 +294,21 @@ def test_recipes_command_shows_what_training_ran(trained_run, capsys):
     from imgclf.cli import main
 
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
-    assert main(["recipes", "--data", config["data"]]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    optim, schedule = config["optim"], config["schedule"]
+    assert main(["recipes", "--data", config["data"]["data"]]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()]
     row = next(r for r in rows if r[:3] == ["folder", "cpu", "default"])
     epochs, widths, batch, lr = row[3], " ".join(row[4:7]), row[7], row[8]
-    assert (int(epochs), int(batch)) == (config["epochs"], config["batch_size"]) == (60, 16)
-    assert float(lr) == pytest.approx(config["lr"], rel=1e-3) and widths == str(config["model_args"]["widths"])
+    assert (int(epochs), int(batch)) == (schedule["epochs"], optim["batch_size"]) == (60, 16)
+    assert float(lr) == pytest.approx(optim["lr"], rel=1e-3) and widths == str(config["model"]["model_args"]["widths"])
     assert not any(r[:1] == ["mnist"] for r in rows)  # only the data asked about
+    # and where each value comes from, as the first lines of train say it
+    sources = {r[0]: " ".join(r[2:]) for r in rows if r and r[0] in ("epochs", "batch_size", "lr", "optimizer")}
+    for name in ("batch_size", "epochs"):  # the folder's count is estimated before the stratified split: +-1
+        assert sources[name].split(" images")[-1] == config["sources"][name].split(" images")[-1], name
+        assert sources[name].startswith("rule: ") and config["sources"][name].startswith("rule: ")
+    assert sources["optimizer"] == "recipe folder/default"
 
 
 def test_recipes_for_builtin_data_use_their_training_set_size():
@@ -235,13 +318,13 @@ def test_recipes_for_builtin_data_use_their_training_set_size():
     sizes = recipe_train_images()
     assert sizes["mnist"] == 54_000 and sizes["digits"] == round(1797 * 0.8 * 0.9) and sizes["folder"] is None
     digits_cpu = next(r for r in describe_recipes(sizes) if r[:3] == ["digits", "cpu", "default"])
-    n_train = len(load_data(TrainConfig(data="digits")).train)
-    real, _ = apply_recipe(TrainConfig(data="digits"), "digits", "cpu", n_train)
+    n_train = len(load_data(DataConfig(data="digits")).train)
+    real = _resolved("digits", n_train, data="digits")
     assert digits_cpu[3:8] == [
-        f"{real.epochs:g}",
-        str(real.model_args["widths"]),
-        str(real.batch_size),
-        f"{real.lr:.4g}",
-        f"{real.warmup_epochs:.3g}",
+        f"{real.schedule.epochs:g}",
+        str(real.model.model_args["widths"]),
+        str(real.optim.batch_size),
+        f"{real.optim.lr:.4g}",
+        f"{real.schedule.warmup_epochs:.3g}",
     ]
-    assert real.batch_size == 128  # the small-data rule halved the CPU batch of 256
+    assert real.optim.batch_size == 128  # the small-data rule halved the CPU batch of 256

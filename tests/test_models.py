@@ -3,17 +3,27 @@ import torch
 import torchvision
 from torchvision.models import resnet18
 
-from imgclf import TrainConfig
+from imgclf.config import ModelConfig
 from imgclf.errors import ModelError
 from imgclf.models import count_parameters, create_model, get_model_spec, head_of, model_names
 from imgclf.train import build_model
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn2", "lenet5", "cnn4", "cnn", "resnet18"])
+@pytest.mark.parametrize("name", model_names())
 @pytest.mark.parametrize("channels, size, classes", [(1, 28, 10), (3, 32, 7)])
-def test_every_model_adapts_to_channels_and_classes(name, channels, size, classes):
-    model = create_model(name, channels, classes, size)
-    assert model(torch.randn(3, channels, size, size)).shape == (3, classes)
+def test_every_registered_model_runs_forward_and_backward(name, channels, size, classes):
+    """As timm's tests do for its registry: the output's shape, and a gradient for every trainable parameter."""
+    torch.manual_seed(0)
+    model = create_model(name, channels, classes, size).train()
+    x = torch.randn(4, channels, size, size)
+    logits = model(x)
+    assert logits.shape == (4, classes) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.arange(4) % classes).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing, f"{name}: no gradient reaches {missing}"
+    if hasattr(model, "init_from_data"):  # a data-dependent first layer (the cnn's whitening) keeps its shape
+        model.init_from_data(x)
+        assert model(x).shape == (4, classes)
 
 
 def test_registry_lists_the_tutorial_models_then_ours():
@@ -54,7 +64,7 @@ class _Data:  # the fields _build_model reads
 def test_pretrained_resnet18_from_a_local_weights_file(tmp_path):
     reference = resnet18(weights=None)  # stands in for ImageNet weights, which cannot be downloaded here
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
-    cfg = TrainConfig(model="resnet18", weights=str(tmp_path / "resnet18.pth"))
+    cfg = ModelConfig(model="resnet18", weights=str(tmp_path / "resnet18.pth"))
     model = build_model(cfg, _Data(), CPU)
     # grey input: the RGB stem kernels summed over colour; the rest copied; a new 5-class head
     assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
@@ -65,14 +75,14 @@ def test_pretrained_resnet18_from_a_local_weights_file(tmp_path):
 def test_weights_file_that_does_not_fit(tmp_path):
     torch.save(create_model("cnn", 3, 10, 32).state_dict(), tmp_path / "cnn.pth")
     with pytest.raises(ModelError, match="do not fit resnet18"):
-        build_model(TrainConfig(model="resnet18", weights=str(tmp_path / "cnn.pth")), _Data(), CPU)
+        build_model(ModelConfig(model="resnet18", weights=str(tmp_path / "cnn.pth")), _Data(), CPU)
 
 
 def test_pretrained_asks_for_a_model_that_has_weights():
     from imgclf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model cnn has no pretrained weights"):
-        build_model(TrainConfig(model="cnn", pretrained=True), _Data(), CPU)
+        build_model(ModelConfig(model="cnn", pretrained=True), _Data(), CPU)
 
 
 def test_pretrained_without_network_points_to_weights_file(monkeypatch):
@@ -83,7 +93,7 @@ def test_pretrained_without_network_points_to_weights_file(monkeypatch):
 
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(ModelError, match="pass weights=FILE"):
-        build_model(TrainConfig(model="resnet18", pretrained=True), _Data(), CPU)
+        build_model(ModelConfig(model="resnet18", pretrained=True), _Data(), CPU)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +118,7 @@ def test_pretrained_without_network_points_to_weights_file(monkeypatch):
 def test_backbone_by_name_from_a_local_weights_file(name, build_reference, stem, body, head, tmp_path):
     reference = build_reference()  # stands in for ImageNet weights: 1000 classes, RGB
     torch.save(reference.state_dict(), tmp_path / "weights.pth")
-    model = build_model(TrainConfig(model=name, weights=str(tmp_path / "weights.pth")), _Data(), CPU)
+    model = build_model(ModelConfig(model=name, weights=str(tmp_path / "weights.pth")), _Data(), CPU)
     reference_state, state = reference.state_dict(), model.state_dict()
     assert torch.allclose(state[stem], reference_state[stem].sum(1, keepdim=True))  # grey stem: RGB kernels summed
     assert torch.equal(state[body], reference_state[body])

@@ -14,6 +14,7 @@ from PIL import Image
 import imgclf
 from conftest import CLASSES, synthetic_image
 from imgclf.cli import main
+from imgclf.predict import tta_logits
 
 
 def cli(capsys, *argv):
@@ -293,11 +294,11 @@ def test_the_inference_module_is_what_predicts(trained_run, new_images):
         probs = module(pixels)
     assert torch.equal(probs, model.predict_proba(pixels))  # predict runs this module, nothing else
     assert torch.allclose(probs.sum(1), torch.ones(len(pixels)))
-    by_hand = model.model(
-        (pixels.float() / 255 - torch.tensor(model.spec.mean).view(1, -1, 1, 1))
-        / torch.tensor(model.spec.std).view(1, -1, 1, 1)
+    x = (pixels.float() / 255 - torch.tensor(model.spec.mean).view(1, -1, 1, 1)) / torch.tensor(model.spec.std).view(
+        1, -1, 1, 1
     )
-    by_hand = (by_hand / model.spec.temperature).softmax(1)  # the run's calibration
+    assert model.tta  # the cnn recipe's run predicts with its test-time augmentation, everywhere
+    by_hand = (tta_logits(model.model, x, model.spec.hflip) / model.spec.temperature).softmax(1)  # and calibration
     assert torch.allclose(probs, by_hand, atol=1e-6)  # the normalisation is inside it
     # one graph, TTA views included, for any batch size: what an exporter exports
     batch = torch.export.Dim("batch", min=1)
@@ -381,6 +382,6 @@ def test_an_out_file_that_cannot_be_written_is_one_line(trained_run, big_folder,
     code, out, err = cli(capsys, "predict", trained_run, big_folder, "--out", tmp_path / "no" / "such" / "p.csv")
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
-        f"imgclf: error: --out {tmp_path / 'no' / 'such' / 'p.csv'}: cannot write it (No such file or directory); "
-        "give a file in an existing, writable folder"
+        f"imgclf: error: {tmp_path / 'no' / 'such' / 'p.csv'}: cannot write it (its folder does not exist); "
+        "create the folder or choose another place (--out)"
     ]

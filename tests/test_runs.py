@@ -41,8 +41,44 @@ def _independent_test_probs(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The test split and the model's probabilities on it, computed apart from the run's saved predictions."""
     classifier = imgclf.load(run, device="cpu")
     cfg = TrainConfig.load(run / "config.yaml").replace(image_size=classifier.image_size)
-    data = load_data(cfg)
-    return classifier.predict_proba(data.test.images, tta=bool(cfg.tta)), data.test.labels
+    data = load_data(cfg.data_config)
+    return classifier.predict_proba(data.test.images), data.test.labels
+
+
+def test_one_image_has_one_probability_in_every_command(noisy_run, tmp_path):
+    """predict, explain, errors, the report and the server agree on an image's probability: the run's
+    test-time augmentation is applied everywhere (the cnn recipe's runs use it), its calibration too."""
+    from fastapi.testclient import TestClient
+
+    from imgclf.explain import explain_batch
+    from imgclf.report.page import _examples
+    from imgclf.serve.app import create_app
+
+    classifier = imgclf.load(noisy_run, device="cpu")
+    assert classifier.tta and "test-time augmentation" in repr(classifier)
+    errors = imgclf.errors(noisy_run, out=tmp_path / "errors", log=lambda _: None)
+    mistakes = errors.analysis.mistakes[:4]
+    files = [m.source for m in mistakes]
+    assert len(files) == 4 and all(files)
+    predicted = imgclf.predict(noisy_run, files, device="cpu")
+    explained = imgclf.explain(noisy_run, files, out=tmp_path / "explain", log=lambda _: None)
+    with TestClient(create_app(classifier)) as client:
+        uploads = [("files", (Path(f).name, Path(f).read_bytes(), "image/png")) for f in files]
+        served = client.post("/predict", files=uploads).json()["predictions"]
+    for i, mistake in enumerate(mistakes):
+        assert predicted[i].label == mistake.predicted == served[i]["label"]
+        assert predicted[i].probability == pytest.approx(mistake.confidence, abs=1e-5)
+        assert explained.top_k(i)[0] == (mistake.predicted, pytest.approx(mistake.confidence, abs=1e-5))
+        assert served[i]["probability"] == pytest.approx(mistake.confidence, abs=1e-5)
+    # the report's grid: "most confident mistakes first", in the order of the probabilities it shows
+    from imgclf.evaluate import test_predictions
+    from imgclf.rundir import RunDir
+
+    predictions = test_predictions(RunDir(noisy_run), classifier, lambda _: None)
+    images, labels = _examples(predictions, classifier.classes)
+    wrong = [i for i, label in enumerate(labels) if " wrong " in label]
+    shown = [e.top_k[0][1] for e in explain_batch(classifier, images[wrong], "gradcam")]
+    assert len(shown) >= 3 and shown == sorted(shown, reverse=True)
 
 
 def test_errors_lists_exactly_the_wrong_predictions(noisy_run, tmp_path):

@@ -107,6 +107,46 @@ def test_limits_answer_413_with_json(trained_run):
         assert small.post("/predict", files=uploads(("ok.png", png()))).status_code == 200
 
 
+def test_explain_answers_what_predict_answers_and_a_wrong_field_names_its_own(client):
+    explained = client.post("/explain", files=[("file", ("x.png", png(3), "image/png"))])
+    predicted = client.post("/predict", files=uploads(("x.png", png(3))))
+    assert explained.status_code == predicted.status_code == 200
+    assert explained.json()["probability"] == pytest.approx(predicted.json()["predictions"][0]["probability"], abs=1e-6)
+    wrong = client.post("/explain", files=[("image", ("x.png", png(3), "image/png"))])
+    assert wrong.status_code == 422 and wrong.json()["error"] == (
+        "file: Field required; send images as multipart form data: file=@IMAGE"
+    )
+
+
+def test_a_wrong_method_answers_405_with_the_allowed_ones(client):
+    answer = client.get("/predict")
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+    assert answer.json()["error"] == "Method Not Allowed"
+
+
+def test_the_api_docs_work_offline(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assert "cdn" not in page.text.lower() and "https://" not in page.text.replace("https://fastapi", "")
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in page.text
+        served = client.get(f"/docs-assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 10_000, asset
+
+
+def test_a_busy_port_is_one_line_before_serving(trained_run, capsys):
+    from imgclf.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", str(trained_run), "--port", str(port)]) == 2
+    printed = capsys.readouterr()
+    assert "serving" not in printed.out
+    assert printed.err.strip() == f"imgclf: error: --port {port}: already in use on 127.0.0.1; choose another --port"
+
+
 def test_requests_arriving_together_share_forward_passes(trained_run):
     with TestClient(create_app(load(trained_run, device="cpu"), ServeSettings(max_wait_ms=50))) as batched:
         batcher = batched.app.state.batcher

@@ -25,7 +25,7 @@ def test_run_directory_contract(trained_run):
         assert (run / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
     config = yaml.safe_load((run / "config.yaml").read_text())
     # 90 images: the small-data recipe trains in batches of 16 for at least 300 steps
-    assert config["batch_size"] == 16 and config["epochs"] == 60
+    assert config["optim"]["batch_size"] == 16 and config["schedule"]["epochs"] == 60
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert list(rows[0]) == [
         "epoch",
@@ -36,6 +36,7 @@ def test_run_directory_contract(trained_run):
         "lr",
         "seconds",
         "train_seconds",
+        "train_images",
     ]
     assert [int(r["epoch"]) for r in rows] == list(range(1, 61))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -48,6 +49,10 @@ def test_run_directory_contract(trained_run):
     assert sum(matrix[i][i] for i in range(3)) / test["samples"] == pytest.approx(test["accuracy"])
     assert float(rows[metrics["best_epoch"] - 1]["val_loss"]) == min(float(r["val_loss"]) for r in rows)
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+    # every epoch trained on the whole training split, and the throughput counts what the seconds timed
+    assert {int(r["train_images"]) for r in rows} == {metrics["data"]["train"]}
+    trained = sum(float(r["train_seconds"]) for r in rows)
+    assert metrics["images_per_second"] == pytest.approx(60 * metrics["data"]["train"] / trained, rel=0.01)
     # checkpoints load without executing code and carry what inference needs
     best = torch.load(run / "best.pt", weights_only=True)
     assert (
@@ -59,13 +64,13 @@ def test_run_directory_contract(trained_run):
     assert last["epoch"] == 60 and "optimizer" in last
     # every setting is concrete in config.yaml
     # the fast recipe, its lr scaled linearly from batch 1024 to 16
-    assert (
-        config["optimizer"] == "sgd"
-        and config["lr"] == pytest.approx(1.5 * 16 / 1024)
-        and config["ema"]
-        and config["tta"]
-    )
-    assert config["model_args"] == {"widths": [32, 64, 128]} and config["augment"] == "standard"
+    optim = config["optim"]
+    assert optim["optimizer"] == "sgd" and optim["lr"] == pytest.approx(1.5 * 16 / 1024) and optim["ema"]
+    assert config["eval"]["tta"] and config["augment"]["augment"] == "standard"
+    assert config["model"]["model_args"] == {"widths": [32, 64, 128]}
+    # and where each came from
+    assert config["sources"]["batch_size"].startswith("rule: ") and config["sources"]["image_size"] == "you"
+    assert config["sources"]["optimizer"] == "recipe folder/default"
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
 
 
@@ -126,13 +131,14 @@ def test_imbalance_is_reported_and_weighted(tmp_path, in_tmp, capsys):
     for extra in sorted((root / "checker").iterdir())[8:]:
         extra.unlink()
     imgclf.train(data=str(root), **{**FAST, "epochs": 1})
-    out = capsys.readouterr().out
-    assert "training images per class: checker 5, horizontal 29, vertical 29" in out
-    assert (
-        "warning: imbalanced classes (largest 29, smallest 5); consider class_weights=auto or sampler=balanced" in out
+    printed = capsys.readouterr()
+    assert "training images per class: checker 5, horizontal 29, vertical 29" in printed.out
+    assert (  # warnings go to standard error, in every command
+        "warning: imbalanced classes (largest 29, smallest 5); consider class_weights=auto or sampler=balanced"
+        in printed.err
     )
     result = imgclf.train(data=str(root), class_weights="auto", sampler="balanced", **{**FAST, "epochs": 2})
-    assert "warning: imbalanced" not in capsys.readouterr().out
+    assert "warning: imbalanced" not in capsys.readouterr().err
     assert result.metrics["test"]["per_class"]["checker"]["support"] == 2
 
 
@@ -156,7 +162,7 @@ def test_frozen_backbone_then_fine_tuning(class_folder, in_tmp, tmp_path):
     )
     result = imgclf.train(**fine_tune)
     # the fine-tuning recipe: AdamW at 2e-3 for batch 128, scaled to the batch
-    assert result.config.optimizer == "adamw" and result.config.lr == pytest.approx(2e-3 * 32 / 128)
+    assert result.config.optim.optimizer == "adamw" and result.config.optim.lr == pytest.approx(2e-3 * 32 / 128)
     checkpoints = {}
 
     def keep(epoch, row):
@@ -181,8 +187,8 @@ def test_console_script_trains_on_the_shipped_dataset(in_tmp):
         env={**os.environ, "IMGCLF_DATA": str(in_tmp / "cache")},
     )
     assert done.returncode == 0, done.stderr
-    epochs = yaml.safe_load((in_tmp / "runs" / "digits-cnn" / "config.yaml").read_text())["epochs"]
-    assert f"epoch {epochs:>3}/{epochs}" in done.stdout and "recipe: digits / default (cpu)" in done.stdout
+    epochs = yaml.safe_load((in_tmp / "runs" / "digits-cnn" / "config.yaml").read_text())["schedule"]["epochs"]
+    assert f"epoch {epochs:>3}/{epochs}" in done.stdout and "recipe digits / default (cpu)" in done.stdout
     metrics = json.loads((in_tmp / "runs" / "digits-cnn" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.97 and metrics["data"]["test"] == 359
 

@@ -6,8 +6,9 @@
     >>> imgclf.load(result.run_dir).predict(["digit.png"])
     >>> imgclf.explain(result.run_dir, ["digit.png"]); imgclf.errors(result.run_dir); imgclf.report(result.run_dir)
 
-Importing imgclf (or ``imgclf.predict``) loads inference only; the trainer, the explanations and the
-report load when first used, so a server or an exporter never carries the training code.
+Importing imgclf loads no torch; ``imgclf.load`` loads inference only (no trainer, no dataset downloaders);
+the trainer, the explanations and the report load when first used, so a server or an exporter never
+carries the training code.
 """
 
 from __future__ import annotations
@@ -41,12 +42,9 @@ class _Package(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
-from .config import TrainConfig  # noqa: E402
-from .data import register_dataset  # noqa: E402
+from .config import RunConfig, TrainConfig  # noqa: E402
 from .errors import ImgclfError  # noqa: E402
 from .lazy import lazy_exports  # noqa: E402
-from .models import create_model, register_model  # noqa: E402
-from .predict import Classifier, Prediction, Predictions, load  # noqa: E402
 
 __version__ = "0.2.0"
 
@@ -70,6 +68,11 @@ _LAZY = {  # name -> module that defines it, imported on first use
         ],
         ".api",
     ),
+    **dict.fromkeys(["Classifier", "Prediction", "Predictions", "load"], ".predict"),
+    **dict.fromkeys(["create_model", "register_model"], ".models"),
+    "register_dataset": ".data",
+    "register_task": ".tasks",
+    "list_runs": ".runs",
     **dict.fromkeys(["DoctorResult"], ".doctor.output"),
     **dict.fromkeys(["ExportResult"], ".export"),
     **dict.fromkeys(["ServeSettings"], ".serve"),
@@ -95,11 +98,16 @@ if TYPE_CHECKING:
         serve,
         train,
     )
+    from .data import register_dataset
     from .doctor.output import DoctorResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
     from .export import ExportResult
+    from .models import create_model, register_model
+    from .predict import Classifier, Prediction, Predictions, load
     from .report.compare import CompareResult
+    from .runs import list_runs
     from .serve import ServeSettings
+    from .tasks import register_task
     from .train.pipeline import TrainResult
 
 
@@ -118,6 +126,7 @@ __all__ = [
     "ExplainResult",
     "ExportResult",
     "ImgclfError",
+    "RunConfig",
     "InspectResult",
     "Prediction",
     "Predictions",
@@ -134,11 +143,13 @@ __all__ = [
     "export",
     "inspect",
     "load",
+    "list_runs",
     "lr_find",
     "pack",
     "predict",
     "register_dataset",
     "register_model",
+    "register_task",
     "report",
     "serve",
     "train",

@@ -9,24 +9,25 @@ never straight to the terminal from the stages.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MAX_IMAGE_PIXELS, TrainConfig
+from .config import DEFAULT_MAX_IMAGE_PIXELS, DataConfig, TrainConfig, data_config
 from .errors import ConfigError, name_settings
 from .explain import ERRORS_TOP
-from .predict import Classifier, ImageInput, Predictions, load
 from .rundir import DOCTOR, ERRORS, EXPLAIN, INSPECT, RunDir
 from .runtime import Log, quiet
 
-# Each function imports its stage when called: `imgclf predict` starts without loading torchmetrics,
-# captum or the report (about 1.5 s and 100 MB on the project's CPU).
+# Each function imports its stage when called: `imgclf --help` loads no torch, and `imgclf predict` starts
+# without torchmetrics, captum or the report (about 1.5 s and 100 MB on the project's CPU).
 if TYPE_CHECKING:
     from .data.shards import PackResult
     from .doctor.output import DoctorResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
     from .export import ExportResult
+    from .predict import Classifier, ImageInput, Predictions
     from .report.compare import CompareResult
     from .serve import ServeSettings
     from .train import TrainResult
@@ -57,8 +58,10 @@ __all__ = [
 
 
 def show(message: str) -> None:
-    """The default ``log``: the message on standard output, its settings named for the caller."""
-    print(name_settings(message))  # noqa: T201  the API's one place that writes to the terminal
+    """The default ``log``: the message on standard output (a warning on standard error, as every command's
+    warnings are), its settings named for the caller."""
+    warning = message.startswith("warning:")
+    print(name_settings(message), file=sys.stderr if warning else sys.stdout)  # noqa: T201  the API's one place that writes to the terminal
 
 
 def train(
@@ -73,13 +76,15 @@ def train(
 
     ``config`` is a :class:`TrainConfig`, a YAML file or a run directory; ``settings`` override its
     fields (``imgclf.train(data="mnist", model="cnn", epochs=2)``). ``resume`` continues an interrupted
-    run from its ``last.pt``. ``callbacks`` are called as ``fn(epoch, history_row)`` after each epoch.
+    run from its ``last.pt`` (one stopped before its first epoch starts again in its folder). ``callbacks``
+    are called as ``fn(epoch, history_row)`` after each epoch. ``TrainResult.config`` is the resolved
+    :class:`~imgclf.config.RunConfig`, with where each value came from.
     """
     from .train import train_run  # deferred: importing imgclf, or predicting, never loads the trainer
 
     log = show if verbose else quiet
     result = train_run(config, resume, settings, callbacks, log, verbose)
-    if result.config.report:
+    if result.config.run.report and result.main_process:  # distributed: the main process reports for all
         report(result.run_dir, log=log)
     return result
 
@@ -99,8 +104,9 @@ def lr_find(
     from .train.lr_find import lr_find as sweep
     from .train.pipeline import starting_config
 
-    cfg, _, _ = starting_config(config, None, settings)
-    return sweep(cfg, Path(out), show if verbose else quiet, start_lr, end_lr, steps)
+    return sweep(
+        starting_config(config, None, settings).settings, Path(out), show if verbose else quiet, start_lr, end_lr, steps
+    )
 
 
 def doctor(
@@ -125,11 +131,12 @@ def doctor(
     from .data.images import fit_tensor, to_channels
     from .doctor import examine, summary, take_inventory, write_findings
     from .doctor.output import DoctorResult
+    from .predict import load
     from .recipes import image_size_cap
     from .runtime import resolve_device
 
     log = show if verbose else quiet
-    cfg = TrainConfig(data=data, **settings).validate()
+    cfg = data_config(data=data, **settings)
     inventory = take_inventory(cfg, image_size_cap(resolve_device(device).type))
     log(f"examining {len(inventory):,} images of {inventory.name} ({len(inventory.skipped)} unusable files)")
     probs = None
@@ -184,7 +191,7 @@ def pack(
     from .recipes import image_size_cap
     from .runtime import resolve_device
 
-    cfg = TrainConfig(data=data, **settings).validate()
+    cfg = data_config(data=data, **settings)
     cap = image_size_cap(resolve_device(device).type)
     return write_shards(cfg, out, shard_size, jpeg_quality, cap, show if verbose else quiet)
 
@@ -218,6 +225,8 @@ def classifier(
 ) -> Classifier:
     """A run (or checkpoint) loaded for inference; ``backend="onnx"`` runs its forward pass in ONNX
     Runtime (exported into RUN/export first when needed)."""
+    from .predict import load
+
     if backend not in BACKENDS:
         raise ConfigError(f"`backend` {backend}: unknown; use {' or '.join(BACKENDS)}")
     loaded = load(checkpoint, device=device, max_image_pixels=max_image_pixels)
@@ -279,6 +288,7 @@ def inspect(
     """The model of a run (or checkpoint) layer by layer, its first-layer kernels and, given an image, its
     feature maps; figures and ``layers.json`` go to ``out`` (default: the run's ``inspect/`` folder)."""
     from .explain import inspect_classifier
+    from .predict import load
 
     classifier = load(path, device="cpu")
     pixels = classifier.to_uint8(image) if image is not None else None
@@ -301,6 +311,7 @@ def explain(
     """Heat maps of what a run's model looks at in ``images`` (files, folders, PIL images, tensors), for the
     predicted class or ``target``; figures go to ``out`` (default: the run's ``explain/`` folder)."""
     from .explain import explain_sources
+    from .predict import load
 
     classifier = load(path, device="cpu")
     sources, batch, skipped = classifier.read_images(images)
@@ -324,6 +335,8 @@ def errors(
 
     if top < 0:
         raise ConfigError(f"`top` {top}: must be 0 or more (how many mistakes to list)")
+    from .predict import load
+
     found = RunDir.find(run)
     classifier = load(found.path, device="cpu")
     predictions = test_predictions(found, classifier, log)
@@ -387,11 +400,11 @@ def recipe_train_images(data: str | None = None) -> dict[str, int | None]:
     def after_splits(spec: Any) -> int | None:
         if spec.train_images is None:
             return None
-        return training_images(spec.train_images, TrainConfig(), hold_test=not spec.has_test_split)
+        return training_images(spec.train_images, DataConfig(), hold_test=not spec.has_test_split)
 
     if data is None:
         known = {spec.name: after_splits(spec) for spec in list_datasets() if spec.name in RECIPES}
         return {**known, "folder": None}
     if Path(data).expanduser().exists():
-        return {"folder": count_training_files(TrainConfig(data=data))}
+        return {"folder": count_training_files(DataConfig(data=data))}
     return {get_dataset(data).name: after_splits(get_dataset(data))}

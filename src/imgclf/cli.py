@@ -13,178 +13,145 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import api
-from .config import CHOICES, DEFAULT_MAX_IMAGE_PIXELS
-from .errors import ConfigError, ImgclfError, keyword_name, name_settings, setting_names
+from .config import DEFAULT_MAX_IMAGE_PIXELS, PREDICT_BATCH, RECIPE, SECTIONS, Setting, settings_fields, value_kind
+from .errors import ConfigError, ImgclfError, keyword_name, name_settings, setting_names, writing
 from .explain import METHODS
-from .predict import PREDICT_BATCH, Prediction, check_min_confidence
-from .recipes import RECIPE_COLUMNS, SMALL_DATA, describe_recipes
-from .report.tables import table
+from .plots.tables import table
+from .recipes import RECIPE_COLUMNS, SMALL_DATA, default_config, describe_recipes, describe_sources
 from .serve.settings import ServeSettings
 
+if TYPE_CHECKING:
+    from .predict import Prediction
 
-def _train_parser(sub) -> None:
+SECTION_TITLES = {
+    "data": "data",
+    "model": "model",
+    "optim": "optimisation",
+    "schedule": "schedule and stopping",
+    "augment": "augmentation",
+    "eval": "evaluation",
+    "run": "run",
+}
+assert set(SECTION_TITLES) == set(SECTIONS)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (settings say theirs themselves: their default may be the recipe's)."""
+
+
+def _default_text(spec: Setting) -> str:
+    if spec.meta.get("default_text"):
+        return spec.meta["default_text"]
+    if spec.recipe:
+        return RECIPE
+    return str(spec.default())
+
+
+def add_setting(parser: argparse._ActionsContainer, spec: Setting) -> None:
+    """One config field as a flag: its type, choices and help with the default, from the field's metadata.
+    Settings not given stay unset (``argparse.SUPPRESS``), so the recipe fills what you leave out."""
+    meta, kind = spec.meta, value_kind(spec.hint)
+    flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
+    helptext = f"{meta['help']} (default: {_default_text(spec)})"
+    options: dict[str, Any] = {"dest": spec.name, "help": helptext, "default": argparse.SUPPRESS}
+    if kind is bool and spec.recipe:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+    elif kind is bool:  # the flag says the other value than the default: --pretrained, --no-cache
+        options["help"] = f"{meta['help']} (default: off)"
+        parser.add_argument(flag, action="store_false" if spec.default() else "store_true", **options)
+    else:
+        parser.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"), **options)
+
+
+def _settings_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The run's settings as flags, by section: all of them for train, those it uses for lr-find."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in settings_fields():
+        if spec.meta.get("flag") == "" or (command == "lr-find" and not spec.meta["lr_find"]):
+            continue
+        if spec.section not in groups:
+            groups[spec.section] = p.add_argument_group(SECTION_TITLES[spec.section])
+        add_setting(groups[spec.section], spec)
+
+
+def _train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a classifier and write a run directory",
-        description="Train a classifier. Unset options come from the recipe for the dataset.",
-        argument_default=argparse.SUPPRESS,
+        description="Train a classifier. What you leave unset comes from the recipe for the dataset and device "
+        "(imgclf recipes), or from a rule (the warm-up keeps its share of the run; the lr is linear in the "
+        "batch); the first lines say where each value came from.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
-    _training_options(p, out_help="run directory (default runs/<data>-<model>, never overwritten)")
-    p = sub.add_parser(
-        "lr-find",
-        help="the learning-rate finder: training loss over a log-spaced lr sweep, a plot and a suggested lr",
-        description="Sweep the learning rate for the model, data and optimizer that `train` with the same "
-        "options would use, and suggest one (the loss's steepest descent).",
-        argument_default=argparse.SUPPRESS,
+    p.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="a config.yaml (e.g. runs/x/config.yaml) to start from; flags override it (default: none)",
     )
-    p.add_argument("--start-lr", type=float, default=1e-6)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=100, help="training steps of the sweep")
-    _training_options(p, out_help="the plot (default lr_find.png)")
-
-
-def _training_options(p: argparse.ArgumentParser, out_help: str) -> None:
-    """The options of a training run, shared by train and lr-find."""
-    p.add_argument("--config", help="a config.yaml (e.g. runs/x/config.yaml) to start from; flags override it")
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data", help="dataset name (imgclf datasets), a folder of class sub-folders, or a CSV of file,label"
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=argparse.SUPPRESS,
+        help="continue an interrupted run from its last.pt (default: none)",
     )
-    g.add_argument(
-        "--data-dir", help="where built-in datasets are stored/downloaded (default $IMGCLF_DATA or ~/.cache/imgclf)"
-    )
-    g.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
-    g.add_argument(
-        "--image-size",
-        type=int,
-        help="side in pixels (default: native; for folders the images' own, at most 64 on a CPU)",
-    )
-    g.add_argument(
-        "--max-image-pixels",
-        type=int,
-        help=f"refuse images claiming more pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,})",
-    )
-    g.add_argument("--augment", choices=CHOICES["augment"])
-    g.add_argument("--val-split", type=float, help="share of training data held out for validation (default 0.1)")
-    g.add_argument(
-        "--test-split", type=float, help="share held out for testing when the source has no test split (default 0.2)"
-    )
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="model name (imgclf models)")
-    g.add_argument(
-        "--pretrained", action="store_true", help="start from ImageNet weights (resnet18, torchvision:NAME, timm:NAME)"
-    )
-    g.add_argument("--weights", help="start from this weights file instead of downloading")
-    g.add_argument("--freeze-epochs", type=int, help="train only the new head for this many epochs first")
-    g.add_argument(
-        "--backbone-lr-scale", type=float, help="lr of everything but the head, as a fraction of the head's (e.g. 0.1)"
-    )
-    g.add_argument(
-        "--init", metavar="RUN", help="start from a run's weights (its best.pt); a new head if classes differ"
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--optimizer", choices=CHOICES["optimizer"])
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--no-nesterov", dest="nesterov", action="store_false")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=CHOICES["schedule"])
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
-    g.add_argument(
-        "--class-weights", choices=CHOICES["class_weights"], help="auto: weight the loss by inverse class frequency"
-    )
-    g.add_argument("--sampler", choices=CHOICES["sampler"], help="balanced: sample classes equally often")
-    g.add_argument("--patience", type=int, help="stop when validation loss has not improved for this many epochs")
-    g.add_argument("--norm-lr-scale", type=float, help="lr multiplier of biases and norm shifts")
-    g.add_argument("--ema", action=argparse.BooleanOptionalAction, help="lookahead weight averaging late in training")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation for the test metrics")
-    g = p.add_argument_group("speed")
-    g.add_argument(
-        "--budget",
-        type=float,
-        metavar="SECONDS",
-        help="seconds of training: picks the recipe variant (and epochs) that fits, measured on this machine",
-    )
-    g.add_argument(
-        "--target-accuracy",
-        type=float,
-        metavar="FRACTION",
-        help="picks the quickest recipe variant that reached it in our benchmarks; stops once validation reaches it",
-    )
-    g.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on CUDA)"
-    )
-    g.add_argument(
-        "--no-cache",
-        dest="cache",
-        action="store_false",
-        help="decode folder/CSV images again instead of using the cache",
-    )
-    g.add_argument(
-        "--exclude",
-        metavar="FILE",
-        help="leave out the images this file lists, one path a line (e.g. the doctor's doctor/exclude.txt)",
-    )
-    g.add_argument(
-        "--storage",
-        choices=CHOICES["storage"],
-        help="decoded folder/CSV images in memory, or memory-mapped from the cache file for folders larger than "
-        "memory (default auto: memory-mapped when they would take over half the available memory)",
-    )
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", choices=CHOICES["device"])
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
-    g.add_argument(
+    p.add_argument(
         "--devices",
         type=int,
         metavar="N",
+        default=1,
         help="train on N processes (GPUs, or CPU processes) through torchrun; --batch-size is per process",
     )
-    g.add_argument("--sync-bn", action="store_true", help="distributed on GPUs: batch norm over the global batch")
-    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
-    g.add_argument("--report", action="store_true", help="write report.html (as imgclf report) when training ends")
-    g.add_argument("--out", help=out_help)
-    g.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    _settings_options(p, "train")
+    p = sub.add_parser(
+        "lr-find",
+        help="the learning-rate finder: training loss over a log-spaced lr sweep, a plot and a suggested lr",
+        description="Sweep the learning rate for the model, data, optimizer groups and loss that `train` with the "
+        "same options would use, and suggest one (the loss's steepest descent).",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--config", default=argparse.SUPPRESS, help="a config.yaml to start from; flags override it (default: none)"
+    )
+    p.add_argument("--start-lr", type=float, default=1e-6, help="the sweep's first lr")
+    p.add_argument("--end-lr", type=float, default=10.0, help="the sweep's last lr")
+    p.add_argument("--steps", type=int, default=100, help="training steps of the sweep")
+    p.add_argument("--out", default="lr_find.png", help="the plot")
+    _settings_options(p, "lr-find")
+
+
+COMMAND_OPTIONS = ("command", "config", "resume", "quiet", "devices", "argv")  # the command line's own, not settings
+
+
+def _settings_given(args: argparse.Namespace, *also: str) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in COMMAND_OPTIONS + also}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    devices = getattr(args, "devices", 1)
+    devices = args.devices
     if devices > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it, with this command
         from .runtime import resolve_device
         from .train.distributed import check_sync_bn, launch
 
         check_sync_bn(getattr(args, "sync_bn", False), resolve_device(getattr(args, "device", "auto")).type)
         return launch(devices, _without_devices(args.argv))
-    settings = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("command", "config", "resume", "quiet", "func", "devices", "argv")
-    }
-    quiet = getattr(args, "quiet", False)
     result = api.train(
-        getattr(args, "config", None), resume=getattr(args, "resume", None), verbose=not quiet, **settings
+        getattr(args, "config", None),
+        resume=getattr(args, "resume", None),
+        verbose=not args.quiet,
+        **_settings_given(args),
     )
-    if quiet:
+    if args.quiet and result.main_process:
         print(f"test accuracy {result.accuracy:.4f}; run saved in {result.run_dir}")
     return 0
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    sweep = {name: vars(args).pop(name) for name in ("start_lr", "end_lr", "steps")}
-    out = vars(args).pop("out", "lr_find.png")
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet", "devices", "argv")}
-    api.lr_find(getattr(args, "config", None), out=out, **sweep, **settings)
+    sweep = {name: getattr(args, name) for name in ("start_lr", "end_lr", "steps", "out")}
+    api.lr_find(getattr(args, "config", None), **sweep, **_settings_given(args, *sweep))
     return 0
 
 
@@ -243,6 +210,9 @@ def _log_stderr(message: str) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import check_min_confidence
+
+    check_min_confidence(args.min_confidence)
     model = api.classifier(
         args.checkpoint,
         device=args.device,
@@ -254,6 +224,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     output_format = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "table")
     if output_format not in PREDICT_FORMATS:
         raise ConfigError(f"`out` {args.out}: give --format csv or json, or a file ending in .csv or .json")
+    from tqdm import tqdm
+
     k = max(1, min(args.top_k, len(model.classes)))
     with prediction_output(args.out) as out:
         writer = PREDICTION_WRITERS[output_format](out, k, args.min_confidence > 0)
@@ -271,24 +243,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def prediction_output(out: str | None) -> Iterator[TextIO]:
     """Standard output, or ``out`` written as ``out.partial`` while predicting and renamed when complete:
-    an interrupted run leaves what it predicted, never a file that looks complete."""
+    an interrupted run leaves what it predicted, never a file that looks complete; a write that fails (a
+    read-only place, a full disk) is one line."""
     if out is None:
         yield sys.stdout
         return
     partial = Path(out + ".partial")
-    try:
+    with writing(out, "out"):
         f = open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115  closed by the with below
-    except OSError as exc:
-        raise ConfigError(
-            f"`out` {out}: cannot write it ({exc.strerror}); give a file in an existing, writable folder"
-        ) from None
     with f:
         try:
-            yield f
+            with writing(partial, "out"):
+                yield f
         except BaseException:
             print(f"imgclf: the predictions made so far are in {partial}", file=sys.stderr)
             raise
-    os.replace(partial, out)
+    with writing(out, "out"):
+        os.replace(partial, out)
 
 
 def _headers(k: int, decided: bool) -> list[str]:
@@ -370,6 +341,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         min_confidence=args.min_confidence,
     )
+    from .predict import check_min_confidence
+
     check_min_confidence(args.min_confidence)
     api.serve(args.run, host=args.host, port=args.port, settings=settings)
     return 0
@@ -413,9 +386,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs, runs_table
+
+    runs = list_runs(args.folder)
+    if not runs:
+        print(f"no runs in {args.folder}")
+        return 0
+    print(runs_table(runs).to_text())
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     train_images = api.recipe_train_images(args.data)
     print(table(RECIPE_COLUMNS, describe_recipes(train_images)))
+    if args.data:  # one dataset: where each value of its default comes from, as train's first lines say
+        for dataset, n_train in train_images.items():
+            print(f"\n{dataset}, cpu, default: where each value comes from")
+            print(table(["setting", "value", "from"], describe_sources(default_config(dataset, n_train))))
     if None in train_images.values():
         print(
             f"'folder' rows: a folder or CSV of {SMALL_DATA:,}+ training images; smaller ones get smaller batches and "
@@ -425,32 +413,36 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _data_as_training_sees_it(p: argparse.ArgumentParser) -> None:
-    """The settings that decide which images a split holds and at what size, as `train` takes them: the
-    commands that work on a dataset before training (doctor, pack) see it as training would."""
-    p.add_argument("--image-size", type=int, help="side in pixels (default: as training would choose)")
-    p.add_argument("--images", help="folder of the CSV's images (default: the CSV's folder)")
-    p.add_argument("--data-dir", help="where built-in datasets and the decode cache are")
-    p.add_argument("--val-split", type=float, help="as training's (default 0.1)")
-    p.add_argument("--test-split", type=float, help="as training's (default 0.2)")
-    p.add_argument("--seed", type=int, help="as training's: the held-out splits depend on it (default 0)")
-    p.add_argument("--max-image-pixels", type=int, help="as training's")
+    """The data settings, as `train` takes them: the commands that work on a dataset before training (doctor,
+    pack) see its splits and sizes as training would."""
+    group = p.add_argument_group("data, as training sees it")
+    for spec in settings_fields():
+        if spec.section == "data" and spec.name != "data":
+            add_setting(group, spec)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description="Train, evaluate and use image classifiers.")
     parser.add_argument("--version", action="version", version=f"imgclf {__import__('imgclf').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, helptext: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=helptext, formatter_class=HelpFormatter, **kwargs)
+
     _train_parser(sub)
-    p = sub.add_parser("evaluate", help="re-evaluate a run (or checkpoint) on its test split")
+    p = command("evaluate", "re-evaluate a run (or checkpoint) on its test split")
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--data", help="evaluate on other data with the same classes")
-    p.add_argument("--data-dir")
-    p.add_argument("--images")
-    p.add_argument("--device", default="auto", choices=CHOICES["device"])
-    p = sub.add_parser("predict", help="classify image files or folders with a trained model")
+    p.add_argument("--data", help="evaluate on other data with the same classes (default: the run's)")
+    p.add_argument("--data-dir", help="where that data's built-in datasets and cache are (default: the run's)")
+    p.add_argument("--images", help="folder of that CSV's images (default: the CSV's folder)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run the model")
+    p = command("predict", "classify image files or folders with a trained model")
     p.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
     p.add_argument("images", nargs="+", help="image files and folders (their visible files, as training reads them)")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--top-k", type=int, default=1, help="classes listed per image")
     p.add_argument(
         "--min-confidence",
         type=float,
@@ -458,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="answer `unknown` when the (calibrated) top probability is below P; `evaluate` shows the coverage per P",
     )
-    p.add_argument("--format", choices=PREDICT_FORMATS, help="default: table, or the --out file's kind (.csv, .json)")
+    p.add_argument("--format", choices=PREDICT_FORMATS, help="table, or the --out file's kind (.csv, .json)")
     p.add_argument("--out", help="write the predictions to this .csv or .json file as they are made")
     p.add_argument(
         "--backend",
@@ -467,48 +459,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx: ONNX Runtime runs the model (exported into RUN/export first)",
     )
     p.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="images decoded and predicted together")
-    p.add_argument("--device", default="auto", choices=CHOICES["device"])
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run the model")
     p.add_argument(
         "--max-image-pixels",
         type=int,
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="refuse images claiming more pixels (decompression bombs)",
     )
-    p = sub.add_parser(
-        "doctor",
-        help="what is wrong with a dataset: odd files, duplicates, train/test leaks, likely label errors",
-    )
+    p = command("doctor", "what is wrong with a dataset: odd files, duplicates, train/test leaks, likely label errors")
     p.add_argument("data", help="a dataset name, a folder of class sub-folders, or a CSV of file,label")
     p.add_argument("--run", help="rank label errors by this run's predictions instead of quick cross-validated models")
     p.add_argument("--out", help="folder for doctor.json, the grids and doctor.html (default: doctor/ beside the data)")
     p.add_argument("--fix", action="store_true", help="also write moves.csv and exclude.txt (for train --exclude)")
     p.add_argument("--no-labels", dest="labels", action="store_false", help="skip the label-error models")
     p.add_argument("--no-near", dest="near", action="store_false", help="skip the near-duplicate hashes")
-    p.add_argument("--folds", type=int, default=3, help="cross-validation folds for the label check (default 3)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs of each fold's quick model (default 4)")
-    p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    p.add_argument("--folds", type=int, default=3, help="cross-validation folds for the label check")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of each fold's quick model")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where the quick models train")
     _data_as_training_sees_it(p)
-    p = sub.add_parser(
+    p = command(
         "pack",
-        help="write a folder or CSV as WebDataset tar shards, for streaming training of data larger than the disk cache",
+        "write a folder or CSV as WebDataset tar shards, for streaming training of data larger than the disk cache",
     )
     p.add_argument("data", help="a folder of class sub-folders, or a CSV of file,label")
     p.add_argument("--out", required=True, help="new folder for the shards (then train with --data OUT)")
-    p.add_argument("--shard-size", type=int, default=2000, metavar="N", help="images a shard (default 2000)")
-    p.add_argument("--jpeg-quality", type=int, metavar="Q", help="store JPEG at this quality (default: PNG, lossless)")
+    p.add_argument("--shard-size", type=int, default=2000, metavar="N", help="images a shard")
+    p.add_argument(
+        "--jpeg-quality", type=int, metavar="Q", help="store JPEG at this quality (default None: PNG, lossless)"
+    )
     _data_as_training_sees_it(p)
-    p = sub.add_parser("export", help="write the model as ONNX or TorchScript, checked against PyTorch")
+    p = command("export", "write the model as ONNX or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="the exported model's format")
     p.add_argument("--out", help="folder for the model and its JSON (default: RUN/export)")
     defaults = ServeSettings()
-    p = sub.add_parser("serve", help="a web page and JSON API for the model (pip install 'imgclf[serve]')")
+    p = command("serve", "a web page and JSON API for the model (pip install 'imgclf[serve]')")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 1e6, help="per request")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=defaults.max_upload_bytes / 1e6, help="megabytes a request may send"
+    )
     p.add_argument("--max-images", type=int, default=defaults.max_images, help="images per POST /predict")
-    p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels, help="per image")
+    p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels, help="pixels an image may claim")
     p.add_argument("--max-batch", type=int, default=defaults.max_batch, help="images per forward pass (1: no batching)")
     p.add_argument(
         "--min-confidence",
@@ -523,39 +516,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.max_wait_ms,
         help="how long an image waits for others to batch with",
     )
-    sub.add_parser("datasets", help="list the datasets")
-    sub.add_parser("models", help="list the models with their parameter counts")
-    p = sub.add_parser(
+    command("datasets", "list the datasets")
+    command("models", "list the models with their parameter counts")
+    p = command("runs", "the runs in a folder: state (running, finished, failed, stopped, died), data, model, accuracy")
+    p.add_argument("folder", nargs="?", default="runs", help="a folder of run directories")
+    p = command(
         "inspect",
-        help="the model layer by layer: shapes, parameters, multiply-adds, receptive fields, kernels, feature maps",
+        "the model layer by layer: shapes, parameters, multiply-adds, receptive fields, kernels, feature maps",
     )
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--image", help="an image whose feature maps to draw")
+    p.add_argument("--image", help="an image whose feature maps to draw (default: none)")
     p.add_argument("--out", help="folder for the figures and layers.json (default: RUN/inspect)")
-    p = sub.add_parser(
-        "explain", help="heat maps of what the model looks at (Grad-CAM or saliency), with top-k classes"
-    )
+    p = command("explain", "heat maps of what the model looks at (Grad-CAM or saliency), with top-k classes")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("images", nargs="+", help="image files and folders")
-    p.add_argument("--method", choices=METHODS, default="gradcam")
+    p.add_argument("--method", choices=METHODS, default="gradcam", help="how the heat map is computed")
     p.add_argument("--layer", help="Grad-CAM's layer (default: the last conv block); a wrong name lists the choices")
-    p.add_argument("--target", help="explain this class instead of the predicted one")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--target", help="explain this class instead of the predicted one (default: the predicted)")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image")
     p.add_argument("--out", help="folder for the figures (default: RUN/explain)")
-    p = sub.add_parser("errors", help="where the model is wrong: confident mistakes, confused pairs, worst classes")
+    p = command("errors", "where the model is wrong: confident mistakes, confused pairs, worst classes")
     p.add_argument("run", help="run directory")
     p.add_argument("--top", type=int, default=25, help="how many of the most confident mistakes to list and draw")
     p.add_argument("--out", help="folder for errors.json and mistakes.png (default: RUN/errors)")
-    p = sub.add_parser("compare", help="runs side by side: accuracy, macro F1, train time, parameters, multiply-adds")
+    p = command("compare", "runs side by side: accuracy, macro F1, train time, parameters, multiply-adds")
     p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--out", default="comparison.png", help="bar plot file (default: ./comparison.png)")
-    p = sub.add_parser("report", help="one self-contained HTML page of a run")
+    p.add_argument("--out", default="comparison.png", help="bar plot file")
+    p = command("report", "one self-contained HTML page of a run")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", help="HTML file (default: RUN/report.html)")
-    p = sub.add_parser(
-        "recipes", help="the recipes per dataset and device as training would run them, with measured results"
+    p = command("recipes", "the recipes per dataset and device as training would run them, with measured results")
+    p.add_argument(
+        "--data", help="only this dataset, folder or CSV, with where each value comes from (default: all datasets)"
     )
-    p.add_argument("--data", help="only this dataset, folder or CSV (a folder's size decides batch and epochs)")
     return parser
 
 
@@ -576,6 +569,7 @@ COMMANDS = {
     "pack": _cmd_pack,
     "doctor": _cmd_doctor,
     "serve": _cmd_serve,
+    "runs": _cmd_runs,
 }
 
 

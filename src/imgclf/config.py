@@ -1,7 +1,20 @@
-"""One typed training config: defaults, validation, YAML in and out.
+"""Settings in, one resolved run config out.
 
-Fields left as ``None`` are filled by :mod:`imgclf.recipes` for the chosen dataset and device, so a
-saved ``config.yaml`` always holds concrete values and reproduces the run.
+Every setting is declared once, as a field of the section it belongs to (data, model, optim, schedule,
+augment, eval, run), with its type, default, help text and checks in the field's metadata. From those
+declarations come:
+
+- :class:`TrainConfig`: the settings a user gives (keywords, flags, a config file): only what was set,
+  each checked against its field; nothing is filled in here;
+- :class:`RunConfig`: the frozen, fully concrete config of a run, by section, with where each value came
+  from (``sources``); :func:`imgclf.recipes.resolve` builds it from a TrainConfig, the data and the
+  device. ``config.yaml`` holds it, so a run is reproduced by passing its ``config.yaml`` back;
+- the command line's flags and their help (:mod:`imgclf.cli` reads :func:`settings_fields`).
+
+A setting marked ``recipe`` has no default: the recipe for the dataset and device fills it (or a rule,
+such as the linear lr scaling, derives it). Adding a setting is adding one field here.
+
+This module imports neither torch nor anything that does: ``imgclf --help`` reads it.
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,141 +36,274 @@ from .rundir import CONFIG
 DEFAULT_MODEL = "cnn"  # what the recipes train when no model is named
 # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, about 0.25 GB as 24-bit RGB)
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-
-CHOICES = {
-    "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("constant", "cosine", "onecycle"),
-    "augment": ("none", "light", "standard"),
-    "class_weights": ("none", "auto"),
-    "sampler": ("shuffle", "balanced"),
-    "device": ("auto", "cpu", "cuda", "mps"),
-    "storage": ("auto", "memory", "mmap"),
-}
+PREDICT_BATCH = 256  # images decoded and predicted together by `predict`
+RECIPE = "the recipe"  # how --help shows the default of a setting the recipe fills
 
 
 def default_data_dir() -> str:
     return os.environ.get("IMGCLF_DATA") or str(Path.home() / ".cache" / "imgclf")
 
 
-@dataclass
-class TrainConfig:
-    # what to train on
-    data: str = "digits"
-    data_dir: str = field(default_factory=default_data_dir)
-    images: str | None = None  # image folder for a CSV dataset (default: the CSV's folder)
-    image_size: int | None = None
-    augment: str | None = None
-    val_split: float = 0.1
-    test_split: float = 0.2  # only used when the source has no test split
-    cache: bool = True  # keep decoded folder/CSV images in <data_dir>/cache (invalidated when files change)
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # images claiming more pixels are refused before decoding
-    exclude: str | None = None  # a file listing images to leave out (one path a line), e.g. doctor/exclude.txt
-    storage: str = "auto"  # decoded folder/CSV images: in memory, or memory-mapped from the cache (larger than memory)
-    # the model
-    model: str | None = None
-    model_args: dict[str, Any] | None = None  # passed to the model function, e.g. {"widths": [16, 32, 64]}
-    pretrained: bool = False
-    weights: str | None = None
-    freeze_epochs: int = 0
-    backbone_lr_scale: float = 1.0  # the lr of everything but the head, as a fraction of the head's (fine-tuning)
-    init: str | None = None  # start from the weights of one of your runs (its best.pt); a new head if classes differ
-    # optimisation
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float | None = None
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    grad_clip: float | None = None
-    norm_lr_scale: float | None = None  # lr multiplier of biases and norm shifts (airbench: 64)
-    ema: bool | None = None  # lookahead weight averaging over the last part of training
-    tta: bool | None = None  # test-time augmentation (flip where it keeps the label, 1-pixel shifts)
-    class_weights: str = "none"
-    sampler: str = "shuffle"
-    patience: int | None = None  # early stopping on validation loss; None: off
-    budget: float | None = None  # seconds of training: picks the recipe variant and epochs that fit
-    target_accuracy: float | None = None  # picks the quickest variant that reached it; stops once val reaches it
-    # runtime
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # mixed precision where the device supports it (CUDA)
-    sync_bn: bool = False  # distributed on GPUs: batch norm statistics over the whole global batch
-    compile: bool | None = None  # torch.compile the model (default: on CUDA)
-    tensorboard: bool = False
-    report: bool = False  # write report.html (imgclf report) when training ends
-    out: str | None = None
+# ---------------------------------------------------------------- declaring a setting
 
-    def validate(self, source: str | None = None) -> TrainConfig:
-        """Check types and ranges. An error names the setting as the caller gave it: the key in ``source``
-        (a config file), else the keyword or flag."""
-        where = f"{source}: " if source else ""
+# checks a field's metadata may name: (test, what the value must be)
+CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "non_negative": (lambda v: v >= 0, "must be 0 or more"),
+    "fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (e.g. 0.1)"),
+    "smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
 
-        def key(name: str) -> str:
-            return name if source else f"`{name}`"
 
-        for name, hint in _FIELD_TYPES.items():
-            _check_type(key(name), getattr(self, name), hint, where)
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise ConfigError(f"{where}{key(name)} {value!r} is not one of {', '.join(allowed)}")
-        for name, example in (("val_split", 0.1), ("test_split", 0.2)):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"{where}{key(name)} {getattr(self, name)} must be between 0 and 1 (e.g. {example})")
-        for name in ("epochs", "batch_size", "lr", "image_size", "max_image_pixels", "budget", "backbone_lr_scale"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{where}{key(name)} must be positive, got {value}")
-        if self.target_accuracy is not None and not 0 < self.target_accuracy < 1:
-            raise ConfigError(
-                f"{where}{key('target_accuracy')} {self.target_accuracy} must be a fraction between 0 and 1 (e.g. 0.99)"
-            )
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"{where}{key('label_smoothing')} {self.label_smoothing} must be in [0, 1)")
-        return self
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    factory: typing.Callable[[], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: str | None = None,
+    recipe: bool = False,
+    flag: str | None = None,
+    metavar: str | None = None,
+    default_text: str | None = None,
+    lr_find: bool = True,
+) -> Any:
+    """A config field. ``recipe``: no default, the recipe (or a rule) fills it. ``flag``: the command line's
+    name when it is not ``--name-with-dashes`` (``--no-cache`` for ``cache``); ``""`` for none (a mapping
+    such as ``model_args`` is set in a config file or as a keyword). ``default_text``: how --help shows a
+    default that is computed. ``lr_find``: whether the learning-rate finder takes it (it trains no epochs,
+    so the schedule, evaluation and reporting settings are not its)."""
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "check": check,
+        "recipe": recipe,
+        "flag": flag,
+        "metavar": metavar,
+        "default_text": default_text,
+        "lr_find": lr_find,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------- the sections
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which images, at what size, split how: everything that decides what a split holds."""
+
+    data: str = setting(
+        "digits", help="dataset name (imgclf datasets), a folder of class sub-folders, a CSV of file,label, or shards"
+    )
+    data_dir: str = setting(
+        factory=default_data_dir,
+        help="where built-in datasets are downloaded and decoded images cached",
+        default_text="$IMGCLF_DATA or ~/.cache/imgclf",
+    )
+    images: str | None = setting(None, help="folder of the CSV's images", default_text="the CSV's folder")
+    image_size: int | None = setting(
+        None,
+        help="side in pixels",
+        check="positive",
+        default_text="native for built-ins; a folder's own, at most 64 on a CPU and 128 on a GPU",
+    )
+    val_split: float = setting(0.1, help="share of the training images held out for validation", check="fraction")
+    test_split: float = setting(
+        0.2, help="share held out for testing when the source has no test split", check="fraction"
+    )
+    seed: int = setting(0, help="seeds the held-out splits, the initial weights, the batch order and augmentation")
+    cache: bool = setting(
+        True, help="decode folder/CSV images again instead of using the decode cache", flag="--no-cache"
+    )
+    max_image_pixels: int = setting(
+        DEFAULT_MAX_IMAGE_PIXELS, help="refuse images claiming more pixels (decompression bombs)", check="positive"
+    )
+    exclude: str | None = setting(
+        None, help="leave out the images this file lists, one a line (e.g. doctor/exclude.txt)", metavar="FILE"
+    )
+    storage: str = setting(
+        "auto",
+        help="decoded folder/CSV images in memory, or memory-mapped from the cache file (auto: mapped when they "
+        "would take over half the available memory)",
+        choices=("auto", "memory", "mmap"),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    model: str = setting(DEFAULT_MODEL, help="model name (imgclf models)")
+    model_args: dict[str, Any] = setting(
+        factory=dict,
+        help="the model function's keyword arguments, e.g. {widths: [16, 32, 64]} (the cnn's recipe sets widths)",
+        flag="",
+    )
+    pretrained: bool = setting(False, help="start from ImageNet weights (resnet18, torchvision:NAME, timm:NAME)")
+    weights: str | None = setting(None, help="start from this weights file instead of downloading")
+    init: str | None = setting(
+        None, help="start from a run's weights (its best.pt); a new head if classes differ", metavar="RUN"
+    )
+    freeze_epochs: int = setting(0, help="train only the head for this many epochs first", check="non_negative")
+    backbone_lr_scale: float = setting(
+        1.0, help="lr of everything but the head, as a fraction of the head's (fine-tuning: 0.1)", check="positive"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    optimizer: str = setting(help="the optimizer", choices=("sgd", "adam", "adamw"), recipe=True)
+    lr: float = setting(help="peak learning rate", check="positive", recipe=True)
+    batch_size: int = setting(help="images per step (per process, distributed)", check="positive", recipe=True)
+    momentum: float = setting(0.9, help="SGD momentum", check="non_negative")
+    nesterov: bool = setting(True, help="plain instead of Nesterov momentum", flag="--no-nesterov")
+    weight_decay: float = setting(help="on conv and linear weights", check="non_negative", recipe=True)
+    norm_lr_scale: float = setting(
+        help="lr multiplier of batch-norm scales and shifts (airbench: 64)", check="positive", recipe=True
+    )
+    label_smoothing: float = setting(help="cross-entropy label smoothing", check="smoothing", recipe=True)
+    grad_clip: float | None = setting(
+        None, help="clip the gradient norm to this value", check="positive", default_text="off"
+    )
+    class_weights: str = setting(
+        "none", help="auto: weight the loss by inverse class frequency", choices=("none", "auto")
+    )
+    sampler: str = setting("shuffle", help="balanced: draw classes equally often", choices=("shuffle", "balanced"))
+    ema: bool = setting(help="lookahead weight averaging late in training", recipe=True, lr_find=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    epochs: int = setting(
+        help="epochs; the warm-up keeps its share of the run", check="positive", recipe=True, lr_find=False
+    )
+    schedule: str = setting(
+        help="lr schedule after the warm-up", choices=("constant", "cosine", "onecycle"), recipe=True, lr_find=False
+    )
+    warmup_epochs: float = setting(help="epochs of linear lr warm-up", check="non_negative", recipe=True, lr_find=False)
+    patience: int | None = setting(
+        None,
+        help="stop when validation loss has not improved for this many epochs",
+        check="positive",
+        default_text="off",
+        lr_find=False,
+    )
+    budget: float | None = setting(
+        None,
+        help="seconds of training: the recipe variant (and epochs) that fits, timed on this machine",
+        check="positive",
+        metavar="SECONDS",
+        default_text="none",
+        lr_find=False,
+    )
+    target_accuracy: float | None = setting(
+        None,
+        help="the quickest recipe variant that reached it in our benchmarks; stops once validation reaches it",
+        check="fraction",
+        metavar="FRACTION",
+        default_text="none",
+        lr_find=False,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    augment: str = setting(
+        help="none; light: flips and shifts of 1/16; standard: shifts of 1/8 and small rotations",
+        choices=("none", "light", "standard"),
+        recipe=True,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    tta: bool = setting(
+        help="test-time augmentation (mirror where it keeps the label, 1-pixel shifts), everywhere the model predicts",
+        recipe=True,
+        lr_find=False,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    device: str = setting("auto", help="where to train", choices=("auto", "cpu", "cuda", "mps"))
+    amp: bool = setting(True, help="no mixed precision on CUDA", flag="--no-amp")
+    compile: bool = setting(help="torch.compile the model (the recipe: on CUDA)", recipe=True)
+    sync_bn: bool = setting(False, help="distributed on GPUs: batch norm over the global batch", lr_find=False)
+    tensorboard: bool = setting(False, help="also write TensorBoard logs", lr_find=False)
+    track: str | None = setting(
+        None,
+        help="also log the run to an experiment tracker (mlflow: ./mlruns, or $MLFLOW_TRACKING_URI)",
+        choices=("mlflow",),
+        default_text="none",
+        lr_find=False,
+    )
+    report: bool = setting(False, help="write report.html (as imgclf report) when training ends", lr_find=False)
+    out: str | None = setting(
+        None, help="run directory", default_text="runs/<data>-<model>, never overwritten", lr_find=False
+    )
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "augment": AugmentConfig,
+    "eval": EvalConfig,
+    "run": RuntimeConfig,
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as declared: its section, field and resolved type hint."""
+
+    section: str
+    field: dataclasses.Field
+    hint: Any
 
     @property
-    def model_name(self) -> str:
-        """The model to build: the one set, else the recipes' default."""
-        return self.model or DEFAULT_MODEL
+    def name(self) -> str:
+        return self.field.name
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.field.metadata
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source + ': ' if source else ''}unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values).validate(source)
+    @property
+    def recipe(self) -> bool:
+        return bool(self.meta.get("recipe"))
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainConfig:
-        path = Path(path)
-        if path.is_dir():
-            path = path / CONFIG
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file; pass a run directory or its config.yaml") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix or regenerate it") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of setting: value")
-        return cls.from_dict(values, source=str(path))
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+    def default(self) -> Any:
+        """The declared default (None for a setting the recipe fills)."""
+        if self.field.default_factory is not dataclasses.MISSING:
+            return self.field.default_factory()
+        return None if self.field.default is dataclasses.MISSING else self.field.default
 
 
-_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+def _settings() -> dict[str, Setting]:
+    found: dict[str, Setting] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in found:  # names are flat in keywords, flags and TrainConfig
+                raise TypeError(f"setting {f.name} is declared in two sections")
+            found[f.name] = Setting(section, f, hints[f.name])
+    return found
+
+
+SETTINGS: dict[str, Setting] = _settings()
+
+
+def settings_fields() -> Iterator[Setting]:
+    """Every setting, section by section, as declared."""
+    return iter(SETTINGS.values())
+
+
+# ---------------------------------------------------------------- checking values
+
 _TYPE_WORDS = {
     int: "a whole number",
     float: "a number",
@@ -177,17 +324,235 @@ def _matches(value: Any, kind: Any) -> bool:
     return isinstance(value, typing.get_origin(kind) or kind)
 
 
-def _check_type(name: str, value: Any, hint: Any, where: str) -> None:  # name: as the message shows it
-    """One-line error when ``value`` is not of the field's declared type (YAML gives strings for typos)."""
-    options = (
-        typing.get_args(hint)
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-        else (hint,)
-    )
+def _options(hint: Any) -> tuple[Any, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def value_kind(hint: Any) -> Any:
+    """The type a setting's values have, its ``None`` aside (``int | None`` -> int)."""
+    return next(kind for kind in _options(hint) if kind is not type(None))
+
+
+def check_value(name: str, value: Any, where: str = "", shown: str | None = None) -> Any:
+    """``value`` checked against the setting ``name`` (type, choices, range), as the setting's type
+    (an int where a float is declared becomes a float); a one-line error otherwise. ``shown``: how the
+    message names the setting (the key of a config file; default `name`, rendered as keyword or flag)."""
+    spec = SETTINGS[name]
+    label = shown or f"`{name}`"
+    options = _options(spec.hint)
     if value is None and type(None) in options:
-        return
+        return None
     kinds = [kind for kind in options if kind is not type(None)]
-    if any(_matches(value, kind) for kind in kinds):
-        return
-    wanted = " or ".join(_TYPE_WORDS.get(typing.get_origin(kind) or kind, str(kind)) for kind in kinds)
-    raise ConfigError(f"{where}{name} must be {wanted}, got {value!r}")
+    if not any(_matches(value, kind) for kind in kinds):
+        wanted = " or ".join(_TYPE_WORDS.get(typing.get_origin(kind) or kind, str(kind)) for kind in kinds)
+        raise ConfigError(f"{where}{label} must be {wanted}, got {value!r}")
+    choices = spec.meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}{label} {value!r} is not one of {', '.join(choices)}")
+    check = spec.meta.get("check")
+    if check and not CHECKS[check][0](value):
+        raise ConfigError(f"{where}{label} {value} {CHECKS[check][1]}")
+    if float in kinds and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as settings by name: a sectioned ``config.yaml`` (this version's) or a flat one (imgclf 0.2's);
+    the record of where values came from is not a setting and is dropped."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == SOURCES_KEY:
+            continue
+        if key in SECTIONS and isinstance(value, Mapping):  # no setting's value is a mapping named so
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+SOURCES_KEY = "sources"  # config.yaml's record of where each value came from
+
+
+def data_config(**settings: Any) -> DataConfig:
+    """A :class:`DataConfig` from data settings, each checked (a command that works on data before training,
+    such as the doctor or pack, takes these and no others)."""
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    other = sorted(set(settings) - names)
+    if other:
+        raise ConfigError(f"not a data setting: {', '.join(other)}; the data settings are {', '.join(sorted(names))}")
+    return DataConfig(**{k: check_value(k, v) for k, v in settings.items() if v is not None})
+
+
+# ---------------------------------------------------------------- what a user sets
+
+
+class TrainConfig:
+    """The settings a user gives: only those that were set (``None`` leaves a setting unset), each checked.
+
+    Reading a setting that was not set gives its declared default, or None where the recipe fills it;
+    :func:`imgclf.recipes.resolve` turns this into a :class:`RunConfig`.
+
+        >>> TrainConfig(data="mnist", epochs=2).epochs
+        2
+    """
+
+    def __init__(self, _source: str | None = None, **settings: Any) -> None:
+        where = f"{_source}: " if _source else ""
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise ConfigError(f"{where}unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(SETTINGS))}")
+        values = {}
+        for name, value in settings.items():
+            if value is None:
+                continue
+            values[name] = check_value(name, value, where, name if _source else None)
+        self._values: dict[str, Any] = values
+        self._source = _source
+        self._origins: dict[str, str] = dict.fromkeys(values, f"config {_source}" if _source else "you")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in SETTINGS:
+            raise AttributeError(name)
+        return self._values[name] if name in self._values else SETTINGS[name].default()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_"):
+            raise AttributeError(f"TrainConfig is immutable; use .replace({name}=...)")
+        super().__setattr__(name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainConfig) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def is_set(self, name: str) -> bool:
+        return name in self._values
+
+    def origin(self, name: str) -> str:
+        """Where a setting that was set came from: "you" (a keyword or flag), or "config FILE"."""
+        return self._origins[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    @property
+    def source(self) -> str | None:
+        """The config file these settings were read from, if any."""
+        return self._source
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that were set, by name."""
+        return dict(self._values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """These settings with ``changes`` over them (``None`` unsets one), the changes as given by "you"."""
+        values = {**self._values, **changes}
+        replaced = TrainConfig(**{k: v for k, v in values.items() if v is not None})
+        replaced._origins = {k: "you" if k in changes else self._origins[k] for k in replaced._values}
+        replaced._source = self._source
+        return replaced
+
+    def section(self, cls: type) -> Any:
+        """One section with the settings given and the declared defaults (a section with ``recipe`` settings
+        needs the recipe: see :func:`imgclf.recipes.resolve`)."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if self.is_set(f.name)})
+
+    @property
+    def data_config(self) -> DataConfig:
+        return self.section(DataConfig)
+
+    def validate(self, source: str | None = None) -> TrainConfig:  # the values were checked when set
+        return self
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str | None = None) -> TrainConfig:
+        """Settings from a mapping: flat, or by section as ``config.yaml`` holds them."""
+        return cls(source, **flatten(values))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """A ``config.yaml`` (or a run directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file; pass a run directory or its config.yaml") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read it ({exc.__class__.__name__}); pass a config.yaml") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix or regenerate it") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of setting: value")
+        return cls.from_dict(values, source=str(path))
+
+
+# ---------------------------------------------------------------- the resolved config
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's every setting, concrete, by section; ``sources`` says where each value came from
+    ("you", "recipe folder/default", "rule: ...", "default", "data: ..."). Build it with
+    :func:`imgclf.recipes.resolve`; read it back with :meth:`from_dict`."""
+
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    augment: AugmentConfig
+    eval: EvalConfig
+    run: RuntimeConfig
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> RunConfig:
+        """From every setting by name; a setting the recipe fills must be among them."""
+        missing = [s.name for s in SETTINGS.values() if s.recipe and values.get(s.name) is None]
+        if missing:
+            raise ConfigError(f"the run config lacks {', '.join(missing)}")
+        sections = {
+            section: cls_(**{f.name: values[f.name] for f in dataclasses.fields(cls_) if f.name in values})
+            for section, cls_ in SECTIONS.items()
+        }
+        return cls(**sections, sources=dict(sources or {}))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str | None = None) -> RunConfig:
+        """A run's saved config (config.yaml or a checkpoint's), checked as settings are."""
+        settings = TrainConfig.from_dict(values, source)
+        return cls.from_values({name: getattr(settings, name) for name in SETTINGS}, values.get(SOURCES_KEY))
+
+    def values(self) -> dict[str, Any]:
+        """Every setting by name."""
+        return {f.name: getattr(section, f.name) for section in self.sections() for f in dataclasses.fields(section)}
+
+    def sections(self) -> Iterable[Any]:
+        return (getattr(self, name) for name in SECTIONS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """By section, as config.yaml holds it (with the sources, which loading ignores)."""
+        sections: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return {**sections, SOURCES_KEY: dict(self.sources)} if self.sources else sections
+
+    def settings(self) -> TrainConfig:
+        """Every value as settings a user could give: what reproduces this run."""
+        return TrainConfig(**self.values())
+
+    def replace(self, **values: Any) -> RunConfig:
+        """A copy with ``values`` (by setting name) changed; where each value came from stays as recorded."""
+        for name, value in values.items():
+            check_value(name, value)
+        return RunConfig.from_values({**self.values(), **values}, self.sources)
+
+    def with_sources(self, sources: Mapping[str, str]) -> RunConfig:
+        return dataclasses.replace(self, sources={**self.sources, **sources})
+
+    @property
+    def seed(self) -> int:
+        return self.data.seed

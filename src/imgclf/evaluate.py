@@ -22,11 +22,11 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from .config import TrainConfig
+from .config import DataConfig, TrainConfig, flatten
 from .data import DataBundle, Split, load_data
 from .errors import CheckpointError, ImgclfError
+from .plots.tables import Table
 from .predict import Classifier, load
-from .report.tables import Table
 from .rundir import TEST_PREDICTIONS, RunDir, SplitPredictions
 from .runtime import Log
 
@@ -177,25 +177,23 @@ def per_class_table(metrics: dict[str, Any]) -> Table:
     return Table(["class", "precision", "recall", "f1", "support"], rows)
 
 
-def split_metrics(
-    classifier: Classifier, split: Split, classes: list[str], tta: bool
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """Metrics of ``classifier`` on a split, and its probabilities; ``accuracy_without_tta`` beside them when ``tta``."""
-    probs = classifier.predict_proba(split.images, eval_batch(split.images), tta=tta)
+def split_metrics(classifier: Classifier, split: Split, classes: list[str]) -> tuple[dict[str, Any], torch.Tensor]:
+    """Metrics of ``classifier`` on a split (with the run's test-time augmentation, as it predicts everywhere),
+    and its probabilities; ``accuracy_without_tta`` beside them when the run uses it."""
+    probs = classifier.predict_proba(split.images, eval_batch(split.images))
     metrics = compute_metrics(probs, split.labels, classes)
-    if tta:
-        plain = classifier.predict_proba(split.images, eval_batch(split.images))
+    if classifier.tta:
+        plain = classifier.predict_proba(split.images, eval_batch(split.images), tta=False)
         metrics["accuracy_without_tta"] = (plain.argmax(1) == split.labels).float().mean().item()
     return metrics, probs
 
 
 def checkpoint_data(
     classifier: Classifier, source: str | os.PathLike, **overrides: Any
-) -> tuple[TrainConfig, DataBundle]:
+) -> tuple[DataConfig, DataBundle]:
     """The data a checkpoint was trained on (or other data given by ``overrides``), checked to have its classes."""
-    cfg = TrainConfig.from_dict(
-        {**classifier.config, "image_size": classifier.image_size, **overrides}, source=str(source)
-    )
+    saved = {**flatten(classifier.config), "image_size": classifier.image_size, **overrides}
+    cfg = TrainConfig.from_dict(saved, source=str(source)).data_config
     dataset = load_data(cfg)
     if dataset.classes != classifier.classes or dataset.channels != classifier.channels:
         raise CheckpointError(
@@ -217,7 +215,7 @@ def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **d
             + "; ".join(f"{p} ({reason})" for p, reason in dataset.skipped[:5])
             + (" ..." if len(dataset.skipped) > 5 else "")
         )
-    metrics, _ = split_metrics(classifier, dataset.test, dataset.classes, tta=classifier.spec.tta)
+    metrics, _ = split_metrics(classifier, dataset.test, dataset.classes)
     log(per_class_table(metrics).to_text())
     log(
         f"expected calibration error {metrics['calibration_error']:.4f} (temperature {classifier.spec.temperature:.3f})"
@@ -246,7 +244,7 @@ def test_predictions(run: RunDir, classifier: Classifier, log: Log) -> SplitPred
             f"{run.path}: has no readable {path.name} and its data cannot be loaded ({exc}); "
             "restore the data, or train the run again"
         ) from None
-    probs = classifier.predict_proba(data.test.images, eval_batch(data.test.images), tta=classifier.spec.tta)
+    probs = classifier.predict_proba(data.test.images, eval_batch(data.test.images))
     predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
     run.save_predictions(predictions)
     return predictions

@@ -1,7 +1,8 @@
 """A trained model out of imgclf: ONNX (runs under ONNX Runtime, without PyTorch) or TorchScript.
 
 What is exported is :class:`imgclf.predict.InferenceModel`, the graph that ``predict`` runs: uint8
-pixels N x C x H x W in (any N), class probabilities out, the normalisation inside. What a consumer
+pixels N x C x H x W in (any N), class probabilities out, the normalisation, the calibration and the
+run's test-time augmentation (where it has one) inside. What a consumer
 must do before it (decode, resize the shorter side, centre-crop, channels) and the class names are in
 a JSON file beside the model. After writing, the exported model is run on the run's test images and
 on random images and compared with PyTorch: above :data:`PARITY_TOLERANCE` the export fails and
@@ -72,6 +73,9 @@ def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
             "mean": list(spec.mean),
             "std": list(spec.std),
         },
+        # inside the model too, as predict, evaluate, serve and the run's test metrics apply them
+        "test_time_augmentation": spec.tta,
+        "temperature": spec.temperature,
         "imgclf_version": __import__("imgclf").__version__,
     }
 

@@ -1,4 +1,6 @@
-"""Atomic writes: a crash or Ctrl-C mid-write never leaves a half-written checkpoint or report."""
+"""Writing files safely: atomically (a crash or Ctrl-C mid-write never leaves a half-written checkpoint or
+report), and with a failed write (read-only place, full disk, a file in the way) as one line that names
+the path, the cause and the fix (:func:`imgclf.errors.writing`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .errors import writing
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -20,33 +24,48 @@ def _read_umask() -> int:
 UMASK = _read_umask()  # read once: os.umask can only be read by setting it, which is not thread-safe
 
 
+def make_dir(path: str | os.PathLike, setting: str | None = None, exist_ok: bool = True) -> Path:
+    """``path`` as a folder (with its parents); ``setting``: the setting that named it, for the fix."""
+    path = Path(path)
+    with writing(path, setting):
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    return path
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, setting: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600 files; the result gets the usual permissions
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    make_dir(path.parent, setting)
+    with writing(path, setting):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600 files; the result gets the usual permissions
+            yield tmp_path
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "w", setting: str | None = None) -> Iterator[IO]:
     """Open a temporary file for writing that replaces ``path`` when the block ends without error."""
-    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+    with atomic_path(path, setting) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
         yield f
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_open(path) as f:
+def atomic_write_text(path: str | os.PathLike, text: str, setting: str | None = None) -> None:
+    with atomic_open(path, setting=setting) as f:
         f.write(text)
 
 
-def atomic_write_json(path: str | os.PathLike, value: object) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+def atomic_write_json(path: str | os.PathLike, value: object, setting: str | None = None) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n", setting)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """One line added to a log file (a complete line or none: one write call of a line under 4 KB)."""
+    with writing(path), open(path, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .config import DEFAULT_MAX_IMAGE_PIXELS
+from .config import DEFAULT_MAX_IMAGE_PIXELS, PREDICT_BATCH
 from .data.images import describe_skip, find_images, read_image, stream_images
 from .errors import CheckpointError, ConfigError, DataError
 from .models import create_model
@@ -28,7 +28,6 @@ from .rundir import Checkpoint, InferenceSpec, RunDir, read_checkpoint
 from .runtime import resolve_device
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
-PREDICT_BATCH = 256
 
 
 def _mirrored_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
@@ -165,7 +164,7 @@ class Classifier:
         self.device = device
         self.max_image_pixels = max_image_pixels
         self.model = network.to(device).to(memory_format=torch.channels_last).eval()
-        # another engine for the plain (no TTA) forward pass: an exported model (see imgclf.export)
+        # another engine for the run's forward pass: an exported model (see imgclf.export)
         self.backend: Callable[[torch.Tensor], torch.Tensor] | None = None
         # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
         self.modules = {
@@ -205,11 +204,18 @@ class Classifier:
         return self.spec.model
 
     def __repr__(self) -> str:
-        return f"Classifier({self.model_name}, {len(self.classes)} classes, {self.channels}x{self.image_size}x{self.image_size})"
+        views = ", test-time augmentation" if self.tta else ""
+        return f"Classifier({self.model_name}, {len(self.classes)} classes, {self.channels}x{self.image_size}x{self.image_size}{views})"
 
-    def inference_model(self, tta: bool = False) -> InferenceModel:
-        """The ``nn.Module`` that predicts: uint8 images in, probabilities out."""
-        return self.modules[tta]
+    @property
+    def tta(self) -> bool:
+        """Whether this run predicts with test-time augmentation: then everywhere (predict, evaluate, explain,
+        errors, the report, serve and export), as its test metrics did."""
+        return self.spec.tta
+
+    def inference_model(self, tta: bool | None = None) -> InferenceModel:
+        """The ``nn.Module`` that predicts: uint8 images in, probabilities out (``tta``: default the run's)."""
+        return self.modules[self.tta if tta is None else tta]
 
     def to_uint8(self, item: ImageInput) -> torch.Tensor:
         """One image as the model's uint8 C x H x W input (resized, cropped, channels converted)."""
@@ -224,11 +230,16 @@ class Classifier:
         return self.modules[False].normalise(images.to(self.device))
 
     @torch.inference_mode()
-    def predict_proba(self, images: torch.Tensor, batch_size: int = PREDICT_BATCH, tta: bool = False) -> torch.Tensor:
-        """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels
-        (``tta``: average over flipped and shifted views, as the run's test metrics did)."""
+    def predict_proba(
+        self, images: torch.Tensor, batch_size: int = PREDICT_BATCH, tta: bool | None = None
+    ) -> torch.Tensor:
+        """Probabilities for a uint8 N x C x H x W batch already at the model's size and channels. ``tta``
+        (default: the run's) averages flipped and shifted views; an exported backend computes the same."""
+        tta = self.tta if tta is None else tta
         module = self.modules[tta].eval()
-        run = self.backend if self.backend is not None and not tta else lambda x: module(x.to(self.device))
+        use_backend = self.backend is not None and tta == self.tta  # an export holds the run's own forward
+        run = self.backend if use_backend else lambda x: module(x.to(self.device))
+        assert run is not None
         chunks = [run(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.classes))
 

@@ -1,25 +1,30 @@
-"""Default training recipes per dataset and device class: what ``imgclf train --data X`` runs.
+"""Default training recipes per dataset and device class, and the rules that resolve a run's config.
 
 Each dataset has, per device class (CPU or GPU), a short list of variants from quickest to most
-accurate, written one keyword a value as the airbench scripts write their hyperparameters. A setting is
-filled in this order, and a later step never touches what an earlier one set:
+accurate, written one keyword a value as the airbench scripts write their hyperparameters.
+:func:`resolve` turns the settings a user gave into the run's config, in this order, and records where
+each value came from:
 
-1. Settings you give (keywords, flags, a config file) are kept as they are.
+1. Settings you give (keywords, flags, a config file) are kept as they are: no rule changes them.
 2. The variant: with `target_accuracy`, the quickest whose measured accuracy reached it (else the most
    accurate); with `budget`, the most accurate whose epochs fit, timed on this machine (else the quickest,
    with as many epochs as fit); otherwise "default".
-3. The base: the fast recipe (``FAST``) for ``cnn``, with batches of 256 on a CPU; the plain recipe
-   (``PLAIN``) for every other model, with batches of 512 on a GPU; torch.compile on a GPU.
-4. The variant's own values over the base; with `pretrained` or `weights`, the gentler ``PRETRAINED`` steps.
-5. A budget's epochs, the warm-up scaled alike.
-6. Small data (under ``SMALL_DATA`` training images, `epochs` not given): the batch halves while an epoch
-   has fewer than 8 batches (down to ``MIN_BATCH``), and epochs grow to at least ``MIN_STEPS`` optimizer
-   steps (at most ``MAX_SMALL_DATA_EPOCHS``), the warm-up scaled alike.
-7. The learning rate, written for a batch of ``LR_BATCH``, scaled linearly to the batch used.
-8. ``widths`` becomes the ``cnn``'s `model_args`, unless you gave `model_args` or another model.
+3. The recipe: the fast recipe (``FAST``) for ``cnn``, with batches of 256 on a CPU; the plain recipe
+   (``PLAIN``) for every other model, with batches of 512 on a GPU; torch.compile on a GPU; the
+   variant's own values over it; with `pretrained` or `weights`, the gentler ``PRETRAINED`` steps.
+4. The rules, for what you did not set:
+   - small data (under ``SMALL_DATA`` training images): the batch halves while an epoch has fewer than
+     8 batches (down to ``MIN_BATCH``); epochs grow to at least ``MIN_STEPS`` optimizer steps (at most
+     ``MAX_SMALL_DATA_EPOCHS``);
+   - a budget's epochs are what fits;
+   - the warm-up keeps the recipe's share of the run, whatever the epochs (``epochs=6`` on a 40-epoch
+     recipe with 8 warm-up epochs warms up for 1.2);
+   - the learning rate, written for a batch of ``LR_BATCH``, scales linearly with the global batch
+     (Goyal et al. 2017), so ``batch_size`` given alone moves the lr with it; ``epochs`` never does;
+   - ``widths`` becomes the ``cnn``'s `model_args`; other models get none.
 
-``imgclf recipes`` prints the result of all eight steps for each built-in dataset (and for a folder with
-``--data PATH``), by running the same :func:`fill_recipe` that training runs.
+``imgclf recipes`` prints the result for each built-in dataset (and for a folder with ``--data PATH``),
+by running the same :func:`resolve` that training runs.
 """
 
 from __future__ import annotations
@@ -29,16 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DEFAULT_MODEL, TrainConfig
+from .config import DEFAULT_MODEL, SETTINGS, RunConfig, TrainConfig
 
 LR_BATCH = 1024  # recipe learning rates are for the mean loss of a batch of this size; others scale linearly
 
 # The airbench hyperparameters, for imgclf's `cnn`.
 FAST: dict[str, Any] = {
-    "model": DEFAULT_MODEL,
     "optimizer": "sgd",
     "lr": 1.5,  # at batch 1024; with label smoothing and the 1/9 logit scale this high rate is stable
-    "momentum": 0.85,  # Nesterov; lower than the usual 0.9 because the lr is high
+    # momentum: the declared 0.9 with Nesterov. airbench uses 0.85 with this lr; imgclf 0.2 listed 0.85 here,
+    # but its resolution never applied it, and every measured result in RESULTS.md ran at 0.9
     "weight_decay": 1.33e-3,  # on conv and linear weights only
     "norm_lr_scale": 64.0,  # batch-norm shifts learn 64x faster (airbench's bias scaler)
     "schedule": "onecycle",  # linear warm-up from 0.2 of the peak, then linear decay to 0
@@ -54,17 +59,16 @@ CPU_BATCH = 256  # on a CPU, more steps per epoch beat the GPU's 1024 at the sam
 PLAIN: dict[str, Any] = {
     "optimizer": "sgd",
     "lr": 0.1 * LR_BATCH / 128,  # the tutorials' 0.1 at batch 128
-    "momentum": 0.9,
     "weight_decay": 5e-4,
     "norm_lr_scale": 1.0,
     "schedule": "onecycle",
     "label_smoothing": 0.1,
     "ema": False,
     "tta": False,
+    "augment": "light",
     "batch_size": 128,  # x4 on a GPU
 }
 PLAIN_GPU_BATCH_FACTOR = 4
-# Fine-tuning pretrained weights wants a gentler step than training from scratch.
 # Fine-tuning pretrained weights: AdamW (2e-3 at batch 128, decoupled decay 0.05). Measured on 1,000 CIFAR-10
 # images at 96 px with EfficientNet-Lite0 (bench/transfer.py), 3 epochs: 57.7% test, against 34.5% for the
 # tutorials' SGD at 0.01 and 22.1% at 0.1 (RESULTS.md, 2026-11-23).
@@ -222,93 +226,155 @@ def choose_variant(
     return quickest, max(1, math.floor(budget / seconds_per_epoch(quickest)))
 
 
-def variant_values(
-    variant: Variant, device_type: str, model: str | None, pretrained: bool, epochs: int | None
-) -> dict[str, Any]:
-    """Steps 3-5: every recipe setting of a variant, before the small-data rule and the lr scaling."""
-    fast = (model or DEFAULT_MODEL) == "cnn"
+def recipe_values(variant: Variant, device_type: str, model: str, pretrained: bool) -> dict[str, Any]:
+    """Step 3: every setting the recipe gives a variant, before the rules."""
+    fast = model == DEFAULT_MODEL
     gpu = device_class(device_type) == "gpu"
-    base = {
-        **(FAST if fast else PLAIN),
-        "compile": gpu,
-    }  # compiling takes 10-40 s once, then halves GPU steps; slower on a CPU
+    base = {**(FAST if fast else PLAIN), "compile": gpu}  # compiling takes 10-40 s once, then halves GPU steps
     if fast and not gpu:
         base["batch_size"] = CPU_BATCH
     values = {**base, **variant.settings}
-    if not fast:
+    if not fast:  # the cnn's widths and batch are not another model's
         values["batch_size"] = PLAIN["batch_size"] * (PLAIN_GPU_BATCH_FACTOR if gpu else 1)
-        values.setdefault("augment", FAST["augment"])
+        values.pop("model_args", None)
     if pretrained:
         values.update(PRETRAINED)
-    if epochs is not None:
-        values["warmup_epochs"] *= epochs / values["epochs"]
-        values["epochs"] = epochs
     return values
 
 
-def _fit_small_data(values: dict[str, Any], n_train: int) -> None:
-    """Step 6."""
-    if n_train >= SMALL_DATA:
-        return
-    while values["batch_size"] > MIN_BATCH and n_train < 8 * values["batch_size"]:
-        values["batch_size"] //= 2
-    steps_per_epoch = math.ceil(n_train / values["batch_size"])
-    wanted = min(MAX_SMALL_DATA_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
-    if wanted > values["epochs"]:
-        values["warmup_epochs"] *= wanted / values["epochs"]
-        values["epochs"] = wanted
+@dataclass(frozen=True)
+class DataFacts:
+    """What the rules need to know of the data: training images (None: unknown, a large folder) and the
+    image size the data loader chose, with why."""
+
+    train_images: int | None
+    image_size: int | None = None
+    image_size_note: str = ""
 
 
-def fill_recipe(
-    cfg: TrainConfig,
+def _candidate(
+    settings: TrainConfig,
+    recipe: str,
     variant: Variant,
     device_type: str,
-    n_train: int | None,
-    epochs: int | None = None,
+    facts: DataFacts,
     processes: int = 1,
-) -> TrainConfig:
-    """``cfg`` with every unset setting filled from ``variant`` (steps 3-8); ``n_train`` None skips step 6.
-    ``processes``: distributed training, where ``batch_size`` is per process and a step takes that many
-    images from each."""
-    values = variant_values(variant, device_type, cfg.model, bool(cfg.pretrained or cfg.weights), epochs)
-    if cfg.epochs is None and epochs is None and n_train is not None:  # a budget's epochs are final
-        _fit_small_data(values, n_train)
-    # the linear scaling rule (Goyal et al. 2017): lr in proportion to the global batch, all processes' images
-    values["lr"] *= (cfg.batch_size or values["batch_size"]) * processes / LR_BATCH
-    if cfg.model_args is not None or cfg.model_name != "cnn":
-        values.pop("model_args", None)
-    return cfg.replace(**{k: v for k, v in values.items() if getattr(cfg, k, None) is None})
+    budget_epochs: int | None = None,
+) -> RunConfig:
+    """The run config of one variant: defaults, then the recipe, then your settings, then the rules for
+    what you did not set (steps 3-4), each value with its source."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def put(name: str, value: Any, source: str) -> None:
+        if not settings.is_set(name):
+            values[name], sources[name] = value, source
+
+    for spec in SETTINGS.values():
+        if settings.is_set(spec.name):
+            values[spec.name], sources[spec.name] = getattr(settings, spec.name), settings.origin(spec.name)
+        elif not spec.recipe:
+            values[spec.name], sources[spec.name] = spec.default(), "default"
+    origin = f"recipe {recipe}/{variant.name}"
+    given = recipe_values(variant, device_type, values["model"], bool(values["pretrained"] or values["weights"]))
+    for name, value in given.items():
+        put(name, value, origin)
+    n_train = facts.train_images
+    if n_train is not None and n_train < SMALL_DATA:
+        batch = values["batch_size"]
+        while batch > MIN_BATCH and n_train < 8 * batch:
+            batch //= 2
+        if batch != values["batch_size"]:
+            put("batch_size", batch, f"rule: {n_train:,} training images, at least 8 batches an epoch")
+    recipe_epochs = given["epochs"]
+    if budget_epochs is not None:
+        put("epochs", budget_epochs, f"rule: what the budget of {settings.budget:g} s allows")
+    elif n_train is not None and n_train < SMALL_DATA:
+        steps_per_epoch = math.ceil(n_train / (values["batch_size"] * processes))
+        wanted = min(MAX_SMALL_DATA_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+        if wanted > recipe_epochs:
+            put("epochs", wanted, f"rule: {n_train:,} training images, at least {MIN_STEPS} steps")
+    if values["epochs"] != recipe_epochs:
+        share = given["warmup_epochs"] / recipe_epochs
+        put("warmup_epochs", share * values["epochs"], f"rule: the recipe's warm-up share, {share:.0%} of the run")
+    global_batch = values["batch_size"] * processes
+    if global_batch != LR_BATCH:
+        put(
+            "lr",
+            given["lr"] * global_batch / LR_BATCH,
+            f"rule: the recipe's {given['lr']:.4g} at batch {LR_BATCH}, linear in the batch ({global_batch})",
+        )
+    if not settings.is_set("image_size") and facts.image_size is not None:
+        values["image_size"], sources["image_size"] = facts.image_size, f"data: {facts.image_size_note or 'native'}"
+    return RunConfig.from_values(values, sources)
 
 
-def apply_recipe(
-    cfg: TrainConfig,
-    dataset: str,
+def resolve(
+    settings: TrainConfig,
+    recipe: str,
     device_type: str,
-    n_train: int,
-    seconds_per_epoch: Callable[[TrainConfig], float] | None = None,
+    facts: DataFacts,
+    seconds_per_epoch: Callable[[RunConfig], float] | None = None,
     processes: int = 1,
-) -> tuple[TrainConfig, str]:
-    """Return ``cfg`` with every unset field filled from the recipe for ``dataset`` on ``device_type``,
-    and the name of the variant used.
+) -> tuple[RunConfig, str]:
+    """The run config for ``settings`` with the recipe of ``recipe`` (a built-in dataset's name, or "folder")
+    on ``device_type``, and the variant's name. ``seconds_per_epoch(candidate)`` times a candidate's epoch
+    on this machine, for `budget`; ``processes``: distributed training, where ``batch_size`` is per process."""
+    variants = getattr(recipe_for(recipe), device_class(device_type))
 
-    ``dataset`` is a built-in dataset's name, or "folder" for a user's folder or CSV; ``n_train`` is the
-    number of training images. ``seconds_per_epoch(cfg)`` measures a candidate's epoch (for `budget`).
-    """
-    variants = getattr(recipe_for(dataset), device_class(device_type))
-    per_epoch = None
-    if seconds_per_epoch is not None:
+    def candidate(variant: Variant, budget_epochs: int | None = None) -> RunConfig:
+        return _candidate(settings, recipe, variant, device_type, facts, processes, budget_epochs)
 
-        def per_epoch(variant: Variant) -> float:
-            return seconds_per_epoch(fill_recipe(cfg, variant, device_type, n_train))
-
-    variant, epochs = choose_variant(
+    per_epoch = (lambda v: seconds_per_epoch(candidate(v))) if seconds_per_epoch and settings.budget else None
+    variant, budget_epochs = choose_variant(
         variants,
-        budget=cfg.budget,
-        target_accuracy=cfg.target_accuracy,
+        budget=settings.budget,
+        target_accuracy=settings.target_accuracy,
         seconds_per_epoch=per_epoch,
-        epochs_of=lambda v: fill_recipe(cfg, v, device_type, n_train).epochs or 0,
+        epochs_of=lambda v: candidate(v).schedule.epochs,
     )
-    return fill_recipe(cfg, variant, device_type, n_train, epochs, processes), variant.name
+    return candidate(variant, budget_epochs), variant.name
+
+
+# the settings `train` prints first and `imgclf recipes --data` explains: those a recipe or rule decides
+SHOWN = (
+    "model",
+    "model_args",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "warmup_epochs",
+    "schedule",
+    "weight_decay",
+    "label_smoothing",
+    "augment",
+    "ema",
+    "tta",
+    "compile",
+)
+
+
+def describe_sources(cfg: RunConfig, names: tuple[str, ...] = SHOWN) -> list[list[str]]:
+    """(setting, value, where it came from) rows: what the first lines of `train` show."""
+    values = cfg.values()
+    return [[name, _short(values[name]), cfg.sources.get(name, "")] for name in names]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def default_config(dataset: str, n_train: int | None, device_type: str = "cpu") -> RunConfig:
+    """What training on ``dataset`` (of ``n_train`` training images) runs with no setting given."""
+    variants = getattr(recipe_for(dataset), device_class(device_type))
+    variant, _ = choose_variant(variants)
+    return _candidate(TrainConfig(data=dataset), dataset, variant, device_type, DataFacts(n_train))
 
 
 RECIPE_COLUMNS = [
@@ -334,23 +400,22 @@ def describe_recipes(train_images: dict[str, int | None]) -> list[list[str]]:
         for device in ("cpu", "gpu"):
             device_type = "cuda" if device == "gpu" else "cpu"
             for variant in getattr(recipe_for(dataset), device):
-                cfg = fill_recipe(TrainConfig(data=dataset), variant, device_type, n_train)
+                cfg = _candidate(TrainConfig(data=dataset), dataset, variant, device_type, DataFacts(n_train))
                 measured = (
                     "-" if variant.measured is None else f"{variant.measured[0]:.4f} in {variant.measured[1]:g} s"
                 )
-                widths = str((cfg.model_args or {}).get("widths", "-"))
                 rows.append(
                     [
                         dataset,
                         device,
                         variant.name,
-                        f"{cfg.epochs:g}",
-                        widths,
-                        str(cfg.batch_size),
-                        f"{cfg.lr:.4g}",
-                        f"{cfg.warmup_epochs:.3g}",
-                        str(cfg.augment),
-                        "yes" if cfg.tta else "no",
+                        f"{cfg.schedule.epochs:g}",
+                        str(cfg.model.model_args.get("widths", "-")),
+                        str(cfg.optim.batch_size),
+                        f"{cfg.optim.lr:.4g}",
+                        f"{cfg.schedule.warmup_epochs:.3g}",
+                        cfg.augment.augment,
+                        "yes" if cfg.eval.tta else "no",
                         measured,
                     ]
                 )

@@ -32,13 +32,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from .errors import CheckpointError, ConfigError, name_settings
-from .fsutil import atomic_path, atomic_write_json, atomic_write_text
+from .fsutil import append_line, atomic_path, atomic_write_json, atomic_write_text, make_dir
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: `imgclf --help` needs file names only
+    import torch
 
 # ---------------------------------------------------------------- file names
 
@@ -51,6 +53,8 @@ TEST_PREDICTIONS = "test_predictions.pt"
 SKIPPED = "skipped.txt"
 EVALUATION = "evaluation.json"
 REPORT = "report.html"
+STATUS = "status.json"  # the run's state (running, finished, failed, stopped), replaced atomically as it changes
+EVENTS = "events.jsonl"  # one JSON object a line: each training event as it happened
 PLOTS = "plots"
 CURVES = f"{PLOTS}/curves.png"
 CONFUSION_MATRIX = f"{PLOTS}/confusion_matrix.png"
@@ -66,7 +70,17 @@ EXPLAIN = "explain"
 ERRORS = "errors"
 DOCTOR = "doctor"  # imgclf doctor --run RUN: the data's health, which the run's report shows
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "train_seconds",
+    "train_images",
+]
 
 # ---------------------------------------------------------------- checkpoints
 
@@ -195,8 +209,12 @@ def upgrade(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint.to_payload(), tmp)
+    import torch
+
+    # torch.save into a file imgclf opens and closes: a failed save (a full disk) closes it at once, and the
+    # half-written file's space comes back (torch's own file writer stays open until garbage collection)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint.to_payload(), f)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -206,6 +224,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         path = path / BEST
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass a run directory or its {BEST} / {LAST}")
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 truncated file, foreign pickle refused by weights_only, ...
@@ -262,6 +282,8 @@ class SplitPredictions:
         seed: int = 0,
         sources: list[str] | None = None,
     ) -> SplitPredictions:
+        import torch
+
         top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
         wrong = torch.nonzero(top_index[:, 0] != labels).flatten()
         wrong = wrong[top_prob[wrong, 0].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
@@ -272,11 +294,15 @@ class SplitPredictions:
         return cls(labels.clone(), top_index, top_prob.float(), examples, images[examples].clone(), sources)
 
     def save(self, path: str | os.PathLike) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
+        import torch
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:  # closed at once on failure, as save_checkpoint's
+            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, out)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SplitPredictions:
+        import torch
+
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             return cls(**{f.name: payload.get(f.name) for f in fields(cls)})
@@ -291,7 +317,7 @@ class RunDir:
     """One run's folder: where each file lives, and reading and writing them (atomically).
 
     ``writes=False`` gives a view that reads but never writes: what every training process but the first
-    holds under distributed training, so that one process alone writes the run."""
+    holds under distributed training, and what the data doctor's quick models train with."""
 
     def __init__(self, path: str | os.PathLike, writes: bool = True) -> None:
         self.path = Path(path)
@@ -310,19 +336,19 @@ class RunDir:
         """``out`` if it is new or empty, else ``runs/<default_name>[-N]``: a run never overwrites another."""
         if out:
             path = Path(out)
-            if path.exists() and any(path.iterdir()):
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"`out` {path}: is a file, not a folder; choose another `out`")
+            if path.is_dir() and any(path.iterdir()):
                 raise ConfigError(
                     f"`out` {path}: already holds a run; choose another `out`, or continue it with `resume={path}`"
                 )
-            path.mkdir(parents=True, exist_ok=True)
-            return cls(path)
+            return cls(make_dir(path, "out"))
         base = Path("runs") / default_name.replace(" ", "_")
         candidate, n = base, 1
         while candidate.exists():
             n += 1
             candidate = base.with_name(f"{base.name}-{n}")
-        candidate.mkdir(parents=True)
-        return cls(candidate)
+        return cls(make_dir(candidate, "out", exist_ok=False))
 
     @classmethod
     def find(cls, path: str | os.PathLike) -> RunDir:
@@ -342,46 +368,77 @@ class RunDir:
     # --- what training writes
 
     def write_config(self, config: dict[str, Any]) -> None:
-        if not self.writes:
-            return
-        atomic_write_text(self / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        if self.writes:
+            atomic_write_text(self / CONFIG, yaml.safe_dump(config, sort_keys=False))
 
     def write_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
-        if not self.writes:
-            return
-        if skipped:
+        if self.writes and skipped:
             atomic_write_text(self / SKIPPED, "".join(f"{path}\t{name_settings(reason)}\n" for path, reason in skipped))
 
     def write_history(self, history: Sequence[dict]) -> None:
         if not self.writes:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
         atomic_write_text(self / HISTORY, buffer.getvalue())
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        if not self.writes:
-            return
-        atomic_write_json(self / METRICS, metrics)
+        if self.writes:
+            atomic_write_json(self / METRICS, metrics)
 
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
-        if not self.writes:
-            return
-        atomic_write_json(self / EVALUATION, evaluation)
+        if self.writes:
+            atomic_write_json(self / EVALUATION, evaluation)
 
     def save_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
-        if not self.writes:
-            return
-        save_checkpoint(self / name, checkpoint)
+        if self.writes:
+            save_checkpoint(self / name, checkpoint)
 
     def save_predictions(self, predictions: SplitPredictions) -> None:
-        if not self.writes:
-            return
-        predictions.save(self / TEST_PREDICTIONS)
+        if self.writes:
+            predictions.save(self / TEST_PREDICTIONS)
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        """status.json, replaced as a whole: a reader never sees half of it."""
+        if self.writes:
+            atomic_write_json(self / STATUS, status)
+
+    def append_event(self, event: dict[str, Any]) -> None:
+        if self.writes:
+            append_line(self / EVENTS, json.dumps(event))
 
     # --- what everything after training reads
+
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as written (by section; flat for runs of imgclf 0.2)."""
+        try:
+            values = yaml.safe_load((self / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return {}
+        return values if isinstance(values, dict) else {}
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            status = json.loads((self / STATUS).read_text())
+        except (OSError, ValueError):
+            return None
+        return status if isinstance(status, dict) else None
+
+    def read_events(self) -> list[dict[str, Any]]:
+        """events.jsonl's events; a line cut short by a crash is left out."""
+        try:
+            lines = (self / EVENTS).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
 
     def read_metrics(self) -> dict[str, Any]:
         path = self / METRICS
@@ -392,16 +449,15 @@ class RunDir:
     def read_predictions(self) -> SplitPredictions:
         return SplitPredictions.load(self / TEST_PREDICTIONS)
 
-    def resume_checkpoint(self) -> Checkpoint:
-        """last.pt with its training state, or a one-line error that says why it cannot be resumed and what to do."""
+    def resume_checkpoint(self) -> Checkpoint | None:
+        """last.pt with its training state; None for a run stopped before its first epoch ended (its
+        config.yaml starts it again, in this folder); else a one-line error that says why it cannot be
+        resumed and what to do."""
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: no such run directory; pass the folder a training run wrote")
         if not (self / LAST).is_file():
             if (self / CONFIG).is_file():
-                raise CheckpointError(
-                    f"{self.path}: the run stopped before its first epoch finished, so there is nothing "
-                    f"to resume; start it again with `config={self / CONFIG}`"
-                )
+                return None
             raise CheckpointError(f"{self.path}: not a run directory (no {LAST}); pass the folder a training run wrote")
         checkpoint = read_checkpoint(self / LAST)
         if checkpoint.training is None or "optimizer" not in checkpoint.training:

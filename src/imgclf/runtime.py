@@ -1,14 +1,18 @@
-"""Device choice, seeding and the progress log, shared by training and inference."""
+"""Device choice, seeding and the progress log, shared by training and inference.
+
+torch and numpy are imported where they are used: the command line reads this module before it knows
+whether it will train."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 Log = Callable[[str], None]  # where a stage reports progress: printed by the API by default, never by the stage
 
@@ -18,6 +22,8 @@ def quiet(_message: str) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -32,6 +38,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

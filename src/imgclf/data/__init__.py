@@ -1,11 +1,31 @@
 """Datasets: a registry of named sources, folder and CSV sources, splits, safe image decoding, and a
-tensor-resident loader."""
+tensor-resident loader.
 
-from . import builtin  # noqa: F401  (registers the built-in datasets)
-from .images import decode_images, find_images, read_image
-from .loader import BatchIterator, augment_batch, normalise
-from .prepare import DataBundle, channel_stats, load_data, stratified_split
-from .registry import RawDataset, Split, dataset_names, get_dataset, list_datasets, register_dataset
+Names load on first use: inference imports :mod:`imgclf.data.images` alone, without the built-in datasets'
+downloaders, the loader or the shard code."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_LAZY = {
+    **dict.fromkeys(["decode_images", "find_images", "read_image"], ".images"),
+    **dict.fromkeys(["BatchIterator", "augment_batch", "normalise"], ".loader"),
+    **dict.fromkeys(["DataBundle", "channel_stats", "load_data", "stratified_split"], ".prepare"),
+    **dict.fromkeys(
+        ["RawDataset", "Split", "dataset_names", "get_dataset", "list_datasets", "register_dataset"], ".registry"
+    ),
+}
+
+if TYPE_CHECKING:
+    from .images import decode_images, find_images, read_image
+    from .loader import BatchIterator, augment_batch, normalise
+    from .prepare import DataBundle, channel_stats, load_data, stratified_split
+    from .registry import RawDataset, Split, dataset_names, get_dataset, list_datasets, register_dataset
+
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "BatchIterator",

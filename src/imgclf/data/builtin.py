@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchvision
 
-from ..config import TrainConfig
+from ..config import DataConfig
 from ..errors import DataError
 from .registry import RawDataset, Split, register_dataset
 
@@ -54,7 +54,7 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_dataset(cfg: TrainConfig, tv_class: Any, classes: list[str], hflip: bool) -> RawDataset:
+def _load_idx_dataset(cfg: DataConfig, tv_class: Any, classes: list[str], hflip: bool) -> RawDataset:
     root = Path(cfg.data_dir).expanduser()
     folder = root / tv_class.__name__ / "raw"
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -81,7 +81,7 @@ def _load_idx_dataset(cfg: TrainConfig, tv_class: Any, classes: list[str], hflip
 @register_dataset(
     "mnist", "handwritten digits 0-9, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)", train_images=60_000
 )
-def mnist(cfg: TrainConfig) -> RawDataset:
+def mnist(cfg: DataConfig) -> RawDataset:
     return _load_idx_dataset(cfg, torchvision.datasets.MNIST, [str(i) for i in range(10)], hflip=False)
 
 
@@ -90,7 +90,7 @@ def mnist(cfg: TrainConfig) -> RawDataset:
     "Zalando clothing, 10 classes, 28x28 grayscale, 60,000 train + 10,000 test (torchvision)",
     train_images=60_000,
 )
-def fashion_mnist(cfg: TrainConfig) -> RawDataset:
+def fashion_mnist(cfg: DataConfig) -> RawDataset:
     return _load_idx_dataset(
         cfg, torchvision.datasets.FashionMNIST, list(torchvision.datasets.FashionMNIST.classes), hflip=True
     )
@@ -114,7 +114,7 @@ def _cifar_members(root: Path, base: str, archive: str, names: list[str]) -> dic
         return batches
 
 
-def _load_cifar(cfg: TrainConfig, tv_class: Any, label_key: str) -> RawDataset:
+def _load_cifar(cfg: DataConfig, tv_class: Any, label_key: str) -> RawDataset:
     root = Path(cfg.data_dir).expanduser()
     base, archive, meta = tv_class.base_folder, tv_class.filename, tv_class.meta["filename"]
     train_names = [name for name, _ in tv_class.train_list]
@@ -145,14 +145,14 @@ def _load_cifar(cfg: TrainConfig, tv_class: Any, label_key: str) -> RawDataset:
 @register_dataset(
     "cifar10", "10 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)", train_images=50_000
 )
-def cifar10(cfg: TrainConfig) -> RawDataset:
+def cifar10(cfg: DataConfig) -> RawDataset:
     return _load_cifar(cfg, torchvision.datasets.CIFAR10, "labels")
 
 
 @register_dataset(
     "cifar100", "100 object classes, 32x32 colour, 50,000 train + 10,000 test (torchvision)", train_images=50_000
 )
-def cifar100(cfg: TrainConfig) -> RawDataset:
+def cifar100(cfg: DataConfig) -> RawDataset:
     return _load_cifar(cfg, torchvision.datasets.CIFAR100, "fine_labels")
 
 
@@ -165,7 +165,7 @@ def cifar100(cfg: TrainConfig) -> RawDataset:
     train_images=1_797,
     has_test_split=False,
 )
-def digits(cfg: TrainConfig) -> RawDataset:
+def digits(cfg: DataConfig) -> RawDataset:
     with resources.files(__package__).joinpath("shipped/digits.csv.gz").open("rb") as f:
         table = np.loadtxt(gzip.open(f), delimiter=",", dtype=np.float32)
     # 17 grey levels (0..16) -> 0..255

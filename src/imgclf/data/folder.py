@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS, TrainConfig
+from ..config import DEFAULT_MAX_IMAGE_PIXELS, DataConfig
 from ..errors import DataError
 from .cache import decode_cached
 from .images import IMAGE_SUFFIXES, SIZE_SAMPLE, sample_dimensions, visible_files
@@ -79,7 +79,7 @@ def _check_classes(where: Path, by_class: dict[str, list[Path]]) -> None:
         raise DataError(f"{where}: class folder(s) {', '.join(empty)} hold no files; add images or remove them")
 
 
-def hold_out(cfg: TrainConfig, parts: Parts) -> Parts:
+def hold_out(cfg: DataConfig, parts: Parts) -> Parts:
     """The splits a source lacks, held out of its training files (stratified, seeded as ``load_data`` does for
     built-in data), so that each split is one contiguous run of the decoded file: a view, never a copy."""
 
@@ -95,7 +95,7 @@ def hold_out(cfg: TrainConfig, parts: Parts) -> Parts:
     return {name: parts[name] for name in SPLIT_NAMES}
 
 
-def _decode_splits(cfg: TrainConfig, parts: Parts, classes: list[str], size_cap: int) -> RawDataset:
+def _decode_splits(cfg: DataConfig, parts: Parts, classes: list[str], size_cap: int) -> RawDataset:
     """Decode all splits together (so one channel count fits all) and drop unusable files."""
     parts = hold_out(cfg, parts)
     paths = [p for files, _ in parts.values() for p in files]
@@ -130,7 +130,7 @@ def _decode_splits(cfg: TrainConfig, parts: Parts, classes: list[str], size_cap:
     )
 
 
-def folder_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
+def folder_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
     """A folder's files and labels by split (train, and val/test where the folder has them), and its classes."""
     root = Path(cfg.data).expanduser()
     if (root / "train").is_dir():
@@ -157,7 +157,7 @@ def folder_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
     return parts, classes
 
 
-def load_folder(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+def load_folder(cfg: DataConfig, size_cap: int = SIZE_CAP) -> RawDataset:
     parts, classes = folder_parts(cfg)
     return _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
 
@@ -184,7 +184,7 @@ def _class_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def csv_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
+def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
     """A CSV's files and labels (one training split) and its classes."""
     csv_path = Path(cfg.data).expanduser()
     folder = Path(cfg.images).expanduser() if cfg.images else csv_path.parent
@@ -226,18 +226,18 @@ def csv_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
     return {"train": (files, [index[n] for n in names])}, classes
 
 
-def load_csv(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+def load_csv(cfg: DataConfig, size_cap: int = SIZE_CAP) -> RawDataset:
     parts, classes = csv_parts(cfg)
     return _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
 
 
-def source_parts(cfg: TrainConfig) -> tuple[Parts, list[str]]:
+def source_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
     """A folder's or CSV's files and labels in the train, val and test splits training uses, and the classes."""
     parts, classes = csv_parts(cfg) if Path(cfg.data).suffix.lower() == ".csv" else folder_parts(cfg)
     return hold_out(cfg, excluding(cfg, parts)), classes
 
 
-def excluding(cfg: TrainConfig, parts: Parts) -> Parts:
+def excluding(cfg: DataConfig, parts: Parts) -> Parts:
     """``parts`` without the files ``cfg.exclude`` lists (one a line, absolute or relative to the data folder)."""
     if not cfg.exclude:
         return parts
@@ -258,7 +258,7 @@ def excluding(cfg: TrainConfig, parts: Parts) -> Parts:
     }
 
 
-def count_training_files(cfg: TrainConfig) -> int:
+def count_training_files(cfg: DataConfig) -> int:
     """About how many training images a folder or CSV gives after the held-out splits, counted without
     decoding (what ``imgclf recipes --data PATH`` plans with)."""
     root = Path(cfg.data).expanduser()

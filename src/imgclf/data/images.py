@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -220,11 +221,16 @@ def _read_checked(path: Path, max_pixels: int) -> bytes | str:
         return f.read()
 
 
+# a native decoder's message names its source file and line (torchvision: "decode_jpeg, /__w/.../decode_jpeg.cpp:171,
+# Image is incomplete or truncated"): a user needs the last part only
+_SOURCE_LOCATION = re.compile(r"(?:\w+, )?\S+\.(?:cpp|cc|cu|c|h|hpp):\d+,?\s*")
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, Image.UnidentifiedImageError):  # its text names a BytesIO object's address
         return "not an image file in a format imgclf reads"
     first = str(exc).splitlines()[0] if str(exc) else "unreadable"
-    return f"{exc.__class__.__name__}: {first[:200]}"
+    return f"{exc.__class__.__name__}: {_SOURCE_LOCATION.sub('', first)[:200]}"
 
 
 def _raise_pillow_limit(max_pixels: int) -> None:

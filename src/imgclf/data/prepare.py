@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import DataConfig
 from ..errors import DataError
 from .folder import SIZE_CAP, load_csv, load_folder
 from .images import fit_tensor
@@ -60,7 +60,7 @@ def _resize(split: Split, size: int) -> Split:
     return Split(fit_tensor(split.images, size), split.labels, split.sources)
 
 
-def resolve_source(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> tuple[str, str, Callable[[TrainConfig], RawDataset]]:
+def resolve_source(cfg: DataConfig, size_cap: int = SIZE_CAP) -> tuple[str, str, Callable[[DataConfig], RawDataset]]:
     """The dataset's display name, kind and loader: a registered name, a folder, or a CSV file (whose
     default image size is at most ``size_cap``)."""
     path = Path(cfg.data).expanduser()
@@ -81,7 +81,7 @@ def resolve_source(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> tuple[str, str
     return spec.name, "builtin", spec.load
 
 
-def load_data(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> DataBundle:
+def load_data(cfg: DataConfig, size_cap: int = SIZE_CAP) -> DataBundle:
     """Load, resize, split and measure the data a config names (splits are seeded by ``cfg.seed``).
     A folder or CSV without `image_size` gets its images' own size, at most ``size_cap``."""
     name, kind, loader = resolve_source(cfg, size_cap)

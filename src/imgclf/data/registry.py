@@ -1,6 +1,6 @@
 """The dataset registry: adding a dataset is one decorated function (as timm does for models).
 
-A source function takes the run's config and returns a :class:`RawDataset`: uint8 image tensors and
+A source function takes the run's data config (:class:`~imgclf.config.DataConfig`) and returns a :class:`RawDataset`: uint8 image tensors and
 integer labels, with a test split where the source defines one.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import TrainConfig
+from ..config import DataConfig
 from ..errors import DataError
 from ..registry import Registry
 
@@ -48,7 +48,7 @@ class RawDataset:
     stats: tuple[list[float], list[float]] | None = None  # the training images' mean and std, where known
 
 
-def training_images(total: int, cfg: TrainConfig, hold_test: bool, hold_val: bool = True) -> int:
+def training_images(total: int, cfg: DataConfig, hold_test: bool, hold_val: bool = True) -> int:
     """About how many of ``total`` images train once ``load_data`` holds out its splits (those the source lacks)."""
     kept = total * (1 - cfg.test_split if hold_test else 1)
     return round(kept * (1 - cfg.val_split if hold_val else 1))
@@ -81,16 +81,24 @@ def register_dataset(
     return decorator
 
 
+def _with_builtins() -> Registry[DatasetSpec]:
+    """The registry, with the built-in datasets registered (importing them loads torchvision's datasets, which
+    inference never needs)."""
+    from . import builtin  # noqa: F401
+
+    return _DATASETS
+
+
 def dataset_names() -> list[str]:
-    return sorted(_DATASETS.names(), key=str.casefold)
+    return sorted(_with_builtins().names(), key=str.casefold)
 
 
 def list_datasets() -> list[DatasetSpec]:
-    return sorted(_DATASETS, key=lambda spec: spec.name.casefold())
+    return sorted(_with_builtins(), key=lambda spec: spec.name.casefold())
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    spec = _DATASETS.get(name)
+    spec = _with_builtins().get(name)
     if spec is None:
         raise DataError(
             f"unknown dataset {name!r}: use one of {', '.join(dataset_names())}, "

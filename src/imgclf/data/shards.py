@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..config import TrainConfig
+from ..config import DataConfig
 from ..errors import DataError
 from ..fsutil import atomic_write_json
 from .cache import cache_file, cached_images, write_decoded
@@ -126,7 +126,7 @@ def _write_split(
 
 
 def pack(
-    cfg: TrainConfig,
+    cfg: DataConfig,
     out: str | os.PathLike,
     shard_images: int = SHARD_IMAGES,
     jpeg_quality: int | None = None,
@@ -212,7 +212,7 @@ def _samples(shards: list[str]) -> Iterator[dict[str, Any]]:
     return iter(wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False))
 
 
-def _decoded_split(folder: Path, index: dict[str, Any], split: str, cfg: TrainConfig) -> Split:
+def _decoded_split(folder: Path, index: dict[str, Any], split: str, cfg: DataConfig) -> Split:
     """A validation or test split, through the decode cache (memory or memory-mapped) like a folder's."""
     size, channels = index["image_size"], index["channels"]
     shards = [str(folder / name) for name in index["shards"][split]]
@@ -229,7 +229,7 @@ def _decoded_split(folder: Path, index: dict[str, Any], split: str, cfg: TrainCo
     return Split(decoded.images, labels, None, decoded.storage == "mmap")
 
 
-def load_shards(cfg: TrainConfig) -> RawDataset:
+def load_shards(cfg: DataConfig) -> RawDataset:
     """A packed dataset: the training split streamed from its shards, validation and test decoded."""
     folder = Path(cfg.data).expanduser()
     index = read_index(folder)

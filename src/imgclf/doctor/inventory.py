@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..config import TrainConfig
+from ..config import DataConfig
 from ..data.cache import decode_cached
 from ..data.folder import SIZE_CAP, choose_image_size, source_parts
 from ..data.prepare import load_data, resolve_source
@@ -67,7 +67,7 @@ def _sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def _files(cfg: TrainConfig, name: str, kind: str, size_cap: int) -> Inventory:
+def _files(cfg: DataConfig, name: str, kind: str, size_cap: int) -> Inventory:
     parts, classes = source_parts(cfg)
     paths = [p for files, _ in parts.values() for p in files]
     labels = [y for _, ys in parts.values() for y in ys]
@@ -109,7 +109,7 @@ def _files(cfg: TrainConfig, name: str, kind: str, size_cap: int) -> Inventory:
     )
 
 
-def _builtin(cfg: TrainConfig, name: str) -> Inventory:
+def _builtin(cfg: DataConfig, name: str) -> Inventory:
     data = load_data(cfg)
     splits = {"train": data.train, "val": data.val, "test": data.test}
     ids = [f"{split}/{i}" for split, part in splits.items() for i in range(len(part))]
@@ -128,7 +128,7 @@ def _builtin(cfg: TrainConfig, name: str) -> Inventory:
     )
 
 
-def take_inventory(cfg: TrainConfig, size_cap: int = SIZE_CAP) -> Inventory:
+def take_inventory(cfg: DataConfig, size_cap: int = SIZE_CAP) -> Inventory:
     """Every image of the dataset ``cfg`` names, split as training with ``cfg`` would split it."""
     name, kind, _ = resolve_source(cfg, size_cap)
     if kind == "shards":

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ..fsutil import atomic_open, atomic_write_json, atomic_write_text
-from ..report.html import HtmlReport
-from ..report.plots import plot_image_grid
-from ..report.tables import Table
+from ..fsutil import atomic_open, atomic_write_json, atomic_write_text, make_dir
+from ..plots.figures import plot_image_grid
+from ..plots.html import HtmlReport
+from ..plots.tables import Table
 from .checks import DuplicateGroup, Findings
 
 JSON = "doctor.json"
@@ -210,7 +210,7 @@ def write_fix(findings: Findings, out: Path) -> tuple[Path, Path]:
 
 def write_findings(findings: Findings, out: Path, fix: bool = False) -> dict[str, Path]:
     """doctor.json, the grids, the HTML page, and with ``fix`` moves.csv and exclude.txt, in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "out")
     atomic_write_json(out / JSON, findings.to_dict())
     grids = {
         LABEL_GRID: _label_grid(findings, out / LABEL_GRID),

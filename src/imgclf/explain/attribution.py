@@ -19,8 +19,8 @@ from PIL import Image
 from torch import nn
 
 from ..errors import ConfigError
-from ..report.plots import plot_explanations
-from ..report.tables import Table
+from ..plots.figures import plot_explanations
+from ..plots.tables import Table
 from . import METHODS
 from .inspect import POOLS
 
@@ -92,15 +92,18 @@ def explain_images(
     target: int | None = None,
     top_k: int = 3,
     temperature: float = 1.0,
+    probs: torch.Tensor | None = None,
 ) -> list[Explanation]:
     """Explain a normalised batch ``x`` (N x C x H x W): one heat map per image for ``target`` (default:
-    the predicted class). ``layer`` names the Grad-CAM module (default: the last conv block); the top-k
-    probabilities are calibrated by ``temperature`` as predict's are."""
+    the predicted class). ``layer`` names the Grad-CAM module (default: the last conv block). The top-k
+    classes are those of ``probs`` when given (a classifier's, as it predicts), else of the model's own
+    forward pass calibrated by ``temperature``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use {' or '.join(METHODS)}")
     model = model.eval()
-    with torch.no_grad():
-        probs = (model(x).float() / temperature).softmax(1)
+    if probs is None:
+        with torch.no_grad():
+            probs = (model(x).float() / temperature).softmax(1)
     values, indices = probs.topk(max(1, min(top_k, probs.shape[1])), dim=1)
     targets = indices[:, 0] if target is None else torch.full((len(x),), target, dtype=torch.long)
     inputs = x.detach().clone().requires_grad_(True)
@@ -165,7 +168,8 @@ def explain_batch(
     top_k: int = 3,
 ) -> list[Explanation]:
     """Explanations of a uint8 batch, in chunks, with the caller's mistakes (an unknown method, layer or
-    class) as one-line errors that list the choices."""
+    class) as one-line errors that list the choices. The classes and probabilities are the classifier's
+    (what ``predict`` says for the image); the heat map explains the network's plain forward pass."""
     model = classifier.model
     probe = classifier.normalise(images[:1])
     if method not in METHODS:
@@ -188,15 +192,15 @@ def explain_batch(
     target_index = classifier.classes.index(target) if target is not None else None
     explanations: list[Explanation] = []
     for start in range(0, len(images), EXPLAIN_BATCH):
-        x = classifier.normalise(images[start : start + EXPLAIN_BATCH])
+        chunk = images[start : start + EXPLAIN_BATCH]
         explanations += explain_images(
             model,
-            x,
+            classifier.normalise(chunk),
             method=method,
             layer=layer,
             target=target_index,
             top_k=top_k,
-            temperature=classifier.spec.temperature,
+            probs=classifier.predict_proba(chunk),  # as predict says it: calibrated, with the run's TTA
         )
     return explanations
 

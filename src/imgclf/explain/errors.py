@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from ..fsutil import atomic_write_json
-from ..report.plots import plot_image_grid
-from ..report.tables import Table
+from ..plots.figures import plot_image_grid
+from ..plots.tables import Table
 from ..rundir import SplitPredictions
 
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..fsutil import atomic_write_json
 from ..models import create_model
-from ..report.plots import plot_feature_maps, plot_kernels
-from ..report.tables import Table
+from ..plots.figures import plot_feature_maps, plot_kernels
+from ..plots.tables import Table
 
 if TYPE_CHECKING:
     from ..predict import Classifier

@@ -1,5 +1,5 @@
-"""Reports: drawing (``plots``), tables (``tables``) and pages (``html``) that import nothing else of imgclf,
-and, over a finished run, the HTML report (``page``) and the comparison of runs (``compare``).
+"""Reports over finished runs, from their run directories alone: the HTML report (``page``) and the
+comparison of runs (``compare``). The drawing they share with the other stages is :mod:`imgclf.plots`.
 
-Import the submodule you need: this package imports none of them, so a table does not load matplotlib.
+Import the submodule you need: this package imports none of them.
 """

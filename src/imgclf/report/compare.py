@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..explain import inspect_model
+from ..plots.figures import plot_comparison
+from ..plots.tables import Table
 from ..predict import load
 from ..rundir import RunDir
-from .plots import plot_comparison
-from .tables import Table
 
 
 @dataclass

@@ -26,11 +26,11 @@ from ..explain import (
     test_image_name,
     write_errors,
 )
+from ..plots.html import HtmlReport
+from ..plots.tables import Table
 from ..predict import Classifier, load
 from ..rundir import RunDir, SplitPredictions
 from ..runtime import quiet
-from .html import HtmlReport
-from .tables import Table
 
 REPORT_RIGHT, REPORT_WRONG = 6, 6  # test images explained in the report
 

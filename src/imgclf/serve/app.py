@@ -177,20 +177,28 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
         summary=f"{classifier.model_name} classifying {len(classifier.classes)} classes",
         version=__import__("imgclf").__version__,
         lifespan=lifespan,
+        docs_url=None,  # /docs is served below from the Swagger UI files installed with the [serve] extra
     )
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
 
     @app.exception_handler(HTTPException)
     async def problem_answer(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail, "file": getattr(exc, "file", None)}, exc.status_code)
+        # the headers Starlette sets go along: `Allow` on a 405 lists the methods the path takes
+        body = {"error": exc.detail, "file": getattr(exc, "file", None)}
+        return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        hint = "; send images as multipart form data: files=@IMAGE" if where.startswith("file") else ""
+        loc = [str(part) for part in first.get("loc", ())]
+        where = ".".join(part for part in loc if part != "body")
+        # the route's own field: files on /predict, file on /explain
+        field = loc[1] if len(loc) > 1 and loc[0] == "body" else None
+        hint = f"; send images as multipart form data: {field}=@IMAGE" if field in ("file", "files") else ""
         return JSONResponse({"error": f"{where or 'request'}: {first.get('msg', 'invalid')}{hint}", "file": None}, 422)
+
+    _offline_docs(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -240,8 +248,31 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
     return app
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """The API docs at /docs from Swagger UI's files on this machine (the swagger-ui-bundle package), not from
+    a CDN: the page works offline, as the server does."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+
 def _explain(classifier: Classifier, image: torch.Tensor, k: int) -> tuple[list[tuple[str, float]], str]:
-    """The top ``k`` (label, probability) and the overlay, from the explanation's own forward pass."""
+    """The top ``k`` (label, probability), as /predict answers them, and the overlay."""
     from ..explain.attribution import explain_batch, overlay_image  # captum and matplotlib: loaded on first use
 
     try:

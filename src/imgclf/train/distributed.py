@@ -11,18 +11,20 @@ for the unwrapped model):
 - DistributedDataParallel averages the gradients, so N ranks with batch B step as one process with batch
   N x B (batch norm aside: each rank normalises its own slice, unless ``sync_bn`` on GPUs);
 - sums (loss, correct answers) are all-reduced, so the logged figures are the global ones;
-- only rank 0 writes (the run directory, checkpoints, plots, reports); every rank resumes from the same
-  ``last.pt``.
+- only rank 0 writes, prints, reports and calls callbacks: :attr:`Distributed.is_main` is the one gate
+  (the pipeline gives the other ranks no event sinks, a quiet log and a run directory that does not
+  write); every rank resumes from the same ``last.pt``.
 
 NCCL on GPUs (one per process), gloo on CPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +58,16 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """The block runs on the main process first, then on the others (which find what it wrote: the
+        decode cache, a download), as torchvision's references do around data preparation."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
 
     def sum(self, *values: float | int) -> list[float]:
         """Each value summed over the ranks (on the CPU: gloo and NCCL both take a CPU tensor via the group's device)."""

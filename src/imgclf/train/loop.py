@@ -1,30 +1,35 @@
-"""The training loop: optimisation, mixed precision, checkpoints, resume and early stopping.
+"""The trainer: the one training step, and the epochs around it.
 
-The loop sees a model, two batch iterators and a config; it writes ``history.csv``, ``best.pt`` and
-``last.pt`` in the run directory after every epoch, so an interrupted run loses at most one epoch.
+:meth:`Trainer.step` is the only place imgclf trains a network: forward under the run's precision, the
+task's loss, backward, clipping, the optimizer and its scaler, the schedule and the weight averaging.
+Training runs it epoch by epoch (:meth:`Trainer.fit`, checkpoints after each); the learning-rate finder
+runs it under its own per-step schedule (:meth:`Trainer.sweep`); the budget probe times it
+(:func:`imgclf.train.speed.seconds_per_image`); the data doctor's quick models train with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import TrainConfig
-from ..rundir import BEST, LAST, TENSORBOARD, Checkpoint, InferenceSpec, RunDir
+from ..config import RunConfig
+from ..rundir import BEST, LAST, Checkpoint, InferenceSpec, RunDir
+from ..runtime import Log, quiet
+from ..tasks import SINGLE_LABEL, Task
 from .distributed import SINGLE, Distributed
 from .ema import Lookahead
-from .optim import build_optimizer, build_scheduler
-from .progress import batches_with_bar, format_epoch
-
-EpochCallback = Callable[[int, dict], None]
+from .events import NO_EVENTS, BestImproved, CheckpointSaved, EpochEnded, Events, eta
+from .optim import build_optimizer, lr_factor
+from .progress import batches_with_bar
 
 
 @dataclass
@@ -32,8 +37,8 @@ class FitResult:
     history: list[dict]
     best_epoch: int
     best_val_loss: float
-    train_seconds: float
-    images_per_second: float
+    train_seconds: float  # every epoch's optimisation, resumed ones included
+    images_per_second: float  # the images those seconds trained on, over them
     stopped_early: bool
     validation_seconds: float = 0.0
     compile_seconds: float = 0.0
@@ -46,64 +51,171 @@ def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def epochs_of(batches: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches, epoch after epoch, without end (a sweep or a probe takes as many steps as it needs)."""
+    for epoch in itertools.count(1):
+        batches.set_epoch(epoch)
+        yield from batches
+
+
 class Trainer:
+    """``model`` trained on ``train_batches`` as ``cfg`` says; ``val_batches`` (optional) scores each epoch.
+
+    The run directory receives the checkpoints (``RunDir(path, writes=False)`` keeps none); ``events``
+    receives what happens. ``lr_lambda`` replaces the config's schedule with another multiplier of the lr
+    per step (the learning-rate finder's sweep)."""
+
     def __init__(
         self,
         model: nn.Module,
+        cfg: RunConfig,
         train_batches: Any,
-        val_batches: Any,
-        cfg: TrainConfig,
-        run: RunDir,
-        spec: InferenceSpec,
+        val_batches: Any = None,
         *,
+        run: RunDir | None = None,
+        spec: InferenceSpec | None = None,
+        task: Task = SINGLE_LABEL,
         class_weights: torch.Tensor | None = None,
         head: str = "classifier",
-        callbacks: Iterable[EpochCallback] = (),
-        log: Callable[[str], None] = print,
-        verbose: bool = True,
+        events: Events = NO_EVENTS,
         distributed: Distributed = SINGLE,
+        lr_lambda: Callable[[int], float] | None = None,
+        log: Log = quiet,
+        verbose: bool = False,
     ) -> None:
-        self.model, self.train_batches, self.val_batches = model, train_batches, val_batches
-        self.distributed = distributed
-        self.cfg, self.run, self.spec = cfg, run, spec
-        self.head, self.callbacks, self.log, self.verbose = head, list(callbacks), log, verbose
+        self.model, self.cfg, self.train_batches, self.val_batches = model, cfg, train_batches, val_batches
+        self.run, self.spec, self.task, self.events = run, spec, task, events
+        self.distributed, self.head, self.log, self.verbose = distributed, head, log, verbose
         self.device = next(model.parameters()).device
-        self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        self.amp_dtype = autocast_dtype(self.device, cfg.run.amp)
         if self.device.type == "cuda":  # batch shapes are fixed: let cuDNN pick its fastest kernels
             torch.backends.cudnn.benchmark = True
-        assert cfg.epochs and cfg.optimizer and cfg.lr and cfg.weight_decay is not None and cfg.schedule, (
-            "the recipe fills these"
-        )
-        self.epochs = cfg.epochs
+        optim, schedule = cfg.optim, cfg.schedule
         weight = class_weights.to(self.device) if class_weights is not None else None
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing or 0.0)
+        self.criterion = task.criterion(optim.label_smoothing, weight)
         self.optimizer = build_optimizer(
             model,
-            cfg.optimizer,
-            cfg.lr,
-            cfg.weight_decay,
-            cfg.momentum,
-            cfg.nesterov,
-            cfg.norm_lr_scale or 1.0,
+            optim.optimizer,
+            optim.lr,
+            optim.weight_decay,
+            optim.momentum,
+            optim.nesterov,
+            optim.norm_lr_scale,
             head=getattr(model, head, None),
-            backbone_lr_scale=cfg.backbone_lr_scale,
+            backbone_lr_scale=cfg.model.backbone_lr_scale,
         )
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         steps = len(train_batches)
-        self.total_steps = cfg.epochs * steps
-        self.scheduler = build_scheduler(
-            self.optimizer, cfg.schedule, self.total_steps, round((cfg.warmup_epochs or 0) * steps)
+        self.total_steps = schedule.epochs * steps
+        warmup = round(schedule.warmup_epochs * steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda or lr_factor(schedule.schedule, self.total_steps, warmup)
         )
-        self.lookahead = Lookahead(model, self.total_steps) if cfg.ema else None
+        self.lookahead = Lookahead(model, self.total_steps) if optim.ema and lr_lambda is None else None
         # what the step calls: DDP around the model when distributed, compiled on request; both share the
         # model's parameters, and checkpoints keep saving the plain module (self.model)
-        wrapped = distributed.wrap(model, bool(cfg.sync_bn))
-        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
+        wrapped = distributed.wrap(model, cfg.run.sync_bn)
+        self.forward = torch.compile(wrapped) if cfg.run.compile else wrapped
         self.compile_seconds = 0.0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.steps = 0  # optimizer steps taken, over the whole run
         self.history: list[dict] = []
         self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
-        self.tensorboard = self._open_tensorboard() if cfg.tensorboard and distributed.is_main else None
+
+    # ------------------------------------------------------------------ the step
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch; the loss and logits, detached, on the device (no host sync)."""
+        with self._autocast():
+            logits = self.forward(x)
+            loss = self.criterion(logits, y)
+        # DDP averages the ranks' gradients; weighting each rank's mean by its share of the step makes
+        # that average the mean over the whole step, as one process with the whole batch computes it
+        if self.distributed.enabled:
+            loss_to_scale = loss * (len(y) * self.distributed.world_size / self.train_batches.rows_in_step)
+        else:
+            loss_to_scale = loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_to_scale).backward()
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.steps += 1
+        if self.lookahead is not None:
+            self.lookahead.step(self.steps)
+        return loss.detach(), logits.detach()
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze or thaw what the optimizer trains outside the head (never what the model froze itself)."""
+        head = getattr(self.model, self.head, None)
+        head_params = {id(p) for p in head.parameters()} if head is not None else set()
+        for p in self.trainable:
+            if id(p) not in head_params:
+                p.requires_grad_(not frozen)
+
+    def freeze_for_epoch(self, epoch: int) -> None:
+        self.set_backbone_frozen(epoch <= self.cfg.model.freeze_epochs)
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Whatever the block trains is undone: weights, batch-norm statistics, optimizer, schedule, scaler."""
+        state = copy.deepcopy(
+            (
+                self.model.state_dict(),
+                self.optimizer.state_dict(),
+                self.scheduler.state_dict(),
+                self.scaler.state_dict(),
+                self.steps,
+            )
+        )
+        try:
+            yield
+        finally:
+            model, optimizer, scheduler, scaler, self.steps = state
+            self.model.load_state_dict(model)
+            self.optimizer.load_state_dict(optimizer)
+            self.scheduler.load_state_dict(scheduler)
+            self.scaler.load_state_dict(scaler)
+            self.model.zero_grad(set_to_none=True)
+
+    def warm_up_compiled(self) -> None:
+        """Compile the training and evaluation graphs before the clock starts; the warm-up's effect on the
+        weights is undone, and its time is reported as compile time."""
+        if not self.cfg.run.compile:
+            return
+        t0 = time.perf_counter()
+        with self.restoring():
+            self.model.train()
+            self.step(*next(iter(self.train_batches)))
+            if self.val_batches is not None:
+                self.model.eval()
+                with torch.no_grad(), self._autocast():
+                    for x, _ in self.val_batches:
+                        self.forward(x)
+                        break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.compile_seconds = time.perf_counter() - t0
+
+    def sweep(self, steps: int, on_step: Callable[[int, float], bool]) -> None:
+        """Train up to ``steps`` steps over the epochs' batches, calling ``on_step(step, loss)`` after each
+        (it returns False to stop): the learning-rate finder's loop. The weights are restored afterwards."""
+        with self.restoring():
+            self.model.train()
+            self.freeze_for_epoch(1)  # as training's first epoch: only the head when the backbone starts frozen
+            for step, (x, y) in zip(range(steps), epochs_of(self.train_batches)):
+                loss, _ = self.step(x, y)
+                if not on_step(step, loss.item()):
+                    break
+            self.set_backbone_frozen(False)
 
     # ------------------------------------------------------------------ state
 
@@ -129,6 +241,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.history = list(state["history"])
+        self.steps = len(self.history) * len(self.train_batches)
         self.best_val_loss, self.best_epoch = state["best_val_loss"], state["best_epoch"]
         self.bad_epochs = state["bad_epochs"]
         if self.lookahead is not None:
@@ -137,52 +250,7 @@ class Trainer:
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
 
-    def _open_tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.log(
-                "warning: `tensorboard` needs the tensorboard package (pip install tensorboard); logging to history.csv only"
-            )
-            return None
-        return SummaryWriter(str(self.run / TENSORBOARD))
-
     # ------------------------------------------------------------------ epochs
-
-    def _set_backbone_frozen(self, frozen: bool) -> None:
-        """Freeze or thaw what the optimizer trains outside the head (never what the model froze itself)."""
-        head = getattr(self.model, self.head)
-        head_params = {id(p) for p in head.parameters()}
-        for p in self.trainable:
-            if id(p) not in head_params:
-                p.requires_grad_(not frozen)
-
-    def warm_up_compiled(self) -> None:
-        """Compile the training and evaluation graphs before the clock starts, then undo the warm-up's
-        effect on the weights and batch-norm statistics; the time is reported as compile time."""
-        if not self.cfg.compile:
-            return
-        t0 = time.perf_counter()
-        state = copy.deepcopy(self.model.state_dict())
-        x, y = next(iter(self.train_batches))
-        self.model.train()
-        with self._autocast():
-            self.criterion(self.forward(x), y).backward()
-        self.model.zero_grad(set_to_none=True)
-        self.model.eval()
-        with torch.no_grad(), self._autocast():
-            for x, _ in self.val_batches:
-                self.forward(x)
-                break
-        self.model.load_state_dict(state)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.compile_seconds = time.perf_counter() - t0
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _train_epoch(self, epoch: int) -> tuple[float, float, int]:
         self.model.train()
@@ -190,29 +258,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        step = (epoch - 1) * len(self.train_batches)
         bar = batches_with_bar(self.train_batches, len(self.train_batches), f"epoch {epoch}", self.verbose)
         for x, y in bar:
-            with self._autocast():
-                logits = self.forward(x)
-                loss = self.criterion(logits, y)
-            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the step makes
-            # that average the mean over the whole step, as one process with the whole batch computes it
-            share = len(y) * self.distributed.world_size / self.train_batches.rows_in_step
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss * share if self.distributed.enabled else loss).backward()
-            if self.cfg.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            step += 1
-            if self.lookahead is not None:
-                self.lookahead.step(step)
-            # accumulate on the device: no host sync per step
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            loss, logits = self.step(x, y)
+            loss_sum += loss.float() * len(y)  # accumulated on the device: no host sync per step
+            correct += self.task.correct(logits, y)
             seen += len(y)
         if self.lookahead is not None:
             self.lookahead.finish_epoch()
@@ -221,6 +271,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
+        if self.val_batches is None:
+            return math.nan, math.nan
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -230,45 +282,38 @@ class Trainer:
                 continue
             with self._autocast():  # the plain model: DDP's forward would be a collective call per batch
                 logits = (self.model if self.distributed.enabled else self.forward)(x)
-            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            loss_sum += self.task.summed_loss(logits, y)
+            correct += self.task.correct(logits, y)
             seen += len(y)
-        if self.lookahead is not None:
-            self.lookahead.finish_epoch()
         loss_total, correct_total, seen_total = self.distributed.sum(loss_sum.item(), correct.item(), seen)
         return loss_total / seen_total, correct_total / seen_total
 
     def _save(self, name: str, epoch: int, row: dict, with_state: bool) -> None:
-        self.run.save_checkpoint(
-            name,
-            Checkpoint(
-                self.spec,
-                self.model.state_dict(),
-                self.cfg.to_dict(),
-                epoch,
-                row["val_loss"],
-                row["val_acc"],
-                self.training_state() if with_state else None,
-            ),
+        if self.run is None or self.spec is None:
+            return
+        checkpoint = Checkpoint(
+            self.spec,
+            self.model.state_dict(),
+            self.cfg.to_dict(),
+            epoch,
+            row["val_loss"],
+            row["val_acc"],
+            self.training_state() if with_state else None,
         )
+        self.run.save_checkpoint(name, checkpoint)
+        self.events.emit(CheckpointSaved(name, epoch))
 
     def fit(self) -> FitResult:
-        cfg = self.cfg
-        start_epoch = len(self.history) + 1
+        """The epochs the config asks for (those left, when resumed), checkpointing after each."""
+        schedule = self.cfg.schedule
         stopped_early = False
-        train_time, train_images = 0.0, 0
-        self.train_time = sum(r.get("train_seconds", 0.0) for r in self.history)
         self.warm_up_compiled()
-        for epoch in range(start_epoch, self.epochs + 1):
-            self._set_backbone_frozen(epoch <= cfg.freeze_epochs)
+        for epoch in range(len(self.history) + 1, schedule.epochs + 1):
+            self.freeze_for_epoch(epoch)
             t0 = time.perf_counter()
             train_loss, train_acc, seen = self._train_epoch(epoch)
             t1 = time.perf_counter()
             val_loss, val_acc = self.validate()
-            seconds = time.perf_counter() - t0
-            train_time += t1 - t0
-            self.train_time += t1 - t0
-            train_images += seen
             row = {
                 "epoch": epoch,
                 "train_loss": round(train_loss, 6),
@@ -276,47 +321,45 @@ class Trainer:
                 "val_loss": round(val_loss, 6),
                 "val_acc": round(val_acc, 6),
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "seconds": round(seconds, 3),
+                "seconds": round(time.perf_counter() - t0, 3),
                 "train_seconds": round(t1 - t0, 3),
+                "train_images": seen,
             }
             self.history.append(row)
             improved = val_loss < self.best_val_loss
             if improved:
                 self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
                 self._save(BEST, epoch, row, with_state=False)
+                self.events.emit(BestImproved(epoch, row["val_loss"], row["val_acc"]))
             else:
                 self.bad_epochs += 1
             self._save(LAST, epoch, row, with_state=True)
-            self.run.write_history(self.history)
-            self._log_epoch(row, improved)
-            for callback in self.callbacks:
-                callback(epoch, row)
-            if cfg.target_accuracy is not None and val_acc >= cfg.target_accuracy:
-                self.log(f"target reached: validation accuracy {val_acc:.4f} >= {cfg.target_accuracy}")
+            left = schedule.epochs - epoch
+            pace = eta([r["seconds"] for r in self.history], left)
+            self.events.emit(EpochEnded(epoch, schedule.epochs, row, self.best_epoch, self.best_val_loss, pace))
+            if schedule.target_accuracy is not None and val_acc >= schedule.target_accuracy:
+                self.log(f"target reached: validation accuracy {val_acc:.4f} >= {schedule.target_accuracy}")
                 stopped_early = True
                 break
-            if cfg.patience is not None and self.bad_epochs >= cfg.patience:
-                self.log(f"early stop: validation loss has not improved for {cfg.patience} epochs")
+            if schedule.patience is not None and self.bad_epochs >= schedule.patience:
+                self.log(f"early stop: validation loss has not improved for {schedule.patience} epochs")
                 stopped_early = True
                 break
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        return self.result(stopped_early)
+
+    def result(self, stopped_early: bool = False) -> FitResult:
+        """The run's figures from its history: every epoch counted alike, those of earlier sessions too."""
+        train_seconds = sum(r.get("train_seconds", 0.0) for r in self.history)
+        # rows of imgclf 0.2's runs lack the images: an epoch of theirs took its steps in whole batches
+        per_epoch = len(self.train_batches) * self.cfg.optim.batch_size * self.distributed.world_size
+        images = sum(r.get("train_images") or per_epoch for r in self.history)
         return FitResult(
             history=self.history,
             best_epoch=self.best_epoch,
             best_val_loss=self.best_val_loss,
-            # optimisation only, as the tutorials time it; validation is its own figure
-            train_seconds=self.train_time,
-            validation_seconds=sum(r["seconds"] for r in self.history) - self.train_time,
-            images_per_second=train_images / train_time if train_time else 0.0,
+            train_seconds=train_seconds,  # optimisation only, as the tutorials time it
+            validation_seconds=sum(r["seconds"] for r in self.history) - train_seconds,
+            images_per_second=images / train_seconds if train_seconds else 0.0,
             stopped_early=stopped_early,
             compile_seconds=self.compile_seconds,
         )
-
-    def _log_epoch(self, row: dict, improved: bool) -> None:
-        if self.verbose:
-            self.log(format_epoch(row, self.epochs) + ("  *best" if improved else ""))
-        if self.tensorboard is not None:
-            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-                self.tensorboard.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])
-            self.tensorboard.flush()

@@ -2,27 +2,24 @@
 for a few hundred steps while the learning rate grows log-spaced from tiny to huge, and read off where
 the loss falls fastest.
 
-The model, data and optimizer are the ones ``train`` would build from the same settings, so the
-suggestion is for the run you are about to start; nothing of the sweep is kept.
+It rides on the run's own :class:`~imgclf.train.loop.Trainer`, as fastai's ``LRFinder`` rides on
+``Learner.fit``: the model, data, optimizer groups (head and backbone, norm scales), class weights,
+precision, clipping and a frozen backbone are those ``train`` builds from the same settings, and the sweep
+is a per-step schedule on that trainer. The weights are restored after the sweep.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import TrainConfig
-from ..data.loader import TrainBatches
-from ..report.plots import plot_lr_sweep
+from ..plots.figures import plot_lr_sweep
 from ..runtime import Log, seed_everything
-from .optim import build_optimizer
-from .pipeline import _train_batches, build, prepare
+from .pipeline import build, prepare, trainer_for
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
 DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this multiple of its minimum
@@ -46,53 +43,47 @@ def steepest(lrs: list[float], losses: list[float]) -> float:
     return lrs[int(np.argmin(slopes))]
 
 
-def _epochs(batches: TrainBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Training batches, epoch after epoch, for as many steps as the sweep takes."""
-    for epoch in itertools.count(1):
-        batches.set_epoch(epoch)
-        yield from batches
-
-
 def lr_find(
-    cfg: TrainConfig, out: str | Path, log: Log, start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100
+    settings: TrainConfig,
+    out: str | Path,
+    log: Log,
+    start_lr: float = 1e-6,
+    end_lr: float = 10.0,
+    steps: int = 100,
 ) -> LrFindResult:
     """Sweep the learning rate over ``steps`` training steps and plot the loss into ``out``."""
-    seed_everything(cfg.seed)
-    prepared = prepare(cfg, log)
+    seed_everything(settings.seed)
+    prepared = prepare(settings.replace(ema=False, compile=False), log)  # the plain step, as the sweep's lr moves
     cfg = prepared.cfg
     model = build(prepared, resuming=False, log=log)
-    assert cfg.optimizer and cfg.weight_decay is not None and cfg.lr, "the recipe fills these"
-    optimizer = build_optimizer(
-        model, cfg.optimizer, start_lr, cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.norm_lr_scale or 1.0
-    )
-    ratios = [group["lr"] / start_lr for group in optimizer.param_groups]  # groups keep their relative lrs
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing or 0.0)
-    batches = _train_batches(prepared)
+    peak = cfg.optim.lr  # the trainer's groups keep their ratios to it (head, backbone, norm scales)
+
+    def lr_at(step: int) -> float:
+        return start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
+
+    trainer = trainer_for(prepared, model, val_batches=None, lr_lambda=lambda step: lr_at(step) / peak)
     lrs: list[float] = []
     losses: list[float] = []
     average, best = 0.0, math.inf
-    model.train()
-    for step, (x, y) in zip(range(steps), _epochs(batches)):
-        lr = start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
-        for group, ratio in zip(optimizer.param_groups, ratios):
-            group["lr"] = lr * ratio
-        loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        average = SMOOTHING * average + (1 - SMOOTHING) * loss.item()
+
+    def record(step: int, loss: float) -> bool:
+        nonlocal average, best
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss
         smoothed = average / (1 - SMOOTHING ** (step + 1))
         if not math.isfinite(smoothed) or smoothed > DIVERGED * best:
-            break
+            return False
         best = min(best, smoothed)
-        lrs.append(lr)
+        lrs.append(lr_at(step))
         losses.append(smoothed)
+        return True
+
+    trainer.sweep(steps, record)
     suggestion = steepest(lrs, losses)
     min_loss_lr = lrs[int(np.argmin(losses))]
-    title = f"{prepared.data.name}, {cfg.model}, batch {cfg.batch_size}, {cfg.optimizer}"
+    title = f"{prepared.data.name}, {cfg.model.model}, batch {cfg.optim.batch_size}, {cfg.optim.optimizer}"
     plot_lr_sweep(lrs, losses, suggestion, out, title)
     log(
         f"lr finder: {len(lrs)} steps from {start_lr:g} to {lrs[-1]:.3g}; steepest descent at lr {suggestion:.3g} "
-        f"(lowest loss at {min_loss_lr:.3g}; the recipe's lr is {cfg.lr:.3g}); plot: {out}"
+        f"(lowest loss at {min_loss_lr:.3g}; the recipe's lr is {cfg.optim.lr:.3g}); plot: {out}"
     )
     return LrFindResult(lrs, losses, suggestion, min_loss_lr, Path(out))

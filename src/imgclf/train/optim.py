@@ -84,9 +84,3 @@ def lr_factor(schedule: str, total_steps: int, warmup_steps: int, final: float =
         return 1.0
 
     return factor
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int, final: float = 0.0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, total_steps, warmup_steps, final))

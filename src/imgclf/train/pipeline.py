@@ -1,13 +1,15 @@
 """The training pipeline, in four steps that each do one thing:
 
-- :func:`prepare`: the data (loaded, split, measured) and the recipe filled into the config;
-- :func:`build`: the model on its device, initialised from the data or resumed from ``last.pt``;
+- :func:`prepare`: the data (loaded, split, measured) and the run config resolved from your settings,
+  the recipe and the rules (:func:`imgclf.recipes.resolve`);
+- :func:`build`: the model on its device, initialised from the data or a run, or resumed from ``last.pt``;
 - :func:`fit`: the epochs (the :class:`~imgclf.train.loop.Trainer`), checkpoints after each;
 - :func:`finish`: test metrics through the same :class:`~imgclf.predict.Classifier` that ``predict`` and
   ``evaluate`` use, figures and saved test predictions.
 
-Everything written into the run directory goes through its :class:`~imgclf.rundir.RunDir`, from here
-and from the loop: under distributed training one place decides which process writes.
+What happens is told as events (:mod:`imgclf.train.events`) to the run's sinks. Everything written into the
+run directory goes through its :class:`~imgclf.rundir.RunDir`; under distributed training only the main
+process has sinks and a run directory that writes (:class:`~imgclf.train.distributed.Distributed`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import ModelConfig, RunConfig, TrainConfig
 from ..data import BatchIterator, DataBundle, Split, load_data, normalise
 from ..data.loader import TrainBatches
 from ..data.shards import ShardBatches, shard_sample
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ImgclfError, ModelError
 from ..evaluate import (
     apply_temperature,
     calibration_error,
@@ -38,9 +40,7 @@ from ..evaluate import (
 )
 from ..models import count_parameters, create_model, get_model_spec, head_of
 from ..models.registry import classifier_layer
-from ..predict import Classifier
-from ..recipes import apply_recipe, device_class, image_size_cap
-from ..report.plots import (
+from ..plots.figures import (
     plot_confusion_matrix,
     plot_curves,
     plot_image_grid,
@@ -48,8 +48,12 @@ from ..report.plots import (
     plot_predictions,
     plot_reliability,
 )
+from ..plots.tables import Table
+from ..predict import Classifier
+from ..recipes import DataFacts, describe_sources, device_class, image_size_cap, resolve
 from ..rundir import (
     BEST,
+    CONFIG,
     CONFUSION_MATRIX,
     CURVES,
     LAST,
@@ -64,8 +68,17 @@ from ..rundir import (
     read_checkpoint,
 )
 from ..runtime import Log, quiet, resolve_device, seed_everything
-from .distributed import Distributed, check_sync_bn, init_distributed
-from .loop import EpochCallback, FitResult, Trainer
+from .distributed import SINGLE, Distributed, check_sync_bn, init_distributed
+from .events import (
+    CallbackSink,
+    EpochCallback,
+    Events,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    run_sinks,
+)
+from .loop import FitResult, Trainer
 from .speed import seconds_per_image
 
 IMBALANCE_RATIO = 3.0
@@ -77,7 +90,8 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any]
     history: list[dict]
-    config: TrainConfig
+    config: RunConfig
+    main_process: bool = True  # distributed: whether this process is the one that writes, prints and reports
 
     @property
     def accuracy(self) -> float:
@@ -97,89 +111,85 @@ class TrainResult:
 
 @dataclass
 class Prepared:
-    cfg: TrainConfig  # every setting concrete
+    cfg: RunConfig  # every setting concrete
     data: DataBundle
     device: torch.device
     distributed: Distributed = field(default_factory=Distributed)
     init: Checkpoint | None = None  # the run `init` names, read once
+    variant: str = "default"  # the recipe's variant
 
 
 # ---------------------------------------------------------------- prepare
 
 
-def _pretrained_stats(cfg: TrainConfig, channels: int) -> tuple[list[float], list[float]] | None:
-    stats = get_model_spec(cfg.model_name).pretrained_stats if (cfg.pretrained or cfg.weights) else None
+def _pretrained_stats(model: ModelConfig, channels: int) -> tuple[list[float], list[float]] | None:
+    stats = get_model_spec(model.model).pretrained_stats if (model.pretrained or model.weights) else None
     if stats is None or channels == 3:
         return stats
     return [sum(stats[0]) / 3] * channels, [sum(stats[1]) / 3] * channels
 
 
-def _absolute_paths(cfg: TrainConfig, kind: str) -> TrainConfig:
+def _absolute_paths(cfg: RunConfig, kind: str) -> RunConfig:
     """Paths in the saved config are absolute, so evaluate and `config` work from any directory."""
 
     def absolute(path: str | None) -> str | None:
         return str(Path(path).expanduser().resolve()) if path else path
 
     return cfg.replace(
-        data=absolute(cfg.data) if kind != "builtin" else cfg.data,
-        images=absolute(cfg.images),
-        data_dir=absolute(cfg.data_dir),
-        weights=absolute(cfg.weights),
+        data=absolute(cfg.data.data) if kind != "builtin" else cfg.data.data,
+        images=absolute(cfg.data.images),
+        data_dir=absolute(cfg.data.data_dir),
+        weights=absolute(cfg.model.weights),
     )
 
 
-def _load_data(cfg: TrainConfig, device: torch.device, distributed: Distributed) -> DataBundle:
-    """The data, loaded by the first process first (it decodes and writes the cache), then by the others."""
-    if not distributed.is_main:
-        distributed.barrier()
-    data = load_data(cfg, size_cap=image_size_cap(device.type))
-    if distributed.is_main:
-        distributed.barrier()
-    return data
+def _init_checkpoint(settings: TrainConfig) -> Checkpoint | None:
+    return read_checkpoint(RunDir.checkpoint_path(settings.init)) if settings.init else None
 
 
-def _init_checkpoint(cfg: TrainConfig) -> Checkpoint | None:
-    return read_checkpoint(RunDir.checkpoint_path(cfg.init)) if cfg.init else None
-
-
-def _from_init(cfg: TrainConfig, init: Checkpoint | None) -> TrainConfig:
+def _from_init(settings: TrainConfig, init: Checkpoint | None) -> TrainConfig:
     """Unset model and image size taken from the run ``init`` names: its weights fit only its own network."""
     if init is None:
-        return cfg
-    if cfg.model is not None and cfg.model_name != init.spec.model:
+        return settings
+    if settings.is_set("model") and settings.model != init.spec.model:
         raise ConfigError(
-            f"`init` {cfg.init}: holds a {init.spec.model}, not a {cfg.model_name}; leave `model` unset to use its model"
+            f"`init` {settings.init}: holds a {init.spec.model}, not a {settings.model}; leave `model` unset to use its model"
         )
-    return cfg.replace(
+    return settings.replace(
         model=init.spec.model,
-        model_args=cfg.model_args if cfg.model_args is not None else dict(init.spec.model_args),
-        image_size=cfg.image_size or init.spec.image_size,
+        model_args=settings.model_args if settings.is_set("model_args") else dict(init.spec.model_args),
+        image_size=settings.image_size or init.spec.image_size,
     )
 
 
-def prepare(cfg: TrainConfig, log: Log, distributed: Distributed | None = None) -> Prepared:
-    """Load the data, fill the recipe into the config (measuring this machine for `budget`), log both."""
-    distributed = distributed or Distributed()
-    init = _init_checkpoint(cfg)
-    cfg = _from_init(cfg, init)
-    device = distributed.device(resolve_device(cfg.device))
-    check_sync_bn(bool(cfg.sync_bn) and distributed.enabled, device.type)
-    data = _load_data(cfg, device, distributed)
-    if data.from_cache:
-        log(f"loaded {data.name}'s decoded images from the cache in {cfg.data_dir}/cache (`cache=False` decodes again)")
-    if data.size_note:
-        log(data.size_note)
-    if data.storage_note:
-        log(data.storage_note)
+def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE) -> Prepared:
+    """Load the data, resolve the run config (measuring this machine for `budget`), log both."""
+    init = _init_checkpoint(settings)
+    settings = _from_init(settings, init)
+    device = distributed.device(resolve_device(settings.device))
+    check_sync_bn(settings.sync_bn and distributed.enabled, device.type)
+    with distributed.main_first():  # the first process decodes and writes the cache; the others read it
+        data = load_data(settings.data_config, size_cap=image_size_cap(device.type))
+    for note in (
+        f"loaded {data.name}'s decoded images from the cache in {settings.data_dir}/cache (`cache=False` decodes again)"
+        if data.from_cache
+        else "",
+        data.size_note,
+        data.storage_note,
+    ):
+        if note:
+            log(note)
     recipe = data.name if data.kind == "builtin" else "folder"
-    measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if cfg.budget else None
-    cfg, variant = apply_recipe(cfg, recipe, device.type, len(data.train), measure, distributed.world_size)
+    facts = DataFacts(len(data.train), data.image_size, data.size_note)
+    measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if settings.budget else None
+    cfg, variant = resolve(settings, recipe, device.type, facts, measure, distributed.world_size)
     processes = f" x {distributed.world_size} processes" if distributed.enabled else ""
     log(
-        f"recipe: {recipe} / {variant} ({device_class(device.type)}): {cfg.model} {cfg.model_args or ''}, "
-        f"{cfg.epochs:g} epochs, batch {cfg.batch_size}{processes}, lr {cfg.lr:.4g}"
+        f"recipe {recipe} / {variant} ({device_class(device.type)}): {cfg.model.model}, {cfg.schedule.epochs:g} epochs, "
+        f"batch {cfg.optim.batch_size}{processes}, lr {cfg.optim.lr:.4g}; where each value comes from:"
     )
-    stats = (init.spec.mean, init.spec.std) if init is not None else _pretrained_stats(cfg, data.channels)
+    log(Table(["setting", "value", "from"], describe_sources(cfg)).to_text())
+    stats = (init.spec.mean, init.spec.std) if init is not None else _pretrained_stats(cfg.model, data.channels)
     if stats:  # the normalisation the starting weights learned under
         data.mean, data.std = list(stats[0]), list(stats[1])
     if data.skipped:
@@ -188,25 +198,25 @@ def prepare(cfg: TrainConfig, log: Log, distributed: Distributed | None = None) 
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{data.channels}x{data.image_size}x{data.image_size}"
     )
-    return Prepared(_absolute_paths(cfg, data.kind), data, device, distributed, init)
+    return Prepared(_absolute_paths(cfg, data.kind), data, device, distributed, init, variant)
 
 
 # ---------------------------------------------------------------- build
 
 
-def build_model(cfg: TrainConfig, data: Any, device: torch.device) -> torch.nn.Module:
+def build_model(model: ModelConfig, data: Any, device: torch.device) -> torch.nn.Module:
     """The model on ``device`` in channels-last layout (faster convolutions with oneDNN and cuDNN).
     ``data`` needs ``channels``, ``num_classes`` and ``image_size``."""
-    model = create_model(cfg.model_name, data.channels, data.num_classes, data.image_size, **(cfg.model_args or {}))
-    if cfg.pretrained or cfg.weights:
-        spec = get_model_spec(cfg.model_name)
+    network = create_model(model.model, data.channels, data.num_classes, data.image_size, **model.model_args)
+    if model.pretrained or model.weights:
+        spec = get_model_spec(model.model)
         if spec.load_pretrained is None:
             raise ConfigError(
-                f"model {cfg.model} has no pretrained weights; `pretrained` and `weights` work with resnet18, "
+                f"model {model.model} has no pretrained weights; `pretrained` and `weights` work with resnet18, "
                 "torchvision:NAME and timm:NAME"
             )
-        spec.load_pretrained(model, cfg.weights)
-    return model.to(device).to(memory_format=torch.channels_last)
+        spec.load_pretrained(network, model.weights)
+    return network.to(device).to(memory_format=torch.channels_last)
 
 
 def load_init(model: torch.nn.Module, init: Checkpoint, classes: list[str], log: Log) -> None:
@@ -228,7 +238,7 @@ def load_init(model: torch.nn.Module, init: Checkpoint, classes: list[str], log:
 def build(prepared: Prepared, resuming: bool, log: Log = quiet) -> torch.nn.Module:
     """The model, started from ``init`` or with its data-dependent initialisation (``cnn``'s whitening
     layer), unless resuming."""
-    model = build_model(prepared.cfg, prepared.data, prepared.device)
+    model = build_model(prepared.cfg.model, prepared.data, prepared.device)
     if prepared.init is not None and not resuming:
         load_init(model, prepared.init, prepared.data.classes, log)
         return model
@@ -242,7 +252,8 @@ def build(prepared: Prepared, resuming: bool, log: Log = quiet) -> torch.nn.Modu
     return model
 
 
-def _batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterator:
+def eval_batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterator:
+    """A split's batches, in order, normalised as the data's (for validation; and, with keywords, training's)."""
     data = prepared.data
     return BatchIterator(
         split,
@@ -259,21 +270,20 @@ def _batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterator:
     )
 
 
-def _train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None) -> TrainBatches:
+def train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None) -> TrainBatches:
     cfg = prepared.cfg
     if prepared.data.train.shards:
         if sample_weights is not None:
             raise ConfigError(
                 "`sampler=balanced` draws by index, which packed shards do not have; use `class_weights=auto`"
             )
-        assert cfg.batch_size and cfg.augment, "filled in by the recipe"
         return ShardBatches(
             prepared.data.train,
-            cfg.batch_size,
+            cfg.optim.batch_size,
             prepared.device,
             prepared.data.mean,
             prepared.data.std,
-            augment=cfg.augment,
+            augment=cfg.augment.augment,
             hflip=prepared.data.hflip,
             seed=cfg.seed,
             channels_last=True,
@@ -281,45 +291,67 @@ def _train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = Non
             world_size=prepared.distributed.world_size,
         )
     # compiled graphs are specialised to a batch shape: drop the ragged last batch rather than recompile
-    return _batches(
+    return eval_batches(
         prepared.data.train,
         prepared,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.optim.batch_size,
         shuffle=True,
-        augment=cfg.augment,
+        augment=cfg.augment.augment,
         sample_weights=sample_weights,
-        drop_last=bool(cfg.compile),
+        drop_last=cfg.run.compile,
     )
 
 
-def _seconds_per_epoch(cfg: TrainConfig, data: DataBundle, device: torch.device) -> float:
-    """This machine's training time for one epoch of ``cfg``, measured on a few real batches."""
-    candidate = Prepared(cfg, data, device)
-    model = build_model(cfg.replace(pretrained=False, weights=None), data, device)
-    return seconds_per_image(model, _train_batches(candidate)) * len(data.train)
+def trainer_for(prepared: Prepared, model: torch.nn.Module, **kwargs: Any) -> Trainer:
+    """The trainer of ``model`` on the prepared data: its batches, head, class weights as the config says."""
+    class_weights, sample_weights = class_balance(prepared.data, prepared.cfg)
+    val = kwargs.pop("val_batches") if "val_batches" in kwargs else eval_batches(prepared.data.val, prepared)
+    return Trainer(
+        model,
+        prepared.cfg,
+        train_batches(prepared, sample_weights),
+        val,
+        class_weights=class_weights,
+        head=head_of(model, get_model_spec(prepared.cfg.model.model)),
+        distributed=prepared.distributed,
+        **kwargs,
+    )
+
+
+def _seconds_per_epoch(candidate: RunConfig, data: DataBundle, device: torch.device) -> float:
+    """This machine's training time for one epoch of ``candidate``: its own step (compiled, at its precision)
+    timed on a few real batches of a fresh model (no pretrained weights are fetched to time it)."""
+    prepared = Prepared(candidate.replace(pretrained=False, weights=None), data, device)
+    model = build_model(prepared.cfg.model, data, device)
+    return seconds_per_image(trainer_for(prepared, model, val_batches=None)) * len(data.train)
 
 
 # ---------------------------------------------------------------- fit
 
 
-def _class_balance(data: DataBundle, cfg: TrainConfig, log: Log) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Report class counts; return (loss class weights, per-sample sampling weights) as the config asks."""
+def class_balance(data: DataBundle, cfg: RunConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(loss class weights, per-sample sampling weights) as the config asks."""
     counts = torch.tensor(data.class_counts(), dtype=torch.float64)
-    shown = ", ".join(f"{name} {int(c)}" for name, c in zip(data.classes[:20], counts[:20]))
+    inverse = 1.0 / counts.clamp_min(1)
+    class_weights = (inverse / inverse.mean()).float() if cfg.optim.class_weights == "auto" else None
+    sample_weights = inverse[data.train.labels].float() if cfg.optim.sampler == "balanced" else None
+    return class_weights, sample_weights
+
+
+def _log_class_balance(data: DataBundle, cfg: RunConfig, log: Log) -> None:
+    counts = data.class_counts()
+    shown = ", ".join(f"{name} {c}" for name, c in zip(data.classes[:20], counts[:20]))
     log(f"classes ({data.num_classes}), training images per class: {shown}{' ...' if data.num_classes > 20 else ''}")
-    if counts.min() == 0:
+    if min(counts) == 0:
         log(
             f"warning: class(es) {', '.join(n for n, c in zip(data.classes, counts) if c == 0)} have no training images"
         )
-    elif counts.max() > IMBALANCE_RATIO * counts.min() and cfg.class_weights == "none" and cfg.sampler == "shuffle":
-        log(
-            f"warning: imbalanced classes (largest {int(counts.max())}, smallest {int(counts.min())}); "
-            "consider `class_weights=auto` or `sampler=balanced`"
-        )
-    inverse = 1.0 / counts.clamp_min(1)
-    class_weights = (inverse / inverse.mean()).float() if cfg.class_weights == "auto" else None
-    sample_weights = inverse[data.train.labels].float() if cfg.sampler == "balanced" else None
-    return class_weights, sample_weights
+    elif max(counts) > IMBALANCE_RATIO * min(counts) and cfg.optim.class_weights == "none":
+        if cfg.optim.sampler == "shuffle":
+            log(
+                f"warning: imbalanced classes (largest {max(counts)}, smallest {min(counts)}); "
+                "consider `class_weights=auto` or `sampler=balanced`"
+            )
 
 
 def _plot_samples(batches: TrainBatches, data: DataBundle, path: Path) -> None:
@@ -333,15 +365,15 @@ def _plot_samples(batches: TrainBatches, data: DataBundle, path: Path) -> None:
 def inference_spec(prepared: Prepared) -> InferenceSpec:
     cfg, data = prepared.cfg, prepared.data
     return InferenceSpec(
-        cfg.model_name,
-        dict(cfg.model_args or {}),
+        cfg.model.model,
+        dict(cfg.model.model_args),
         data.classes,
         data.image_size,
         data.channels,
         data.mean,
         data.std,
         data.hflip,
-        bool(cfg.tta),
+        cfg.eval.tta,
     )
 
 
@@ -350,39 +382,34 @@ def fit(
     model: torch.nn.Module,
     run: RunDir,
     checkpoint: Checkpoint | None,
-    callbacks: Iterable[EpochCallback],
+    events: Events,
     log: Log,
     verbose: bool,
 ) -> FitResult:
     """Train the epochs the config asks for (those left, when resuming), checkpointing after each."""
     cfg, data = prepared.cfg, prepared.data
-    class_weights, sample_weights = _class_balance(data, cfg, log)
-    log(f"model {cfg.model}: {count_parameters(model):,} parameters, device {prepared.device}, run {run.path}")
-    train_batches = _train_batches(prepared, sample_weights)
-    if checkpoint is None and prepared.distributed.is_main:
-        _plot_samples(train_batches, data, run / SAMPLES)
-    trainer = Trainer(
-        model,
-        train_batches,
-        _batches(data.val, prepared),
-        cfg,
-        run,
-        inference_spec(prepared),
-        class_weights=class_weights,
-        head=head_of(model, get_model_spec(cfg.model_name)),
-        callbacks=callbacks,
-        log=log,
-        verbose=verbose,
-        distributed=prepared.distributed,
+    _log_class_balance(data, cfg, log)
+    log(f"model {cfg.model.model}: {count_parameters(model):,} parameters, device {prepared.device}, run {run.path}")
+    trainer = trainer_for(
+        prepared, model, run=run, spec=inference_spec(prepared), events=events, log=log, verbose=verbose
     )
-    if checkpoint is not None:
+    if checkpoint is None:
+        _plot_samples(trainer.train_batches, data, run / SAMPLES)
+    else:
         trainer.resume(checkpoint)
-        log(f"resuming {run.path} after epoch {len(trainer.history)} of {cfg.epochs}")
-    try:
-        return trainer.fit()
-    except KeyboardInterrupt:
-        log(f"\ninterrupted: {run.path} keeps the last finished epoch; continue it with `resume={run.path}`")
-        raise
+        log(f"resuming {run.path} after epoch {len(trainer.history)} of {cfg.schedule.epochs}")
+    events.emit(
+        RunStarted(
+            str(run.path),
+            data.name,
+            cfg.model.model,
+            cfg.schedule.epochs,
+            len(trainer.history) + 1,
+            cfg.to_dict(),
+            list(trainer.history),
+        )
+    )
+    return trainer.fit()
 
 
 # ---------------------------------------------------------------- finish
@@ -405,8 +432,7 @@ def calibrate(
     """Temperature scaling: the temperature that best fits the validation split's labels, stored in best.pt
     (so predict, serve, explain and export all apply it) and in the classifier returned; with too few
     validation mistakes to fit one, the classifier as it was and the reason."""
-    tta = classifier.spec.tta
-    probs = classifier.predict_proba(data.val.images, eval_batch(data.val.images), tta=tta)
+    probs = classifier.predict_proba(data.val.images, eval_batch(data.val.images))
     note = calibration_note(probs, data.val.labels)
     if note is not None:
         log(note)
@@ -423,7 +449,7 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
     model.load_state_dict(best.state_dict)
     plain = Classifier(inference_spec(prepared), model, prepared.device, config=cfg.to_dict())
     classifier, not_calibrated = calibrate(plain, data, run, best, log)
-    test, probs = split_metrics(classifier, data.test, data.classes, tta=bool(cfg.tta))
+    test, probs = split_metrics(classifier, data.test, data.classes)
     temperature = classifier.spec.temperature
     uncalibrated = apply_temperature(probs, 1 / temperature)  # softmax(T log p): the probabilities before scaling
     ece_before = calibration_error(uncalibrated, data.test.labels)
@@ -451,6 +477,7 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
         "images_per_second": round(result.images_per_second, 1),
         "parameters": count_parameters(model),
         "device": str(prepared.device),
+        "recipe_variant": prepared.variant,
         "data": {
             "name": data.name,
             "classes": data.classes,
@@ -481,31 +508,53 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
 # ---------------------------------------------------------------- the whole run
 
 
+@dataclass
+class Start:
+    """Where a run starts: its settings, and, when resuming, its run directory and ``last.pt`` (None for a
+    run stopped before its first epoch ended, which starts again in its own folder)."""
+
+    settings: TrainConfig
+    run: RunDir | None = None
+    checkpoint: Checkpoint | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # a resumed run's record of where its values came from
+
+
 def starting_config(
     config: TrainConfig | str | os.PathLike | None, resume: str | os.PathLike | None, settings: dict[str, Any]
-) -> tuple[TrainConfig, RunDir | None, Checkpoint | None]:
-    """The config to train with, and, when resuming, the run and its ``last.pt``."""
+) -> Start:
+    """The settings to train with, and, when resuming, the run and its ``last.pt``."""
     if resume is not None:
         if config is not None:
             raise ConfigError("`resume` and `config` cannot be combined: a resumed run keeps its own config")
         run = RunDir(resume)
         checkpoint = run.resume_checkpoint()
-        return TrainConfig.from_dict(checkpoint.config, source=str(run / LAST)).replace(**settings), run, checkpoint
+        saved = checkpoint.config if checkpoint is not None else run.read_config()
+        source = str(run / LAST) if checkpoint is not None else str(run / CONFIG)
+        given = TrainConfig.from_dict(saved, source=source).replace(**{**settings, "out": str(run.path)})
+        return Start(given, run, checkpoint, dict(saved.get("sources") or {}))
     if isinstance(config, TrainConfig):
-        return config.replace(**settings), None, None
+        return Start(config.replace(**settings))
     if config is not None:
-        return TrainConfig.load(config).replace(**{"out": None, **settings}), None, None  # never the saved run's folder
-    return TrainConfig().replace(**settings), None, None
+        return Start(TrainConfig.load(config).replace(**{"out": None, **settings}))  # never the saved run's folder
+    return Start(TrainConfig(**settings))
 
 
 def _run_directory(prepared: Prepared, run: RunDir | None) -> RunDir:
     """The run directory: made by the first process; the others get a view of it that never writes."""
     distributed = prepared.distributed
     if run is None and distributed.is_main:
-        run = RunDir.create(prepared.cfg.out, f"{prepared.data.name}-{prepared.cfg.model}")
+        run = RunDir.create(prepared.cfg.run.out, f"{prepared.data.name}-{prepared.cfg.model.model}")
     path = distributed.broadcast(run.path if run is not None else None)
     assert isinstance(path, Path)
     return RunDir(path, writes=distributed.is_main)
+
+
+def _failed(events: Events, state: str, error: str) -> None:
+    """Mark the run failed or stopped; a place that cannot take even that (a full disk) keeps the first error."""
+    try:
+        events.emit(RunFailed(state, error))
+    except ImgclfError:
+        pass
 
 
 def train_run(
@@ -516,25 +565,41 @@ def train_run(
     log: Log,
     verbose: bool,
 ) -> TrainResult:
-    cfg, run, checkpoint = starting_config(config, resume, settings)
-    distributed = init_distributed(resolve_device(cfg.device).type)
-    if not distributed.is_main:  # one process speaks for all
-        log, verbose = quiet, False
+    start = starting_config(config, resume, settings)
+    distributed = init_distributed(resolve_device(start.settings.device).type)
+    if not distributed.is_main:  # one process speaks, writes and calls back for all
+        log, verbose, callbacks = quiet, False, ()
     try:
-        seed_everything(cfg.seed)  # the same on every process: the same initial weights, order and augmentation
-        prepared = prepare(cfg, log, distributed)
-        model = build(
-            prepared, resuming=checkpoint is not None
-        )  # before the run directory: a model error leaves nothing
-        run = _run_directory(prepared, run)
+        seed_everything(start.settings.seed)  # the same on every process: initial weights, order, augmentation
+        if start.run is not None and start.checkpoint is None:
+            log(f"{start.run.path} stopped before its first epoch ended: starting it again there")
+        prepared = prepare(start.settings, log, distributed)
+        overridden = {name: "you" for name in settings}
+        prepared.cfg = prepared.cfg.with_sources({**start.sources, **overridden})
+        model = build(prepared, resuming=start.checkpoint is not None, log=log)  # a model error leaves no folder
+        run = _run_directory(prepared, start.run)
         prepared.cfg = prepared.cfg.replace(out=str(run.path))
         run.write_config(prepared.cfg.to_dict())
         run.write_skipped(prepared.data.skipped)
-        result = fit(prepared, model, run, checkpoint, callbacks, log, verbose)
-        if distributed.is_main:
-            finished = finish(prepared, model, run, result, log)
-        metrics = distributed.broadcast(finished.metrics if distributed.is_main else None)
-        assert isinstance(metrics, dict)
-        return TrainResult(run.path, metrics, result.history, prepared.cfg)
+        sinks = run_sinks(run, log, verbose, prepared.cfg.run.tensorboard, prepared.cfg.run.track)
+        events = Events([*sinks, *map(CallbackSink, callbacks)] if distributed.is_main else [])
+        try:
+            result = fit(prepared, model, run, start.checkpoint, events, log, verbose)
+            metrics = finish(prepared, model, run, result, log).metrics if distributed.is_main else None
+        except KeyboardInterrupt:
+            _failed(events, "stopped", "interrupted")
+            log(f"\ninterrupted: {run.path} keeps the last finished epoch; continue it with `resume={run.path}`")
+            raise
+        except ImgclfError as exc:
+            _failed(events, "failed", str(exc))
+            raise
+        except Exception as exc:
+            _failed(events, "failed", f"{exc.__class__.__name__}: {exc}")
+            raise
+        shared = distributed.broadcast(metrics)
+        assert isinstance(shared, dict)
+        metrics = shared
+        events.emit(RunFinished(metrics["test"]["accuracy"], result.best_epoch, result.train_seconds, metrics))
+        return TrainResult(run.path, metrics, result.history, prepared.cfg, distributed.is_main)
     finally:
         distributed.shutdown()

@@ -1,4 +1,4 @@
-"""The run's figures, written atomically as PNG files (matplotlib, no display needed)."""
+"""Figures, written atomically as PNG files (matplotlib, no display needed)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,126 @@
+"""Training events: status.json and events.jsonl in the run directory, `imgclf runs`, callbacks, MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import imgclf
+from imgclf.cli import main
+from imgclf.runs import list_runs
+from imgclf.train.events import Event, Events, RunStarted, Sink
+
+FAST = {"image_size": 16, "epochs": 3, "batch_size": 16}
+
+
+def _events(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_its_status_and_every_event(class_folder, in_tmp):
+    seen = []
+    result = imgclf.train(data=str(class_folder), callbacks=[lambda e, row: seen.append(e)], verbose=False, **FAST)
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["epoch"] == status["epochs"] == 3
+    assert status["test_accuracy"] == pytest.approx(result.accuracy) and status["eta_seconds"] == 0
+    assert status["pid"] == os.getpid() and status["best_epoch"] == result.metrics["best_epoch"]
+    events = _events(result.run_dir)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "finish" and kinds.count("epoch") == 3
+    assert kinds.count("checkpoint") == 3 + kinds.count("best")  # last.pt every epoch, best.pt when it improved
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["row"] for e in epochs] == result.history  # the rows history.csv holds
+    assert epochs[-1]["eta_seconds"] == 0 and epochs[0]["eta_seconds"] > 0
+    assert seen == [1, 2, 3]  # the user's callback is a sink like the others
+
+
+def test_runs_lists_each_runs_state(class_folder, in_tmp, capsys):
+    finished = imgclf.train(data=str(class_folder), out="runs/finished", verbose=False, **FAST)
+
+    def stop(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    def fail(epoch, row):
+        raise RuntimeError("a bug in a callback")
+
+    with pytest.raises(KeyboardInterrupt):
+        imgclf.train(data=str(class_folder), out="runs/stopped", callbacks=[stop], verbose=False, **FAST)
+    with pytest.raises(RuntimeError):
+        imgclf.train(data=str(class_folder), out="runs/failed", callbacks=[fail], verbose=False, **FAST)
+    states = {r.path.name: r for r in list_runs("runs")}
+    assert {name: r.state for name, r in states.items()} == {
+        "finished": "finished",
+        "stopped": "stopped",
+        "failed": "failed",
+    }
+    assert states["failed"].error == "RuntimeError: a bug in a callback" and states["stopped"].epoch == 2
+    assert states["finished"].accuracy == pytest.approx(finished.accuracy)
+    assert json.loads((in_tmp / "runs/stopped/status.json").read_text())["error"] == "interrupted"
+    assert main(["runs", "runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["run", "state", "data"]
+    assert any(line.split()[:2] == ["runs/failed", "failed"] for line in lines)
+    # the stopped run resumes, and is then finished
+    imgclf.train(resume="runs/stopped", verbose=False)
+    assert {r.path.name: r.state for r in list_runs("runs")}["stopped"] == "finished"
+
+
+def test_a_killed_run_shows_as_died_not_running(class_folder, in_tmp):
+    """A process killed outright writes nothing more: its status still says running, and `runs` sees the pid gone."""
+    command = [sys.executable, "-m", "imgclf", "train", "--data", str(class_folder), "--image-size", "16"]
+    process = subprocess.Popen([*command, "--epochs", "200", "--out", "runs/killed"], stdout=subprocess.DEVNULL)
+    status = in_tmp / "runs/killed/status.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (status.is_file() and json.loads(status.read_text())["epoch"] >= 1):
+        time.sleep(0.2)
+    (running,) = list_runs("runs")
+    assert running.state == "running" and running.epoch is not None and running.epoch >= 1
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    (died,) = list_runs("runs")
+    assert died.state == "died" and json.loads(status.read_text())["state"] == "running"
+
+
+def test_events_go_to_every_sink_in_order():
+    got: list[tuple[str, str]] = []
+
+    class Recorder(Sink):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def on_start(self, event: RunStarted) -> None:
+            got.append((self.name, event.run))
+
+    events = Events([Recorder("a"), Recorder("b")])
+    events.emit(RunStarted("r", "d", "m", 3, 1, {}))
+    events.emit(Event())  # a kind no sink handles is passed by
+    assert got == [("a", "r"), ("b", "r")]
+    assert "config" not in RunStarted("r", "d", "m", 3, 1, {"data": {}}).to_json()  # events.jsonl keeps it small
+
+
+def test_mlflow_receives_the_runs_params_metrics_and_artifacts(class_folder, in_tmp, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what the sink sets: restored after the test
+    result = imgclf.train(data=str(class_folder), track="mlflow", verbose=False, **FAST)
+    assert (in_tmp / "mlruns").is_dir()
+    client = mlflow.tracking.MlflowClient(tracking_uri=(in_tmp / "mlruns").as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == f"imgclf {class_folder.name}"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == result.run_dir.name
+    assert run.data.params["optim.batch_size"] == "16" and run.data.params["model.model"] == "cnn"
+    val_acc = client.get_metric_history(run.info.run_id, "val_acc")
+    assert sorted(m.step for m in val_acc) == [1, 2, 3]
+    assert [m.value for m in sorted(val_acc, key=lambda m: m.step)] == [r["val_acc"] for r in result.history]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(result.accuracy)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best.pt", "config.yaml", "metrics.json", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/confusion_matrix.png" in plots
