@@ -43,10 +43,10 @@ def _write(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folde
 
 def planted_folder(root: Path, seed: int = 0) -> dict[str, list]:
     """Write the folder and plant the faults; returns what was planted where."""
-    from imgclf import TrainConfig
+    from imgclf.config import DataConfig
     from imgclf.data import load_data
 
-    data = load_data(TrainConfig(data="fashion-mnist", data_dir=str(SHARED), cache=False))
+    data = load_data(DataConfig(data="fashion-mnist", data_dir=str(SHARED), cache=False))
     classes = [c.replace("/", "-") for c in data.classes]
     train_images = torch.cat([data.train.images, data.val.images])
     train_labels = torch.cat([data.train.labels, data.val.labels])

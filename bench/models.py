@@ -60,7 +60,7 @@ def main() -> None:
                     [
                         dataset,
                         model,
-                        result.config.epochs,
+                        result.config.schedule.epochs,
                         f"{m['test']['accuracy']:.4f}",
                         f"{m['train_seconds']:.1f}",
                         f"{m['images_per_second']:.0f}",

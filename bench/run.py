@@ -114,10 +114,10 @@ def cifar10_folder() -> Path:
 
 def _splits(data: str, **settings: Any):
     """(train images, labels), (test images, labels) as uint8 tensors, as imgclf loads them."""
-    from imgclf.config import TrainConfig
+    from imgclf.config import DataConfig
     from imgclf.data import load_data
 
-    bundle = load_data(TrainConfig(data=data, data_dir=str(SHARED), cache=False, **settings))
+    bundle = load_data(DataConfig(data=data, data_dir=str(SHARED), cache=False, **settings))
     train_images = torch.cat([bundle.train.images, bundle.val.images])
     train_labels = torch.cat([bundle.train.labels, bundle.val.labels])
     return (train_images, train_labels), (bundle.test.images, bundle.test.labels)
@@ -176,7 +176,7 @@ def run_one(task: str, method: str) -> dict[str, Any]:
 
 def _folder(method: str) -> dict[str, Any]:
     from bench import tutorials
-    from imgclf.config import TrainConfig
+    from imgclf.config import DataConfig
     from imgclf.data import load_data
 
     root = cifar10_folder()
@@ -184,7 +184,7 @@ def _folder(method: str) -> dict[str, Any]:
         seconds = sum(tutorials.folder_epoch(root / split)[0] for split in ("train", "test"))
         return {"accuracy": None, "train_seconds": seconds, "images_per_second": 60000 / seconds}
     with tempfile.TemporaryDirectory() as cache_dir:
-        cfg = TrainConfig(data=str(root), image_size=32, data_dir=cache_dir)
+        cfg = DataConfig(data=str(root), image_size=32, data_dir=cache_dir)
         start = time.perf_counter()
         first = load_data(cfg)
         first_seconds = time.perf_counter() - start

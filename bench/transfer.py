@@ -70,7 +70,7 @@ def train(name: str, data: Path, budget: float, out: Path, **settings: Any) -> d
         "seconds": metrics["train_seconds"],
         "images_per_second": metrics["images_per_second"],
         "epochs": metrics["epochs_run"],
-        "model": result.config.model,
+        "model": result.config.model.model,
         "size": metrics["data"]["image_size"],
     }
 

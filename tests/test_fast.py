@@ -328,3 +328,36 @@ def test_recipes_for_builtin_data_use_their_training_set_size():
         f"{real.schedule.warmup_epochs:.3g}",
     ]
     assert real.optim.batch_size == 128  # the small-data rule halved the CPU batch of 256
+
+
+def test_the_lr_sweep_rides_on_the_trainer_and_leaves_it_as_it_was():
+    """lr-find's sweep is a schedule on training's own trainer: the head/backbone groups keep their ratio, a
+    backbone that starts frozen stays so during the sweep, and weights and optimizer are restored after."""
+    from imgclf.models import get_model_spec, head_of
+
+    model = create_model("cnn", 1, 3, 8, widths=[8, 8, 8])
+    cfg, _ = resolve(
+        TrainConfig(batch_size=16, backbone_lr_scale=0.1, freeze_epochs=1), "folder", "cpu", DataFacts(64, 8)
+    )
+    split = Split(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8), torch.arange(64) % 3)
+    batches = BatchIterator(split, 16, torch.device("cpu"), [0.5], [0.25], shuffle=True)
+    head = head_of(model, get_model_spec("cnn"))
+    sweep = [1e-4 * 10**step for step in range(4)]
+    trainer = Trainer(model, cfg, batches, head=head, lr_lambda=lambda step: sweep[step] / cfg.optim.lr)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head_ids = {id(p) for p in getattr(model, head).parameters()}
+    seen: list[tuple[float, float, bool]] = []
+
+    def record(step: int, loss: float) -> bool:
+        groups = trainer.optimizer.param_groups
+        head_lr = next(g["lr"] for g in groups if id(g["params"][0]) in head_ids and g["weight_decay"])
+        body = next(g for g in groups if id(g["params"][0]) not in head_ids and g["weight_decay"])
+        seen.append((head_lr, body["lr"], body["params"][0].requires_grad))
+        return True
+
+    trainer.sweep(3, record)
+    # the lr each step trained with: the sweep's, the backbone a tenth of it (and frozen: only the head learns)
+    assert [h for h, _, _ in seen] == pytest.approx(sweep[1:4])
+    assert all(b == pytest.approx(0.1 * h) and not trainable for h, b, trainable in seen)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert trainer.steps == 0 and all(p.requires_grad for p in trainer.trainable)

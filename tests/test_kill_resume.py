@@ -110,5 +110,5 @@ def test_two_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterr
 
 
 @pytest.mark.slow
-def test_ten_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterrupted, tmp_path):
-    trials(uninterrupted, tmp_path, count=10, seed=12)
+def test_five_more_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterrupted, tmp_path):
+    trials(uninterrupted, tmp_path, count=5, seed=12)

@@ -394,6 +394,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs in {args.folder}")
         return 0
     print(runs_table(runs).to_text())
+    for run in runs:  # why a run failed, under the table: the last line of its status
+        if run.error and run.state == "failed":
+            print(f"{run.path}: {run.error}")
     return 0
 
 

@@ -305,7 +305,8 @@ def _candidate(
             f"rule: the recipe's {given['lr']:.4g} at batch {LR_BATCH}, linear in the batch ({global_batch})",
         )
     if not settings.is_set("image_size") and facts.image_size is not None:
-        values["image_size"], sources["image_size"] = facts.image_size, f"data: {facts.image_size_note or 'native'}"
+        origin = "data: the images' size (see the note above)" if facts.image_size_note else "data: the dataset's own"
+        values["image_size"], sources["image_size"] = facts.image_size, origin
     return RunConfig.from_values(values, sources)
 
 

@@ -28,6 +28,7 @@ class RunInfo:
     epoch: int | None
     epochs: int | None
     accuracy: float | None  # the test accuracy of a finished run, else the best validation accuracy so far
+    accuracy_of: str  # "test" or "val": which of the two ``accuracy`` is
     seconds: float | None  # training seconds
     updated: str
     error: str = ""
@@ -73,8 +74,7 @@ def run_info(run: RunDir) -> RunInfo:
     else:
         state = "finished" if metrics else "stopped"
         epoch, epochs, accuracy, updated, error = history, config.get("epochs"), None, "", ""
-    if metrics:
-        accuracy = metrics.get("test", {}).get("accuracy", accuracy)
+    tested = metrics.get("test", {}).get("accuracy")
     return RunInfo(
         run.path,
         state,
@@ -82,7 +82,8 @@ def run_info(run: RunDir) -> RunInfo:
         str(config.get("model", "")),
         epoch,
         epochs,
-        accuracy,
+        tested if tested is not None else accuracy,
+        "test" if tested is not None else "val",
         metrics.get("train_seconds"),
         updated,
         error,
@@ -107,7 +108,7 @@ def runs_table(runs: list[RunInfo]) -> Table:
     rows = []
     for r in runs:
         progress = f"{r.epoch}/{r.epochs}" if r.epoch is not None and r.epochs else "-"
-        accuracy = "-" if r.accuracy is None else f"{r.accuracy:.4f}"
+        accuracy = "-" if r.accuracy is None else f"{r.accuracy:.4f} {r.accuracy_of}"
         seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
         rows.append([str(r.path), r.state, Path(r.data).name or r.data, r.model, progress, accuracy, seconds])
     return Table(["run", "state", "data", "model", "epoch", "accuracy", "train s"], rows)

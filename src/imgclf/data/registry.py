@@ -81,27 +81,24 @@ def register_dataset(
     return decorator
 
 
-def _with_builtins() -> Registry[DatasetSpec]:
-    """The registry, with the built-in datasets registered (importing them loads torchvision's datasets, which
-    inference never needs)."""
-    from . import builtin  # noqa: F401
-
-    return _DATASETS
-
-
 def dataset_names() -> list[str]:
-    return sorted(_with_builtins().names(), key=str.casefold)
+    return sorted(_DATASETS.names(), key=str.casefold)
 
 
 def list_datasets() -> list[DatasetSpec]:
-    return sorted(_with_builtins(), key=lambda spec: spec.name.casefold())
+    return sorted(_DATASETS, key=lambda spec: spec.name.casefold())
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    spec = _with_builtins().get(name)
+    spec = _DATASETS.get(name)
     if spec is None:
         raise DataError(
             f"unknown dataset {name!r}: use one of {', '.join(dataset_names())}, "
             "a folder with one sub-folder per class, or a CSV of file,label"
         )
     return spec
+
+
+# the built-in datasets register themselves once the registry exists (inference imports neither: it needs
+# no dataset, and imgclf.data.images does not import this module)
+from . import builtin  # noqa: E402, F401
