@@ -124,3 +124,10 @@ def test_mlflow_receives_the_runs_params_metrics_and_artifacts(class_folder, in_
     assert {"best.pt", "config.yaml", "metrics.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/confusion_matrix.png" in plots
+
+
+def test_tracking_without_mlflow_installed_is_one_line_before_any_folder(class_folder, in_tmp, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(imgclf.ImgclfError, match=r"track=mlflow needs MLflow: pip install 'imgclf\[mlflow\]'"):
+        imgclf.train(data=str(class_folder), track="mlflow", out="run", verbose=False, **FAST)
+    assert not (in_tmp / "run").exists()

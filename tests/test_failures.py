@@ -119,6 +119,7 @@ def test_every_command_writing_into_a_read_only_place_says_so_in_one_line(traine
             ["compare", str(run), "--out", str(place / "comparison.png")],
             ["predict", str(run), str(image), "--out", str(place / "predictions.csv")],
             ["doctor", str(image.parent.parent), "--out", str(place / "doctor"), "--no-labels", "--no-near"],
+            ["pack", str(image.parent.parent), "--out", str(place / "shards"), "--data-dir", str(place / "cache")],
         ]
         for command in commands:
             assert main(command) == 2, command

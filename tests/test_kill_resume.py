@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,15 +92,19 @@ def kill_and_resume(reference: Reference, run: Path, during_training: bool, rng:
 
 
 def trials(reference: Reference, tmp_path: Path, count: int, seed: int) -> list[str]:
-    """``count`` kills, one in five during the start-up and the rest during training, at random moments."""
-    rng = random.Random(seed)
-    outcomes = []
-    for trial in range(count):
-        run = tmp_path / f"trial{trial}"
-        outcome = kill_and_resume(reference, run, during_training=trial % 5 != 0, rng=rng)
+    """``count`` kills, one in five during the start-up and the rest during training, at random moments; two
+    trials at a time (each is two processes that mostly import PyTorch: one core each)."""
+
+    def trial(number: int) -> str:
+        run = tmp_path / f"trial{number}"
+        rng = random.Random(seed * 1000 + number)  # each trial its own draws, whatever the threads' order
+        outcome = kill_and_resume(reference, run, during_training=number % 5 != 0, rng=rng)
         if outcome in ("resumed", "restarted"):
-            assert json.loads((run / rundir.METRICS).read_text())["test"] == reference.metrics, (trial, outcome)
-        outcomes.append(outcome)
+            assert json.loads((run / rundir.METRICS).read_text())["test"] == reference.metrics, (number, outcome)
+        return outcome
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(trial, range(count)))
     assert "no metrics" not in outcomes
     print("kill trials:", {o: outcomes.count(o) for o in sorted(set(outcomes))})
     return outcomes

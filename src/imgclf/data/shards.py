@@ -31,8 +31,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
-from ..errors import DataError
-from ..fsutil import atomic_write_json
+from ..errors import DataError, writing
+from ..fsutil import atomic_write_json, make_dir
 from .cache import cache_file, cached_images, write_decoded
 from .folder import SIZE_CAP, SPLIT_NAMES, choose_image_size, source_parts
 from .images import decode_bytes, decode_each, to_channels
@@ -150,7 +150,7 @@ def pack(
     wds = _webdataset()
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    make_dir(partial, "out", exist_ok=False)
     counts, shards, labels, skipped, all_gray = {}, {}, {}, [], True
     stats = RunningStats()
     for split in SPLIT_NAMES:
@@ -159,7 +159,7 @@ def pack(
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         files, split_labels = [files[i] for i in order], [split_labels[i] for i in order]
         pattern = str(partial / f"{split}-%06d.tar")
-        with wds.ShardWriter(pattern, maxcount=shard_images, verbose=0) as sink:
+        with writing(out, "out"), wds.ShardWriter(pattern, maxcount=shard_images, verbose=0) as sink:
             written = _write_split(
                 sink, files, split_labels, size, cfg.max_image_pixels, jpeg_quality, stats if split == "train" else None
             )
@@ -189,8 +189,9 @@ def pack(
         "val_split": cfg.val_split,
         "test_split": cfg.test_split,
     }
-    atomic_write_json(partial / INDEX, index)
-    os.replace(partial, out)
+    atomic_write_json(partial / INDEX, index, "out")
+    with writing(out, "out"):
+        os.replace(partial, out)
     total_bytes = sum(f.stat().st_size for f in out.iterdir())
     return PackResult(out, counts, shards, total_bytes, time.perf_counter() - start, skipped)
 

@@ -243,18 +243,12 @@ class MlflowSink(Sink):
     ``$MLFLOW_TRACKING_URI``, else to ``./mlruns``."""
 
     def __init__(self, run: RunDir) -> None:
-        from ..errors import ConfigError
-
-        try:
-            import mlflow
-        except ImportError:
-            raise ConfigError("`track=mlflow` needs MLflow: pip install 'imgclf[mlflow]'") from None
-        self.mlflow, self.run = mlflow, run
+        self.mlflow, self.run = mlflow_module(), run
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             # a local folder, as MLflow 2 defaulted to: MLflow 3 asks to opt in to its file store (a database or
             # a server needs the full mlflow package: set MLFLOW_TRACKING_URI to use one)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            mlflow.set_tracking_uri(Path("mlruns").resolve().as_uri())
+            self.mlflow.set_tracking_uri(Path("mlruns").resolve().as_uri())
         self.active: Any = None  # the MLflow run, once started
 
     def on_start(self, event: RunStarted) -> None:
@@ -286,6 +280,23 @@ class MlflowSink(Sink):
     def on_failure(self, event: RunFailed) -> None:
         if self.active is not None:
             self.mlflow.end_run("KILLED" if event.state == "stopped" else "FAILED")
+
+
+def mlflow_module() -> Any:
+    """MLflow, or the one-line error that says how to install it."""
+    from ..errors import ConfigError
+
+    try:
+        import mlflow
+    except ImportError:
+        raise ConfigError("`track=mlflow` needs MLflow: pip install 'imgclf[mlflow]'") from None
+    return mlflow
+
+
+def check_trackers(track: str | None) -> None:
+    """Fail before the run directory exists when a tracker asked for is not installed."""
+    if track == "mlflow":
+        mlflow_module()
 
 
 def _finite(value: Any) -> bool:

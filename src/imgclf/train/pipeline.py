@@ -76,6 +76,7 @@ from .events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    check_trackers,
     run_sinks,
 )
 from .loop import FitResult, Trainer
@@ -577,6 +578,7 @@ def train_run(
         overridden = {name: "you" for name in settings}
         prepared.cfg = prepared.cfg.with_sources({**start.sources, **overridden})
         model = build(prepared, resuming=start.checkpoint is not None, log=log)  # a model error leaves no folder
+        check_trackers(prepared.cfg.run.track)  # and neither does a tracker that is not installed
         run = _run_directory(prepared, start.run)
         prepared.cfg = prepared.cfg.replace(out=str(run.path))
         run.write_config(prepared.cfg.to_dict())
