@@ -52,8 +52,18 @@ def runs(tmp_path_factory) -> Path:
     """One process with batch 16, and two with batch 8 each (through `--devices 2`), on the same data."""
     root = tmp_path_factory.mktemp("ddp")
     write_class_folder(root / "data", per_class=30)
-    run([IMGCLF, "train", "--data", "data", *SETTINGS, "--batch-size", "16", "--out", "one", "--quiet"], root)
-    run([IMGCLF, "train", "--devices", "2", "--data", "data", *SETTINGS, "--batch-size", "8", "--out", "two"], root)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    commands = [  # side by side: each process spends most of its time importing PyTorch (--no-cache: no shared file)
+        [IMGCLF, "train", "--data", "data", *SETTINGS, "--batch-size", "16", "--out", "one", "--quiet"],
+        [IMGCLF, "train", "--devices", "2", "--data", "data", *SETTINGS, "--batch-size", "8", "--out", "two"],
+    ]
+    processes = [
+        subprocess.Popen(c, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
     return root
 
 

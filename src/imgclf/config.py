@@ -399,7 +399,7 @@ class TrainConfig:
         2
     """
 
-    def __init__(self, _source: str | None = None, **settings: Any) -> None:
+    def __init__(self, *, _source: str | None = None, **settings: Any) -> None:  # _source: a config file
         where = f"{_source}: " if _source else ""
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
@@ -471,7 +471,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str | None = None) -> TrainConfig:
         """Settings from a mapping: flat, or by section as ``config.yaml`` holds them."""
-        return cls(source, **flatten(values))
+        return cls(_source=source, **flatten(values))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:

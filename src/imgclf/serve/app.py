@@ -177,7 +177,8 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
         summary=f"{classifier.model_name} classifying {len(classifier.classes)} classes",
         version=__import__("imgclf").__version__,
         lifespan=lifespan,
-        docs_url=None,  # /docs is served below from the Swagger UI files installed with the [serve] extra
+        docs_url=None,  # /docs and /redoc are served below from files installed with the [serve] extra
+        redoc_url=None,
     )
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
@@ -252,22 +253,33 @@ DOCS_ASSETS = "/docs-assets"
 
 
 def _offline_docs(app: FastAPI) -> None:
-    """The API docs at /docs from Swagger UI's files on this machine (the swagger-ui-bundle package), not from
-    a CDN: the page works offline, as the server does."""
-    from fastapi.openapi.docs import get_swagger_ui_html
+    """The API docs at /docs (Swagger UI) and /redoc from files on this machine (the fastapi-offline package
+    carries them), not from a CDN: the pages work offline, as the server does."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
 
-    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    assets = resources.files("fastapi_offline").joinpath("static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    openapi = app.openapi_url or "/openapi.json"
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=openapi,
             title=f"{app.title} API",
             swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi,
+            title=f"{app.title} API",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
         )
 
 
