@@ -127,25 +127,7 @@ def test_every_command_writing_into_a_read_only_place_says_so_in_one_line(traine
     assert data["name"] == "stripes"
 
 
-def test_a_run_stopped_before_its_first_epoch_starts_again_in_its_own_folder(class_folder, in_tmp, capsys):
-    first = imgclf.train(data=str(class_folder), out="run", verbose=False, **FAST)
-    for name in ("last.pt", "best.pt", "history.csv", "metrics.json", "status.json"):
-        (first.run_dir / name).unlink()  # as a run killed while preparing leaves it: its config.yaml alone
-    again = imgclf.train(resume="run")
-    assert again.run_dir == first.run_dir and len(again.history) == 3
-    assert again.metrics["test"] == first.metrics["test"]  # the same config: the same run
-    assert "run stopped before its first epoch ended: starting it again there" in capsys.readouterr().out
-
-
-def test_a_finished_resume_reports_the_runs_throughput(class_folder, in_tmp):
-    """After a resume that had nothing left to train, the figures are the run's, not zero."""
-    first = imgclf.train(data=str(class_folder), out="run", verbose=False, **FAST)
-    again = imgclf.train(resume="run", verbose=False)
-    assert again.metrics["images_per_second"] == pytest.approx(first.metrics["images_per_second"])
-    assert again.metrics["train_seconds"] == pytest.approx(first.metrics["train_seconds"])
-
-
-def test_partial_resume_counts_every_epochs_images_and_seconds(in_tmp):
+def test_resumes_count_every_epochs_images_and_seconds(in_tmp):
     folder = write_class_folder(in_tmp / "photos", per_class=20)
 
     def stop(epoch: int, row: dict) -> None:
@@ -161,3 +143,7 @@ def test_partial_resume_counts_every_epochs_images_and_seconds(in_tmp):
     seconds = sum(r["train_seconds"] for r in rows)
     assert resumed.metrics["images_per_second"] == pytest.approx(images / seconds, rel=0.01)
     assert resumed.metrics["train_seconds"] == pytest.approx(seconds, abs=0.01)
+    # a resume with nothing left to train reports the run's figures, not zero
+    again = imgclf.train(resume="run", verbose=False)
+    assert again.metrics["images_per_second"] == pytest.approx(resumed.metrics["images_per_second"])
+    assert again.metrics["train_seconds"] == pytest.approx(resumed.metrics["train_seconds"])

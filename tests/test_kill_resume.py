@@ -1,6 +1,7 @@
 """Training killed with SIGKILL at a random moment: every checkpoint left on disk loads, ``--resume``
-finishes the run (starting it again in its folder when no epoch had finished), and the finished run's
-test metrics equal those of the same run never interrupted (same seed, CPU)."""
+finishes the run (starting it again in its folder when no epoch had finished), the finished run's test
+metrics equal those of the same run never interrupted (same seed, CPU), and until it is resumed, `imgclf
+runs` calls the killed run died, not running."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from imgclf import rundir
+from imgclf.runs import run_info
 
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
 SETTINGS = ["--image-size", "16", "--epochs", "4", "--seed", "3", "--no-cache", "--device", "cpu"]
@@ -76,6 +78,9 @@ def kill_and_resume(reference: Reference, run: Path, during_training: bool, rng:
         time.sleep(rng.uniform(0.3, reference.startup))
     process.send_signal(signal.SIGKILL)
     finished_before_kill = process.wait() == 0
+    status = rundir.RunDir(run).read_status()
+    if status is not None and not finished_before_kill:  # killed outright: it could not say so, `runs` sees it
+        assert status["state"] == "running" and run_info(rundir.RunDir(run)).state == "died"
     for name in (rundir.BEST, rundir.LAST):  # whatever the kill left must load: writes are atomic
         if (run / name).exists():
             rundir.read_checkpoint(run / name)
@@ -115,5 +120,5 @@ def test_two_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterr
 
 
 @pytest.mark.slow
-def test_five_more_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterrupted, tmp_path):
-    trials(uninterrupted, tmp_path, count=5, seed=12)
+def test_four_more_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterrupted, tmp_path):
+    trials(uninterrupted, tmp_path, count=4, seed=12)

@@ -13,14 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_calibration_error,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from .config import DataConfig, TrainConfig, flatten
 from .data import DataBundle, Split, load_data
@@ -40,6 +32,16 @@ def eval_batch(images: torch.Tensor) -> int:
 
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    # torchmetrics loads in about 1.7 s: imported when the first metrics are computed, not by every process that
+    # imports the trainer (a run killed, stopped or failing before its test metrics never pays it)
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
     n = len(classes)
     preds = probs.argmax(1)
     precision = multiclass_precision(preds, labels, n, average=None)
@@ -111,6 +113,8 @@ def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """Expected calibration error (torchmetrics; 15 equal-width confidence bins, L1)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     if not len(labels):
         return 0.0
     return multiclass_calibration_error(probs.float(), labels, probs.shape[1], n_bins=CALIBRATION_BINS).item()
