@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each test process (and what it starts) gets its share of the cores: two processes with
+    every core's threads each would only take turns."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if "PYTEST_XDIST_WORKER" not in os.environ or workers < 2:
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by PyTorch when it starts, here and in subprocesses
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+_share_the_cores()
 
 SHARED_DATA = Path(os.environ.get("IMGCLF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CLASSES = ("horizontal", "vertical", "checker")
