@@ -410,7 +410,6 @@ class TrainConfig:
                 continue
             values[name] = check_value(name, value, where, name if _source else None)
         self._values: dict[str, Any] = values
-        self._source = _source
         self._origins: dict[str, str] = dict.fromkeys(values, f"config {_source}" if _source else "you")
 
     def __getattr__(self, name: str) -> Any:
@@ -436,14 +435,6 @@ class TrainConfig:
         """Where a setting that was set came from: "you" (a keyword or flag), or "config FILE"."""
         return self._origins[name]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    @property
-    def source(self) -> str | None:
-        """The config file these settings were read from, if any."""
-        return self._source
-
     def to_dict(self) -> dict[str, Any]:
         """The settings that were set, by name."""
         return dict(self._values)
@@ -453,7 +444,6 @@ class TrainConfig:
         values = {**self._values, **changes}
         replaced = TrainConfig(**{k: v for k, v in values.items() if v is not None})
         replaced._origins = {k: "you" if k in changes else self._origins[k] for k in replaced._values}
-        replaced._source = self._source
         return replaced
 
     def section(self, cls: type) -> Any:
@@ -464,9 +454,6 @@ class TrainConfig:
     @property
     def data_config(self) -> DataConfig:
         return self.section(DataConfig)
-
-    def validate(self, source: str | None = None) -> TrainConfig:  # the values were checked when set
-        return self
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str | None = None) -> TrainConfig:
@@ -538,11 +525,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """By section, as config.yaml holds it (with the sources, which loading ignores)."""
         sections: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
-        return {**sections, SOURCES_KEY: dict(self.sources)} if self.sources else sections
-
-    def settings(self) -> TrainConfig:
-        """Every value as settings a user could give: what reproduces this run."""
-        return TrainConfig(**self.values())
+        sources = {name: self.sources[name] for name in SETTINGS if name in self.sources}  # in declaration order
+        return {**sections, SOURCES_KEY: sources} if sources else sections
 
     def replace(self, **values: Any) -> RunConfig:
         """A copy with ``values`` (by setting name) changed; where each value came from stays as recorded."""

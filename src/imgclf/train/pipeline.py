@@ -347,12 +347,14 @@ def _log_class_balance(data: DataBundle, cfg: RunConfig, log: Log) -> None:
         log(
             f"warning: class(es) {', '.join(n for n, c in zip(data.classes, counts) if c == 0)} have no training images"
         )
-    elif max(counts) > IMBALANCE_RATIO * min(counts) and cfg.optim.class_weights == "none":
-        if cfg.optim.sampler == "shuffle":
-            log(
-                f"warning: imbalanced classes (largest {max(counts)}, smallest {min(counts)}); "
-                "consider `class_weights=auto` or `sampler=balanced`"
-            )
+    elif max(counts) > IMBALANCE_RATIO * min(counts) and (cfg.optim.class_weights, cfg.optim.sampler) == (
+        "none",
+        "shuffle",
+    ):
+        log(
+            f"warning: imbalanced classes (largest {max(counts)}, smallest {min(counts)}); "
+            "consider `class_weights=auto` or `sampler=balanced`"
+        )
 
 
 def _plot_samples(batches: TrainBatches, data: DataBundle, path: Path) -> None:
