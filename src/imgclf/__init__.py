@@ -46,7 +46,7 @@ from .config import RunConfig, TrainConfig  # noqa: E402
 from .errors import ImgclfError  # noqa: E402
 from .lazy import lazy_exports  # noqa: E402
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {  # name -> module that defines it, imported on first use
     **dict.fromkeys(
@@ -65,6 +65,9 @@ _LAZY = {  # name -> module that defines it, imported on first use
             "lr_find",
             "pack",
             "doctor",
+            "learning_curve",
+            "embed",
+            "similar",
         ],
         ".api",
     ),
@@ -86,16 +89,19 @@ if TYPE_CHECKING:
         classifier,
         compare,
         doctor,
+        embed,
         errors,
         evaluate,
         explain,
         export,
         inspect,
+        learning_curve,
         lr_find,
         pack,
         predict,
         report,
         serve,
+        similar,
         train,
     )
     from .data import register_dataset
@@ -137,11 +143,13 @@ __all__ = [
     "compare",
     "create_model",
     "doctor",
+    "embed",
     "errors",
     "evaluate",
     "explain",
     "export",
     "inspect",
+    "learning_curve",
     "load",
     "list_runs",
     "lr_find",
@@ -152,5 +160,6 @@ __all__ = [
     "register_task",
     "report",
     "serve",
+    "similar",
     "train",
 ]

@@ -26,11 +26,13 @@ if TYPE_CHECKING:
     from .data.shards import PackResult
     from .doctor.output import DoctorResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
+    from .explain.similar import Embeddings, SimilarResult
     from .export import ExportResult
     from .predict import Classifier, ImageInput, Predictions
     from .report.compare import CompareResult
     from .serve import ServeSettings
     from .train import TrainResult
+    from .train.curve import LearningCurve
     from .train.lr_find import LrFindResult
 
 BACKENDS = ("torch", "onnx", "torchscript")
@@ -41,18 +43,21 @@ __all__ = [
     "describe_dataset_sources",
     "describe_models",
     "doctor",
+    "embed",
     "errors",
     "classifier",
     "evaluate",
     "explain",
     "export",
     "inspect",
+    "learning_curve",
     "lr_find",
     "pack",
     "predict",
     "recipe_train_images",
     "report",
     "serve",
+    "similar",
     "train",
 ]
 
@@ -142,7 +147,7 @@ def doctor(
     probs = None
     if run is not None:
         model = load(run, device=device)
-        images = to_channels(fit_tensor(inventory.images, model.image_size), model.channels)
+        images = to_channels(fit_tensor(inventory.images, model.image_size, model.spec.resize), model.channels)
         probs = model.predict_proba(images)
         log(f"label issues from the predictions of {model.path} (in-sample for its training images)")
     elif labels:
@@ -341,6 +346,75 @@ def errors(
     classifier = load(found.path, device="cpu")
     predictions = test_predictions(found, classifier, log)
     return write_errors(predictions, classifier.classes, top, Path(out) if out else found / ERRORS, log)
+
+
+def learning_curve(
+    data: str,
+    *,
+    out: str | os.PathLike = "learning_curve",
+    fractions: Sequence[float] | None = None,
+    seeds: int | None = None,
+    device: str = "auto",
+    log: Log = show,
+    **settings: Any,
+) -> LearningCurve:
+    """How many more images do I need: the shipped lite0's linear probe trained on 10% ... 100% of each class
+    (``seeds`` draws each, from the embedding cache), a power law fitted per class and overall, and what 2x and
+    4x the images would likely give; learning_curve.png and .json into ``out``. ``settings``: data settings."""
+    from .train.curve import FRACTIONS, SEEDS
+    from .train.curve import learning_curve as curve
+
+    data_config(data=data, **settings)  # the data settings checked, one line each, before any work
+    fractions = tuple(fractions or FRACTIONS)
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ConfigError(f"`fractions` {list(fractions)}: each must be in (0, 1]")
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"`seeds` {seeds}: must be 1 or more")
+    config = TrainConfig(data=data, device=device, **settings)
+    return curve(config, Path(out), log, fractions, seeds or SEEDS)
+
+
+def embed(
+    images: Sequence[str | os.PathLike],
+    *,
+    run: str | os.PathLike | None = None,
+    out: str | os.PathLike = "embeddings.npz",
+    device: str = "auto",
+    log: Log = show,
+) -> Embeddings:
+    """Embeddings of image files and folders (what the class layer sees): the run's network, or without a run
+    the shipped lite0's ImageNet features at 224 px; written to ``out`` (.npz: files, features, model)."""
+    from .explain.similar import embed_images
+    from .predict import load
+
+    result = embed_images(images, load(run, device=device) if run is not None else None, device)
+    result.save(out)
+    log(f"{len(result.files):,} embeddings of {result.features.shape[1] if len(result.files) else 0} values "
+        f"({result.model}, {result.image_size} px) written to {out}")  # fmt: skip
+    return result
+
+
+def similar(
+    run: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    *,
+    k: int = 8,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    log: Log = show,
+) -> list[SimilarResult]:
+    """For each image, the ``k`` nearest training images of ``run`` by its embeddings, with their labels:
+    a table each, and a grid each in ``out`` (default RUN/similar)."""
+    from .explain.similar import similar as nearest
+
+    if k < 1:
+        raise ConfigError(f"`k` {k}: must be 1 or more (how many neighbours to show)")
+    results = nearest(run, images, k, out, device)
+    for result in results:
+        log(f"{result.query}:")
+        log(result.table().to_text())
+        log(f"grid: {result.plot}")
+    return results
 
 
 def compare(

@@ -110,7 +110,7 @@ def _train_parser(sub: Any) -> None:
         "lr-find",
         help="the learning-rate finder: training loss over a log-spaced lr sweep, a plot and a suggested lr",
         description="Sweep the learning rate for the model, data, optimizer groups and loss that `train` with the "
-        "same options would use, and suggest one (the loss's steepest descent).",
+        "same options would use, and suggest one (fastai's valley rule, checked against the curve).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(
@@ -196,7 +196,10 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = api.evaluate(args.run, data=args.data, data_dir=args.data_dir, images=args.images, device=args.device)
-    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} on {metrics['samples']} images")
+    print(
+        f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+        f"macro F1 {metrics['macro_f1']:.4f} on {metrics['samples']} images"
+    )
     return 0
 
 
@@ -376,6 +379,23 @@ def _cmd_errors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learning_curve(args: argparse.Namespace) -> int:
+    options = ("data", "out", "fractions", "seeds", "device")
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "argv", *options) and v is not None}
+    api.learning_curve(args.data, **{k: getattr(args, k) for k in options if k != "data"}, **settings)
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    api.embed(args.images, run=args.run, out=args.out, device=args.device)
+    return 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    api.similar(args.run, args.images, k=args.k, out=args.out, device=args.device)
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     api.compare(args.runs, out=args.out)
     return 0
@@ -542,6 +562,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--top", type=int, default=25, help="how many of the most confident mistakes to list and draw")
     p.add_argument("--out", help="folder for errors.json and mistakes.png (default: RUN/errors)")
+    p = command(
+        "learning-curve",
+        "how many more images do I need: accuracy per class against training images, and what 2x and 4x would give",
+    )
+    p.add_argument("data", help="a folder of class sub-folders, or a CSV")
+    p.add_argument("--out", default="learning_curve", help="folder for learning_curve.png and .json")
+    p.add_argument(
+        "--fractions", type=float, nargs="+", help="shares of each class to train on (default: 0.1 0.2 0.3 0.5 0.7 1)"
+    )
+    p.add_argument("--seeds", type=int, help="draws per share (default: 3)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to compute the features")
+    _data_as_training_sees_it(p)
+    p = command("embed", "write embeddings (what the class layer sees) of images to an .npz file")
+    p.add_argument("images", nargs="+", help="image files and folders")
+    p.add_argument("--run", help="a run's network (default: the shipped lite0's ImageNet features at 224 px)")
+    p.add_argument("--out", default="embeddings.npz", help="the .npz file (files, features, model)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run the network")
+    p = command("similar", "the training images nearest to an image by the run's embeddings, with their labels")
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="+", help="image files and folders")
+    p.add_argument("--k", type=int, default=8, help="neighbours to show")
+    p.add_argument("--out", help="folder for the grids (default: RUN/similar)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run the network")
     p = command("compare", "runs side by side: accuracy, macro F1, train time, parameters, multiply-adds")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", default="comparison.png", help="bar plot file")
@@ -573,6 +616,9 @@ COMMANDS = {
     "doctor": _cmd_doctor,
     "serve": _cmd_serve,
     "runs": _cmd_runs,
+    "learning-curve": _cmd_learning_curve,
+    "embed": _cmd_embed,
+    "similar": _cmd_similar,
 }
 
 

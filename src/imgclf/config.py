@@ -40,6 +40,14 @@ PREDICT_BATCH = 256  # images decoded and predicted together by `predict`
 RECIPE = "the recipe"  # how --help shows the default of a setting the recipe fills
 
 
+def default_search() -> str:
+    """``$IMGCLF_SEARCH`` (auto or off), else auto: a CI job or a test suite can turn the folder search off."""
+    value = os.environ.get("IMGCLF_SEARCH", "auto")
+    if value not in ("auto", "off"):
+        raise ConfigError(f"$IMGCLF_SEARCH {value!r}: use auto or off")
+    return value
+
+
 def default_data_dir() -> str:
     return os.environ.get("IMGCLF_DATA") or str(Path.home() / ".cache" / "imgclf")
 
@@ -124,6 +132,12 @@ class DataConfig:
     exclude: str | None = setting(
         None, help="leave out the images this file lists, one a line (e.g. doctor/exclude.txt)", metavar="FILE"
     )
+    resize: str = setting(
+        "crop",
+        help="fitting an image to the square: crop (shorter side, centre crop), pad (the whole image, black "
+        "borders), stretch (the whole image, squashed); kept by predict, export and serve",
+        choices=("crop", "pad", "stretch"),
+    )
     storage: str = setting(
         "auto",
         help="decoded folder/CSV images in memory, or memory-mapped from the cache file (auto: mapped when they "
@@ -167,7 +181,17 @@ class OptimConfig:
         None, help="clip the gradient norm to this value", check="positive", default_text="off"
     )
     class_weights: str = setting(
-        "none", help="auto: weight the loss by inverse class frequency", choices=("none", "auto")
+        "none",
+        help="weight the loss by class: inverse frequency (auto is its old name), sqrt (inverse square root), "
+        "effective (Cui et al. 2019's effective number of samples, beta 0.999)",
+        choices=("none", "auto", "inverse", "sqrt", "effective"),
+    )
+    logit_adjustment: float = setting(
+        0.0,
+        help="Menon et al. 2021's logit-adjusted loss: training adds tau x log(class share) to the logits, so rare "
+        "classes get a larger margin (tau 1.0; 0 is off)",
+        check="non_negative",
+        metavar="TAU",
     )
     sampler: str = setting("shuffle", help="balanced: draw classes equally often", choices=("shuffle", "balanced"))
     ema: bool = setting(help="lookahead weight averaging late in training", recipe=True, lr_find=False)
@@ -189,9 +213,25 @@ class ScheduleConfig:
         default_text="off",
         lr_find=False,
     )
+    monitor: str = setting(
+        "val_loss",
+        help="what picks the best checkpoint and early stopping: val_loss, or val_balanced_acc (the mean of the "
+        "classes' recalls; the rule for imbalanced classes)",
+        choices=("val_loss", "val_balanced_acc"),
+        lr_find=False,
+    )
+    search: str = setting(
+        factory=default_search,
+        help="a folder or CSV with no model given: try the cnn and the shipped lite0 (a probe on its cached "
+        "features, then fine-tuned) at several sizes on the validation split, within the budget; off: the cnn recipe",
+        choices=("auto", "off"),
+        default_text="$IMGCLF_SEARCH or auto",
+        lr_find=False,
+    )
     budget: float | None = setting(
         None,
-        help="seconds of training: the recipe variant (and epochs) that fits, timed on this machine",
+        help="seconds of training: the recipe variant (and epochs) that fits, timed on this machine; the "
+        "search's time (default 600 on a CPU, 300 on a GPU)",
         check="positive",
         metavar="SECONDS",
         default_text="none",
@@ -439,11 +479,12 @@ class TrainConfig:
         """The settings that were set, by name."""
         return dict(self._values)
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        """These settings with ``changes`` over them (``None`` unsets one), the changes as given by "you"."""
+    def replace(self, *, _origin: str = "you", **changes: Any) -> TrainConfig:
+        """These settings with ``changes`` over them (``None`` unsets one), the changes as given by "you"
+        (or by ``_origin``: the search's choice, say)."""
         values = {**self._values, **changes}
         replaced = TrainConfig(**{k: v for k, v in values.items() if v is not None})
-        replaced._origins = {k: "you" if k in changes else self._origins[k] for k in replaced._values}
+        replaced._origins = {k: _origin if k in changes else self._origins[k] for k in replaced._values}
         return replaced
 
     def section(self, cls: type) -> Any:

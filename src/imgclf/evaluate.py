@@ -52,6 +52,7 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
     return {
         "accuracy": multiclass_accuracy(preds, labels, n, average="micro").item(),
         "macro_f1": multiclass_f1_score(preds, labels, n, average="macro").item(),
+        "balanced_accuracy": recall[support > 0].mean().item(),  # the mean of the present classes' recalls
         "loss": loss,
         "samples": len(labels),
         "per_class": {
@@ -178,6 +179,8 @@ def per_class_table(metrics: dict[str, Any]) -> Table:
     ]
     rows.append(["accuracy", "", "", f"{metrics['accuracy']:.4f}", metrics["samples"]])
     rows.append(["macro f1", "", "", f"{metrics['macro_f1']:.4f}", ""])
+    if "balanced_accuracy" in metrics:  # runs before imgclf 0.3 lack it
+        rows.append(["balanced accuracy", "", "", f"{metrics['balanced_accuracy']:.4f}", ""])
     return Table(["class", "precision", "recall", "f1", "support"], rows)
 
 

@@ -32,6 +32,13 @@ RANDOM_IMAGES = 16  # random uint8 images checked besides the run's test images
 ONNX_OPSET = 18
 Backend = Callable[[torch.Tensor], torch.Tensor]
 
+# how predict, serve and the run's own test metrics fitted an image to the square, for a user of the export
+RESIZE_TEXT = {
+    "crop": "shorter side to {size} px (bilinear, antialiased), then centre crop to {size}x{size}",
+    "pad": "longer side to {size} px (bilinear, antialiased), then pad with black to {size}x{size}, centred",
+    "stretch": "both sides to {size} px (bilinear, antialiased), the aspect ratio not kept",
+}
+
 
 @dataclass
 class ExportResult:
@@ -67,8 +74,8 @@ def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
         },
         "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]},
         "preprocessing": {
-            "resize": f"shorter side to {spec.image_size} px (bilinear, antialiased), then centre crop to "
-            f"{spec.image_size}x{spec.image_size}",
+            "resize": RESIZE_TEXT[spec.resize].format(size=spec.image_size),
+            "resize_mode": spec.resize,
             "normalisation": "inside the model: (pixels / 255 - mean) / std",
             "mean": list(spec.mean),
             "std": list(spec.std),

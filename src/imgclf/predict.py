@@ -223,7 +223,7 @@ class Classifier:
             image = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().to(torch.uint8)
             array = image.permute(1, 2, 0).numpy()
             item = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-        return read_image(item, self.image_size, self.channels, self.max_image_pixels)
+        return read_image(item, self.image_size, self.channels, self.max_image_pixels, self.spec.resize)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """A uint8 N x C x H x W batch as the network's input: float, normalised, on its device."""
@@ -254,7 +254,9 @@ class Classifier:
                     sources = [f"<{type(item).__name__} {start + i}>" for i, item in enumerate(chunk)]
                     yield DecodedInputs(sources, torch.stack([self.to_uint8(item) for item in chunk]), [])
                 continue
-            for batch in stream_images(files, self.image_size, self.channels, self.max_image_pixels, batch_size):
+            for batch in stream_images(
+                files, self.image_size, self.channels, self.max_image_pixels, batch_size, self.spec.resize
+            ):
                 for file, reason in batch.skipped:
                     if file in named:
                         raise DataError(f"{file}: {describe_skip(reason)}")

@@ -53,6 +53,7 @@ TEST_PREDICTIONS = "test_predictions.pt"
 SKIPPED = "skipped.txt"
 EVALUATION = "evaluation.json"
 REPORT = "report.html"
+SEARCH = "search.json"  # what the folder default tried on the validation split, and why it chose
 STATUS = "status.json"  # the run's state (running, finished, failed, stopped), replaced atomically as it changes
 EVENTS = "events.jsonl"  # one JSON object a line: each training event as it happened
 PLOTS = "plots"
@@ -76,6 +77,7 @@ HISTORY_COLUMNS = [
     "train_acc",
     "val_loss",
     "val_acc",
+    "val_balanced_acc",
     "lr",
     "seconds",
     "train_seconds",
@@ -114,6 +116,7 @@ class InferenceSpec:
     hflip: bool = False  # a mirrored image keeps its label: test-time augmentation may mirror
     tta: bool = False  # the run's test metrics averaged test-time augmented views
     temperature: float = 1.0  # logits are divided by it before the softmax: fitted on validation (calibration)
+    resize: str = "crop"  # how an image is fitted to the square: crop, pad or stretch (imgclf.data.images.fit_tensor)
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -126,6 +129,7 @@ class InferenceSpec:
             "hflip": self.hflip,
             "tta": self.tta,
             "temperature": self.temperature,
+            "resize": self.resize,
         }
 
     @classmethod
@@ -141,6 +145,7 @@ class InferenceSpec:
             bool(payload.get("hflip", False)),
             bool(payload.get("tta", False)),
             float(payload.get("temperature", 1.0)),  # checkpoints before calibration: uncalibrated
+            str(payload.get("resize", "crop")),  # checkpoints before `resize`: centre crops
         )
 
 
@@ -387,6 +392,14 @@ class RunDir:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         if self.writes:
             atomic_write_json(self / METRICS, metrics)
+
+    def write_search(self, search: dict[str, Any]) -> None:
+        if self.writes:
+            atomic_write_json(self / SEARCH, search)
+
+    def read_search(self) -> dict[str, Any] | None:
+        path = self / SEARCH
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
         if self.writes:

@@ -18,8 +18,11 @@ from .registry import Registry
 class Task(Protocol):
     name: str
 
-    def criterion(self, label_smoothing: float, class_weights: torch.Tensor | None) -> nn.Module:
-        """The training loss: the mean over a batch of logits and targets."""
+    def criterion(
+        self, label_smoothing: float, class_weights: torch.Tensor | None, logit_offset: torch.Tensor | None = None
+    ) -> nn.Module:
+        """The training loss: the mean over a batch of logits and targets; ``logit_offset`` is added to the
+        logits in training only (logit adjustment)."""
         ...
 
     def summed_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -31,9 +34,27 @@ class Task(Protocol):
         """How many of the batch's predictions are right (a 0-d tensor on the device: no host sync)."""
         ...
 
+    def class_hits(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """(2, classes): per class, the images predicted right and the images, for balanced accuracy."""
+        ...
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's outputs as probabilities."""
         ...
+
+
+class LogitAdjusted(nn.Module):
+    """A loss over the logits plus a fixed offset per class (Menon et al. 2021: tau x log prior), so training
+    asks rare classes for a larger margin while the model's own logits stay unadjusted for prediction."""
+
+    def __init__(self, loss: nn.Module, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.loss = loss
+        self.offset: torch.Tensor
+        self.register_buffer("offset", offset)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits + self.offset.to(logits.dtype), targets)
 
 
 _TASKS: Registry[Task] = Registry("task")
@@ -62,14 +83,21 @@ class SingleLabel:
 
     name = "single_label"
 
-    def criterion(self, label_smoothing: float, class_weights: torch.Tensor | None) -> nn.Module:
-        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+    def criterion(
+        self, label_smoothing: float, class_weights: torch.Tensor | None, logit_offset: torch.Tensor | None = None
+    ) -> nn.Module:
+        loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        return loss if logit_offset is None else LogitAdjusted(loss, logit_offset)
 
     def summed_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
 
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (logits.argmax(1) == targets).sum()
+
+    def class_hits(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+        right = targets[logits.argmax(1) == targets]
+        return torch.stack([right.bincount(minlength=num_classes), targets.bincount(minlength=num_classes)])
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(1)

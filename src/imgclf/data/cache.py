@@ -51,8 +51,9 @@ class DecodedImages:
     note: str = ""  # where the images are kept and why, for the run's log
 
 
-def cache_key(paths: Sequence[Path], size: int, max_pixels: int) -> str:
-    digest = hashlib.sha1(f"{FORMAT}|{size}|{max_pixels}".encode())
+def cache_key(paths: Sequence[Path], size: int, max_pixels: int, resize: str = "crop") -> str:
+    # a centre crop keys as before `resize` existed: caches written then stay valid
+    digest = hashlib.sha1(f"{FORMAT}|{size}|{max_pixels}{'' if resize == 'crop' else '|' + resize}".encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"\n{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -202,10 +203,10 @@ def write_decoded(
 
 
 def decode_to_file(
-    paths: Sequence[Path], size: int, path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    paths: Sequence[Path], size: int, path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, resize: str = "crop"
 ) -> tuple[tuple[int, ...], list[int], list[tuple[str, str]]]:
     """Decode ``paths`` in parallel threads straight into ``path``, a chunk at a time (:func:`write_decoded`)."""
-    return write_decoded(decode_each(paths, size, max_pixels), [str(p) for p in paths], size, path)
+    return write_decoded(decode_each(paths, size, max_pixels, resize), [str(p) for p in paths], size, path)
 
 
 def _check_disk(cache_dir: Path, nbytes: int) -> None:
@@ -226,6 +227,7 @@ def decode_cached(
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     storage: str = "auto",
     scratch_dir: Path | None = None,
+    resize: str = "crop",
 ) -> DecodedImages:
     """Decode ``paths`` through the cache and keep the images in memory or memory-mapped (``storage``).
 
@@ -237,12 +239,13 @@ def decode_cached(
         raise DataError(f"`storage` {storage!r}: use one of {', '.join(STORAGES)}")
     upper_bound = len(paths) * 3 * size * size
     if cache_dir is None:
-        return _decode_uncached(paths, size, max_pixels, storage, upper_bound, scratch_dir)
-    pixels = cache_file(Path(cache_dir), label, size, cache_key(paths, size, max_pixels))
+        return _decode_uncached(paths, size, max_pixels, storage, upper_bound, scratch_dir, resize)
+    pixels = cache_file(Path(cache_dir), label, size, cache_key(paths, size, max_pixels, resize))
+    fill = lambda file: decode_to_file(paths, size, file, max_pixels, resize)  # noqa: E731
     try:
-        return cached_images(pixels, upper_bound, lambda file: decode_to_file(paths, size, file, max_pixels), storage)
+        return cached_images(pixels, upper_bound, fill, storage)
     except OSError:
-        return _in_memory(paths, size, max_pixels)
+        return _in_memory(paths, size, max_pixels, resize)
 
 
 Fill = Callable[[Path], tuple[tuple[int, ...], list[int], list[tuple[str, str]]]]
@@ -266,21 +269,27 @@ def cached_images(pixels: Path, upper_bound: int, fill: Fill, storage: str = "au
     return opened
 
 
-def _in_memory(paths: Sequence[Path], size: int, max_pixels: int) -> DecodedImages:
-    images, kept, skipped, _ = decode_images(paths, size, max_pixels=max_pixels)
+def _in_memory(paths: Sequence[Path], size: int, max_pixels: int, resize: str = "crop") -> DecodedImages:
+    images, kept, skipped, _ = decode_images(paths, size, max_pixels=max_pixels, resize=resize)
     return DecodedImages(images, kept, skipped, note=f"decoded images ({_gb(images.numel())}) in memory")
 
 
 def _decode_uncached(
-    paths: Sequence[Path], size: int, max_pixels: int, storage: str, upper_bound: int, scratch_dir: Path | None
+    paths: Sequence[Path],
+    size: int,
+    max_pixels: int,
+    storage: str,
+    upper_bound: int,
+    scratch_dir: Path | None,
+    resize: str = "crop",
 ) -> DecodedImages:
     if choose_storage(upper_bound, storage)[0] == "memory":
-        return _in_memory(paths, size, max_pixels)
+        return _in_memory(paths, size, max_pixels, resize)
     if scratch_dir is not None:
         scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="imgclf-decode-", dir=scratch_dir) as folder:
         pixels = Path(folder) / "images.u8"
-        shape, kept, skipped = decode_to_file(paths, size, pixels, max_pixels)
+        shape, kept, skipped = decode_to_file(paths, size, pixels, max_pixels, resize)
         images = _map(pixels, shape)  # the mapping outlives the unlinked file
     note = f"decoded images ({_gb(images.numel())}) memory-mapped from an unlinked temporary file (`cache=False`)"
     return DecodedImages(images, kept, skipped, False, "mmap", note)

@@ -105,7 +105,14 @@ def _decode_splits(cfg: DataConfig, parts: Parts, classes: list[str], size_cap: 
     label = Path(cfg.data).expanduser().resolve().name
     data_dir = Path(cfg.data_dir).expanduser()
     decoded = decode_cached(
-        paths, size, data_dir / "cache" if cfg.cache else None, label, cfg.max_image_pixels, cfg.storage, data_dir
+        paths,
+        size,
+        data_dir / "cache" if cfg.cache else None,
+        label,
+        cfg.max_image_pixels,
+        cfg.storage,
+        data_dir,
+        cfg.resize,
     )
     labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[decoded.kept]
     owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)

@@ -158,26 +158,39 @@ def _normalize_mode(img: Image.Image) -> tuple[Image.Image, bool]:
     return img.convert("L" if gray else "RGB"), gray
 
 
-def fit_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
-    """C x H x W uint8 resized (shorter side, antialiased bilinear) and centre-cropped to size x size.
-    Every path (files, PIL images, tensors) ends here, so training and prediction see the same pixels."""
+RESIZE_MODES = ("crop", "pad", "stretch")
+
+
+def fit_tensor(image: torch.Tensor, size: int, resize: str = "crop") -> torch.Tensor:
+    """C x H x W uint8 (or N x C x H x W) fitted to size x size, antialiased bilinear: ``crop`` resizes the
+    shorter side and keeps the centre; ``pad`` resizes the longer side and pads the rest black, keeping the
+    whole image; ``stretch`` resizes each side, changing the aspect. Every path (files, PIL images, tensors)
+    ends here, so training and prediction see the same pixels."""
     if image.shape[-2:] == (size, size):
         return image
     h, w = image.shape[-2:]
+    if resize == "stretch":
+        return TF.resize(image, [size, size], antialias=True)
+    if resize == "pad":
+        scale = size / max(h, w)
+        new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+        image = TF.resize(image, [new_h, new_w], antialias=True)
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        return TF.pad(image, [left, top, size - new_w - left, size - new_h - top], fill=0)
     short = min(h, w)
     if max(h, w) > MAX_ASPECT * short:  # a 1 x 1,000,000 strip would be resized to size x 10^6 size first
         image = TF.center_crop(image, [min(h, 2 * short), min(w, 2 * short)])
     return TF.center_crop(TF.resize(image, [size], antialias=True), [size, size])
 
 
-def _from_pil(img: Image.Image, size: int) -> Decoded:
+def _from_pil(img: Image.Image, size: int, resize: str = "crop") -> Decoded:
     img = ImageOps.exif_transpose(img)  # the first frame of an animation: Pillow opens on it
     img, gray = _normalize_mode(img)
     array = np.array(img.convert("RGB"))  # a writable copy: torch.from_numpy shares it
-    return fit_tensor(torch.from_numpy(array).permute(2, 0, 1), size), gray
+    return fit_tensor(torch.from_numpy(array).permute(2, 0, 1), size, resize), gray
 
 
-def _decode_jpeg(data: bytes, size: int) -> Decoded | None:
+def _decode_jpeg(data: bytes, size: int, resize: str = "crop") -> Decoded | None:
     """torchvision's libjpeg-turbo decoder for plain 8-bit gray or RGB JPEGs; None for what needs
     Pillow (CMYK, or a photo large enough that Pillow's reduced-scale decoding is faster)."""
     if _tv_io is None:
@@ -186,10 +199,10 @@ def _decode_jpeg(data: bytes, size: int) -> Decoded | None:
     image = _tv_io.decode_image(raw, mode=_tv_io.ImageReadMode.UNCHANGED, apply_exif_orientation=True)
     if image.dtype != torch.uint8 or image.shape[0] not in (1, 3):
         return None
-    return fit_tensor(image.expand(3, -1, -1), size), image.shape[0] == 1
+    return fit_tensor(image.expand(3, -1, -1), size, resize), image.shape[0] == 1
 
 
-def _decode_checked(data: bytes, size: int, max_pixels: int) -> Decoded | str:
+def _decode_checked(data: bytes, size: int, max_pixels: int, resize: str = "crop") -> Decoded | str:
     """Check the header, then decode; the reason as a string for anything that is not a usable image."""
     dimensions = _header_size(data)
     if dimensions is not None:
@@ -198,7 +211,7 @@ def _decode_checked(data: bytes, size: int, max_pixels: int) -> Decoded | str:
             return reason
         # JPEGs to libjpeg-turbo, except large photos, which Pillow decodes at 1/2..1/8 scale
         if data[:3] == b"\xff\xd8\xff" and min(dimensions) < 4 * size:
-            decoded = _decode_jpeg(data, size)
+            decoded = _decode_jpeg(data, size, resize)
             if decoded is not None:
                 return decoded
     with Image.open(io.BytesIO(data)) as img:  # reads the header only
@@ -207,7 +220,7 @@ def _decode_checked(data: bytes, size: int, max_pixels: int) -> Decoded | str:
         if reason:
             return reason
         img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced scale when the photo is large
-        return _from_pil(img, size)
+        return _from_pil(img, size, resize)
 
 
 def _read_checked(path: Path, max_pixels: int) -> bytes | str:
@@ -238,29 +251,37 @@ def _raise_pillow_limit(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def _decode_guarded(read: Callable[[], bytes | str], size: int, max_pixels: int) -> Decoded | str:
+def _decode_guarded(read: Callable[[], bytes | str], size: int, max_pixels: int, resize: str = "crop") -> Decoded | str:
     _raise_pillow_limit(max_pixels)
     try:
         data = read()
-        return data if isinstance(data, str) else _decode_checked(data, size, max_pixels)
+        return data if isinstance(data, str) else _decode_checked(data, size, max_pixels, resize)
     except Image.DecompressionBombError:  # Pillow's own limit, for formats whose header imgclf does not read
         return f"claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit of {max_pixels:,}"
     except Exception as exc:  # noqa: BLE001  any decoder error of one file (MemoryError too) skips that file, never the run
         return _reason(exc)
 
 
-def decode_file(path: Path, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded | str:
+def decode_file(
+    path: Path, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, resize: str = "crop"
+) -> Decoded | str:
     """(3 x size x size uint8, grayscale) or the reason the file is not a usable image."""
-    return _decode_guarded(lambda: _read_checked(path, max_pixels), size, max_pixels)
+    return _decode_guarded(lambda: _read_checked(path, max_pixels), size, max_pixels, resize)
 
 
-def decode_bytes(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded | str:
+def decode_bytes(
+    data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, resize: str = "crop"
+) -> Decoded | str:
     """:func:`decode_file` for bytes already in memory (an upload): the same checks, the same pixels."""
-    return _decode_guarded(lambda: data or "empty file", size, max_pixels)
+    return _decode_guarded(lambda: data or "empty file", size, max_pixels, resize)
 
 
 def read_image(
-    item: str | os.PathLike | Image.Image, size: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    item: str | os.PathLike | Image.Image,
+    size: int,
+    channels: int,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    resize: str = "crop",
 ) -> torch.Tensor:
     """One image (a file or an opened PIL image) as a C x size x size uint8 tensor; a one-line error naming
     the file when it is missing, unreadable or over the pixel limit."""
@@ -268,11 +289,11 @@ def read_image(
         reason = _pixel_limit_reason(*item.size, max_pixels)
         if reason:
             raise DataError(f"image {item.size[0]}x{item.size[1]}: refused, it {reason}")
-        return to_channels(_from_pil(item, size)[0], channels)
+        return to_channels(_from_pil(item, size, resize)[0], channels)
     path = Path(item)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")
-    result = decode_file(path, size, max_pixels)
+    result = decode_file(path, size, max_pixels, resize)
     if isinstance(result, str):
         raise DataError(f"{path}: {describe_skip(result)}")
     return to_channels(result[0], channels)
@@ -310,10 +331,10 @@ def _chunks(paths: Sequence[Path], chunk: int) -> Iterator[Sequence[Path]]:
     return (paths[i : i + chunk] for i in range(0, len(paths), chunk))
 
 
-def decode_each(paths: Sequence[Path], size: int, max_pixels: int) -> Iterator[Decoded | str]:
+def decode_each(paths: Sequence[Path], size: int, max_pixels: int, resize: str = "crop") -> Iterator[Decoded | str]:
     """Each file's decoded image or skip reason, in order, decoded by threads a bounded number of chunks ahead."""
     workers = os.cpu_count() or 1
-    decode_chunk = lambda c: [decode_file(Path(p), size, max_pixels) for p in c]  # noqa: E731  one task per chunk: futures cost
+    decode_chunk = lambda c: [decode_file(Path(p), size, max_pixels, resize) for p in c]  # noqa: E731  one task per chunk: futures cost
     for chunk in bounded_map(decode_chunk, _chunks(paths, DECODE_CHUNK), workers, 2 * workers):
         yield from chunk
 
@@ -328,7 +349,12 @@ class DecodedBatch:
 
 
 def stream_images(
-    paths: Sequence[Path], size: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, batch: int = 256
+    paths: Sequence[Path],
+    size: int,
+    channels: int,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    batch: int = 256,
+    resize: str = "crop",
 ) -> Iterator[DecodedBatch]:
     """Decode ``paths`` batch by batch in parallel threads, a few batches ahead of the consumer: memory
     holds a few batches, not the folder."""
@@ -342,7 +368,7 @@ def stream_images(
 
     def decode(piece: tuple[int, Sequence[Path]]) -> tuple[int, Sequence[Path], list[Decoded | str]]:
         start, files = piece
-        return start, files, [decode_file(Path(f), size, max_pixels) for f in files]
+        return start, files, [decode_file(Path(f), size, max_pixels, resize) for f in files]
 
     decoded = bounded_map(decode, slices(), workers, 3 * workers)
     for _, pieces in itertools.groupby(decoded, key=lambda piece: piece[0]):
@@ -363,6 +389,7 @@ def decode_images(
     size: int,
     channels: int | None = None,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    resize: str = "crop",
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]], int]:
     """Decode many files in parallel threads (the decoders release the GIL).
 
@@ -371,7 +398,7 @@ def decode_images(
     grayscale, else 3.
     """
     kept, images, skipped, all_gray = [], [], [], True
-    for i, (path, result) in enumerate(zip(paths, decode_each(paths, size, max_pixels))):
+    for i, (path, result) in enumerate(zip(paths, decode_each(paths, size, max_pixels, resize))):
         if isinstance(result, str):
             skipped.append((str(path), result))
             continue

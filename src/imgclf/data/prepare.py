@@ -53,11 +53,11 @@ class DataBundle:
         return torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
 
 
-def _resize(split: Split, size: int) -> Split:
-    """A split's images at ``size``, as every image file is fitted (shorter side, then the centre)."""
+def _resize(split: Split, size: int, resize: str = "crop") -> Split:
+    """A split's images at ``size``, as every image file is fitted (:func:`~imgclf.data.images.fit_tensor`)."""
     if split.images.shape[-2:] == (size, size):
         return split
-    return Split(fit_tensor(split.images, size), split.labels, split.sources)
+    return Split(fit_tensor(split.images, size, resize), split.labels, split.sources)
 
 
 def resolve_source(cfg: DataConfig, size_cap: int = SIZE_CAP) -> tuple[str, str, Callable[[DataConfig], RawDataset]]:
@@ -87,8 +87,8 @@ def load_data(cfg: DataConfig, size_cap: int = SIZE_CAP) -> DataBundle:
     name, kind, loader = resolve_source(cfg, size_cap)
     raw: RawDataset = loader(cfg)
     size = cfg.image_size or raw.train.images.shape[-1]
-    train = _resize(raw.train, size)
-    val, test = (_resize(s, size) if s is not None else None for s in (raw.val, raw.test))
+    train = _resize(raw.train, size, cfg.resize)
+    val, test = (_resize(s, size, cfg.resize) if s is not None else None for s in (raw.val, raw.test))
     if test is None:
         kept, held = stratified_split(train.labels, cfg.test_split, cfg.seed)
         train, test = train.subset(kept), train.subset(held)

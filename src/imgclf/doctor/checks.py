@@ -63,7 +63,14 @@ def odd_files(inventory: Inventory) -> list[OddFile]:
         if longer > max(HUGE_SIDE, HUGE_FACTOR * long):
             found.append(OddFile(f.path, name, "huge", f"{size} (median longer side {long:g})"))
         if longer > ODD_ASPECT * side:
-            found.append(OddFile(f.path, name, "odd-aspect", f"{size}: {longer / side:.1f}:1"))
+            found.append(
+                OddFile(
+                    f.path,
+                    name,
+                    "odd-aspect",
+                    f"{size}: {longer / side:.1f}:1; a centre crop loses its ends, `--resize pad` keeps the whole image",
+                )
+            )
         if f.mode != usual_mode:
             found.append(OddFile(f.path, name, "odd-mode", f"{f.mode} ({f.format}); most are {usual_mode}"))
     return found

@@ -1,7 +1,8 @@
-"""Model registry: the tutorial networks, imgclf's ``cnn``, torchvision's ResNet-18, and any torchvision or timm
+"""Model registry: the tutorial networks, imgclf's ``cnn``, torchvision's ResNet-18, the shipped
+``lite0`` (EfficientNet-Lite0 with ImageNet weights, offline), and any torchvision or timm
 network by name (``torchvision:NAME``, ``timm:NAME``)."""
 
-from . import tutorial, resnet, cnn, backbones  # noqa: F401,I001  (registers the models in this listing order)
+from . import tutorial, resnet, cnn, backbones, lite0  # noqa: F401,I001  (registers the models in this listing order)
 from .registry import (
     ModelSpec,
     count_parameters,

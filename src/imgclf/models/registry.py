@@ -25,6 +25,7 @@ class ModelSpec:
     head: str  # attribute of the classifier layer, kept trainable while the backbone is frozen ("": found by head_of)
     load_pretrained: Callable[[nn.Module, str | None], None] | None = None
     pretrained_stats: tuple[list[float], list[float]] | None = None  # normalisation the weights expect
+    pretrained_default: bool = False  # its weights ship with imgclf: `pretrained` unless set otherwise
 
 
 _MODELS: Registry[ModelSpec] = Registry("model")
@@ -37,9 +38,10 @@ def register_model(
     head: str = "classifier",
     load_pretrained: Callable[[nn.Module, str | None], None] | None = None,
     pretrained_stats: tuple[list[float], list[float]] | None = None,
+    pretrained_default: bool = False,
 ) -> Callable:
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS.add(name, ModelSpec(name, fn, description, head, load_pretrained, pretrained_stats))
+        _MODELS.add(name, ModelSpec(name, fn, description, head, load_pretrained, pretrained_stats, pretrained_default))
         return fn
 
     return decorator
@@ -71,6 +73,14 @@ def get_model_spec(name: str) -> ModelSpec:
         families = ", ".join(f"{p}:NAME" for p in _FAMILIES)
         raise ModelError(f"unknown model {name!r}: use one of {', '.join(_MODELS.names())}, {families}")
     return spec
+
+
+def pretrained_stats(name: str, channels: int) -> tuple[list[float], list[float]] | None:
+    """The normalisation a model's pretrained weights learned under, for ``channels`` (grey: the mean of RGB's)."""
+    stats = get_model_spec(name).pretrained_stats
+    if stats is None or channels == 3:
+        return stats
+    return [sum(stats[0]) / 3] * channels, [sum(stats[1]) / 3] * channels
 
 
 def classifier_layer(model: nn.Module) -> str:

@@ -276,7 +276,7 @@ def plot_lr_sweep(
     ax.plot(lrs, losses, color="tab:blue")
     ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
+    ax.set_xlabel("learning rate (lr), log scale")
     ax.set_ylabel("training loss (smoothed)")
     low, high = min(losses), losses[0]
     ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.6 * (high - low + 1e-9))  # the explosion off the top
@@ -284,3 +284,46 @@ def plot_lr_sweep(
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_learning_curve(curve: Any, path: str | os.PathLike) -> None:
+    """A learning curve (:class:`imgclf.train.curve.LearningCurve`): measured scores per training-set size
+    (mean and the seeds' spread), the power-law fit extended to 4x today's images, overall and per class."""
+    fig, (ax_all, ax_class) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = plt.get_cmap("tab10")
+
+    def draw(ax: Any, line: Any, colour: Any, label: str) -> None:
+        sizes = sorted(line.points)
+        means = [float(np.mean(line.points[n])) for n in sizes]
+        spread = [float(np.std(line.points[n])) for n in sizes]
+        ax.errorbar(sizes, means, yerr=spread, fmt="o", color=colour, ms=4, capsize=2, label=label)
+        xs = np.geomspace(sizes[0], line.images * 4, 60)
+        fitted = [1 - line.fit.error(x) for x in xs]
+        ax.plot(xs[xs <= line.images], np.asarray(fitted)[xs <= line.images], "-", color=colour, lw=1)
+        ax.plot(xs[xs >= line.images], np.asarray(fitted)[xs >= line.images], "--", color=colour, lw=1)
+
+    overall = curve.lines[0]
+    draw(ax_all, overall, "tab:blue", "measured (mean, seeds' spread)")
+    for factor in (2, 4):
+        score, low, high = overall.predicted(factor)
+        ax_all.errorbar(
+            [overall.images * factor], [score], yerr=[[score - low], [high - score]], fmt="s", color="tab:red",
+            capsize=3, label="predicted: 2x, 4x the images" if factor == 2 else None,
+        )  # fmt: skip
+    ax_all.axvline(overall.images, color="grey", linestyle=":", label="your images now")
+    ax_all.set_title(f"all classes: {curve.metric} on {curve.held_out:,} held-out images")
+    worst = sorted(curve.lines[1:], key=lambda line: line.now())[:10]  # the classes that need images most
+    for i, line in enumerate(worst):
+        draw(ax_class, line, colours(i % 10), line.name)
+    ax_class.set_title("per class: recall (the 10 lowest now)" if len(curve.lines) > 11 else "per class: recall")
+    for ax in (ax_all, ax_class):
+        ax.set_xscale("log")
+        ax.set_xlabel("training images (log scale)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    ax_all.set_ylabel(curve.metric)
+    fig.suptitle(f"{curve.data}: {BACKBONE_LABEL} linear probe at {curve.image_size} px; dashed: the power-law fit")
+    _save(fig, path)
+
+
+BACKBONE_LABEL = "lite0"

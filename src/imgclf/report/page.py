@@ -103,6 +103,24 @@ def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
         page.figure(result.paths["mistakes"], "the most confident mistakes: true class, prediction and its probability")
 
 
+def _section_search(page: HtmlReport, search: dict[str, Any]) -> None:
+    """What the folder default tried on the validation split, and why it chose (search.json)."""
+    page.section("How the model was chosen")
+    page.text(
+        f"With no model given, imgclf tried these on the validation split ({search['metric']}) within a budget of "
+        f"{search['budget_seconds']:.0f} s, and chose {search['chosen']} at {search['image_size']} px: {search['reason']}."
+    )
+    page.table(
+        Table(
+            ["candidate", "px", f"validation {search['metric']}", "seconds", "how"],
+            [
+                [t["candidate"], str(t["image_size"]), f"{t['score']:.4f}", f"{t['seconds']:.1f}", t["how"]]
+                for t in search["trials"]
+            ],
+        )
+    )
+
+
 def _section_model(page: HtmlReport, result: InspectResult) -> None:
     page.section("Inside the model")
     page.text(result.weight_sharing_summary())
@@ -136,6 +154,7 @@ def _summary(metrics: dict[str, Any], classifier: Classifier, macs: int) -> Tabl
             ],
             ["test accuracy", f"{test['accuracy']:.4f}{tta}"],
             ["macro F1", f"{test['macro_f1']:.4f}"],
+            *([["balanced accuracy", f"{test['balanced_accuracy']:.4f}"]] if "balanced_accuracy" in test else []),
             [
                 "training",
                 f"{metrics['epochs_run']} epochs in {metrics['train_seconds']:.1f} s on {metrics['device']} "
@@ -163,6 +182,9 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     )
     page.section("Summary")
     page.table(_summary(metrics, classifier, inspected.macs))
+    search = run.read_search()
+    if search is not None:
+        _section_search(page, search)
     page.section("Training")
     page.figure(run / rundir.CURVES, "loss and accuracy per epoch, training and validation")
     page.figure(run / rundir.SAMPLES, "training images as the network saw them (after augmentation)")

@@ -130,7 +130,7 @@ def _predictions(
 async def _decode(upload: UploadFile, classifier: Classifier, max_pixels: int) -> torch.Tensor:
     name = upload.filename or "upload"
     data = await upload.read()
-    result = await run_in_threadpool(decode_bytes, data, classifier.image_size, max_pixels)
+    result = await run_in_threadpool(decode_bytes, data, classifier.image_size, max_pixels, classifier.spec.resize)
     if isinstance(result, str):
         raise RequestProblem(422, f"{name}: {describe_skip(result)}", name)
     return to_channels(result[0], classifier.channels)

@@ -77,6 +77,14 @@ class Distributed:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over the ranks (a copy on the CPU)."""
+        if not self.enabled:
+            return tensor.cpu()
+        summed = tensor.to(self._collective_device(), torch.float64)
+        dist.all_reduce(summed)
+        return summed.cpu()
+
     def broadcast(self, value: object) -> object:
         """Rank 0's ``value`` on every rank (a path, a config)."""
         if not self.enabled:

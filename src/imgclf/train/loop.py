@@ -76,7 +76,10 @@ class Trainer:
         spec: InferenceSpec | None = None,
         task: Task = SINGLE_LABEL,
         class_weights: torch.Tensor | None = None,
+        logit_offset: torch.Tensor | None = None,
         head: str = "classifier",
+        num_classes: int | None = None,
+        score_start: bool = False,
         events: Events = NO_EVENTS,
         distributed: Distributed = SINGLE,
         lr_lambda: Callable[[int], float] | None = None,
@@ -92,7 +95,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         optim, schedule = cfg.optim, cfg.schedule
         weight = class_weights.to(self.device) if class_weights is not None else None
-        self.criterion = task.criterion(optim.label_smoothing, weight)
+        offset = logit_offset.to(self.device) if logit_offset is not None else None
+        self.criterion = task.criterion(optim.label_smoothing, weight, offset)
+        self.num_classes = num_classes
+        # the model starts trained (a probe's head): it is scored and kept as best.pt before epoch 1, so the
+        # epochs after it replace it only when they beat it on validation
+        self.score_start = score_start
         self.optimizer = build_optimizer(
             model,
             optim.optimizer,
@@ -121,6 +129,7 @@ class Trainer:
         self.steps = 0  # optimizer steps taken, over the whole run
         self.history: list[dict] = []
         self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.best_score = -math.inf  # the monitored value, larger is better (minus the loss for val_loss)
 
     # ------------------------------------------------------------------ the step
 
@@ -227,6 +236,7 @@ class Trainer:
             "history": self.history,
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
             "bad_epochs": self.bad_epochs,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "rng_cpu": torch.get_rng_state(),
@@ -243,6 +253,7 @@ class Trainer:
         self.history = list(state["history"])
         self.steps = len(self.history) * len(self.train_batches)
         self.best_val_loss, self.best_epoch = state["best_val_loss"], state["best_epoch"]
+        self.best_score = state.get("best_score", -state["best_val_loss"])  # runs before monitor: the loss
         self.bad_epochs = state["bad_epochs"]
         if self.lookahead is not None:
             self.lookahead.load_state_dict(state.get("lookahead"))
@@ -270,12 +281,15 @@ class Trainer:
         return loss_total / seen_total, correct_total / seen_total, int(seen_total)
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
+    def validate(self) -> tuple[float, float, float]:
+        """Validation loss, accuracy and balanced accuracy (the mean of the classes' recalls)."""
         if self.val_batches is None:
-            return math.nan, math.nan
+            return math.nan, math.nan, math.nan
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        # per class (right, images); made up front when the classes are known, so every process joins the sum
+        hits = torch.zeros(2, self.num_classes, device=self.device, dtype=torch.long) if self.num_classes else None
         seen = 0
         for x, y in self.val_batches:
             if not len(y):  # a process's empty share of the last batch
@@ -284,9 +298,34 @@ class Trainer:
                 logits = (self.model if self.distributed.enabled else self.forward)(x)
             loss_sum += self.task.summed_loss(logits, y)
             correct += self.task.correct(logits, y)
+            batch_hits = self.task.class_hits(logits, y, self.num_classes or logits.shape[1])
+            hits = batch_hits if hits is None else hits + batch_hits
             seen += len(y)
         loss_total, correct_total, seen_total = self.distributed.sum(loss_sum.item(), correct.item(), seen)
-        return loss_total / seen_total, correct_total / seen_total
+        balanced = math.nan
+        if hits is not None:
+            right, total = self.distributed.sum_tensor(hits).double()
+            balanced = (right[total > 0] / total[total > 0]).mean().item() if (total > 0).any() else math.nan
+        return loss_total / seen_total, correct_total / seen_total, balanced
+
+    def monitored(self, row: dict) -> float:
+        """The row's value of what picks the best epoch, larger is better."""
+        if self.cfg.schedule.monitor == "val_balanced_acc":
+            return row["val_balanced_acc"]
+        return -row["val_loss"]
+
+    def _score_start(self) -> None:
+        """Epoch 0: the model as it starts (a trained probe), validated and kept as best.pt."""
+        val_loss, val_acc, balanced = self.validate()
+        row = {
+            "epoch": 0,
+            "val_loss": round(val_loss, 6),
+            "val_acc": round(val_acc, 6),
+            "val_balanced_acc": round(balanced, 6),
+        }
+        self.best_score, self.best_val_loss, self.best_epoch = self.monitored(row), val_loss, 0
+        self._save(BEST, 0, row, with_state=False)
+        self.events.emit(BestImproved(0, row["val_loss"], row["val_acc"]))
 
     def _save(self, name: str, epoch: int, row: dict, with_state: bool) -> None:
         if self.run is None or self.spec is None:
@@ -308,27 +347,30 @@ class Trainer:
         schedule = self.cfg.schedule
         stopped_early = False
         self.warm_up_compiled()
+        if self.score_start and not self.history:
+            self._score_start()
         for epoch in range(len(self.history) + 1, schedule.epochs + 1):
             self.freeze_for_epoch(epoch)
             t0 = time.perf_counter()
             train_loss, train_acc, seen = self._train_epoch(epoch)
             t1 = time.perf_counter()
-            val_loss, val_acc = self.validate()
+            val_loss, val_acc, balanced = self.validate()
             row = {
                 "epoch": epoch,
                 "train_loss": round(train_loss, 6),
                 "train_acc": round(train_acc, 6),
                 "val_loss": round(val_loss, 6),
                 "val_acc": round(val_acc, 6),
+                "val_balanced_acc": round(balanced, 6),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - t0, 3),
                 "train_seconds": round(t1 - t0, 3),
                 "train_images": seen,
             }
             self.history.append(row)
-            improved = val_loss < self.best_val_loss
-            if improved:
-                self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            score = self.monitored(row)
+            if score > self.best_score:
+                self.best_score, self.best_val_loss, self.best_epoch, self.bad_epochs = score, val_loss, epoch, 0
                 self._save(BEST, epoch, row, with_state=False)
                 self.events.emit(BestImproved(epoch, row["val_loss"], row["val_acc"]))
             else:
@@ -342,7 +384,7 @@ class Trainer:
                 stopped_early = True
                 break
             if schedule.patience is not None and self.bad_epochs >= schedule.patience:
-                self.log(f"early stop: validation loss has not improved for {schedule.patience} epochs")
+                self.log(f"early stop: {schedule.monitor} has not improved for {schedule.patience} epochs")
                 stopped_early = True
                 break
         return self.result(stopped_early)

@@ -1,6 +1,12 @@
 """The learning-rate finder (Smith 2017, as fastai's ``lr_find`` and Lightning's ``Tuner.lr_find``): train
 for a few hundred steps while the learning rate grows log-spaced from tiny to huge, and read off where
-the loss falls fastest.
+the loss falls.
+
+The suggestion is fastai's "valley" rule: the longest stretch over which the smoothed loss keeps falling
+(a longest decreasing subsequence of the curve), and the lr two thirds of the way along it (Lightning's
+steepest point is noisy on small folders: one imgclf version suggested the sweep's first lr while its plot
+fell steepest near 0.1). It is checked against the curve: a valley ending far below the loss's minimum
+falls back to the minimum's lr / 10 (the other common rule), and the log says which rule gave it.
 
 It rides on the run's own :class:`~imgclf.train.loop.Trainer`, as fastai's ``LRFinder`` rides on
 ``Learner.fit``: the model, data, optimizer groups (head and backbone, norm scales), class weights,
@@ -20,6 +26,7 @@ from ..config import TrainConfig
 from ..plots.figures import plot_lr_sweep
 from ..runtime import Log, seed_everything
 from .pipeline import build, prepare, trainer_for
+from .progress import progress_bar
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
 DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this multiple of its minimum
@@ -29,18 +36,35 @@ DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this multiple o
 class LrFindResult:
     lrs: list[float]
     losses: list[float]  # smoothed training loss at each lr
-    suggestion: float  # steepest descent of the loss
+    suggestion: float  # the valley rule's lr (or the minimum's / 10, where the valley is implausible)
     min_loss_lr: float  # where the loss was lowest (the suggestion is usually 3-10x below it)
     plot: Path
+    rule: str = "valley"  # which rule gave the suggestion: valley, or minimum/10
 
 
-def steepest(lrs: list[float], losses: list[float]) -> float:
-    """The lr where the smoothed loss falls fastest against log(lr), before its minimum."""
-    end = int(np.argmin(losses)) + 1
-    if end < 3:
-        return lrs[max(end - 1, 0)]
-    slopes = np.gradient(np.asarray(losses[:end]), np.log(np.asarray(lrs[:end])))
-    return lrs[int(np.argmin(slopes))]
+VALLEY_SHORTFALL = 100.0  # a valley whose lr is this far below the loss's minimum is noise, not the curve
+
+
+def valley(lrs: list[float], losses: list[float]) -> tuple[float, str]:
+    """(suggested lr, rule): fastai's valley, checked against the curve (see the module's text)."""
+    n = len(losses)
+    if n < 3:
+        return lrs[0], "the sweep's first lr (too few steps to read a curve)"
+    run_length = [1] * n  # the longest decreasing subsequence ending at each point
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run_length[i] < run_length[j] + 1:
+                run_length[i] = run_length[j] + 1
+        if run_length[i] > run_length[end]:
+            end = i
+            start = end - run_length[end]
+    third = (end - start) / 3
+    index = max(0, min(n - 1, start + int(third) + int(third / 2)))
+    minimum = lrs[int(np.argmin(losses))]
+    if lrs[index] * VALLEY_SHORTFALL < minimum:
+        return minimum / 10, "the lowest loss's lr / 10 (the valley was implausibly low)"
+    return lrs[index], "valley: two thirds along the longest fall of the loss"
 
 
 def lr_find(
@@ -53,7 +77,8 @@ def lr_find(
 ) -> LrFindResult:
     """Sweep the learning rate over ``steps`` training steps and plot the loss into ``out``."""
     seed_everything(settings.seed)
-    prepared = prepare(settings.replace(ema=False, compile=False), log)  # the plain step, as the sweep's lr moves
+    # the plain step, as the sweep's lr moves; the model you name, or the cnn's recipe (the search trains, not sweeps)
+    prepared = prepare(settings.replace(ema=False, compile=False, search="off"), log)
     cfg = prepared.cfg
     model = build(prepared, resuming=False, log=log)
     peak = cfg.optim.lr  # the trainer's groups keep their ratios to it (head, backbone, norm scales)
@@ -77,13 +102,19 @@ def lr_find(
         losses.append(smoothed)
         return True
 
-    trainer.sweep(steps, record)
-    suggestion = steepest(lrs, losses)
+    with progress_bar(steps, "lr sweep", unit="step") as bar:
+
+        def on_step(step: int, loss: float) -> bool:
+            bar.update()
+            return record(step, loss)
+
+        trainer.sweep(steps, on_step)
+    suggestion, rule = valley(lrs, losses)
     min_loss_lr = lrs[int(np.argmin(losses))]
     title = f"{prepared.data.name}, {cfg.model.model}, batch {cfg.optim.batch_size}, {cfg.optim.optimizer}"
     plot_lr_sweep(lrs, losses, suggestion, out, title)
     log(
-        f"lr finder: {len(lrs)} steps from {start_lr:g} to {lrs[-1]:.3g}; steepest descent at lr {suggestion:.3g} "
-        f"(lowest loss at {min_loss_lr:.3g}; the recipe's lr is {cfg.optim.lr:.3g}); plot: {out}"
+        f"lr finder: {len(lrs)} steps from lr {start_lr:g} to lr {lrs[-1]:.3g}; suggested lr {suggestion:.3g} ({rule}); "
+        f"lowest loss at lr {min_loss_lr:.3g}; the recipe's lr is {cfg.optim.lr:.3g}; plot: {out}"
     )
-    return LrFindResult(lrs, losses, suggestion, min_loss_lr, Path(out))
+    return LrFindResult(lrs, losses, suggestion, min_loss_lr, Path(out), rule)

@@ -39,7 +39,7 @@ from ..evaluate import (
     split_metrics,
 )
 from ..models import count_parameters, create_model, get_model_spec, head_of
-from ..models.registry import classifier_layer
+from ..models.registry import classifier_layer, pretrained_stats
 from ..plots.figures import (
     plot_confusion_matrix,
     plot_curves,
@@ -68,6 +68,7 @@ from ..rundir import (
     read_checkpoint,
 )
 from ..runtime import Log, quiet, resolve_device, seed_everything
+from .balance import balance_for, is_imbalanced
 from .distributed import SINGLE, Distributed, check_sync_bn, init_distributed
 from .events import (
     CallbackSink,
@@ -80,9 +81,10 @@ from .events import (
     run_sinks,
 )
 from .loop import FitResult, Trainer
+from .probe import ProbeResult
+from .search import SearchOutcome, run_search, search_applies
 from .speed import seconds_per_image
 
-IMBALANCE_RATIO = 3.0
 WHITENING_IMAGES = 5000  # training images that estimate the whitening layer's patch covariance
 
 
@@ -118,16 +120,19 @@ class Prepared:
     distributed: Distributed = field(default_factory=Distributed)
     init: Checkpoint | None = None  # the run `init` names, read once
     variant: str = "default"  # the recipe's variant
+    search: SearchOutcome | None = None  # what the folder default tried, when it searched
+
+    @property
+    def probe(self) -> ProbeResult | None:
+        """The probe the model's head starts from (the search chose the pretrained network)."""
+        return self.search.probe if self.search is not None else None
 
 
 # ---------------------------------------------------------------- prepare
 
 
 def _pretrained_stats(model: ModelConfig, channels: int) -> tuple[list[float], list[float]] | None:
-    stats = get_model_spec(model.model).pretrained_stats if (model.pretrained or model.weights) else None
-    if stats is None or channels == 3:
-        return stats
-    return [sum(stats[0]) / 3] * channels, [sum(stats[1]) / 3] * channels
+    return pretrained_stats(model.model, channels) if (model.pretrained or model.weights) else None
 
 
 def _absolute_paths(cfg: RunConfig, kind: str) -> RunConfig:
@@ -180,8 +185,15 @@ def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE) 
     ):
         if note:
             log(note)
+    search = None
+    if search_applies(settings, data.kind, distributed.world_size):
+        search = run_search(settings, data, device, log)
+        if search.changes:
+            settings = settings.replace(_origin="search: the best on validation (search.json)", **search.changes)
+        if search.image_size != data.image_size and settings.is_set("image_size"):
+            data = load_data(settings.data_config, size_cap=image_size_cap(device.type))
     recipe = data.name if data.kind == "builtin" else "folder"
-    facts = DataFacts(len(data.train), data.image_size, data.size_note)
+    facts = DataFacts(len(data.train), data.image_size, data.size_note, tuple(data.class_counts()))
     measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if settings.budget else None
     cfg, variant = resolve(settings, recipe, device.type, facts, measure, distributed.world_size)
     processes = f" x {distributed.world_size} processes" if distributed.enabled else ""
@@ -199,7 +211,7 @@ def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE) 
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{data.channels}x{data.image_size}x{data.image_size}"
     )
-    return Prepared(_absolute_paths(cfg, data.kind), data, device, distributed, init, variant)
+    return Prepared(_absolute_paths(cfg, data.kind), data, device, distributed, init, variant, search)
 
 
 # ---------------------------------------------------------------- build
@@ -242,6 +254,13 @@ def build(prepared: Prepared, resuming: bool, log: Log = quiet) -> torch.nn.Modu
     model = build_model(prepared.cfg.model, prepared.data, prepared.device)
     if prepared.init is not None and not resuming:
         load_init(model, prepared.init, prepared.data.classes, log)
+        return model
+    if prepared.probe is not None and not resuming:  # LP-FT: fine-tuning starts from the probe's class layer
+        layer = model.get_submodule(classifier_layer(model))
+        assert isinstance(layer, torch.nn.Linear)
+        with torch.no_grad():
+            layer.weight.copy_(prepared.probe.weight)
+            layer.bias.copy_(prepared.probe.bias)
         return model
     init_from_data = getattr(model, "init_from_data", None)
     if init_from_data is not None and not resuming:
@@ -305,14 +324,16 @@ def train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None
 
 def trainer_for(prepared: Prepared, model: torch.nn.Module, **kwargs: Any) -> Trainer:
     """The trainer of ``model`` on the prepared data: its batches, head, class weights as the config says."""
-    class_weights, sample_weights = class_balance(prepared.data, prepared.cfg)
+    balance = balance_for(prepared.data.class_counts(), prepared.data.train.labels, prepared.cfg)
     val = kwargs.pop("val_batches") if "val_batches" in kwargs else eval_batches(prepared.data.val, prepared)
     return Trainer(
         model,
         prepared.cfg,
-        train_batches(prepared, sample_weights),
+        train_batches(prepared, balance.sample_weights),
         val,
-        class_weights=class_weights,
+        class_weights=balance.class_weights,
+        logit_offset=balance.logit_offset,
+        num_classes=prepared.data.num_classes,
         head=head_of(model, get_model_spec(prepared.cfg.model.model)),
         distributed=prepared.distributed,
         **kwargs,
@@ -330,15 +351,6 @@ def _seconds_per_epoch(candidate: RunConfig, data: DataBundle, device: torch.dev
 # ---------------------------------------------------------------- fit
 
 
-def class_balance(data: DataBundle, cfg: RunConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(loss class weights, per-sample sampling weights) as the config asks."""
-    counts = torch.tensor(data.class_counts(), dtype=torch.float64)
-    inverse = 1.0 / counts.clamp_min(1)
-    class_weights = (inverse / inverse.mean()).float() if cfg.optim.class_weights == "auto" else None
-    sample_weights = inverse[data.train.labels].float() if cfg.optim.sampler == "balanced" else None
-    return class_weights, sample_weights
-
-
 def _log_class_balance(data: DataBundle, cfg: RunConfig, log: Log) -> None:
     counts = data.class_counts()
     shown = ", ".join(f"{name} {c}" for name, c in zip(data.classes[:20], counts[:20]))
@@ -347,13 +359,19 @@ def _log_class_balance(data: DataBundle, cfg: RunConfig, log: Log) -> None:
         log(
             f"warning: class(es) {', '.join(n for n, c in zip(data.classes, counts) if c == 0)} have no training images"
         )
-    elif max(counts) > IMBALANCE_RATIO * min(counts) and (cfg.optim.class_weights, cfg.optim.sampler) == (
-        "none",
-        "shuffle",
-    ):
+    elif is_imbalanced(counts):
+        treatment = [
+            f"class_weights={cfg.optim.class_weights}" if cfg.optim.class_weights != "none" else "",
+            f"logit_adjustment={cfg.optim.logit_adjustment:g}" if cfg.optim.logit_adjustment else "",
+            "sampler=balanced" if cfg.optim.sampler == "balanced" else "",
+        ]
+        chosen = ", ".join(t for t in treatment if t)
         log(
-            f"warning: imbalanced classes (largest {max(counts)}, smallest {min(counts)}); "
-            "consider `class_weights=auto` or `sampler=balanced`"
+            f"imbalanced classes (largest {max(counts)}, smallest {min(counts)}): {chosen}; the best epoch is the "
+            f"best {cfg.schedule.monitor}"
+            if chosen
+            else f"warning: imbalanced classes (largest {max(counts)}, smallest {min(counts)}) and no treatment; "
+            "leave `class_weights` unset for the measured default (sqrt), or set `logit_adjustment` or `sampler=balanced`"
         )
 
 
@@ -377,6 +395,7 @@ def inference_spec(prepared: Prepared) -> InferenceSpec:
         data.std,
         data.hflip,
         cfg.eval.tta,
+        resize=cfg.data.resize,
     )
 
 
@@ -394,7 +413,14 @@ def fit(
     _log_class_balance(data, cfg, log)
     log(f"model {cfg.model.model}: {count_parameters(model):,} parameters, device {prepared.device}, run {run.path}")
     trainer = trainer_for(
-        prepared, model, run=run, spec=inference_spec(prepared), events=events, log=log, verbose=verbose
+        prepared,
+        model,
+        run=run,
+        spec=inference_spec(prepared),
+        events=events,
+        log=log,
+        verbose=verbose,
+        score_start=prepared.probe is not None,
     )
     if checkpoint is None:
         _plot_samples(trainer.train_batches, data, run / SAMPLES)
@@ -481,6 +507,7 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
         "parameters": count_parameters(model),
         "device": str(prepared.device),
         "recipe_variant": prepared.variant,
+        "search": prepared.search.to_dict() if prepared.search is not None else None,
         "data": {
             "name": data.name,
             "classes": data.classes,
@@ -502,7 +529,8 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
     )
     log(per_class_table(test).to_text())
     log(
-        f"test accuracy {test['accuracy']:.4f} (best epoch {result.best_epoch}, {result.train_seconds:.1f}s, "
+        f"test accuracy {test['accuracy']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}, macro F1 "
+        f"{test['macro_f1']:.4f} (best epoch {result.best_epoch}, {result.train_seconds:.1f}s, "
         f"{result.images_per_second:.0f} images/s); run saved in {run.path}"
     )
     return TrainResult(run.path, metrics, result.history, cfg)
@@ -585,6 +613,8 @@ def train_run(
         prepared.cfg = prepared.cfg.replace(out=str(run.path))
         run.write_config(prepared.cfg.to_dict())
         run.write_skipped(prepared.data.skipped)
+        if prepared.search is not None:
+            run.write_search(prepared.search.to_dict())
         sinks = run_sinks(run, log, verbose, prepared.cfg.run.tensorboard, prepared.cfg.run.track)
         events = Events([*sinks, *map(CallbackSink, callbacks)] if distributed.is_main else [])
         try:

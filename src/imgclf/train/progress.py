@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -16,6 +17,21 @@ def batches_with_bar(batches: Iterable[T], total: int, description: str, enabled
         yield from tqdm(batches, total=total, desc=description, leave=False, unit="batch", dynamic_ncols=True)
     else:
         yield from batches
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, unit: str = "it", enabled: bool = True) -> Iterator[Any]:
+    """A bar to ``update()`` on a terminal (tqdm), nothing elsewhere."""
+    if not (enabled and sys.stderr.isatty()):
+        yield _NoBar()
+        return
+    with tqdm(total=total, desc=description, leave=False, unit=unit, dynamic_ncols=True) as bar:
+        yield bar
 
 
 def format_epoch(row: dict, epochs: int) -> str:

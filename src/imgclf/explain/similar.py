@@ -1,0 +1,156 @@
+"""Embeddings for the user: ``embed`` writes what a network's class layer sees for each image (the run's
+network, or the shipped ``lite0``'s ImageNet features); ``similar`` shows a picture's nearest training images
+by those embeddings (cosine distance, scikit-learn's nearest neighbours), with their labels, as a grid.
+
+Training images' embeddings are cached like the decode cache, under a hash of the network and pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig, flatten
+from ..data import load_data
+from ..data.images import find_images, stream_images
+from ..errors import ConfigError, DataError
+from ..features import cached_features, compute_features
+from ..fsutil import atomic_path
+from ..models import create_model, get_model_spec
+from ..models.registry import pretrained_stats
+from ..plots.figures import plot_image_grid
+from ..plots.tables import Table
+from ..predict import Classifier
+from ..rundir import RunDir
+
+EMBED_SIZE = 224  # lite0's ImageNet size: the general-purpose embedding without a run
+SIMILAR_K = 8
+
+
+@dataclass
+class Embeddings:
+    files: list[str]
+    features: np.ndarray  # N x D float32
+    model: str
+    image_size: int
+    skipped: list[tuple[str, str]]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """An .npz of ``files``, ``features``, ``model`` and ``image_size`` (numpy.load reads it)."""
+        path = Path(path)
+        with atomic_path(path, "out") as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f, files=np.asarray(self.files), features=self.features, model=self.model, image_size=self.image_size
+            )
+        return path
+
+
+def embed_images(
+    images: Sequence[str | os.PathLike], classifier: Classifier | None = None, device: str = "auto"
+) -> Embeddings:
+    """Embeddings of image files and folders: by ``classifier``'s network, or lite0's ImageNet features."""
+    if classifier is not None:
+        sources, batch, skipped = classifier.read_images(list(images))
+        values = compute_features(classifier.model, batch, classifier.spec.mean, classifier.spec.std, classifier.device)
+        return Embeddings(sources, values.numpy(), classifier.model_name, classifier.image_size, skipped)
+    from ..runtime import resolve_device
+
+    files = find_images(images)
+    if not files:
+        raise DataError(f"no image files in {', '.join(map(str, images))}; give image files or folders")
+    stats = pretrained_stats("lite0", 3)
+    assert stats is not None
+    network = create_model("lite0", 3, 1, EMBED_SIZE)
+    load = get_model_spec("lite0").load_pretrained
+    assert load is not None
+    load(network, None)
+    target = resolve_device(device)
+    network = network.to(target)
+    kept, parts, skipped = [], [], []
+    for part in stream_images(files, EMBED_SIZE, 3):
+        kept += [str(f) for f in part.files]
+        skipped += part.skipped
+        if len(part.images):
+            parts.append(compute_features(network, part.images, *stats, target))
+    values = torch.cat(parts) if parts else torch.zeros(0, 0)
+    return Embeddings(kept, values.numpy(), "lite0 (ImageNet)", EMBED_SIZE, skipped)
+
+
+@dataclass
+class Neighbour:
+    file: str
+    label: str
+    similarity: float  # cosine similarity of the embeddings, 1 for the same direction
+
+
+@dataclass
+class SimilarResult:
+    query: str
+    neighbours: list[Neighbour]
+    plot: Path | None = None
+
+    def table(self) -> Table:
+        return Table(
+            ["rank", "training image", "label", "similarity"],
+            [[str(i + 1), n.file, n.label, f"{n.similarity:.3f}"] for i, n in enumerate(self.neighbours)],
+        )
+
+
+def _training_data(classifier: Classifier, run: RunDir) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """The run's training split, as it trained, at the network's size: (images, labels, files, classes)."""
+    values = flatten(run.read_config())
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    given = {k: v for k, v in values.items() if k in names and v is not None}
+    if "data" not in given:
+        raise ConfigError(f"{run.path}: no config.yaml naming its data; `similar` needs the run's training images")
+    cfg = DataConfig(**{**given, "image_size": classifier.image_size, "resize": classifier.spec.resize})
+    data = load_data(cfg)
+    if data.classes != classifier.classes:
+        raise DataError(f"{cfg.data}: its classes are no longer the run's; `similar` needs the data the run trained on")
+    return data.train.images, data.train.labels, list(data.train.sources or []), data.classes
+
+
+def similar(
+    run: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    k: int = SIMILAR_K,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+) -> list[SimilarResult]:
+    """For each image, the ``k`` training images of ``run`` nearest to it by the run's embeddings, drawn into
+    ``out`` (default RUN/similar) as one grid per image."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from ..predict import load
+
+    classifier = load(run, device=device)
+    run_dir = RunDir(Path(run) if Path(run).is_dir() else Path(run).parent)
+    train_images, labels, files, classes = _training_data(classifier, run_dir)
+    cache_cfg = flatten(run_dir.read_config())
+    cache = Path(str(cache_cfg.get("data_dir") or "")).expanduser() / "cache" if cache_cfg.get("data_dir") else None
+    features = cached_features(
+        classifier.model, train_images, classifier.spec.mean, classifier.spec.std, classifier.device, cache, "similar"
+    ).values.float()
+    index = NearestNeighbors(n_neighbors=min(k, len(features)), metric="cosine").fit(features.numpy())
+    query = embed_images(images, classifier)
+    folder = Path(out) if out is not None else run_dir.path / "similar"
+    results = []
+    distances, found = index.kneighbors(query.features)
+    decoded = classifier.read_images(list(images))[1]
+    for i, source in enumerate(query.files):
+        neighbours = [
+            Neighbour(files[j] if j < len(files) else f"#{j}", classes[int(labels[j])], 1 - float(d))
+            for d, j in zip(distances[i], found[i])
+        ]
+        plot = folder / f"similar_{i + 1:03d}_{Path(source).stem[:40]}.png"
+        grid = torch.cat([decoded[i : i + 1], torch.as_tensor(train_images[torch.as_tensor(found[i])])])
+        titles = ["your image", *(f"{n.label}\n{n.similarity:.2f}" for n in neighbours)]
+        plot_image_grid(grid, titles, plot, suptitle=f"{Path(source).name}: the nearest training images (cosine)")
+        results.append(SimilarResult(source, neighbours, plot))
+    return results

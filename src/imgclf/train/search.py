@@ -1,0 +1,309 @@
+"""The folder default, decided on the user's validation split within a time budget.
+
+For a folder or CSV with no model given, ``train`` tries the candidates that can win, each briefly, scored on
+the validation split, then spends the rest of the budget on the best:
+
+- the shipped ``lite0`` (EfficientNet-Lite0, ImageNet weights) as a linear probe on its cached features, at
+  each image size of :data:`PROBE_SIZES` up to the images' own (at least :data:`PRETRAINED_MIN_SIZE`:
+  ImageNet features need a few dozen pixels per object), while the features fit in the budget's share;
+- the scratch ``cnn`` with its recipe: the whole recipe when it fits in :data:`CNN_TRIAL_SHARE` of the budget
+  (small folders), else two short complete runs whose validation errors, fitted by a power law in epochs
+  (error ~ b x epochs^-c), give the score the whole recipe would reach.
+
+A probe is a floor for the pretrained network: its fine-tuning starts from the probe's layer and keeps the
+probe (epoch 0 of best.pt) unless an epoch beats it on validation. So the pretrained candidate's score is its
+best probe, the cnn's its (extrapolated) recipe, and the higher wins. Scores are validation accuracy, or
+balanced accuracy when classes are imbalanced. Any setting you give fixes that choice: `model` skips the
+search, `image_size` fixes the probes' size, `epochs` the final run's epochs, `budget` the time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DEFAULT_MODEL, RunConfig, TrainConfig
+from ..data import DataBundle, load_data
+from ..data.folder import choose_image_size
+from ..features import cached_features
+from ..models import create_model, get_model_spec
+from ..models.registry import pretrained_stats
+from ..plots.tables import Table
+from ..recipes import DataFacts, device_class, resolve
+from ..rundir import RunDir
+from ..runtime import Log
+from .balance import balance_for, is_imbalanced
+from .probe import ProbeResult, fit_probe, probe_config
+
+SEARCH_BUDGET = {"cpu": 600.0, "gpu": 300.0}  # seconds, search and final run together, when `budget` is not given
+BACKBONE = "lite0"
+MIN_BACKBONE_SIZE = 32  # lite0 downsamples 32x
+PROBE_SIZES = (64, 96, 128, 160, 224)  # 224: the size lite0's weights were trained at
+PRETRAINED_MIN_SIZE = 96  # smaller images are upsampled to here for the probes (CIFAR's 32 px: 64 and 96)
+UPSAMPLE_GAIN = 0.01  # the validation score a larger upsampling must have added to try the next one
+FEATURE_SHARE = 0.35  # of the budget at most for computing the probes' features
+CNN_TRIAL_SHARE = 0.25  # the cnn's whole recipe runs in the search when it takes at most this share
+CNN_SHORT_SHARE = 0.2  # else its two short runs take about this share together
+
+
+@dataclass
+class Trial:
+    candidate: str  # "lite0 probe", "cnn"
+    image_size: int
+    score: float  # on the validation split: accuracy, or balanced accuracy for imbalanced classes
+    seconds: float
+    how: str
+
+    def row(self) -> list[str]:
+        return [self.candidate, f"{self.image_size}", f"{self.score:.4f}", f"{self.seconds:.1f}", self.how]
+
+
+@dataclass
+class SearchOutcome:
+    budget: float
+    metric: str  # "accuracy" or "balanced accuracy"
+    trials: list[Trial] = field(default_factory=list)
+    chosen: str = DEFAULT_MODEL
+    image_size: int | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    changes: dict[str, Any] = field(default_factory=dict)  # the settings the search sets
+    probe: ProbeResult | None = None  # the winning probe's layer: where fine-tuning starts
+
+    def table(self) -> Table:
+        return Table(["candidate", "px", f"val {self.metric}", "seconds", "how"], [t.row() for t in self.trials])
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the run records in search.json (and the report shows)."""
+        return {
+            "budget_seconds": self.budget,
+            "metric": self.metric,
+            "trials": [dataclasses.asdict(t) for t in self.trials],
+            "chosen": self.chosen,
+            "image_size": self.image_size,
+            "reason": self.reason,
+            "search_seconds": round(self.seconds, 1),
+            "settings": self.changes,
+        }
+
+
+def search_applies(settings: TrainConfig, kind: str, processes: int) -> bool:
+    """Whether ``train`` searches: a folder or CSV, no model and no run to start from, one process."""
+    return (
+        settings.search == "auto"
+        and kind in ("folder", "csv")
+        and not settings.is_set("model")
+        and not settings.init
+        and processes == 1
+    )
+
+
+def extrapolate(points: Sequence[tuple[float, float]], epochs: float) -> float:
+    """The score at ``epochs`` from two (epochs, score) points, by a power law of the error: error =
+    b x epochs^-c with 0 <= c <= 1 (no faster than 1/epochs, never worse with more epochs)."""
+    (x1, s1), (x2, s2) = points
+    e1, e2 = max(1e-3, 1 - s1), max(1e-3, 1 - s2)
+    c = min(1.0, max(0.0, math.log(e1 / e2) / math.log(x2 / x1)))
+    return 1 - e2 * (epochs / x2) ** -c
+
+
+def _own_size(data: DataBundle, cfg_max_pixels: int) -> int:
+    """The images' own size (their shorter side, the median when they differ), from a sample of headers."""
+    paths = [Path(s) for split in (data.train, data.val) for s in (split.sources or [])]
+    return choose_image_size(paths, cap=4096, max_pixels=cfg_max_pixels)[0] if paths else data.image_size
+
+
+class Search:
+    def __init__(self, settings: TrainConfig, data: DataBundle, device: torch.device, log: Log) -> None:
+        self.settings, self.data, self.device, self.log = settings, data, device, log
+        self.budget = settings.budget or SEARCH_BUDGET[device_class(device.type)]
+        self.imbalanced = is_imbalanced(data.class_counts())
+        self.outcome = SearchOutcome(self.budget, "balanced accuracy" if self.imbalanced else "accuracy")
+        self.start = time.perf_counter()
+        self.backbones: dict[int, torch.nn.Module] = {}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def score(self, row: dict[str, float]) -> float:
+        return row["val_balanced_acc"] if self.imbalanced else row["val_acc"]
+
+    def resolved(self, settings: TrainConfig, data: DataBundle) -> RunConfig:
+        facts = DataFacts(len(data.train), data.image_size, data.size_note, tuple(data.class_counts()))
+        return resolve(settings, "folder", self.device.type, facts)[0]
+
+    # ------------------------------------------------------------ the pretrained candidate
+
+    def backbone(self, channels: int, classes: int) -> torch.nn.Module:
+        if channels not in self.backbones:
+            spec = get_model_spec(BACKBONE)
+            model = create_model(BACKBONE, channels, classes, PRETRAINED_MIN_SIZE)
+            assert spec.load_pretrained is not None
+            spec.load_pretrained(model, None)
+            self.backbones[channels] = model.to(self.device).to(memory_format=torch.channels_last)
+        return self.backbones[channels]
+
+    def probe(self, size: int) -> tuple[ProbeResult, float, float]:
+        """The probe at ``size``: (result, seconds, seconds per image of the features computed)."""
+        t0 = time.perf_counter()
+        settings = self.settings.replace(model=BACKBONE, image_size=size, budget=None)
+        data = load_data(settings.data_config)
+        cfg = self.resolved(settings, data)
+        stats = pretrained_stats(BACKBONE, data.channels)
+        assert stats is not None
+        backbone = self.backbone(data.channels, data.num_classes)
+        cache = Path(cfg.data.data_dir).expanduser() / "cache" if cfg.data.cache else None
+        features = [
+            cached_features(backbone, split.images, *stats, self.device, cache, f"{data.name}-{BACKBONE}-{size}px")
+            for split in (data.train, data.val)
+        ]
+        computed = sum(f.seconds for f in features)
+        per_image = computed / sum(len(f) for f in features) if computed else 0.0
+        balance = balance_for(data.class_counts(), data.train.labels, cfg)
+        result = fit_probe(
+            (features[0].values, data.train.labels),
+            (features[1].values, data.val.labels),
+            data.num_classes,
+            probe_config(cfg, len(data.train)),
+            balance,
+        )
+        return result, time.perf_counter() - t0, per_image
+
+    def probe_sizes(self) -> tuple[list[int], int]:
+        """The sizes to probe, and the largest that is not an upsampling beyond what ImageNet features need."""
+        if self.settings.image_size:
+            return [self.settings.image_size], self.settings.image_size
+        own = _own_size(self.data, self.settings.max_image_pixels)
+        return list(PROBE_SIZES), max(own, PRETRAINED_MIN_SIZE)
+
+    def try_probes(self) -> tuple[ProbeResult, int] | None:
+        if self.settings.image_size and self.settings.image_size < MIN_BACKBONE_SIZE:
+            self.log(f"search: {BACKBONE} skipped: it needs images of {MIN_BACKBONE_SIZE} px or more (`image_size`)")
+            return None
+        best: tuple[ProbeResult, int] | None = None
+        per_image, measured_at, spent = 0.0, 0, 0.0
+        scores: list[float] = []
+        images = len(self.data.train) + len(self.data.val)
+        sizes, natural = self.probe_sizes()
+        for size in sizes:
+            # past the images' own size, a larger upsampling is tried only while the previous one still helped
+            if size > natural and (len(scores) < 2 or scores[-1] < scores[-2] + UPSAMPLE_GAIN):
+                break
+            estimate = per_image * (size / measured_at) ** 2 * images if measured_at else 0.0
+            if spent + estimate > FEATURE_SHARE * self.budget:
+                self.log(
+                    f"search: lite0 at {size} px skipped: its features (~{estimate:.0f} s) pass the budget's share"
+                )
+                break
+            result, seconds, computed = self.probe(size)
+            if computed:
+                per_image, measured_at = computed, size
+                spent += computed * images
+            how = "linear probe on cached features" + ("" if computed else " (features from the cache)")
+            trial = Trial(f"{BACKBONE} probe", size, result.score(self.monitor), seconds, how)
+            scores.append(trial.score)
+            self.outcome.trials.append(trial)
+            self.log(
+                f"search: {trial.candidate} at {size} px: val {self.outcome.metric} {trial.score:.4f} ({seconds:.1f} s)"
+            )
+            if best is None or trial.score > best[0].score(self.monitor):
+                best = (result, size)
+        return best
+
+    @property
+    def monitor(self) -> str:
+        return "val_balanced_acc" if self.imbalanced else "val_acc"
+
+    # ------------------------------------------------------------ the scratch candidate
+
+    def train_cnn(self, cfg: RunConfig, epochs: int) -> float:
+        """The validation score of the cnn trained by ``cfg``'s recipe compressed into ``epochs``."""
+        from .pipeline import Prepared, build, trainer_for  # the pipeline imports this module when it searches
+
+        if epochs != cfg.schedule.epochs:
+            share = cfg.schedule.warmup_epochs / cfg.schedule.epochs
+            cfg = cfg.replace(epochs=epochs, warmup_epochs=share * epochs)
+        prepared = Prepared(cfg.replace(patience=None, target_accuracy=None), self.data, self.device)
+        model = build(prepared, resuming=False)
+        trainer = trainer_for(prepared, model, run=RunDir("search", writes=False))
+        trainer.fit()
+        row = next(r for r in trainer.history if r["epoch"] == trainer.best_epoch)
+        return self.score(row)
+
+    def try_cnn(self) -> Trial:
+        from .pipeline import _seconds_per_epoch
+
+        t0 = time.perf_counter()
+        cfg = self.resolved(self.settings.replace(budget=None), self.data)
+        epochs = cfg.schedule.epochs
+        per_epoch = _seconds_per_epoch(cfg, self.data, self.device)
+        if per_epoch * epochs <= CNN_TRIAL_SHARE * self.budget:
+            score, how = self.train_cnn(cfg, epochs), f"its whole recipe, {epochs} epochs"
+        else:
+            long = max(2, min(epochs // 2, math.floor(CNN_SHORT_SHARE * self.budget / per_epoch / 1.5)))
+            short = max(1, long // 2)
+            points = [(short, self.train_cnn(cfg, short)), (long, self.train_cnn(cfg, long))]
+            score = extrapolate(points, epochs)
+            how = f"{short} and {long} epochs ({points[0][1]:.4f}, {points[1][1]:.4f}), extrapolated to its {epochs}"
+        trial = Trial(DEFAULT_MODEL, cfg.data.image_size or self.data.image_size, score, time.perf_counter() - t0, how)
+        self.outcome.trials.append(trial)
+        self.log(
+            f"search: cnn at {trial.image_size} px: val {self.outcome.metric} {score:.4f} ({how}; {trial.seconds:.1f} s)"
+        )
+        return trial
+
+    # ------------------------------------------------------------ the choice
+
+    def fine_tune_epochs(self, size: int) -> int:
+        """The epochs of lite0 at ``size`` that fit in what is left of the budget (at least 1, at most its recipe's)."""
+        from .pipeline import _seconds_per_epoch
+
+        settings = self.settings.replace(model=BACKBONE, image_size=size, budget=None)
+        data = load_data(settings.data_config)
+        cfg = self.resolved(settings, data)
+        per_epoch = _seconds_per_epoch(cfg, data, self.device)
+        left = self.budget - self.elapsed()
+        return max(1, min(cfg.schedule.epochs, math.floor(left / per_epoch)))
+
+    def run(self) -> SearchOutcome:
+        out = self.outcome
+        self.log(
+            f"search: trying {BACKBONE} (ImageNet features, probed at several sizes) and the cnn on the validation "
+            f"split, {out.metric}, within {self.budget:.0f} s"
+            + ("" if self.settings.budget else " (the default budget; `budget` changes it, `search=off` skips it)")
+        )
+        probe = self.try_probes()
+        cnn = self.try_cnn()
+        if probe is not None and probe[0].score(self.monitor) > cnn.score:
+            result, size = probe
+            score = result.score(self.monitor)
+            out.chosen, out.image_size, out.probe = BACKBONE, size, result
+            out.reason = (
+                f"{BACKBONE}'s probe at {size} px ({score:.4f}) beat the cnn ({cnn.score:.4f}); "
+                "fine-tuning starts from the probe and keeps it unless an epoch beats it on validation"
+            )
+            out.changes = {"model": BACKBONE, "image_size": size}
+            if not self.settings.is_set("epochs"):
+                out.changes["epochs"] = self.fine_tune_epochs(size)
+        else:
+            best_probe = f"{BACKBONE}'s best probe ({probe[0].score(self.monitor):.4f})" if probe else "no probe"
+            out.chosen, out.image_size = DEFAULT_MODEL, cnn.image_size
+            out.reason = f"the cnn ({cnn.score:.4f}) beat {best_probe}"
+            if self.settings.budget:
+                out.changes = {"budget": max(1.0, self.budget - self.elapsed())}
+        out.seconds = self.elapsed()
+        self.log(out.table().to_text())
+        self.log(f"search: chose {out.chosen} at {out.image_size} px in {out.seconds:.0f} s: {out.reason}")
+        return out
+
+
+def run_search(settings: TrainConfig, data: DataBundle, device: torch.device, log: Log) -> SearchOutcome:
+    """Try the candidates on ``data``'s validation split and return the choice (see the module's text)."""
+    return Search(settings, data, device, log).run()
