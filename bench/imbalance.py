@@ -113,8 +113,8 @@ def probe_rows(folder: Path) -> dict[str, dict[str, Any]]:
     """Each treatment's probe over lite0's features at PROBE_SIZE, trained on imgclf's train split."""
     from imgclf.config import TrainConfig
     from imgclf.data import load_data
+    from imgclf.data.features import cached_features
     from imgclf.evaluate import compute_metrics
-    from imgclf.features import cached_features
     from imgclf.models import create_model, get_model_spec
     from imgclf.models.registry import pretrained_stats
     from imgclf.recipes import DataFacts, resolve

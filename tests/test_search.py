@@ -15,14 +15,14 @@ import imgclf
 from conftest import write_class_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
+from imgclf.data.features import cached_features
 from imgclf.data.images import fit_tensor
-from imgclf.features import cached_features
+from imgclf.doctor.curve import PowerLaw
 from imgclf.models.registry import classifier_layer
 from imgclf.recipes import DataFacts, resolve
 from imgclf.rundir import read_checkpoint
 from imgclf.train import search as search_module
 from imgclf.train.balance import class_weights, logit_offset
-from imgclf.train.curve import PowerLaw
 from imgclf.train.lr_find import valley
 from imgclf.train.search import Trial, extrapolate
 

@@ -24,6 +24,7 @@ from .runtime import Log, quiet
 # without torchmetrics, captum or the report (about 1.5 s and 100 MB on the project's CPU).
 if TYPE_CHECKING:
     from .data.shards import PackResult
+    from .doctor.curve import LearningCurve
     from .doctor.output import DoctorResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
     from .explain.similar import Embeddings, SimilarResult
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from .report.compare import CompareResult
     from .serve import ServeSettings
     from .train import TrainResult
-    from .train.curve import LearningCurve
     from .train.lr_find import LrFindResult
 
 BACKENDS = ("torch", "onnx", "torchscript")
@@ -361,8 +361,8 @@ def learning_curve(
     """How many more images do I need: the shipped lite0's linear probe trained on 10% ... 100% of each class
     (``seeds`` draws each, from the embedding cache), a power law fitted per class and overall, and what 2x and
     4x the images would likely give; learning_curve.png and .json into ``out``. ``settings``: data settings."""
-    from .train.curve import FRACTIONS, SEEDS
-    from .train.curve import learning_curve as curve
+    from .doctor.curve import FRACTIONS, SEEDS
+    from .doctor.curve import learning_curve as curve
 
     data_config(data=data, **settings)  # the data settings checked, one line each, before any work
     fractions = tuple(fractions or FRACTIONS)

@@ -18,9 +18,9 @@ import torch
 
 from ..config import DataConfig, flatten
 from ..data import load_data
+from ..data.features import cached_features, compute_features
 from ..data.images import find_images, stream_images
 from ..errors import ConfigError, DataError
-from ..features import cached_features, compute_features
 from ..fsutil import atomic_path
 from ..models import create_model, get_model_spec
 from ..models.registry import pretrained_stats

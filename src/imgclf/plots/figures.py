@@ -287,7 +287,7 @@ def plot_lr_sweep(
 
 
 def plot_learning_curve(curve: Any, path: str | os.PathLike) -> None:
-    """A learning curve (:class:`imgclf.train.curve.LearningCurve`): measured scores per training-set size
+    """A learning curve (:class:`imgclf.doctor.curve.LearningCurve`): measured scores per training-set size
     (mean and the seeds' spread), the power-law fit extended to 4x today's images, overall and per class."""
     fig, (ax_all, ax_class) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.get_cmap("tab10")

@@ -31,8 +31,8 @@ import torch
 
 from ..config import DEFAULT_MODEL, RunConfig, TrainConfig
 from ..data import DataBundle, load_data
+from ..data.features import cached_features
 from ..data.folder import choose_image_size
-from ..features import cached_features
 from ..models import create_model, get_model_spec
 from ..models.registry import pretrained_stats
 from ..plots.tables import Table

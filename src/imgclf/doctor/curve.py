@@ -21,7 +21,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data import load_data
-from ..features import cached_features
+from ..data.features import cached_features
 from ..fsutil import atomic_write_json
 from ..models import create_model, get_model_spec
 from ..models.registry import pretrained_stats
@@ -29,9 +29,9 @@ from ..plots.figures import plot_learning_curve
 from ..plots.tables import Table
 from ..recipes import DataFacts, resolve
 from ..runtime import Log, resolve_device, seed_everything
-from .balance import balance_for
-from .probe import ProbeHead, fit_probe, probe_config
-from .search import BACKBONE, PRETRAINED_MIN_SIZE, PROBE_SIZES
+from ..train.balance import balance_for
+from ..train.probe import ProbeHead, fit_probe, probe_config
+from ..train.search import BACKBONE, PRETRAINED_MIN_SIZE, PROBE_SIZES
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SEEDS = 3

@@ -6,7 +6,8 @@ them. Features depend only on the network, the pixels and the normalisation, so 
 (beside the decode cache) under a hash of all three: the second search, probe or curve on a folder costs no
 forward pass. Large caches are memory-mapped, as decoded images are.
 
-This module is on the inference side: it imports no training code.
+This module is on the inference side: it imports no training code, and knows a network only as an
+``nn.Module`` whose last linear layer is its class layer.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fsutil import atomic_path, make_dir
-from .models.registry import classifier_layer
+from ..fsutil import atomic_path, make_dir
 
 FEATURE_BATCH = 64  # images per forward pass: bounded memory at 224 px on a laptop
 MAP_ABOVE = 256 * 2**20  # bytes of features past which the cache is memory-mapped rather than read into memory
@@ -40,9 +40,9 @@ class Features:
 
 
 def feature_hook(model: nn.Module) -> tuple[list[torch.Tensor], Callable[[], None]]:
-    """Capture the input of the model's classifier layer on each forward: (captured, remove)."""
+    """Capture the input of the model's class layer (its last linear layer) on each forward: (captured, remove)."""
     captured: list[torch.Tensor] = []
-    layer = model.get_submodule(classifier_layer(model))
+    layer = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # as models.registry.classifier_layer
     handle = layer.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
     return captured, handle.remove
 
@@ -57,7 +57,7 @@ def compute_features(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """N x D features of uint8 ``images`` (N x C x H x W): the classifier layer's input, in eval mode."""
-    from .data.loader import normalise  # the loader's normalisation, so features see what training sees
+    from .loader import normalise  # the loader's normalisation, so features see what training sees
 
     model.eval()
     captured, remove = feature_hook(model)
