@@ -90,7 +90,17 @@ def test_evaluate_reproduces_the_test_metrics(trained_run, capsys):
 def test_listing_commands(capsys):
     code, out, _ = cli(capsys, "models")
     names = [line.split()[0] for line in out.splitlines()[1:]]
-    assert code == 0 and names == ["mlp", "cnn2", "lenet5", "cnn4", "resnet18", "cnn", "torchvision:NAME", "timm:NAME"]
+    assert code == 0 and names == [
+        "mlp",
+        "cnn2",
+        "lenet5",
+        "cnn4",
+        "resnet18",
+        "cnn",
+        "lite0",
+        "torchvision:NAME",
+        "timm:NAME",
+    ]
     assert "62,006" in out  # LeNet-5 on 3x32x32
     code, out, _ = cli(capsys, "datasets")
     assert code == 0 and {"mnist", "fashion-mnist", "cifar10", "cifar100", "digits"} <= {

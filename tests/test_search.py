@@ -83,6 +83,7 @@ def _fake_search(monkeypatch, probe_scores: dict[int, float], cnn_score: float):
         return result, 0.1, 0.0
 
     def try_cnn(self):
+        torch.rand(100)  # a trial draws from the generators, as a real one trains
         trial = Trial("cnn", 64, cnn_score, 0.1, "given")
         self.outcome.trials.append(trial)
         return trial
@@ -295,3 +296,12 @@ def test_embed_and_similar_find_a_training_image_itself(trained_run, tmp_path, c
     assert main(["embed", first, "--run", str(trained_run), "--out", str(tmp_path / "e.npz")]) == 0
     saved = np.load(tmp_path / "e.npz")
     assert list(saved["files"]) == [first] and saved["features"].shape[0] == 1
+
+
+def test_a_search_that_chooses_the_cnn_trains_it_as_search_off_would(monkeypatch, class_folder, tmp_path):
+    _fake_search(monkeypatch, {64: 0.5, 96: 0.5, 128: 0.5}, cnn_score=0.9)
+    settings = dict(data=str(class_folder), image_size=16, epochs=2, verbose=False)
+    searched = imgclf.train(search="auto", out=str(tmp_path / "searched"), **settings)
+    plain = imgclf.train(search="off", out=str(tmp_path / "plain"), **settings)
+    assert searched.metrics["search"]["chosen"] == "cnn" and plain.metrics["search"] is None
+    assert [r["val_loss"] for r in searched.history] == [r["val_loss"] for r in plain.history]  # same seed, same draws

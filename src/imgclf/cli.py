@@ -432,6 +432,11 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             f"'folder' rows: a folder or CSV of {SMALL_DATA:,}+ training images; smaller ones get smaller batches and "
             "more epochs (imgclf recipes --data PATH shows them)"
         )
+    if "folder" in train_images:
+        print(
+            "a folder or CSV with no --model: train first tries the shipped lite0 (probes at several sizes) and this "
+            "cnn recipe on the validation split, within --budget (default 600 s on a CPU), and trains the best"
+        )
     return 0
 
 

@@ -6,7 +6,8 @@ The suggestion is fastai's "valley" rule: the longest stretch over which the smo
 (a longest decreasing subsequence of the curve), and the lr two thirds of the way along it (Lightning's
 steepest point is noisy on small folders: one imgclf version suggested the sweep's first lr while its plot
 fell steepest near 0.1). It is checked against the curve: a valley ending far below the loss's minimum
-falls back to the minimum's lr / 10 (the other common rule), and the log says which rule gave it.
+(or no lower than the curve's start) falls back to the minimum's lr / 10 (the other common rule), and the log
+says which rule gave it.
 
 It rides on the run's own :class:`~imgclf.train.loop.Trainer`, as fastai's ``LRFinder`` rides on
 ``Learner.fit``: the model, data, optimizer groups (head and backbone, norm scales), class weights,
@@ -61,10 +62,13 @@ def valley(lrs: list[float], losses: list[float]) -> tuple[float, str]:
             start = end - run_length[end]
     third = (end - start) / 3
     index = max(0, min(n - 1, start + int(third) + int(third / 2)))
-    minimum = lrs[int(np.argmin(losses))]
-    if lrs[index] * VALLEY_SHORTFALL < minimum:
-        return minimum / 10, "the lowest loss's lr / 10 (the valley was implausibly low)"
-    return lrs[index], "valley: two thirds along the longest fall of the loss"
+    lowest = int(np.argmin(losses))
+    if lrs[index] * VALLEY_SHORTFALL >= lrs[lowest] and losses[index] < losses[0]:
+        return lrs[index], "valley: two thirds along the longest fall of the loss"
+    # the valley is not where the curve falls (far below its minimum, or no lower than where it started):
+    # the other common rule, the lowest loss's lr / 10, on the sweep's own grid
+    tenth = int(np.argmin(np.abs(np.log(np.asarray(lrs[: lowest + 1])) - np.log(lrs[lowest] / 10))))
+    return lrs[tenth], "the lowest loss's lr / 10 (the valley did not lie on the fall of the curve)"
 
 
 def lr_find(

@@ -186,8 +186,11 @@ def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE) 
         if note:
             log(note)
     search = None
+    if distributed.enabled and search_applies(settings, data.kind, 1):
+        log("search: not under distributed training (each process would search alone); the cnn's recipe, or `model`")
     if search_applies(settings, data.kind, distributed.world_size):
         search = run_search(settings, data, device, log)
+        seed_everything(settings.seed)  # the chosen run draws as it would have without the search: the same cnn
         if search.changes:
             settings = settings.replace(_origin="search: the best on validation (search.json)", **search.changes)
         if search.image_size != data.image_size and settings.is_set("image_size"):
