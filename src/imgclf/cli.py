@@ -57,7 +57,7 @@ def add_setting(parser: argparse._ActionsContainer, spec: Setting) -> None:
     flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
     helptext = f"{meta['help']} (default: {_default_text(spec)})"
     options: dict[str, Any] = {"dest": spec.name, "help": helptext, "default": argparse.SUPPRESS}
-    if kind is bool and spec.recipe:
+    if kind is bool and (spec.recipe or meta.get("negatable")):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
     elif kind is bool:  # the flag says the other value than the default: --pretrained, --no-cache
         options["help"] = f"{meta['help']} (default: off)"

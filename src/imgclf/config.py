@@ -75,12 +75,14 @@ def setting(
     metavar: str | None = None,
     default_text: str | None = None,
     lr_find: bool = True,
+    negatable: bool = False,
 ) -> Any:
     """A config field. ``recipe``: no default, the recipe (or a rule) fills it. ``flag``: the command line's
     name when it is not ``--name-with-dashes`` (``--no-cache`` for ``cache``); ``""`` for none (a mapping
     such as ``model_args`` is set in a config file or as a keyword). ``default_text``: how --help shows a
     default that is computed. ``lr_find``: whether the learning-rate finder takes it (it trains no epochs,
-    so the schedule, evaluation and reporting settings are not its)."""
+    so the schedule, evaluation and reporting settings are not its). ``negatable``: a true-or-false setting a
+    rule may turn on, so the command line offers both ``--name`` and ``--no-name``."""
     metadata = {
         "help": help,
         "choices": choices,
@@ -90,6 +92,7 @@ def setting(
         "metavar": metavar,
         "default_text": default_text,
         "lr_find": lr_find,
+        "negatable": negatable,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -154,7 +157,12 @@ class ModelConfig:
         help="the model function's keyword arguments, e.g. {widths: [16, 32, 64]} (the cnn's recipe sets widths)",
         flag="",
     )
-    pretrained: bool = setting(False, help="start from ImageNet weights (resnet18, torchvision:NAME, timm:NAME)")
+    pretrained: bool = setting(
+        False,
+        help="start from ImageNet weights (resnet18, lite0, torchvision:NAME, timm:NAME)",
+        default_text="off; on for lite0, whose weights ship with imgclf",
+        negatable=True,
+    )
     weights: str | None = setting(None, help="start from this weights file instead of downloading")
     init: str | None = setting(
         None, help="start from a run's weights (its best.pt); a new head if classes differ", metavar="RUN"
