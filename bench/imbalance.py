@@ -115,22 +115,19 @@ def probe_rows(folder: Path) -> dict[str, dict[str, Any]]:
     from imgclf.data import load_data
     from imgclf.data.features import cached_features
     from imgclf.evaluate import compute_metrics
-    from imgclf.models import create_model, get_model_spec
+    from imgclf.models.lite0 import pretrained_lite0
     from imgclf.models.registry import pretrained_stats
     from imgclf.recipes import DataFacts, resolve
     from imgclf.train.balance import balance_for
-    from imgclf.train.probe import ProbeHead, fit_probe, probe_config
+    from imgclf.train.probe import fit_probe, probe_config
 
     device = torch.device("cpu")
     base = TrainConfig(data=str(folder), model="lite0", image_size=PROBE_SIZE)
     data = load_data(base.data_config)
     stats = pretrained_stats("lite0", data.channels)
     assert stats is not None
-    backbone = create_model("lite0", data.channels, data.num_classes, PROBE_SIZE)
-    load = get_model_spec("lite0").load_pretrained
-    assert load is not None
-    load(backbone, None)
-    cache = Path(base.data_dir).expanduser() / "cache"
+    backbone = pretrained_lite0(data.channels, data.num_classes)
+    cache = base.data_config.cache_dir
     t0 = time.perf_counter()
     train, val, test = (
         cached_features(backbone, s.images, *stats, device, cache, f"bench-{data.name}-{PROBE_SIZE}").values
@@ -152,10 +149,7 @@ def probe_rows(folder: Path) -> dict[str, dict[str, Any]]:
             probe_config(cfg, len(data.train)),
             balance_for(data.class_counts(), data.train.labels, cfg),
         )
-        head = ProbeHead(train.shape[1], data.num_classes)
-        head.classifier.weight.data, head.classifier.bias.data = probe.weight, probe.bias
-        with torch.no_grad():
-            probs = head(test.float()).softmax(1)
+        probs = probe.logits(test).softmax(1)
         rows[name] = {
             **_scores(compute_metrics(probs, data.test.labels, data.classes)),
             "seconds": time.perf_counter() - t0,

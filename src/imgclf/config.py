@@ -148,6 +148,11 @@ class DataConfig:
         choices=("auto", "memory", "mmap"),
     )
 
+    @property
+    def cache_dir(self) -> Path | None:
+        """Where decoded images and embeddings are cached (None with `cache` off)."""
+        return Path(self.data_dir).expanduser() / "cache" if self.cache else None
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:

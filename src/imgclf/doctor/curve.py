@@ -20,18 +20,18 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data import load_data
+from ..data import DataBundle, load_data
 from ..data.features import cached_features
 from ..fsutil import atomic_write_json
-from ..models import create_model, get_model_spec
+from ..models.lite0 import pretrained_lite0
 from ..models.registry import pretrained_stats
 from ..plots.figures import plot_learning_curve
 from ..plots.tables import Table
 from ..recipes import DataFacts, resolve
 from ..runtime import Log, resolve_device, seed_everything
 from ..train.balance import balance_for
-from ..train.probe import ProbeHead, fit_probe, probe_config
-from ..train.search import BACKBONE, PRETRAINED_MIN_SIZE, PROBE_SIZES
+from ..train.probe import fit_probe, probe_config
+from ..train.search import BACKBONE, PRETRAINED_MIN_SIZE, PROBE_SIZES, own_size
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SEEDS = 3
@@ -128,12 +128,9 @@ def _subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     return torch.cat(chosen).sort().values
 
 
-def default_size(settings: TrainConfig, sources: list[str]) -> int:
-    """The ladder's size nearest the images' own, at least what ImageNet features need."""
-    from ..data.folder import choose_image_size
-
-    own = choose_image_size([Path(s) for s in sources], cap=4096)[0] if sources else PRETRAINED_MIN_SIZE
-    return max((s for s in PROBE_SIZES if s <= max(own, PRETRAINED_MIN_SIZE)), default=PROBE_SIZES[0])
+def default_size(data: DataBundle, max_pixels: int) -> int:
+    """The ladder's largest size up to the images' own, at least what ImageNet features need."""
+    return max(s for s in PROBE_SIZES if s <= max(own_size(data, max_pixels), PRETRAINED_MIN_SIZE))
 
 
 def learning_curve(
@@ -145,7 +142,7 @@ def learning_curve(
     device = resolve_device(settings.device)
     data = load_data(settings.replace(image_size=settings.image_size or PRETRAINED_MIN_SIZE).data_config)
     if not settings.image_size:
-        size = default_size(settings, list(data.train.sources or []))
+        size = default_size(data, settings.max_image_pixels)
         if size != data.image_size:
             data = load_data(settings.replace(image_size=size).data_config)
     settings = settings.replace(model=BACKBONE, image_size=data.image_size)
@@ -153,11 +150,8 @@ def learning_curve(
     cfg = resolve(settings, "folder", device.type, facts)[0]
     stats = pretrained_stats(BACKBONE, data.channels)
     assert stats is not None
-    backbone = create_model(BACKBONE, data.channels, data.num_classes, data.image_size)
-    load = get_model_spec(BACKBONE).load_pretrained
-    assert load is not None
-    load(backbone, None)
-    cache = Path(cfg.data.data_dir).expanduser() / "cache" if cfg.data.cache else None
+    backbone = pretrained_lite0(data.channels, data.num_classes)
+    cache = cfg.data.cache_dir
     tag = f"{data.name}-{BACKBONE}-{data.image_size}px"
     log(f"learning curve of {data.name}: {BACKBONE} features at {data.image_size} px (cached after the first time)")
     train = cached_features(backbone, data.train.images, *stats, device, cache, tag).values
@@ -183,10 +177,7 @@ def learning_curve(
                 run_cfg,
                 balance_for(counts, labels, cfg),
             )
-            head = ProbeHead(train.shape[1], data.num_classes)
-            head.classifier.weight.data, head.classifier.bias.data = result.weight, result.bias
-            with torch.no_grad():
-                predicted = head(held.float()).argmax(1)
+            predicted = result.logits(held).argmax(1)
             recalls = [(predicted[held_labels == c] == c).float().mean().item() for c in range(data.num_classes)]
             overall = float(np.mean(recalls)) if balanced else (predicted == held_labels).float().mean().item()
             lines[0].points.setdefault(len(labels), []).append(overall)

@@ -79,11 +79,12 @@ def _files(cfg: DataConfig, name: str, kind: str, size_cap: int) -> Inventory:
     decoded = decode_cached(
         paths,
         size,
-        data_dir / "cache" if cfg.cache else None,
+        cfg.cache_dir,
         Path(cfg.data).expanduser().resolve().name,
         cfg.max_image_pixels,
         cfg.storage,
         data_dir,
+        cfg.resize,  # the doctor sees the pixels training sees
     )
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         facts = list(pool.map(_facts, paths, labels))

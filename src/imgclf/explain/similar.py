@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, flatten
-from ..data import load_data
+from ..data import Split, load_data
 from ..data.features import cached_features, compute_features
-from ..data.images import find_images, stream_images
+from ..data.images import describe_skip, find_images, stream_images
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_path
-from ..models import create_model, get_model_spec
+from ..models.lite0 import pretrained_lite0
 from ..models.registry import pretrained_stats
 from ..plots.figures import plot_image_grid
 from ..plots.tables import Table
@@ -66,19 +66,21 @@ def embed_images(
         raise DataError(f"no image files in {', '.join(map(str, images))}; give image files or folders")
     stats = pretrained_stats("lite0", 3)
     assert stats is not None
-    network = create_model("lite0", 3, 1, EMBED_SIZE)
-    load = get_model_spec("lite0").load_pretrained
-    assert load is not None
-    load(network, None)
     target = resolve_device(device)
-    network = network.to(target)
+    network = pretrained_lite0().to(target)
+    named = {str(Path(p)) for p in images if Path(p).is_file()}
     kept, parts, skipped = [], [], []
     for part in stream_images(files, EMBED_SIZE, 3):
+        for file, reason in part.skipped:
+            if file in named:  # as predict: a file you name must be an image; one inside a folder is skipped
+                raise DataError(f"{file}: {describe_skip(reason)}")
         kept += [str(f) for f in part.files]
         skipped += part.skipped
         if len(part.images):
             parts.append(compute_features(network, part.images, *stats, target))
-    values = torch.cat(parts) if parts else torch.zeros(0, 0)
+    if not parts:
+        raise DataError(f"none of the files in {', '.join(map(str, images))} is a readable image")
+    values = torch.cat(parts)
     return Embeddings(kept, values.numpy(), "lite0 (ImageNet)", EMBED_SIZE, skipped)
 
 
@@ -102,8 +104,8 @@ class SimilarResult:
         )
 
 
-def _training_data(classifier: Classifier, run: RunDir) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """The run's training split, as it trained, at the network's size: (images, labels, files, classes)."""
+def _training_data(classifier: Classifier, run: RunDir) -> tuple[DataConfig, Split, list[str]]:
+    """The run's data settings and training split, as it trained, at the network's size, and its classes."""
     values = flatten(run.read_config())
     names = {f.name for f in dataclasses.fields(DataConfig)}
     given = {k: v for k, v in values.items() if k in names and v is not None}
@@ -113,7 +115,7 @@ def _training_data(classifier: Classifier, run: RunDir) -> tuple[torch.Tensor, t
     data = load_data(cfg)
     if data.classes != classifier.classes:
         raise DataError(f"{cfg.data}: its classes are no longer the run's; `similar` needs the data the run trained on")
-    return data.train.images, data.train.labels, list(data.train.sources or []), data.classes
+    return cfg, data.train, data.classes
 
 
 def similar(
@@ -131,11 +133,16 @@ def similar(
 
     classifier = load(run, device=device)
     run_dir = RunDir(Path(run) if Path(run).is_dir() else Path(run).parent)
-    train_images, labels, files, classes = _training_data(classifier, run_dir)
-    cache_cfg = flatten(run_dir.read_config())
-    cache = Path(str(cache_cfg.get("data_dir") or "")).expanduser() / "cache" if cache_cfg.get("data_dir") else None
+    cfg, train, classes = _training_data(classifier, run_dir)
+    train_images, labels, files = train.images, train.labels, list(train.sources or [])
     features = cached_features(
-        classifier.model, train_images, classifier.spec.mean, classifier.spec.std, classifier.device, cache, "similar"
+        classifier.model,
+        train_images,
+        classifier.spec.mean,
+        classifier.spec.std,
+        classifier.device,
+        cfg.cache_dir,
+        "similar",
     ).values.float()
     index = NearestNeighbors(n_neighbors=min(k, len(features)), metric="cosine").fit(features.numpy())
     query = embed_images(images, classifier)

@@ -81,3 +81,11 @@ def lite0(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return _timm().create_model(  # type: ignore[attr-defined]
         TIMM_NAME, pretrained=False, num_classes=num_classes, in_chans=in_channels
     )
+
+
+def pretrained_lite0(channels: int = 3, classes: int = 1) -> nn.Module:
+    """lite0 with its ImageNet weights for ``channels``-channel images (a new, zero head of ``classes``), in eval
+    mode: the backbone the search's probes, the learning curve and `embed` take their features from."""
+    model = lite0(channels, classes, 224)
+    load_lite0_weights(model, None)
+    return model.eval()

@@ -96,6 +96,10 @@ class ProbeResult:
     val_balanced_accuracy: float
     epochs: int
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The probe's class scores for N x D features."""
+        return torch.nn.functional.linear(torch.as_tensor(features).float(), self.weight, self.bias)
+
     def score(self, monitor: str) -> float:
         """The value the search compares, larger is better."""
         return self.val_balanced_accuracy if monitor == "val_balanced_acc" else self.val_accuracy

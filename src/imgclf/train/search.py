@@ -33,7 +33,7 @@ from ..config import DEFAULT_MODEL, RunConfig, TrainConfig
 from ..data import DataBundle, load_data
 from ..data.features import cached_features
 from ..data.folder import choose_image_size
-from ..models import create_model, get_model_spec
+from ..models.lite0 import pretrained_lite0
 from ..models.registry import pretrained_stats
 from ..plots.tables import Table
 from ..recipes import DataFacts, device_class, resolve
@@ -114,7 +114,7 @@ def extrapolate(points: Sequence[tuple[float, float]], epochs: float) -> float:
     return 1 - e2 * (epochs / x2) ** -c
 
 
-def _own_size(data: DataBundle, cfg_max_pixels: int) -> int:
+def own_size(data: DataBundle, cfg_max_pixels: int) -> int:
     """The images' own size (their shorter side, the median when they differ), from a sample of headers."""
     paths = [Path(s) for split in (data.train, data.val) for s in (split.sources or [])]
     return choose_image_size(paths, cap=4096, max_pixels=cfg_max_pixels)[0] if paths else data.image_size
@@ -143,10 +143,7 @@ class Search:
 
     def backbone(self, channels: int, classes: int) -> torch.nn.Module:
         if channels not in self.backbones:
-            spec = get_model_spec(BACKBONE)
-            model = create_model(BACKBONE, channels, classes, PRETRAINED_MIN_SIZE)
-            assert spec.load_pretrained is not None
-            spec.load_pretrained(model, None)
+            model = pretrained_lite0(channels, classes)
             self.backbones[channels] = model.to(self.device).to(memory_format=torch.channels_last)
         return self.backbones[channels]
 
@@ -159,9 +156,10 @@ class Search:
         stats = pretrained_stats(BACKBONE, data.channels)
         assert stats is not None
         backbone = self.backbone(data.channels, data.num_classes)
-        cache = Path(cfg.data.data_dir).expanduser() / "cache" if cfg.data.cache else None
         features = [
-            cached_features(backbone, split.images, *stats, self.device, cache, f"{data.name}-{BACKBONE}-{size}px")
+            cached_features(
+                backbone, split.images, *stats, self.device, cfg.data.cache_dir, f"{data.name}-{BACKBONE}-{size}px"
+            )
             for split in (data.train, data.val)
         ]
         computed = sum(f.seconds for f in features)
@@ -180,7 +178,7 @@ class Search:
         """The sizes to probe, and the largest that is not an upsampling beyond what ImageNet features need."""
         if self.settings.image_size:
             return [self.settings.image_size], self.settings.image_size
-        own = _own_size(self.data, self.settings.max_image_pixels)
+        own = own_size(self.data, self.settings.max_image_pixels)
         return list(PROBE_SIZES), max(own, PRETRAINED_MIN_SIZE)
 
     def try_probes(self) -> tuple[ProbeResult, int] | None:
