@@ -107,7 +107,7 @@ def _decode_splits(cfg: DataConfig, parts: Parts, classes: list[str], size_cap: 
     decoded = decode_cached(
         paths,
         size,
-        cfg.cache_dir,
+        data_dir / "cache" if cfg.cache else None,
         label,
         cfg.max_image_pixels,
         cfg.storage,

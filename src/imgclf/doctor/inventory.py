@@ -79,7 +79,7 @@ def _files(cfg: DataConfig, name: str, kind: str, size_cap: int) -> Inventory:
     decoded = decode_cached(
         paths,
         size,
-        cfg.cache_dir,
+        data_dir / "cache" if cfg.cache else None,
         Path(cfg.data).expanduser().resolve().name,
         cfg.max_image_pixels,
         cfg.storage,
