@@ -74,7 +74,7 @@ def examined(tmp_path_factory):
     root = tmp_path_factory.mktemp("doctor")
     planted = planted_folder(root / "photos")
     result = imgclf.doctor(
-        str(root / "photos"), epochs=15, data_dir=str(root / "cache"), out=str(root / "report"), fix=True, verbose=False
+        str(root / "photos"), data_dir=str(root / "cache"), out=str(root / "report"), fix=True, verbose=False
     )
     return root, planted, result
 
@@ -102,11 +102,13 @@ def test_odd_files_are_named_with_their_kind(examined):
     assert green["odd"] == {"unreadable": 1, "tiny": 1, "odd-aspect": 1}
 
 
-def test_flipped_labels_lead_the_label_issue_ranking(examined):
+def test_flipped_labels_lead_the_ranking_and_every_flagged_image_is_mislabelled(examined):
     _, planted, result = examined
-    top = [Path(r["path"]) for r in result.label_issues[:8]]
+    top = [Path(r["path"]) for r in result.findings["label_ranking"][:8]]
     flipped = {Path(p).resolve() for p in planted["flipped"]}
+    mislabelled = flipped | {Path(p).resolve() for p in planted["cross_class"]}
     assert flipped <= set(top)
+    assert len(result.label_issues) >= 3 and {Path(r["path"]) for r in result.label_issues} <= mislabelled
     for row in result.label_issues:
         if Path(row["path"]) in flipped:
             assert row["given"] == "red" and row["suggested"] == "green"
@@ -122,7 +124,8 @@ def test_outputs_and_training_without_the_flagged_files(examined):
     excluded = set((report / "exclude.txt").read_text().split())
     leak_train = str((root / "photos" / "train" / "red" / "leaked_003.png").resolve())
     assert leak_train in excluded and str((root / "photos" / "test" / "red" / "003.png").resolve()) not in excluded
-    assert _resolved(planted["cross_class"]) <= excluded and _resolved(planted["flipped"]) <= excluded
+    assert _resolved(planted["cross_class"]) <= excluded
+    assert _resolved(r["path"] for r in result.label_issues) <= excluded
     moves = (report / "moves.csv").read_text().splitlines()
     assert moves[0] == "file,given,suggested,p_suggested" and len(moves) == 1 + len(result.label_issues)
     cfg = imgclf.TrainConfig(data=str(root / "photos"), exclude=str(report / "exclude.txt"))
@@ -186,3 +189,129 @@ def test_with_a_run_the_labels_come_from_it_and_its_report_shows_the_data_health
     assert _resolved(planted["leak"]) in _sets(result.leaks)
     page = imgclf.report(run, log=lambda _: None).read_text()
     assert ">Data health</h2>" in page and "leaked_003.png" in page
+
+
+def test_every_image_is_ranked_and_the_model_behind_the_ranking_is_measured(examined):
+    _, planted, result = examined
+    found = result.findings
+    ranking = found["label_ranking"]
+    assert len(ranking) == found["images"] and len({r["path"] for r in ranking}) == found["images"]
+    scores = [r["self_confidence"] for r in ranking]
+    assert scores == sorted(scores)  # most likely wrong first
+    flipped = {str(Path(p).resolve()) for p in planted["flipped"]}
+    assert {r["path"] for r in ranking[: len(flipped) + 4]} >= flipped
+    assert [r["path"] for r in ranking if r["flagged"]] == [r["path"] for r in result.label_issues]
+    model = found["label_model"]
+    assert {c["model"].split(",")[0].split(" at ")[0] for c in model["candidates"]} >= {
+        "lite0 linear probe",
+        "quick cnn",
+    }
+    used = next(c for c in model["candidates"] if c["model"] == model["used"])
+    assert used["log_loss"] == min(c["log_loss"] for c in model["candidates"]) and found["label_issues_trusted"]
+    assert found["label_errors_estimated"] >= len(flipped) - 1
+    assert model["mirror_keeps_class"] is True  # tinted pictures: a mirror is the same colour
+    first = result.label_issues[0]
+    assert first["rank"] == 1 and len(first["nearest"]["given"]) == 3 and len(first["nearest"]["suggested"]) == 3
+
+
+def _blob(rng: np.random.Generator, left: bool) -> Image.Image:
+    """A bright blob on the left or the right half: a mirror image belongs to the other class."""
+    image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+    x = int(rng.integers(2, 10)) if left else int(rng.integers(18, 26))
+    y = int(rng.integers(4, 24))
+    image[y : y + 6, x : x + 6] = 255
+    return Image.fromarray(image)
+
+
+def test_weak_models_are_said_to_be_weak_and_fix_leaves_their_findings_out(tmp_path):
+    rng = np.random.default_rng(3)
+    for name in ("a", "b", "c"):  # the same kind of picture in every class: no model can learn the labels
+        (tmp_path / "noise" / name).mkdir(parents=True)
+        for i in range(30):
+            photo(rng, int(rng.integers(3))).save(tmp_path / "noise" / name / f"{i:02d}.png")
+    result = imgclf.doctor(
+        str(tmp_path / "noise"), models=["probe"], fix=True, out=str(tmp_path / "out"), data_dir=str(tmp_path / "c"),
+        verbose=False,
+    )  # fmt: skip
+    assert not result.findings["label_issues_trusted"]
+    assert result.findings["label_model"]["candidates"][0]["accuracy"] < 0.9
+    assert (tmp_path / "out" / "moves.csv").read_text().splitlines() == ["file,given,suggested,p_suggested"]
+    assert not (tmp_path / "out" / "exclude.txt").read_text().strip()
+    assert "WEAK" in (tmp_path / "out" / "doctor.html").read_text()
+
+
+def test_whether_a_mirror_keeps_the_class_is_measured(tmp_path):
+    from imgclf.config import DataConfig
+    from imgclf.doctor import take_inventory
+    from imgclf.doctor.models import doctor_models
+
+    rng = np.random.default_rng(4)
+    for name, left in (("left", True), ("right", False)):
+        (tmp_path / "sides" / name).mkdir(parents=True)
+        for i in range(40):
+            _blob(rng, left).save(tmp_path / "sides" / name / f"{i:02d}.png")
+    inventory = take_inventory(DataConfig(data=str(tmp_path / "sides"), data_dir=str(tmp_path / "c")))
+    found = doctor_models(inventory, models=("probe",), cache_dir=tmp_path / "c")
+    assert found.mirror_keeps_class is False and "changes the class" in found.mirror_note
+    assert [c.model for c in found.candidates] == [found.strength.model]  # no candidate trained on mirrors
+
+
+def test_thin_strokes_that_differ_are_not_near_duplicates_but_a_reencoded_copy_is():
+    import io
+
+    import torch
+    from PIL import ImageFilter
+
+    from imgclf.doctor.checks import duplicate_groups
+    from imgclf.doctor.inventory import Inventory
+
+    strokes = []
+    for x in (8, 14, 20):  # three different thin strokes on black, soft-edged as handwriting scans are
+        image = np.zeros((28, 28), np.uint8)
+        image[8:20, x] = 255
+        strokes.append(np.array(Image.fromarray(image).filter(ImageFilter.GaussianBlur(0.8))))
+    buffer = io.BytesIO()
+    Image.fromarray(strokes[0]).save(buffer, "JPEG", quality=90)  # a re-encoded copy of the first
+    images = torch.from_numpy(np.stack([*strokes, np.array(Image.open(buffer))])[:, None])
+    ids = ["a", "b", "c", "a-copy"]
+    inventory = Inventory("strokes", "folder", ["1"], ids, torch.zeros(4, dtype=torch.long), ["train"] * 4, images,
+                          ["w", "x", "y", "z"])  # fmt: skip
+    hashes = np.zeros(4, dtype=np.uint64)  # every pair a candidate: the pixels must decide
+    assert [g.members for g in duplicate_groups(inventory, hashes)] == [[0, 3]]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_confident_learning_matches_cleanlab(seed):
+    cleanlab = pytest.importorskip("cleanlab.filter")
+    from cleanlab.count import num_label_issues
+
+    from imgclf.doctor.confident import check_labels
+
+    rng = np.random.default_rng(seed)
+    n, k = 400 + 300 * seed, 3 + 2 * seed
+    true = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), true] += rng.uniform(1, 4)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    given = true.copy()
+    noisy = rng.random(n) < 0.1
+    given[noisy] = rng.integers(0, k, int(noisy.sum()))
+    ours = check_labels(given, probs)
+    theirs = cleanlab.find_label_issues(given, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    assert set(ours.flagged.tolist()) == set(theirs.tolist()) and len(ours.flagged) > 0
+    assert ours.estimated == num_label_issues(given, probs, estimation_method="off_diagonal_calibrated")
+
+
+def test_confident_learning_finds_planted_flips_without_cleanlab():
+    from imgclf.doctor.confident import check_labels
+
+    probs = np.full((60, 3), 0.05)
+    labels = np.repeat(np.arange(3), 20)
+    probs[np.arange(60), labels] = 0.9
+    flipped = [3, 25, 47]  # a confident model says these are the next class
+    for i in flipped:
+        probs[i] = 0.05
+        probs[i, (labels[i] + 1) % 3] = 0.9
+    check = check_labels(labels, probs)
+    assert sorted(check.flagged.tolist()) == flipped and check.estimated == 3
+    assert set(check.order[:3].tolist()) == set(flipped)

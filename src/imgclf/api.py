@@ -122,19 +122,24 @@ def doctor(
     fix: bool = False,
     labels: bool = True,
     near: bool = True,
-    folds: int = 3,
-    epochs: int = 4,
+    models: Sequence[str] = ("probe", "cnn"),
+    folds: int = 5,
+    epochs: int | None = None,
     device: str = "auto",
     verbose: bool = True,
     **settings: Any,
 ) -> DoctorResult:
     """What is wrong with a dataset: odd and unreadable files, exact and near duplicates (within a class,
-    across classes, across the splits training would use: leaks), class balance, and likely label errors
-    ranked by confident learning on out-of-fold predictions of quick models (``folds`` x ``epochs``), or on
-    the predictions of ``run``. Writes doctor.json, grids and doctor.html into ``out`` (default: doctor/
-    beside the data); ``fix`` adds moves.csv and exclude.txt (for ``train(exclude=...)``), deleting nothing."""
+    across classes, across the splits training would use: leaks), class balance, and likely label errors by
+    confident learning on out-of-fold probabilities: a linear probe on the shipped backbone's embeddings and
+    the quick cnn (``folds`` x ``epochs``, default by the images: 4 to 12), whichever ``models`` hold out best (or the predictions of ``run``,
+    in-sample for its training images). Every image is ranked, the count believed wrong is estimated, and the
+    model's held-out accuracy and calibration are written; below 90% accuracy the label findings are called
+    weak. Writes doctor.json, grids and doctor.html into ``out`` (default: doctor/ beside the data); ``fix``
+    adds moves.csv and exclude.txt (for ``train(exclude=...)``; weak label findings left out), deleting nothing."""
     from .data.images import fit_tensor, to_channels
     from .doctor import examine, summary, take_inventory, write_findings
+    from .doctor.models import doctor_models, embeddings, strength
     from .doctor.output import DoctorResult
     from .predict import load
     from .recipes import image_size_cap
@@ -144,27 +149,22 @@ def doctor(
     cfg = data_config(data=data, **settings)
     inventory = take_inventory(cfg, image_size_cap(resolve_device(device).type))
     log(f"examining {len(inventory):,} images of {inventory.name} ({len(inventory.skipped)} unusable files)")
-    probs = None
+    probs, features, model, trusted = None, None, None, True
     if run is not None:
-        model = load(run, device=device)
-        images = to_channels(fit_tensor(inventory.images, model.image_size, model.spec.resize), model.channels)
-        probs = model.predict_proba(images)
-        log(f"label issues from the predictions of {model.path} (in-sample for its training images)")
+        loaded = load(run, device=device)
+        images = to_channels(fit_tensor(inventory.images, loaded.image_size, loaded.spec.resize), loaded.channels)
+        probs = loaded.predict_proba(images)
+        measured = strength(f"the run {loaded.path} (in-sample for its training images)", probs, inventory.labels)
+        model, trusted = {"used": measured.model, "candidates": [measured.__dict__]}, measured.trusted
+        log(f"label issues from the predictions of {loaded.path} (in-sample for its training images)")
+        features = embeddings(inventory, resolve_device(device), cfg.cache_dir)[0]  # the suspects' neighbours
     elif labels:
-        from .train.quick import out_of_fold_probs
-
-        probs = out_of_fold_probs(
-            inventory.images,
-            inventory.labels,
-            len(inventory.classes),
-            hflip=inventory.hflip,
-            folds=folds,
-            epochs=epochs,
-            seed=cfg.seed,
-            device=device,
-            log=log,
-        )
-    findings = examine(inventory, probs, near=near, log=log)
+        found = doctor_models(
+            inventory, models=models, seed=cfg.seed, epochs=epochs, folds=folds, device=device,
+            cache_dir=cfg.cache_dir, log=log,
+        )  # fmt: skip
+        probs, features, model, trusted = found.probs, found.features, found.to_dict(), found.strength.trusted
+    findings = examine(inventory, probs, near=near, features=features, model=model, trusted=trusted, log=log)
     folder = Path(out) if out else _doctor_folder(cfg.data, inventory.kind)
     written = write_findings(findings, folder, fix)
     if run is not None and Path(run).is_dir():  # the run's report shows the data's health
@@ -207,17 +207,25 @@ def evaluate(
     data: str | None = None,
     data_dir: str | None = None,
     images: str | None = None,
+    negatives: str | os.PathLike | None = None,
     device: str = "auto",
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Re-evaluate a run directory or checkpoint on its test split (or on another dataset with the same classes).
 
-    For a run directory the metrics are also written to ``evaluation.json`` in it.
+    For a run directory the metrics are also written to ``evaluation.json`` in it. With ``negatives`` (a folder
+    of images of none of its classes), how well it answers "none of these" instead: per share of its real test
+    images kept, the share of ``negatives`` accepted, for the calibrated top probability and for familiarity
+    (the distance to the training images); the better at 95% becomes what ``min_confidence`` reads for the run
+    (predict, serve). Written to the run's unknown.json; the report draws the curve.
     """
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_negatives, evaluate_run
 
+    log = show if verbose else quiet
     overrides = {k: v for k, v in {"data": data, "data_dir": data_dir, "images": images}.items() if v is not None}
-    return evaluate_run(path, device=device, log=show if verbose else quiet, **overrides)
+    if negatives is not None:
+        return evaluate_negatives(path, negatives, device=device, log=log, **overrides)
+    return evaluate_run(path, device=device, log=log, **overrides)
 
 
 def classifier(

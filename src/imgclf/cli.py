@@ -168,7 +168,7 @@ def _without_devices(argv: Sequence[str]) -> list[str]:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    options = ("run", "out", "fix", "labels", "near", "folds", "epochs", "device")
+    options = ("run", "out", "fix", "labels", "near", "models", "folds", "epochs", "device")
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "argv", "data", *options) and v is not None}
     api.doctor(args.data, **{k: getattr(args, k) for k in options}, **settings)
     return 0
@@ -195,7 +195,11 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    metrics = api.evaluate(args.run, data=args.data, data_dir=args.data_dir, images=args.images, device=args.device)
+    settings = {"data": args.data, "data_dir": args.data_dir, "images": args.images, "device": args.device}
+    if args.negatives:
+        api.evaluate(args.run, negatives=args.negatives, **settings)
+        return 0
+    metrics = api.evaluate(args.run, **settings)
     print(
         f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
         f"macro F1 {metrics['macro_f1']:.4f} on {metrics['samples']} images"
@@ -467,6 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where that data's built-in datasets and cache are (default: the run's)")
     p.add_argument("--images", help="folder of that CSV's images (default: the CSV's folder)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run the model")
+    p.add_argument(
+        "--negatives",
+        metavar="DIR",
+        help="a folder of images of none of the classes: measure how many `unknown` rejects per share of real "
+        "images kept, for the probability and the distance to the training images; the better one becomes "
+        "what --min-confidence reads for this run",
+    )
     p = command("predict", "classify image files or folders with a trained model")
     p.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
     p.add_argument("images", nargs="+", help="image files and folders (their visible files, as training reads them)")
@@ -476,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="P",
-        help="answer `unknown` when the (calibrated) top probability is below P; `evaluate` shows the coverage per P",
+        help="answer `unknown` when the (calibrated) top probability is below P (or the familiarity, where "
+        "`evaluate --negatives` chose it); `evaluate` shows the coverage per P",
     )
     p.add_argument("--format", choices=PREDICT_FORMATS, help="table, or the --out file's kind (.csv, .json)")
     p.add_argument("--out", help="write the predictions to this .csv or .json file as they are made")
@@ -501,8 +513,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="store_true", help="also write moves.csv and exclude.txt (for train --exclude)")
     p.add_argument("--no-labels", dest="labels", action="store_false", help="skip the label-error models")
     p.add_argument("--no-near", dest="near", action="store_false", help="skip the near-duplicate hashes")
-    p.add_argument("--folds", type=int, default=3, help="cross-validation folds for the label check")
-    p.add_argument("--epochs", type=int, default=4, help="epochs of each fold's quick model")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=("probe", "cnn"),
+        default=["probe", "cnn"],
+        help="the label check's cross-validated models: a linear probe on lite0's embeddings, the quick cnn; "
+        "the one that holds out best is used",
+    )
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the quick cnn (the probe: 5)")
+    p.add_argument(
+        "--epochs", type=int, help="epochs of each fold's quick cnn (default: 4 to 12, fewer for more images)"
+    )
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the quick models train")
     _data_as_training_sees_it(p)
     p = command(

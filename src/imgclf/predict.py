@@ -48,6 +48,38 @@ def tta_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor
 
 
 UNKNOWN = "unknown"  # the label of a prediction below `min_confidence`
+UNKNOWN_SCORES = ("probability", "familiarity")  # what `min_confidence` is compared with (evaluate --negatives)
+
+
+@dataclass
+class Novelty:
+    """How familiar an image is: the cosine distance of its embedding (the class layer's input) to its k-th
+    nearest training image's (Sun et al., "Out-of-distribution detection with deep nearest neighbors", 2022),
+    read as the share of real held-out images at least as far: 1 for the closest, 0.05 where only 5% of real
+    images are farther. ``evaluate --negatives`` measures it against the probability on the user's own
+    unrelated images, and makes it what ``min_confidence`` reads where it rejects more of them."""
+
+    reference: torch.Tensor  # M x D training embeddings, unit length
+    k: int
+    real: torch.Tensor  # the k-NN distances of real held-out images, sorted
+
+    @staticmethod
+    def unit(features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(torch.as_tensor(features).float(), dim=1)
+
+    def distances(self, features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Each row's cosine distance to its k-th nearest reference embedding."""
+        unit = self.unit(features)
+        out = [
+            1 - (unit[i : i + chunk] @ self.reference.T).topk(min(self.k, len(self.reference)), dim=1).values[:, -1]
+            for i in range(0, len(unit), chunk)
+        ]
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def familiarity(self, features: torch.Tensor) -> torch.Tensor:
+        """The share of real held-out images at least as far from the training images (0..1)."""
+        farther = len(self.real) - torch.searchsorted(self.real, self.distances(features), side="left")
+        return farther.float() / max(1, len(self.real))
 
 
 def check_min_confidence(value: float) -> None:
@@ -166,6 +198,8 @@ class Classifier:
         self.model = network.to(device).to(memory_format=torch.channels_last).eval()
         # another engine for the run's forward pass: an exported model (see imgclf.export)
         self.backend: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # "unknown" by distance to the training images, where `evaluate --negatives` found it better
+        self.novelty: Novelty | None = None
         # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
         self.modules = {
             tta: InferenceModel(
@@ -274,20 +308,47 @@ class Classifier:
             raise plan.nothing_readable()
         return sources, torch.cat([part.images for part in decoded]), [s for part in decoded for s in part.skipped]
 
+    @property
+    def unknown_score(self) -> str:
+        """What ``min_confidence`` is compared with: the calibrated top probability, or the familiarity."""
+        return "familiarity" if self.novelty is not None else "probability"
+
+    def features(self, images: torch.Tensor, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
+        """N x D embeddings of uint8 images at the model's size: the input of the network's class layer."""
+        from .data.features import compute_features
+
+        chunks = [
+            compute_features(self.model, images[i : i + batch_size], self.spec.mean, self.spec.std, self.device)
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+    def unknown_scores(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Per image, the score ``min_confidence`` is compared with (see :attr:`unknown_score`)."""
+        if self.novelty is None:
+            return probs.max(1).values
+        return self.novelty.familiarity(self.features(images))
+
     def top_k(
-        self, sources: Sequence[str], probs: torch.Tensor, k: int, min_confidence: float = 0.0
+        self,
+        sources: Sequence[str],
+        probs: torch.Tensor,
+        k: int,
+        min_confidence: float = 0.0,
+        scores: torch.Tensor | None = None,
     ) -> list[Prediction]:
-        """The ``k`` most likely classes of each image; the label is ``unknown`` where the top probability
-        (calibrated: see the run's temperature) is below ``min_confidence``."""
+        """The ``k`` most likely classes of each image; the label is ``unknown`` where its score (``scores``,
+        default the calibrated top probability) is below ``min_confidence``."""
         values, indices = probs.topk(max(1, min(k, len(self.classes))), dim=1)
+        decided = (values[:, 0] if scores is None else scores) >= min_confidence
         return [
             Prediction(
                 src,
-                self.classes[idx[0]] if val[0] >= min_confidence else UNKNOWN,
+                self.classes[idx[0]] if keep else UNKNOWN,
                 val[0],
                 [(self.classes[i], v) for v, i in zip(val, idx)],
             )
-            for src, val, idx in zip(sources, values.tolist(), indices.tolist())
+            for src, val, idx, keep in zip(sources, values.tolist(), indices.tolist(), decided.tolist())
         ]
 
     def stream(
@@ -381,14 +442,25 @@ class PredictionStream:
             self.skipped += part.skipped
             if part.sources:
                 probs = self.classifier.predict_proba(part.images, self.batch_size)
-                yield from self.classifier.top_k(part.sources, probs, self.top_k, self.min_confidence)
+                scores = self.classifier.unknown_scores(part.images, probs) if self.min_confidence > 0 else None
+                yield from self.classifier.top_k(part.sources, probs, self.top_k, self.min_confidence, scores)
                 predicted += len(part.sources)
         if not predicted:
             raise self.plan.nothing_readable()
 
 
 def load(path: str | os.PathLike, device: str = "auto", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Classifier:
-    """Load a run directory (its best.pt) or a checkpoint file for inference."""
-    return Classifier.from_checkpoint(
+    """Load a run directory (its best.pt) or a checkpoint file for inference; a run where `evaluate
+    --negatives` found the distance to the training images better says `unknown` by it."""
+    classifier = Classifier.from_checkpoint(
         read_checkpoint(RunDir.checkpoint_path(path)), resolve_device(device), max_image_pixels
     )
+    found = RunDir(path).read_unknown() if Path(path).is_dir() else None
+    if found is not None and found[0].get("chosen") == "familiarity":
+        unknown, reference = found
+        classifier.novelty = Novelty(
+            Novelty.unit(torch.from_numpy(reference.astype("float32"))),
+            int(unknown["k"]),
+            torch.tensor(unknown["real_distances"], dtype=torch.float32).sort().values,
+        )
+    return classifier

@@ -52,6 +52,8 @@ LAST = "last.pt"
 TEST_PREDICTIONS = "test_predictions.pt"
 SKIPPED = "skipped.txt"
 EVALUATION = "evaluation.json"
+UNKNOWN = "unknown.json"  # evaluate --negatives: per threshold, unrelated images accepted and real ones kept
+UNKNOWN_REFERENCE = "unknown_reference.npy"  # the training images' embeddings, for the distance score
 REPORT = "report.html"
 SEARCH = "search.json"  # what the folder default tried on the validation split, and why it chose
 STATUS = "status.json"  # the run's state (running, finished, failed, stopped), replaced atomically as it changes
@@ -63,6 +65,7 @@ PER_CLASS = f"{PLOTS}/per_class.png"
 SAMPLES = f"{PLOTS}/samples.png"
 PREDICTIONS_PLOT = f"{PLOTS}/predictions.png"
 RELIABILITY = f"{PLOTS}/reliability.png"
+UNKNOWN_PLOT = f"{PLOTS}/unknown.png"  # evaluate --negatives: unrelated images accepted per share of real ones kept
 TENSORBOARD = "tensorboard"
 EXPORT = "export"
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # the metadata: FILE.json
@@ -404,6 +407,35 @@ class RunDir:
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
         if self.writes:
             atomic_write_json(self / EVALUATION, evaluation)
+
+    def write_unknown(self, unknown: dict[str, Any], reference: Any) -> None:
+        """unknown.json and the reference embeddings (a float16 numpy array) that its distance score reads."""
+        if not self.writes:
+            return
+        import numpy as np
+
+        with atomic_path(self / UNKNOWN_REFERENCE) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(reference, dtype=np.float16))
+        atomic_write_json(self / UNKNOWN, unknown)
+
+    def read_unknown_result(self) -> dict[str, Any] | None:
+        path = self / UNKNOWN
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def read_unknown(self) -> tuple[dict[str, Any], Any] | None:
+        """unknown.json and its reference embeddings, or None where `evaluate --negatives` has not run
+        (or its files are damaged: then "unknown" falls back to the probability)."""
+        import numpy as np
+
+        unknown = self.read_unknown_result()
+        try:
+            reference = np.load(self / UNKNOWN_REFERENCE, allow_pickle=False)  # data only: never code
+        except (OSError, ValueError):
+            return None
+        return (unknown, reference) if unknown is not None else None
 
     def save_checkpoint(self, name: str, checkpoint: Checkpoint) -> None:
         if self.writes:

@@ -16,7 +16,7 @@ from ..fsutil import atomic_open, atomic_write_json, atomic_write_text, make_dir
 from ..plots.figures import plot_image_grid
 from ..plots.html import HtmlReport
 from ..plots.tables import Table
-from .checks import DuplicateGroup, Findings
+from .checks import NEIGHBOURS, DuplicateGroup, Findings
 
 JSON = "doctor.json"
 PAGE = "doctor.html"
@@ -78,25 +78,70 @@ def summary(findings: Findings) -> str:
         g = group.to_dict(inv)
         members = zip(g["paths"], g["labels"], g["splits"])
         lines.append(f"  {group.kind}: " + "  ".join(f"{shown(p, inv.root)} [{lbl}, {s}]" for p, lbl, s in members))
-    if findings.issues is not None:
-        lines.append(f"likely label errors: {len(findings.issues)} (most likely first)")
-        for row in (found["label_issues"] or [])[:SHOWN]:
-            lines.append(
-                f"  {shown(row['path'], inv.root)}: labelled {row['given']} ({row['given_probability']:.2f}), "
-                f"looks like {row['suggested']} ({row['suggested_probability']:.2f})"
-            )
+    if findings.labels is not None:
+        lines += label_lines(found, findings.inventory.root)
     lines += findings.notes
     return "\n".join(lines)
 
 
+def label_lines(found: dict[str, Any], root: str) -> list[str]:
+    """The label findings for the terminal: the model's strength, the estimate, the first suspects."""
+    model, issues = found.get("label_model", {}), found["label_issues"] or []
+    lines = [f"label check by {model.get('used', 'a model')}"]
+    lines += [f"  {_strength_line(c)}" for c in model.get("candidates", [])]
+    if model.get("mirror_note"):
+        lines.append(f"  {model['mirror_note']}")
+    weak = (
+        ""
+        if found.get("label_issues_trusted", True)
+        else ("; WEAK: the model is too inaccurate for them to be believed, and --fix leaves them out")
+    )
+    lines.append(
+        f"likely label errors: {len(issues)} flagged, {found.get('label_errors_estimated')} estimated wrong in all "
+        f"(confident learning); every image is ranked in {JSON}{weak}"
+    )
+    for row in issues[:SHOWN]:
+        lines.append(
+            f"  #{row['rank']} {shown(row['path'], root)}: labelled {row['given']} ({row['given_probability']:.2f}), "
+            f"looks like {row['suggested']} ({row['suggested_probability']:.2f})"
+        )
+    return lines
+
+
+def _strength_line(c: dict[str, Any]) -> str:
+    return (
+        f"{c['model']}: held-out accuracy {c['accuracy']:.4f}, calibration error {c['calibration_error']:.4f}, "
+        f"log loss {c['log_loss']:.4f}"
+    )
+
+
 def _label_grid(findings: Findings, path: Path) -> bool:
+    """Each suspect (red, a row) beside its nearest training images of the given class and of the suggested one."""
     inv = findings.inventory
-    shown = (findings.issues or [])[:GRID_ISSUES]
-    if not shown:
+    suspects = findings.labels.top(GRID_ISSUES) if findings.labels is not None else []
+    if not suspects or not any(s.flagged for s in suspects):
         return False
-    titles = [f"{inv.classes[i.given]}?\nlooks {inv.classes[i.suggested]} {i.suggested_probability:.2f}" for i in shown]
-    images = torch.stack([inv.images[i.index] for i in shown])
-    plot_image_grid(images, titles, path, suptitle="likely label errors: given label? and what the model sees")
+    with_neighbours = any(i.nearest for i in suspects)
+    images, titles, colors = [], [], []
+    blank = torch.zeros_like(torch.as_tensor(inv.images[0]))
+    for issue in suspects:
+        given, suggested = inv.classes[issue.given], inv.classes[issue.suggested]
+        images.append(torch.as_tensor(inv.images[issue.index]))
+        titles.append(f"#{issue.rank} {given}?\nlooks {suggested} {issue.suggested_probability:.2f}")
+        colors.append("red" if issue.flagged else "darkorange")
+        if not with_neighbours:
+            continue
+        for side, name in (("given", given), ("suggested", suggested)):
+            found = issue.nearest.get(side, [])[:NEIGHBOURS]
+            images += [torch.as_tensor(inv.images[i]) for i in found] + [blank] * (NEIGHBOURS - len(found))
+            titles += [f"a {name}" for _ in found] + [""] * (NEIGHBOURS - len(found))
+            colors += ["black"] * NEIGHBOURS
+    title = "likely label errors: flagged (red), past confident learning's cut (orange)" + (
+        f"\neach beside its {NEIGHBOURS} nearest training images of the given class, then of the suggested class"
+        if with_neighbours
+        else ": given label? and what the model sees"
+    )
+    plot_image_grid(torch.stack(images), titles, path, colors, title, 1 + 2 * NEIGHBOURS if with_neighbours else 6)
     return True
 
 
@@ -171,33 +216,70 @@ def add_section(page: HtmlReport, found: dict[str, Any], folder: Path, grids: di
         page.figure(folder / DUPLICATE_GRID, "duplicates: leaks and cross-class groups (red) first")
     issues = found["label_issues"]
     if issues is not None:
-        page.text(f"{len(issues)} likely label error(s), ranked by confident learning (cleanlab):")
-        page.table(
-            Table(
-                ["file", "given", "suggested", "p(suggested)"],
-                [
-                    [shown(r["path"], root), r["given"], r["suggested"], f"{r['suggested_probability']:.2f}"]
-                    for r in issues[:50]
-                ],
+        model = found.get("label_model", {})
+        if model:  # doctor.json before imgclf 0.4 lacks the model's strength
+            page.text(f"Label check by {model['used']}. Held-out (out-of-fold) strength of the models tried:")
+            page.table(
+                Table(
+                    ["model", "accuracy", "balanced accuracy", "calibration error", "log loss"],
+                    [
+                        [
+                            c["model"],
+                            f"{c['accuracy']:.4f}",
+                            f"{c['balanced_accuracy']:.4f}",
+                            f"{c['calibration_error']:.4f}",
+                            f"{c['log_loss']:.4f}",
+                        ]
+                        for c in model.get("candidates", [])
+                    ],
+                )  # fmt: skip
             )
+            if model.get("mirror_note"):
+                page.text(model["mirror_note"], muted=True)
+        if not found.get("label_issues_trusted", True):
+            page.text(
+                "WEAK: the model behind these findings is wrong on more than 1 image in 10 it did not train on, "
+                "so most images below are more likely its mistakes than label errors; `--fix` leaves them out."
+            )
+        estimated = found.get("label_errors_estimated")
+        page.text(
+            f"{len(issues)} likely label error(s) flagged by confident learning"
+            + (f", which estimates {estimated} wrong labels in all" if estimated is not None else "")
+            + f"; {JSON} ranks every image (label_ranking), most likely wrong first."
         )
+        ranking = found.get("label_ranking") or [{**r, "flagged": True} for r in issues]
+        disputed = [(n, r) for n, r in enumerate(ranking, start=1) if r["flagged"] or r["given"] != r["suggested"]]
+        page.text("The first images of the ranking whose label the model disputes, flagged or past the cut:")
+        rows = [
+            [n, shown(r["path"], root), r["given"], r["suggested"], f"{r['given_probability']:.2f}", r["flagged"]]
+            for n, r in disputed[:50]
+        ]
+        for row in rows:
+            row[-1] = "yes" if row[-1] else "no: past the cut"
+        page.table(Table(["rank", "file", "given", "suggested", "p(given)", "flagged"], rows))
         if grids is None or grids.get(LABEL_GRID):
-            page.figure(folder / LABEL_GRID, "likely label errors, most likely first")
+            page.figure(
+                folder / LABEL_GRID,
+                "the ranking's first images: flagged label errors (red), then those past confident learning's cut "
+                "(orange), each beside the nearest training images of its given class and of the suggested one",
+            )
     for note in found["notes"]:
         page.text(note, muted=True)
 
 
 def write_fix(findings: Findings, out: Path) -> tuple[Path, Path]:
     """moves.csv (each likely label error: the file, its folder now, the suggested one) and exclude.txt:
-    the files that training is better without: label errors, every copy but the first of a duplicate
+    the files that training is better without: label errors (unless the findings are weak), every copy but the first of a duplicate
     group, and a leak's copies outside its test or validation side. Nothing is moved or deleted."""
     inv, found = findings.inventory, findings.to_dict()
+    # weak label findings (a model wrong on over 1 in 10 held-out images) are shown, never acted on
+    acted = (found["label_issues"] or []) if found.get("label_issues_trusted", True) else []
     with atomic_open(out / MOVES, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["file", "given", "suggested", "p_suggested"])
-        for row in found["label_issues"] or []:
+        for row in acted:
             writer.writerow([row["path"], row["given"], row["suggested"], row["suggested_probability"]])
-    excluded = {row["path"] for row in found["label_issues"] or []}
+    excluded = {row["path"] for row in acted}
     for group in findings.duplicates:
         held = [i for i in group.members if inv.splits[i] != "train"]
         keep = held if held else group.members[:1]  # a leak keeps its held-out copies: the test stays honest

@@ -140,9 +140,10 @@ def plot_image_grid(
     path: str | os.PathLike,
     title_colors: Sequence[str] | None = None,
     suptitle: str = "",
+    columns: int = 8,
 ) -> None:
     n = len(images)
-    cols = min(8, n)
+    cols = min(columns, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -327,3 +328,24 @@ def plot_learning_curve(curve: Any, path: str | os.PathLike) -> None:
 
 
 BACKBONE_LABEL = "lite0"
+
+
+def plot_unknown_curve(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """ "None of these": per share of real images kept, the share of unrelated images accepted, per score."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, rows in result["curves"].items():
+        chosen = " (used)" if name == result["chosen"] else ""
+        ax.plot(
+            [r["coverage"] for r in rows],
+            [r["unrelated_accepted"] for r in rows],
+            marker="o",
+            label=f"{name}{chosen}, AUROC {result['auroc'][name]:.3f}",
+        )
+    ax.axvline(result["chosen_at_coverage"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("real test images kept (the rest answer `unknown`)")
+    ax.set_ylabel("unrelated images accepted")
+    ax.set_title(f"{result['unrelated_images']:,} unrelated images against {result['real_images']:,} real ones")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, path)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from .. import rundir
-from ..evaluate import coverage_table, per_class_table, test_predictions
+from ..evaluate import coverage_table, per_class_table, test_predictions, unknown_table
 from ..explain import (
     ERRORS_TOP,
     ErrorsResult,
@@ -89,6 +89,24 @@ def _section_confidence(page: HtmlReport, metrics: dict[str, Any]) -> None:
             "their accuracy, on the test split."
         )
         page.table(coverage_table(metrics["test"]["coverage"]))
+
+
+def _section_unknown(page: HtmlReport, unknown: dict[str, Any], run: RunDir) -> None:
+    """How well `unknown` turns away images of none of the classes (evaluate --negatives)."""
+    at = {
+        name: min(rows, key=lambda r: abs(r["coverage"] - unknown["chosen_at_coverage"]))
+        for name, rows in unknown["curves"].items()
+    }
+    page.section("None of these")
+    page.text(
+        f"Measured on {unknown['unrelated_images']:,} images of none of the classes ({unknown['negatives']}) against "
+        f"the {unknown['real_images']:,} test images. Keeping {unknown['chosen_at_coverage']:.0%} of the real ones, "
+        + ", ".join(f"{name} accepts {row['unrelated_accepted']:.1%} of the unrelated" for name, row in at.items())
+        + f"; `--min-confidence` reads {unknown['chosen']} for this run (familiarity: the share of real images "
+        "farther from the training images' embeddings)."
+    )
+    page.table(unknown_table(unknown))
+    page.figure(run / rundir.UNKNOWN_PLOT, "unrelated images accepted per share of real images kept, per score")
 
 
 def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
@@ -189,6 +207,9 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     page.figure(run / rundir.CURVES, "loss and accuracy per epoch, training and validation")
     page.figure(run / rundir.SAMPLES, "training images as the network saw them (after augmentation)")
     _section_metrics(page, metrics, run)
+    unknown = run.read_unknown_result()
+    if unknown is not None:
+        _section_unknown(page, unknown, run)
     _section_errors(page, errors_result)
     doctor = run / rundir.DOCTOR
     if (doctor / "doctor.json").is_file():  # written by `imgclf doctor DATA --run RUN`

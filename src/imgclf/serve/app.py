@@ -121,9 +121,10 @@ def _image_prediction(name: str, top: list[tuple[str, float]], label: str | None
 
 
 def _predictions(
-    classifier: Classifier, names: list[str], probs: torch.Tensor, k: int, min_confidence: float
+    classifier: Classifier, names: list[str], images: torch.Tensor, probs: torch.Tensor, k: int, min_confidence: float
 ) -> list[ImagePrediction]:
-    predictions = classifier.top_k(names, probs, k, min_confidence)
+    scores = classifier.unknown_scores(images, probs) if min_confidence > 0 and classifier.novelty else None
+    predictions = classifier.top_k(names, probs, k, min_confidence, scores)
     return [_image_prediction(name, p.top_k, p.label) for name, p in zip(names, predictions)]
 
 
@@ -223,7 +224,10 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
         min_confidence: Annotated[
             float | None,
             Query(
-                ge=0, le=1, description="label `unknown` below this calibrated top probability (default: the server's)"
+                ge=0,
+                le=1,
+                description="label `unknown` below this calibrated top probability, or familiarity where "
+                "`evaluate --negatives` chose it (default: the server's)",
             ),
         ] = None,
     ) -> PredictResponse:
@@ -236,7 +240,9 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
         probs = await batcher(images)
         names = [f.filename or f"upload {i}" for i, f in enumerate(files)]
         threshold = settings.min_confidence if min_confidence is None else min_confidence
-        return PredictResponse(predictions=_predictions(classifier, names, probs, top_k or settings.top_k, threshold))
+        return PredictResponse(
+            predictions=_predictions(classifier, names, images, probs, top_k or settings.top_k, threshold)
+        )
 
     @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
     async def explain(file: Annotated[UploadFile, File(description="one image file")]) -> ExplainResponse:
