@@ -74,7 +74,13 @@ def examined(tmp_path_factory):
     root = tmp_path_factory.mktemp("doctor")
     planted = planted_folder(root / "photos")
     result = imgclf.doctor(
-        str(root / "photos"), data_dir=str(root / "cache"), out=str(root / "report"), fix=True, verbose=False
+        str(root / "photos"),
+        folds=3,
+        epochs=8,
+        data_dir=str(root / "cache"),
+        out=str(root / "report"),
+        fix=True,
+        verbose=False,
     )
     return root, planted, result
 

@@ -145,7 +145,9 @@ def plot_image_grid(
     n = len(images)
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    height = 1.8 * rows
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.45 / height)  # room for the top row's two-line titles, whatever the rows
     for i, ax in enumerate(axes.flat):
         if i < n:
             _show(ax, images[i])
@@ -153,7 +155,7 @@ def plot_image_grid(
         else:
             ax.axis("off")
     if suptitle:  # above the top row's two-line titles (bbox_inches="tight" keeps it in the file)
-        fig.suptitle(suptitle, y=1.0 + 0.12 / rows)
+        fig.suptitle(suptitle, y=1.0, va="bottom")
     _save(fig, path)
 
 
