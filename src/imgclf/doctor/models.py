@@ -3,10 +3,12 @@
 Confident learning is only as good as the probabilities it is given: quick scratch networks at 32-65%
 held-out accuracy flag their own mistakes as the data's. So the doctor's first candidate is a linear probe
 on the shipped backbone's (lite0, ImageNet) cached embeddings, cross-validated: every image is predicted by
-a probe that never saw it. Whether a mirror image keeps its class is measured, not assumed: a probe trained
-on the images is scored on the held-out images and on their mirrors, and where the mirrors' accuracy falls
-(digits: a mirrored 2 is not a 2) no flips are used; where it holds, the mirrors join training and each
-prediction averages an image with its mirror. The folder recipe's quick cnn (out-of-fold, with the measured
+a probe that never saw it. Whether a mirror image keeps its class is measured, not assumed: a second probe
+also trains on the mirrors, labelled as their images, and predicts each image averaged with its mirror; flips
+are used (by it, and by the quick cnn) only where it holds out better (lower log loss) than the probe without
+them. Scoring a probe on mirrors it never saw would not do: Fashion-MNIST's shoes all face left, so their
+mirrors are unfamiliar (7 points lower) though still shoes; a mirrored 2 labelled 2 instead confuses the
+probe. The folder recipe's quick cnn (out-of-fold, with the measured
 flip rule) is the second candidate, their average the third; the one with the lowest held-out log loss (a
 proper score: accuracy and calibration together) is used. Its held-out accuracy and calibration error are
 printed and written; below ``TRUSTED_ACCURACY`` the label findings are called weak and ``--fix`` leaves
@@ -37,7 +39,6 @@ from ..train.search import BACKBONE, PRETRAINED_MIN_SIZE, PROBE_SIZES
 from .inventory import Inventory
 
 PROBE_FOLDS = 5  # probes take seconds: 5 folds train each on 80% of the images (the paper's cross-validation)
-MIRROR_DROP = 0.05  # mirrors scored 5 points below the images: mirroring changes the class (digits drop ~30)
 TRUSTED_ACCURACY = 0.90  # below this held-out accuracy a model's mistakes outnumber the label errors of a
 # typical curated set (3.3% on average over ten benchmark test sets, Northcutt et al. 2021) several times over:
 # most images it flags would be its own mistakes
@@ -195,21 +196,23 @@ def doctor_models(
         log(f"lite0 embeddings of {len(inventory):,} images and their mirrors at {size} px")
         probs, mirror_probs = _probe_oof(features, labels, classes, settings, torch_device, mirrored)
         assert mirror_probs is not None
-        plain = (probs.argmax(1) == labels).float().mean().item()
-        flipped = (mirror_probs.argmax(1) == labels).float().mean().item()
-        measured = flipped >= plain - MIRROR_DROP
-        keeps = measured if keeps is None else keeps
-        note = f"mirror images: held-out accuracy {flipped:.4f} against {plain:.4f} for the images: " + (
-            "mirroring keeps the class" if measured else "mirroring changes the class (no flips used)"
-        )
-        log(note)
         name = f"{BACKBONE} linear probe at {size} px, {PROBE_FOLDS}-fold"
         probs = calibrated(probs, labels)
-        candidates.append((strength(name, probs, labels), probs))
-        if keeps:
-            both, _ = _probe_oof(features, labels, classes, settings, torch_device, mirrored, train_on_mirrors=True)
-            both = calibrated(both, labels)
-            candidates.append((strength(name + ", with mirrors", both, labels), both))
+        plain = strength(name, probs, labels)
+        both, _ = _probe_oof(features, labels, classes, settings, torch_device, mirrored, train_on_mirrors=True)
+        both = calibrated(both, labels)
+        with_mirrors = strength(name + ", with mirrors", both, labels)
+        candidates += [(plain, probs), (with_mirrors, both)]
+        measured = with_mirrors.log_loss < plain.log_loss
+        keeps = measured if keeps is None else keeps
+        unseen = (mirror_probs.argmax(1) == labels).float().mean().item()
+        note = (
+            f"mirror images: a probe that also trains on the mirrors (as images of the same class) holds out at log "
+            f"loss {with_mirrors.log_loss:.4f} against {plain.log_loss:.4f} without: "
+            + ("mirroring keeps the class" if measured else "mirroring does not keep the class (no flips used)")
+            + f" (mirrors never trained on: accuracy {unseen:.4f} against {plain.accuracy:.4f})"
+        )
+        log(note)
     if "cnn" in models:
         cnn = out_of_fold_probs(
             inventory.images,
