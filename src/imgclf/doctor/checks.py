@@ -271,8 +271,10 @@ class LabelFindings:
         out: list[LabelIssue] = []
         for rank, i in enumerate(self.check.order.tolist(), start=1):
             given, other = int(self.check.labels[i]), int(suggested[i])
-            if len(out) == count or i not in flagged and given == other:
-                if len(out) == count or rank > count * 4:  # far down the ranking the labels are agreed with
+            if len(out) == count:
+                break
+            if i not in flagged and given == other:  # the model agrees with this label
+                if rank > count * 4:  # far down the ranking the labels are agreed with
                     break
                 continue
             out.append(
