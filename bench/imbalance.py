@@ -7,7 +7,8 @@ Each task keeps, for class i of 10, ``N_MAX x 20^(-i/9)`` training images (500 d
 profile of Cui et al. 2019) and tests on a balanced held-out set (200 images per class), so balanced
 accuracy and macro F1 are what a user with a rare class cares about. Treatments: none; inverse-frequency
 loss weights (imgclf's old `class_weights=auto`); inverse square root; Cui et al.'s effective number
-(beta 0.999); logit adjustment (Menon et al. 2021, tau 1); the balanced sampler. Each with two learners:
+(beta 0.999); logit adjustment (Menon et al. 2021, tau 1); the balanced sampler; focal loss (Lin et al. 2017,
+gamma 2) alone and with the sqrt weights (the cnn only: the probe's loss is cross-entropy). Each with two learners:
 imgclf's scratch ``cnn`` (its recipe, `search=off`) and the shipped ``lite0``'s linear probe at 96 px on
 cached features. The validation split is imgclf's own (10% of the thinned training images, stratified).
 Prints one table; ``RESULT`` lines for the log.
@@ -35,6 +36,10 @@ TREATMENTS: dict[str, dict[str, Any]] = {
     "effective": {"class_weights": "effective"},
     "logit-adjust": {"logit_adjustment": 1.0},
     "balanced sampler": {"sampler": "balanced"},
+    # Lin et al. 2017's focal loss, gamma 2 (the CIFAR-10 tutorial's suggestion for hard or imbalanced data):
+    # against "none" (the same but cross-entropy) and against "sqrt" (today's default for imbalanced classes)
+    "focal": {"loss": "focal", "class_weights": "none", "monitor": "val_loss"},
+    "focal + sqrt": {"loss": "focal", "class_weights": "sqrt"},  # focal with today's default weights
 }
 PROBE_SIZE = 96
 
@@ -109,12 +114,12 @@ def _scores(test: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": test["accuracy"], "balanced": test["balanced_accuracy"], "macro_f1": test["macro_f1"]}
 
 
-def probe_rows(folder: Path) -> dict[str, dict[str, Any]]:
+def probe_rows(folder: Path, treatments: list[str]) -> dict[str, dict[str, Any]]:
     """Each treatment's probe over lite0's features at PROBE_SIZE, trained on imgclf's train split."""
     from imgclf.config import TrainConfig
     from imgclf.data import load_data
     from imgclf.data.features import cached_features
-    from imgclf.evaluate import compute_metrics
+    from imgclf.metrics import compute_metrics
     from imgclf.models.lite0 import pretrained_lite0
     from imgclf.models.registry import pretrained_stats
     from imgclf.recipes import DataFacts, resolve
@@ -135,7 +140,10 @@ def probe_rows(folder: Path) -> dict[str, dict[str, Any]]:
     )
     feature_seconds = time.perf_counter() - t0
     rows = {}
-    for name, settings in TREATMENTS.items():
+    for name in treatments:
+        settings = TREATMENTS[name]
+        if settings.get("loss"):  # the probe's own loss is cross-entropy: focal is for the trained cnn
+            continue
         t0 = time.perf_counter()
         given = TrainConfig(**{**base.to_dict(), **settings})
         facts = DataFacts(len(data.train), PROBE_SIZE, "", tuple(data.class_counts()))
@@ -162,17 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--learners", nargs="+", default=["cnn", "probe"], choices=["cnn", "probe"])
+    parser.add_argument("--treatments", nargs="+", default=list(TREATMENTS), choices=list(TREATMENTS))
     args = parser.parse_args(argv)
     print(f"# {datetime.date.today()}, {machine()}; training images per class {[kept_per_class(i) for i in range(10)]}")
     rows = []
     for task in args.tasks:
         folder = TASKS[task]()
         if "probe" in args.learners:
-            for name, r in probe_rows(folder).items():
+            for name, r in probe_rows(folder, args.treatments).items():
                 rows.append({"task": task, "learner": "lite0 probe", "treatment": name, **r})
         if "cnn" in args.learners:
             with tempfile.TemporaryDirectory() as out:
-                for name, settings in TREATMENTS.items():
+                for name in args.treatments:
+                    settings = TREATMENTS[name]
                     # "none" is today's plain run: the rule's treatment switched off explicitly
                     given = settings or {"class_weights": "none", "monitor": "val_loss"}
                     r = cnn_row(folder, given, Path(out) / name.split()[0])

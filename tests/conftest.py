@@ -95,3 +95,62 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+MULTI_LABELS = ("stripes", "dots", "frame")  # each drawn in its own place; an image holds any of them, or none
+
+
+def write_multilabel_csv(root: Path, n: int = 96, seed: int = 0, size: int = 16, layout: str = "labels") -> Path:
+    """Images with any of three marks (horizontal stripes in the top half, dots bottom left, a frame), listed in
+    ``root/labels.csv``: a `labels` column of names separated by ';', or (``layout="columns"``) a 0/1 column
+    per label."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        image = rng.integers(0, 60, (size, size, 3))
+        present = [name for name in MULTI_LABELS if rng.random() < 0.45]
+        colour = rng.integers(160, 256, 3)
+        half = size // 2
+        if "stripes" in present:
+            image[: half - 1 : 2, 2:-2] = colour
+        if "dots" in present:
+            image[half + 1 : -2 : 3, 1 : half - 1 : 3] = colour
+        if "frame" in present:
+            image[[0, -1], :] = colour
+            image[:, [0, -1]] = colour
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / f"{i:03d}.png")
+        rows.append((f"{i:03d}.png", present))
+    with open(root / "labels.csv", "w", encoding="utf-8") as f:
+        if layout == "labels":
+            f.write("file,labels\n" + "".join(f"{file},{';'.join(present)}\n" for file, present in rows))
+        else:
+            f.write("file," + ",".join(MULTI_LABELS) + "\n")
+            f.write("".join(f"{file}," + ",".join(str(int(m in p)) for m in MULTI_LABELS) + "\n" for file, p in rows))
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory) -> Path:
+    """One small multi-label run shared by the tests that read a run directory, one task after the other."""
+    import imgclf
+
+    root = tmp_path_factory.mktemp("multilabel")
+    data = write_multilabel_csv(root / "marks", n=120)
+    result = imgclf.train(data=str(data), image_size=16, epochs=6, out=str(root / "run"), verbose=False)
+    return result.run_dir
+
+
+RUN_OF_TASK = {"single_label": "trained_run", "multi_label": "multilabel_run"}  # a new task adds its run here
+
+
+def _task_names() -> list[str]:
+    from imgclf.tasks import task_names
+
+    return task_names()
+
+
+@pytest.fixture(params=_task_names())
+def task_run(request) -> Path:
+    """The shared run of each registered task: tests taking it loop over the task registry."""
+    return request.getfixturevalue(RUN_OF_TASK[request.param])

@@ -77,8 +77,10 @@ def kill_and_resume(reference: Reference, run: Path, during_training: bool, rng:
         )
         time.sleep(rng.uniform(0.3, reference.startup))
     process.send_signal(signal.SIGKILL)
-    finished_before_kill = process.wait() == 0
+    exit_code = process.wait()
     status = rundir.RunDir(run).read_status()
+    # killed after the run wrote "finished" (while the process was shutting down): the run is complete
+    finished_before_kill = exit_code == 0 or (status is not None and status["state"] == "finished")
     if status is not None and not finished_before_kill:  # killed outright: it could not say so, `runs` sees it
         assert status["state"] == "running" and run_info(rundir.RunDir(run)).state == "died"
     for name in (rundir.BEST, rundir.LAST):  # whatever the kill left must load: writes are atomic

@@ -158,6 +158,8 @@ def doctor(
         model, trusted = {"used": measured.model, "candidates": [measured.__dict__]}, measured.trusted
         log(f"label issues from the predictions of {loaded.path} (in-sample for its training images)")
         features = embeddings(inventory, resolve_device(device), cfg.cache_dir)[0]  # the suspects' neighbours
+    elif labels and inventory.multi_label:
+        log(SINGLE_LABEL_ONLY)
     elif labels:
         found = doctor_models(
             inventory, models=models, seed=cfg.seed, epochs=epochs, folds=folds, device=device,
@@ -165,6 +167,8 @@ def doctor(
         )  # fmt: skip
         probs, features, model, trusted = found.probs, found.features, found.to_dict(), found.strength.trusted
     findings = examine(inventory, probs, near=near, features=features, model=model, trusted=trusted, log=log)
+    if inventory.multi_label and labels:
+        findings.notes.append(SINGLE_LABEL_ONLY)
     folder = Path(out) if out else _doctor_folder(cfg.data, inventory.kind)
     written = write_findings(findings, folder, fix)
     if run is not None and Path(run).is_dir():  # the run's report shows the data's health
@@ -172,6 +176,13 @@ def doctor(
     log(summary(findings))
     log(f"written: {', '.join(str(p) for p in written.values())}")
     return DoctorResult(findings.to_dict(), written)
+
+
+SINGLE_LABEL_ONLY = (
+    "label check: not run: it is single-label only (confident learning ranks one given class per image against "
+    "the others); this data has several labels per image. Duplicates, leaks and odd files are checked, with each "
+    "image's label set as its class"
+)
 
 
 def _doctor_folder(data: str, kind: str) -> Path:
@@ -234,15 +245,18 @@ def classifier(
     device: str = "auto",
     backend: str = "torch",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    threshold: float | None = None,
     log: Log = quiet,
 ) -> Classifier:
     """A run (or checkpoint) loaded for inference; ``backend="onnx"`` runs its forward pass in ONNX
-    Runtime (exported into RUN/export first when needed)."""
+    Runtime (exported into RUN/export first when needed); ``threshold``: a multi-label run predicts every
+    class from this probability on, instead of its per-class thresholds."""
     from .predict import load
 
     if backend not in BACKENDS:
         raise ConfigError(f"`backend` {backend}: unknown; use {' or '.join(BACKENDS)}")
     loaded = load(checkpoint, device=device, max_image_pixels=max_image_pixels)
+    loaded.set_threshold(threshold)
     if backend != "torch":
         from .export import exported_backend  # deferred: the exporter needs onnx, the [export] extra
 
@@ -259,12 +273,16 @@ def predict(
     backend: str = "torch",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_confidence: float = 0.0,
+    threshold: float | None = None,
 ) -> Predictions:
     """Predict image files, folders, PIL images or tensors with a run directory or checkpoint; files inside
     folders that are not usable images are listed in the result's ``skipped``; a prediction whose calibrated
-    top probability is below ``min_confidence`` is labelled ``unknown``. For folders too large to hold,
-    ``classifier(checkpoint).stream(images)`` yields the predictions batch by batch."""
-    model = classifier(checkpoint, device=device, backend=backend, max_image_pixels=max_image_pixels)
+    top probability is below ``min_confidence`` is labelled ``unknown``. A multi-label run answers each image
+    with every label over its threshold (``labels``; ``threshold`` sets one for all). For folders too large
+    to hold, ``classifier(checkpoint).stream(images)`` yields the predictions batch by batch."""
+    model = classifier(
+        checkpoint, device=device, backend=backend, max_image_pixels=max_image_pixels, threshold=threshold
+    )
     return model.predict(images, top_k=top_k, min_confidence=min_confidence)
 
 

@@ -225,6 +225,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
         max_image_pixels=args.max_image_pixels,
+        threshold=args.threshold,
         log=_log_stderr,
     )
     stream = model.stream(args.images, args.top_k, args.batch_size, args.min_confidence)
@@ -235,7 +236,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     k = max(1, min(args.top_k, len(model.classes)))
     with prediction_output(args.out) as out:
-        writer = PREDICTION_WRITERS[output_format](out, k, args.min_confidence > 0)
+        # the decision column: `prediction` below --min-confidence, `labels` (over their thresholds) for several
+        decided = "labels" if model.multi_label else "prediction" if args.min_confidence > 0 else ""
+        writer = PREDICTION_WRITERS[output_format](out, k, decided)
         with tqdm(total=stream.total, unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
             for done, prediction in enumerate(stream, 1):
                 writer.write(prediction)
@@ -269,19 +272,20 @@ def prediction_output(out: str | None) -> Iterator[TextIO]:
         os.replace(partial, out)
 
 
-def _headers(k: int, decided: bool) -> list[str]:
-    """``decided``: a `prediction` column (a class, or `unknown` below --min-confidence) before the top k."""
-    return ["file"] + ["prediction"] * decided + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
+def _headers(k: int, decided: str) -> list[str]:
+    """``decided``: the name of a decision column before the top k: `prediction` (a class, or `unknown` below
+    --min-confidence), `labels` (a multi-label run's labels over their thresholds, `;`-separated), or none."""
+    return ["file"] + [decided] * bool(decided) + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
 
 
-def _row(p: Prediction, decided: bool) -> list[str]:
-    return [p.source] + [p.label] * decided + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
+def _row(p: Prediction, decided: str) -> list[str]:
+    return [p.source] + [p.label] * bool(decided) + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
 
 
 class CsvWriter:
     FLUSH_EVERY = 256  # rows: a reader of the file (tail -f) sees it grow batch by batch
 
-    def __init__(self, out: TextIO, k: int, decided: bool = False) -> None:
+    def __init__(self, out: TextIO, k: int, decided: str = "") -> None:
         self.out, self.rows, self.decided = out, 0, decided
         self.csv = csv.writer(out, lineterminator="\n")
         self.csv.writerow(_headers(k, decided))
@@ -299,7 +303,7 @@ class CsvWriter:
 class JsonWriter:
     """A JSON array written item by item: valid JSON once closed, one prediction per line."""
 
-    def __init__(self, out: TextIO, k: int, decided: bool = False) -> None:
+    def __init__(self, out: TextIO, k: int, decided: str = "") -> None:
         self.out, self.separator = out, "[\n  "  # each item's `label` is the decision already
 
     def write(self, p: Prediction) -> None:
@@ -314,7 +318,7 @@ class JsonWriter:
 class TableWriter:
     """The terminal's aligned table: its column widths need every row, so rows (not images) are kept."""
 
-    def __init__(self, out: TextIO, k: int, decided: bool = False) -> None:
+    def __init__(self, out: TextIO, k: int, decided: str = "") -> None:
         self.out, self.decided = out, decided
         self.rows: list[list[str]] = []
         self.headers = _headers(k, decided)
@@ -326,7 +330,7 @@ class TableWriter:
         self.out.write(table(self.headers, self.rows) + "\n")
 
 
-PREDICTION_WRITERS: dict[str, Callable[[TextIO, int, bool], CsvWriter | JsonWriter | TableWriter]] = {
+PREDICTION_WRITERS: dict[str, Callable[[TextIO, int, str], CsvWriter | JsonWriter | TableWriter]] = {
     "csv": CsvWriter,
     "json": JsonWriter,
     "table": TableWriter,
@@ -347,6 +351,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         min_confidence=args.min_confidence,
+        threshold=args.threshold,
     )
     from .predict import check_min_confidence
 
@@ -490,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer `unknown` when the (calibrated) top probability is below P (or the familiarity, where "
         "`evaluate --negatives` chose it); `evaluate` shows the coverage per P",
     )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="runs with several labels per image: list each label from probability P on, instead of the "
+        "per-class thresholds the run chose on its validation split",
+    )
     p.add_argument("--format", choices=PREDICT_FORMATS, help="table, or the --out file's kind (.csv, .json)")
     p.add_argument("--out", help="write the predictions to this .csv or .json file as they are made")
     p.add_argument(
@@ -559,6 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.min_confidence,
         metavar="P",
         help="label `unknown` below this calibrated top probability (a request's min_confidence overrides it)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="runs with several labels per image: every label from probability P on (default: the run's own "
+        "per-class thresholds; a request's threshold overrides it)",
     )
     p.add_argument(
         "--max-wait-ms",

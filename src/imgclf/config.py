@@ -207,6 +207,17 @@ class OptimConfig:
         metavar="TAU",
     )
     sampler: str = setting("shuffle", help="balanced: draw classes equally often", choices=("shuffle", "balanced"))
+    loss: str = setting(
+        "auto",
+        help="the training loss: ce (cross-entropy) or focal for one label per image; bce (binary cross-entropy) "
+        "or focal for several; auto: ce or bce, as the labels are",
+        choices=("auto", "ce", "focal", "bce"),
+    )
+    focal_gamma: float = setting(
+        2.0,
+        help="focal loss's gamma: how much easy examples are down-weighted (Lin et al. 2017: 2)",
+        check="non_negative",
+    )
     ema: bool = setting(help="lookahead weight averaging late in training", recipe=True, lr_find=False)
 
 
@@ -263,9 +274,23 @@ class ScheduleConfig:
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
     augment: str = setting(
-        help="none; light: flips and shifts of 1/16; standard: shifts of 1/8 and small rotations",
-        choices=("none", "light", "standard"),
+        help="none; light: flips and shifts of 1/16; standard: shifts of 1/8 and small rotations; randaugment "
+        "(2 ops at magnitude 9) or trivialaugment (1 op, any magnitude): light, then ops drawn per image",
+        choices=("none", "light", "standard", "randaugment", "trivialaugment"),
         recipe=True,
+    )
+    mixup: float = setting(
+        0.0,
+        help="mix pairs of training images and their labels, the share drawn from Beta(alpha, alpha) (timm: 0.8; 0 off)",
+        check="non_negative",
+        metavar="ALPHA",
+    )
+    cutmix: float = setting(
+        0.0,
+        help="paste a box of another training image, labels mixed by its area, Beta(alpha, alpha) (timm: 1.0; 0 off); "
+        "with mixup, each batch takes one of the two",
+        check="non_negative",
+        metavar="ALPHA",
     )
 
 

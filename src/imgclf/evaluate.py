@@ -17,7 +17,8 @@ from torch import nn
 
 from .config import DataConfig, TrainConfig, flatten
 from .data import DataBundle, Split, load_data
-from .errors import CheckpointError, ImgclfError
+from .errors import CheckpointError, ConfigError, ImgclfError
+from .metrics import CALIBRATION_BINS
 from .plots.tables import Table
 from .predict import Classifier, load
 from .rundir import TEST_PREDICTIONS, UNKNOWN, UNKNOWN_PLOT, RunDir, SplitPredictions
@@ -32,50 +33,7 @@ def eval_batch(images: torch.Tensor) -> int:
     return max(1, min(EVAL_BATCH, EVAL_BATCH_BYTES // max(1, images[0].numel() if len(images) else 1)))
 
 
-def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    # torchmetrics loads in about 1.7 s: imported when the first metrics are computed, not by every process that
-    # imports the trainer (a run killed, stopped or failing before its test metrics never pays it)
-    from torchmetrics.functional.classification import (
-        multiclass_accuracy,
-        multiclass_confusion_matrix,
-        multiclass_f1_score,
-        multiclass_precision,
-        multiclass_recall,
-    )
-
-    n = len(classes)
-    preds = probs.argmax(1)
-    precision = multiclass_precision(preds, labels, n, average=None)
-    recall = multiclass_recall(preds, labels, n, average=None)
-    f1 = multiclass_f1_score(preds, labels, n, average=None)
-    support = torch.bincount(labels, minlength=n)
-    loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
-    return {
-        "accuracy": multiclass_accuracy(preds, labels, n, average="micro").item(),
-        "macro_f1": multiclass_f1_score(preds, labels, n, average="macro").item(),
-        "balanced_accuracy": recall[support > 0].mean().item(),  # the mean of the present classes' recalls
-        "loss": loss,
-        "samples": len(labels),
-        "per_class": {
-            name: {
-                "precision": precision[i].item(),
-                "recall": recall[i].item(),
-                "f1": f1[i].item(),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(classes)
-        },
-        "confusion_matrix": multiclass_confusion_matrix(preds, labels, n).tolist(),
-        "calibration_error": calibration_error(probs, labels),
-        "coverage": coverage(probs, labels),
-    }
-
-
 # ---------------------------------------------------------------- calibration and "unknown"
-
-CALIBRATION_BINS = 15  # the usual count for the expected calibration error (Guo et al., 2017)
-COVERAGE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # the confidences `evaluate` reports coverage at
-
 
 MIN_MISTAKES = 5  # validation mistakes temperature scaling needs: with none, the best temperature is 0
 
@@ -113,15 +71,6 @@ def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return (probs.clamp_min(1e-30).log() / temperature).softmax(1)
 
 
-def calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Expected calibration error (torchmetrics; 15 equal-width confidence bins, L1)."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
-    if not len(labels):
-        return 0.0
-    return multiclass_calibration_error(probs.float(), labels, probs.shape[1], n_bins=CALIBRATION_BINS).item()
-
-
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
     """Per confidence bin: its mean confidence, its accuracy and its count (the reliability diagram's bars)."""
     confidence, predicted = probs.max(1)
@@ -143,21 +92,6 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATI
     return rows
 
 
-def coverage(
-    probs: torch.Tensor, labels: torch.Tensor, thresholds: tuple[float, ...] = COVERAGE_THRESHOLDS
-) -> list[dict[str, float | None]]:
-    """At each confidence threshold: the share of images answered (the rest would be "unknown") and the
-    accuracy on those answered (None where none is): what a user reads to choose ``min_confidence``."""
-    confidence, predicted = probs.max(1)
-    rows = []
-    for threshold in thresholds:
-        answered = confidence >= threshold
-        n = int(answered.sum())
-        accuracy = (predicted[answered] == labels[answered]).float().mean().item() if n else None
-        rows.append({"min_confidence": threshold, "coverage": n / max(1, len(labels)), "accuracy": accuracy})
-    return rows
-
-
 def coverage_table(rows: list[dict[str, Any]]) -> Table:
     return Table(
         ["min confidence", "answered", "accuracy when answered"],
@@ -173,7 +107,11 @@ def coverage_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def per_class_table(metrics: dict[str, Any]) -> Table:
-    """Precision, recall, F1 and support per class, then accuracy and macro F1: the terminal's and the report's."""
+    """Precision, recall, F1 and support per class, then accuracy and macro F1: the terminal's and the report's.
+    Several labels per image: each class's average precision and threshold too, then subset accuracy, macro and
+    micro F1, mAP and the Hamming loss."""
+    if metrics.get("task") == "multi_label":
+        return _multilabel_table(metrics)
     rows: list[list[Any]] = [
         [name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
         for name, m in metrics["per_class"].items()
@@ -185,14 +123,44 @@ def per_class_table(metrics: dict[str, Any]) -> Table:
     return Table(["class", "precision", "recall", "f1", "support"], rows)
 
 
+def _multilabel_table(metrics: dict[str, Any]) -> Table:
+    def ap(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows: list[list[Any]] = [
+        [
+            name,
+            f"{m['precision']:.4f}",
+            f"{m['recall']:.4f}",
+            f"{m['f1']:.4f}",
+            ap(m["average_precision"]),
+            f"{m['threshold']:.2f}",
+            m["support"],
+        ]
+        for name, m in metrics["per_class"].items()
+    ]
+    for label, key in (
+        ("subset accuracy", "subset_accuracy"),
+        ("macro f1", "macro_f1"),
+        ("micro f1", "micro_f1"),
+        ("mAP", "mAP"),
+        ("hamming loss", "hamming_loss"),
+    ):
+        rows.append(
+            [label, "", "", f"{metrics[key]:.4f}", "", "", metrics["samples"] if key == "subset_accuracy" else ""]
+        )
+    return Table(["class", "precision", "recall", "f1", "average precision", "threshold", "images with it"], rows)
+
+
 def split_metrics(classifier: Classifier, split: Split, classes: list[str]) -> tuple[dict[str, Any], torch.Tensor]:
     """Metrics of ``classifier`` on a split (with the run's test-time augmentation, as it predicts everywhere),
     and its probabilities; ``accuracy_without_tta`` beside them when the run uses it."""
     probs = classifier.predict_proba(split.images, eval_batch(split.images))
-    metrics = compute_metrics(probs, split.labels, classes)
+    thresholds = classifier.thresholds if classifier.multi_label else None
+    metrics = classifier.task.metrics(probs, split.labels, classes, thresholds)
     if classifier.tta:
         plain = classifier.predict_proba(split.images, eval_batch(split.images), tta=False)
-        metrics["accuracy_without_tta"] = (plain.argmax(1) == split.labels).float().mean().item()
+        metrics["accuracy_without_tta"] = classifier.task.metrics(plain, split.labels, classes, thresholds)["accuracy"]
     return metrics, probs
 
 
@@ -225,6 +193,13 @@ def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **d
         )
     metrics, _ = split_metrics(classifier, dataset.test, dataset.classes)
     log(per_class_table(metrics).to_text())
+    if classifier.multi_label:
+        log(
+            f"thresholds: {'the run`s own, chosen on validation' if classifier.threshold is None else classifier.threshold}"
+        )
+        if Path(path).is_dir():
+            RunDir(path).write_evaluation({"test": metrics, "data": cfg.data, "checkpoint": str(classifier.path)})
+        return metrics
     log(
         f"expected calibration error {metrics['calibration_error']:.4f} (temperature {classifier.spec.temperature:.3f})"
     )
@@ -292,6 +267,11 @@ def evaluate_negatives(
     from .predict import Novelty
 
     classifier = load(path, device=device)
+    if classifier.multi_label:
+        raise ConfigError(
+            f"{path}: `negatives` measures `unknown`, an answer of one-label runs; a multi-label run answers an "
+            "unrelated image with no label over its threshold"
+        )
     classifier.novelty = None  # measured afresh
     cfg, dataset = checkpoint_data(classifier, classifier.path or path, **data)
     sources, unrelated_images, skipped = classifier.read_images([negatives])

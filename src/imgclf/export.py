@@ -72,7 +72,17 @@ def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
             "shape": ["batch", spec.channels, spec.image_size, spec.image_size],
             "channels": "RGB" if spec.channels == 3 else "L (luma: 0.299 R + 0.587 G + 0.114 B)",
         },
-        "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]},
+        "output": {
+            "name": "probabilities",
+            "shape": ["batch", len(spec.classes)],
+            # multi-label: a sigmoid per class, each class predicted from its threshold on; else a softmax
+            "activation": "sigmoid" if spec.multi_label else "softmax",
+            "decision": "every class with probability >= its threshold"
+            if spec.multi_label
+            else "the most probable class",
+        },
+        "task": spec.task,
+        "thresholds": classifier.thresholds if spec.multi_label else None,
         "preprocessing": {
             "resize": RESIZE_TEXT[spec.resize].format(size=spec.image_size),
             "resize_mode": spec.resize,

@@ -26,6 +26,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .models import create_model
 from .rundir import Checkpoint, InferenceSpec, RunDir, read_checkpoint
 from .runtime import resolve_device
+from .tasks import Task, get_task
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -48,6 +49,7 @@ def tta_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor
 
 
 UNKNOWN = "unknown"  # the label of a prediction below `min_confidence`
+LABEL_SEPARATOR = ";"  # multi-label: a prediction's labels joined, as a training CSV's `labels` column holds them
 UNKNOWN_SCORES = ("probability", "familiarity")  # what `min_confidence` is compared with (evaluate --negatives)
 
 
@@ -89,7 +91,8 @@ def check_min_confidence(value: float) -> None:
 
 class InferenceModel(nn.Module):
     """A trained network with its preprocessing: uint8 images N x C x H x W at the model's size in, class
-    probabilities N x classes out. ``tta`` adds the test-time augmented views the run's test metrics used."""
+    probabilities N x classes out: a softmax over the classes (one label per image) or a sigmoid per class
+    (several), as the run's task says. ``tta`` adds the test-time augmented views the run's test metrics used."""
 
     mean: torch.Tensor  # 1 x C x 1 x 1 buffers: they move with the module and are part of an exported graph
     std: torch.Tensor
@@ -103,9 +106,13 @@ class InferenceModel(nn.Module):
         tta: bool = False,
         hflip: bool = False,
         temperature: float = 1.0,
+        activation: str = "softmax",
     ) -> None:
         super().__init__()
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation {activation!r}: softmax or sigmoid")
         self.network = network
+        self.activation = activation
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
         self.tta, self.hflip, self.temperature = tta, hflip, float(temperature)
@@ -118,23 +125,33 @@ class InferenceModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalise(images)
         logits = tta_logits(self.network, x, self.hflip) if self.tta else self.network(x).float()
-        return (logits / self.temperature).softmax(1)  # calibrated: the run's fitted temperature
+        logits = logits / self.temperature  # calibrated: the run's fitted temperature
+        return logits.sigmoid() if self.activation == "sigmoid" else logits.softmax(1)
 
 
 @dataclass
 class Prediction:
+    """One image's answer. One label per image: ``label`` (``unknown`` below ``min_confidence``) and its
+    probability. Several: ``labels``, every class at or over its threshold with its probability (most
+    probable first; none is an answer too), ``label`` their names joined by ``;`` and ``probability`` the
+    most probable class's. ``top_k``: the most probable classes either way."""
+
     source: str
     label: str
     probability: float
     top_k: list[tuple[str, float]] = field(default_factory=list)
+    labels: list[tuple[str, float]] | None = None  # multi-label runs only
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "source": self.source,
             "label": self.label,
             "probability": self.probability,
             "top_k": [{"label": lbl, "probability": p} for lbl, p in self.top_k],
         }
+        if self.labels is not None:
+            out["labels"] = [{"label": lbl, "probability": p} for lbl, p in self.labels]
+        return out
 
 
 class OnnxBackend:
@@ -200,10 +217,18 @@ class Classifier:
         self.backend: Callable[[torch.Tensor], torch.Tensor] | None = None
         # "unknown" by distance to the training images, where `evaluate --negatives` found it better
         self.novelty: Novelty | None = None
+        # multi-label: one threshold for every class instead of the run's per-class ones (--threshold)
+        self.threshold: float | None = None
         # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
         self.modules = {
             tta: InferenceModel(
-                self.model, spec.mean, spec.std, tta=tta, hflip=spec.hflip, temperature=spec.temperature
+                self.model,
+                spec.mean,
+                spec.std,
+                tta=tta,
+                hflip=spec.hflip,
+                temperature=spec.temperature,
+                activation="sigmoid" if spec.multi_label else "softmax",
             ).to(device)
             for tta in (False, True)
         }
@@ -228,6 +253,31 @@ class Classifier:
     @property
     def image_size(self) -> int:
         return self.spec.image_size
+
+    @property
+    def task(self) -> Task:
+        """The run's task (:mod:`imgclf.tasks`): its metrics, its loss, how a probability becomes an answer."""
+        return get_task(self.spec.task)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the run predicts any number of labels per image (a sigmoid and a threshold per class)."""
+        return self.spec.multi_label
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Multi-label: the probability from which each class is predicted (the run's, or ``threshold``)."""
+        return self.spec.decision_thresholds(self.threshold)
+
+    def set_threshold(self, threshold: float | None) -> None:
+        """One threshold for every class of a multi-label run (None: the run's own, chosen on validation)."""
+        if threshold is not None and not self.multi_label:
+            raise ConfigError(
+                "`threshold` is for runs with several labels per image; this run predicts one (use `min_confidence`)"
+            )
+        if threshold is not None and not 0 < threshold < 1:
+            raise ConfigError(f"`threshold` {threshold} must be a probability between 0 and 1 (e.g. 0.5)")
+        self.threshold = threshold
 
     @property
     def channels(self) -> int:
@@ -336,10 +386,25 @@ class Classifier:
         k: int,
         min_confidence: float = 0.0,
         scores: torch.Tensor | None = None,
+        thresholds: list[float] | None = None,
     ) -> list[Prediction]:
         """The ``k`` most likely classes of each image; the label is ``unknown`` where its score (``scores``,
-        default the calibrated top probability) is below ``min_confidence``."""
+        default the calibrated top probability) is below ``min_confidence``. A multi-label run answers with
+        every class at or over its threshold (:meth:`over_thresholds`; ``thresholds``: other ones)."""
         values, indices = probs.topk(max(1, min(k, len(self.classes))), dim=1)
+        if self.multi_label:
+            return [
+                Prediction(
+                    src,
+                    LABEL_SEPARATOR.join(name for name, _ in labels),
+                    val[0],
+                    [(self.classes[i], v) for v, i in zip(val, idx)],
+                    labels,
+                )
+                for src, val, idx, labels in zip(
+                    sources, values.tolist(), indices.tolist(), self.over_thresholds(probs, thresholds)
+                )
+            ]
         decided = (values[:, 0] if scores is None else scores) >= min_confidence
         return [
             Prediction(
@@ -351,6 +416,19 @@ class Classifier:
             for src, val, idx, keep in zip(sources, values.tolist(), indices.tolist(), decided.tolist())
         ]
 
+    def over_thresholds(
+        self, probs: torch.Tensor, thresholds: list[float] | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Multi-label: per image, each class at or over its threshold (the run's, or ``thresholds``) with its
+        probability, most probable first."""
+        cut = self.thresholds if thresholds is None else thresholds
+        chosen = probs >= torch.tensor(cut, dtype=probs.dtype).view(1, -1)
+        out = []
+        for row, keep in zip(probs.tolist(), chosen.tolist()):
+            found = [(self.classes[c], p) for c, (p, k) in enumerate(zip(row, keep)) if k]
+            out.append(sorted(found, key=lambda item: -item[1]))
+        return out
+
     def stream(
         self,
         images: ImageInput | Sequence[ImageInput],
@@ -360,6 +438,11 @@ class Classifier:
     ) -> PredictionStream:
         """Predictions as they are made, for folders of any size: iterate the result."""
         check_min_confidence(min_confidence)
+        if min_confidence > 0 and self.multi_label:
+            raise ConfigError(
+                "`min_confidence` is for runs with one label per image; a multi-label run predicts each label over "
+                "its own threshold (set one for all with `threshold`)"
+            )
         return PredictionStream(self, InputPlan.of(images), top_k, batch_size, min_confidence)
 
     def predict(

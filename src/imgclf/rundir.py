@@ -6,10 +6,12 @@ This module owns every file name in it, the checkpoint format (a flat dict of te
 as nanoGPT's ``train.py`` saves, read with ``torch.load(weights_only=True)`` so that loading never runs
 code from the file) and its upgrades from older versions, and the saved test predictions.
 
-Checkpoint format, version 2 (``best.pt`` and ``last.pt``)::
+Checkpoint format, version 3 (``best.pt`` and ``last.pt``)::
 
     format       "imgclf-checkpoint"
-    version      2
+    version      3
+    task         "single_label" (softmax, one class) or "multi_label" (a sigmoid per class)
+    thresholds   multi-label: per class, the probability from which it is predicted (chosen on validation)
     model        {"name": registry name, "kwargs": the model function's keyword arguments}
     state_dict   the network's weights
     classes, image_size, channels, mean, std
@@ -20,7 +22,8 @@ Checkpoint format, version 2 (``best.pt`` and ``last.pt``)::
     # last.pt only: optimizer, scheduler, scaler, history, best_val_loss, best_epoch, bad_epochs,
     # lookahead, rng_cpu, rng_cuda
 
-Version 1 (imgclf 0.1) lacked ``tta``; :func:`upgrade` fills it from the config.
+Version 1 (imgclf 0.1) lacked ``tta``; version 2 (imgclf 0.2-0.4) lacked ``task``: every run was
+single-label. :func:`upgrade` fills them.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ HISTORY_COLUMNS = [
 # ---------------------------------------------------------------- checkpoints
 
 FORMAT = "imgclf-checkpoint"
-VERSION = 2
+VERSION = 3
 TRAINING_KEYS = (
     "optimizer",
     "scheduler",
@@ -120,6 +123,18 @@ class InferenceSpec:
     tta: bool = False  # the run's test metrics averaged test-time augmented views
     temperature: float = 1.0  # logits are divided by it before the softmax: fitted on validation (calibration)
     resize: str = "crop"  # how an image is fitted to the square: crop, pad or stretch (imgclf.data.images.fit_tensor)
+    task: str = "single_label"  # imgclf.tasks: single_label (softmax) or multi_label (a sigmoid per class)
+    thresholds: list[float] | None = None  # multi-label: per class, the probability from which it is predicted
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi_label"
+
+    def decision_thresholds(self, override: float | None = None) -> list[float]:
+        """Multi-label: each class's threshold (``override``, where given, for every class)."""
+        if override is not None:
+            return [float(override)] * len(self.classes)
+        return list(self.thresholds) if self.thresholds is not None else [0.5] * len(self.classes)
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -133,6 +148,8 @@ class InferenceSpec:
             "tta": self.tta,
             "temperature": self.temperature,
             "resize": self.resize,
+            "task": self.task,
+            "thresholds": list(self.thresholds) if self.thresholds is not None else None,
         }
 
     @classmethod
@@ -149,6 +166,8 @@ class InferenceSpec:
             bool(payload.get("tta", False)),
             float(payload.get("temperature", 1.0)),  # checkpoints before calibration: uncalibrated
             str(payload.get("resize", "crop")),  # checkpoints before `resize`: centre crops
+            str(payload.get("task", "single_label")),
+            [float(t) for t in payload["thresholds"]] if payload.get("thresholds") is not None else None,
         )
 
 
@@ -196,7 +215,15 @@ def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "tta": bool((payload.get("config") or {}).get("tta")), "version": 2}
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}  # version -> next version's payload
+def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    """imgclf 0.2-0.4 trained one label per image only."""
+    return {**payload, "task": "single_label", "thresholds": None, "version": 3}
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+}  # version -> next version's payload
 INFERENCE_KEYS = ("model", "state_dict", "classes", "image_size", "channels", "mean", "std")
 
 
@@ -255,6 +282,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 # ---------------------------------------------------------------- saved test predictions
 
 
+def torch_tensor(values: list[float]) -> torch.Tensor:
+    import torch
+
+    return torch.tensor(values, dtype=torch.float32)
+
+
 @dataclass
 class SplitPredictions:
     """A split's predictions as a run keeps its test set's in ``test_predictions.pt``: what ``errors`` and
@@ -268,14 +301,30 @@ class SplitPredictions:
     example_index: torch.Tensor  # M, test indices whose images are kept
     example_images: torch.Tensor  # M x C x H x W uint8
     sources: list[str] | None = None  # N image files, for folder and CSV data
+    probs: torch.Tensor | None = None  # multi-label: N x classes, every probability (labels: N x classes of 0/1)
+    thresholds: list[float] | None = None  # multi-label: the run's per-class thresholds
 
     TOP_K = 5
     WRONG_EXAMPLES = 64
     RIGHT_EXAMPLES = 16
 
     @property
+    def multi_label(self) -> bool:
+        return self.probs is not None
+
+    @property
     def predicted(self) -> torch.Tensor:
+        """The predicted class (single-label) or the 0/1 rows of predicted labels (multi-label)."""
+        if self.probs is not None:
+            return (self.probs >= torch_tensor(self.thresholds or [0.5] * self.probs.shape[1])).float()
         return self.top_index[:, 0]
+
+    @property
+    def wrong(self) -> torch.Tensor:
+        """Per image, whether the prediction is wrong (multi-label: any label missed or spurious)."""
+        if self.probs is not None:
+            return (self.predicted != self.labels.round()).any(1)
+        return self.predicted != self.labels
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -289,17 +338,32 @@ class SplitPredictions:
         images: torch.Tensor,
         seed: int = 0,
         sources: list[str] | None = None,
+        thresholds: list[float] | None = None,
     ) -> SplitPredictions:
+        """``thresholds``: multi-label (``labels`` N x classes), every probability is kept with them."""
         import torch
 
         top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
-        wrong = torch.nonzero(top_index[:, 0] != labels).flatten()
-        wrong = wrong[top_prob[wrong, 0].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
-        right = torch.nonzero(top_index[:, 0] == labels).flatten()
+        multi = labels.dim() == 2
+        every = probs.float().clone() if multi else None
+        base = cls(labels.clone(), top_index, top_prob.float(), torch.zeros(0, dtype=torch.long), images[:0], sources)
+        base.probs, base.thresholds = every, list(thresholds) if multi and thresholds is not None else None
+        mistaken = base.wrong
+        wrong = torch.nonzero(mistaken).flatten()
+        # the most confident mistakes first (multi-label: the largest gap between a label's probability and its
+        # threshold on the wrong side)
+        if multi:
+            gap = (probs.float() - torch_tensor(base.thresholds or [0.5] * probs.shape[1])).abs()
+            severity = (gap * (base.predicted != labels.round())).amax(1)
+        else:
+            severity = top_prob[:, 0]
+        wrong = wrong[severity[wrong].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
+        right = torch.nonzero(~mistaken).flatten()
         generator = torch.Generator().manual_seed(seed)
         right = right[torch.randperm(len(right), generator=generator)][: cls.RIGHT_EXAMPLES]
         examples = torch.cat([wrong, right])
-        return cls(labels.clone(), top_index, top_prob.float(), examples, images[examples].clone(), sources)
+        base.example_index, base.example_images = examples, images[examples].clone()
+        return base
 
     def save(self, path: str | os.PathLike) -> None:
         import torch

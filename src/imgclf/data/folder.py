@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,8 +25,10 @@ SIZE_CAP = 64  # largest default image size on a CPU (the recipes raise it on a 
 MIN_SIZE = 8  # smallest default image size: the conv models need a few pixels to pool
 FILE_COLUMNS = ("file", "filename", "image", "image_id", "path", "id", "name")
 LABEL_COLUMNS = ("label", "class", "target", "category", "y")
+MULTI_LABEL_COLUMNS = ("labels", "tags")  # several labels per image, separated by LABEL_SEPARATOR; empty: none
+LABEL_SEPARATOR = ";"
 SPLIT_NAMES = ("train", "val", "test")
-Parts = dict[str, tuple[list[Path], list[int]]]  # split -> (files, labels)
+Parts = dict[str, tuple[list[Path], list]]  # split -> (files, labels: class indices, or 0/1 rows for several labels)
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -90,7 +93,7 @@ def hold_out(cfg: DataConfig, parts: Parts) -> Parts:
     for name, fraction, seed in (("test", cfg.test_split, cfg.seed), ("val", cfg.val_split, cfg.seed + 1)):
         if name not in parts:
             files, labels = parts["train"]
-            kept, held = stratified_split(torch.tensor(labels, dtype=torch.long), fraction, seed)
+            kept, held = stratified_split(torch.tensor(labels, dtype=torch.long), fraction, seed)  # N or N x classes
             parts["train"], parts[name] = take(files, labels, kept), take(files, labels, held)
     return {name: parts[name] for name in SPLIT_NAMES}
 
@@ -115,6 +118,8 @@ def _decode_splits(cfg: DataConfig, parts: Parts, classes: list[str], size_cap: 
         cfg.resize,
     )
     labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[decoded.kept]
+    if labels.dim() == 2:  # several labels per image: 0/1 rows, as the losses take them
+        labels = labels.float()
     owner = torch.tensor([i for i, (files, _) in enumerate(parts.values()) for _ in files], dtype=torch.long)
     counts = torch.bincount(owner[decoded.kept], minlength=len(parts)).tolist()
     sources = [str(paths[i]) for i in decoded.kept]
@@ -191,12 +196,7 @@ def _class_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
-    """A CSV's files and labels (one training split) and its classes."""
-    csv_path = Path(cfg.data).expanduser()
-    folder = Path(cfg.images).expanduser() if cfg.images else csv_path.parent
-    if not folder.is_dir():
-        raise DataError(f"`images` {folder}: no such folder; point it at the folder holding the CSV's images")
+def _read_csv(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -207,30 +207,86 @@ def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
         ) from None
     if not rows:
         raise DataError(f"{csv_path}: no rows; it needs a header (file,label) and one row per image")
-    file_col, label_col = _pick_column(header, FILE_COLUMNS), _pick_column(header, LABEL_COLUMNS)
-    if file_col is None or label_col is None:
+    return rows, header
+
+
+def _label_reader(csv_path: Path, header: list[str], file_col: str) -> tuple[str, Callable[[dict[str, str]], object]]:
+    """How a row's labels are read: the kind (one class, a `;`-list, or 0/1 columns) and a reader."""
+    label_col = _pick_column(header, LABEL_COLUMNS)
+    if label_col is not None:
+        return "single", lambda row: (row.get(label_col) or "").strip()
+    multi_col = _pick_column(header, MULTI_LABEL_COLUMNS)
+    if multi_col is not None:
+
+        def split_labels(row: dict[str, str]) -> object:
+            return frozenset(t.strip() for t in (row.get(multi_col) or "").split(LABEL_SEPARATOR) if t.strip())
+
+        return "list", split_labels
+    columns = [h for h in header if h != file_col and h is not None]
+    if len(columns) >= 2:
+        return "columns", lambda row: tuple((row.get(c) or "").strip() for c in columns)
+    raise DataError(
+        f"{csv_path}: unknown columns {', '.join(header)}; name the image column 'file' and the class column "
+        f"'label' (or 'labels' with several separated by '{LABEL_SEPARATOR}', or one 0/1 column per class)"
+    )
+
+
+def _label_rows(csv_path: Path, header: list[str], file_col: str, kind: str, values: list) -> tuple[list, list[str]]:
+    """The rows' labels as class indices (one label) or 0/1 rows (several), and the classes."""
+    if kind == "single":
+        classes = _class_order(set(values))
+        if len(classes) < 2:
+            raise DataError(f"{csv_path}: every row has label {classes[0]!r}; a classifier needs at least two classes")
+        index = {c: i for i, c in enumerate(classes)}
+        return [index[v] for v in values], classes
+    if kind == "columns":
+        classes = [h for h in header if h != file_col and h is not None]
+        odd = next(((i, v) for i, row in enumerate(values) for v in row if v not in ("0", "1")), None)
+        if odd is not None:
+            raise DataError(
+                f"{csv_path}: row {odd[0] + 2} holds {odd[1]!r} in a class column; one column per class holds 0 or 1 "
+                "(or name the class column 'label')"
+            )
+        return [[int(v) for v in row] for row in values], classes
+    classes = _class_order(set().union(*values))
+    if len(classes) < 2:
+        raise DataError(
+            f"{csv_path}: {len(classes)} distinct label(s) in the labels column; a classifier needs at least two"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    return [[int(c in labels) for c in classes] for labels in values], classes
+
+
+def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
+    """A CSV's files and labels (one training split) and its classes. One label per row (a `label` column), or
+    several: a `labels` column of names separated by `;` (empty: none), or one 0/1 column per class."""
+    csv_path = Path(cfg.data).expanduser()
+    folder = Path(cfg.images).expanduser() if cfg.images else csv_path.parent
+    if not folder.is_dir():
+        raise DataError(f"`images` {folder}: no such folder; point it at the folder holding the CSV's images")
+    rows, header = _read_csv(csv_path)
+    file_col = _pick_column(header, FILE_COLUMNS)
+    if file_col is None:
         raise DataError(
             f"{csv_path}: unknown columns {', '.join(header)}; name the image column 'file' and the class column 'label'"
         )
-    files, names, missing = [], [], []
+    kind, read_labels = _label_reader(csv_path, header, file_col)
+    files, values, missing = [], [], []
     for row in rows:
-        name, label = (row.get(file_col) or "").strip(), (row.get(label_col) or "").strip()
+        name = (row.get(file_col) or "").strip()
         path = _resolve_file(folder, name) if name else None
         if path is None:
             missing.append(name or "<empty>")
             continue
         files.append(path)
-        names.append(label)
+        values.append(read_labels(row))
     if missing:
         raise DataError(
             f"{csv_path}: {len(missing)} of {len(rows)} files are not in {folder} (e.g. {', '.join(missing[:3])}); "
             "fix the paths or pass `images=FOLDER`"
         )
-    classes = _class_order(set(names))
-    if len(classes) < 2:
-        raise DataError(f"{csv_path}: every row has label {classes[0]!r}; a classifier needs at least two classes")
-    index = {c: i for i, c in enumerate(classes)}
-    return {"train": (files, [index[n] for n in names])}, classes
+    labels, classes = _label_rows(csv_path, header, file_col, kind, values)
+    return {"train": (files, labels)}, classes
 
 
 def load_csv(cfg: DataConfig, size_cap: int = SIZE_CAP) -> RawDataset:

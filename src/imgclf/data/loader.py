@@ -13,10 +13,12 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .autoaugment import POLICIES, auto_augment
 from .registry import Split
 
 # preset -> (translation as a fraction of the image side, max rotation in degrees)
 AUGMENT_PRESETS = {"none": (0.0, 0.0), "light": (1 / 16, 0.0), "standard": (1 / 8, 10.0)}
+AUGMENT_PRESETS.update({policy: AUGMENT_PRESETS["light"] for policy in POLICIES})  # then their own operations
 
 
 def normalise(
@@ -93,6 +95,8 @@ def to_network_input(
     x = images.float().div_(255)
     if augment != "none":
         x = augment_batch(x, augment, flip, generator, share)
+    if augment in POLICIES:  # RandAugment / TrivialAugment: operations drawn per image, after flips and shifts
+        x = auto_augment(x, augment, generator, share)
     return x.sub_(mean).div_(std)  # in place: x is this batch's own copy
 
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..config import DataConfig
 from ..errors import DataError
+from ..tasks import Task, task_of
 from .folder import SIZE_CAP, load_csv, load_folder
 from .images import fit_tensor
 from .registry import RawDataset, Split, get_dataset
@@ -49,8 +48,14 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def task(self) -> Task:
+        """Single-label (class indices) or multi-label (0/1 rows), as the source's labels are."""
+        return task_of(self.train.labels)
+
     def class_counts(self) -> list[int]:
-        return torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
+        """Training images per class (several labels: images carrying each)."""
+        return self.task.class_counts(self.train.labels, self.num_classes).tolist()
 
 
 def _resize(split: Split, size: int, resize: str = "crop") -> Split:

@@ -47,6 +47,7 @@ class Inventory:
     hflip: bool = True
     size_note: str = ""
     root: str = ""  # the data folder (the CSV's images folder): paths are shown relative to it
+    multi_label: bool = False  # several labels per image: ``classes`` are the label sets found (a;b, or "-")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,6 +72,11 @@ def _files(cfg: DataConfig, name: str, kind: str, size_cap: int) -> Inventory:
     parts, classes = source_parts(cfg)
     paths = [p for files, _ in parts.values() for p in files]
     labels = [y for _, ys in parts.values() for y in ys]
+    multi_label = bool(labels) and isinstance(labels[0], list)
+    if multi_label:  # each label set is a "class" here: duplicates across sets and leaks are found as for classes
+        sets = [";".join(c for c, on in zip(classes, row) if on) or "-" for row in labels]
+        classes = sorted(set(sets))
+        labels = [classes.index(s) for s in sets]
     splits = [split for split, (files, _) in parts.items() for _ in files]
     size, size_note = (
         (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
@@ -107,6 +113,7 @@ def _files(cfg: DataConfig, name: str, kind: str, size_cap: int) -> Inventory:
             .expanduser()
             .resolve()
         ),
+        multi_label=multi_label,
     )
 
 

@@ -75,7 +75,7 @@ def calibrated(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def strength(model: str, probs: torch.Tensor, labels: torch.Tensor) -> Strength:
-    from ..evaluate import calibration_error  # torchmetrics: imported when measured
+    from ..metrics import calibration_error  # torchmetrics: imported when measured
 
     predicted = probs.argmax(1)
     recalls = [(predicted[labels == c] == c).float().mean().item() for c in labels.unique().tolist()]

@@ -35,6 +35,7 @@ class Explanation:
     top_k: list[tuple[int, float]]  # (class, probability), most probable first
     method: str
     layer: str | None  # Grad-CAM's layer
+    image: int = 0  # which of the explained images (a multi-label run explains each predicted label of an image)
 
 
 def _spatial_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -89,15 +90,15 @@ def explain_images(
     *,
     method: str = "gradcam",
     layer: str | None = None,
-    target: int | None = None,
+    target: int | torch.Tensor | None = None,
     top_k: int = 3,
     temperature: float = 1.0,
     probs: torch.Tensor | None = None,
 ) -> list[Explanation]:
-    """Explain a normalised batch ``x`` (N x C x H x W): one heat map per image for ``target`` (default:
-    the predicted class). ``layer`` names the Grad-CAM module (default: the last conv block). The top-k
-    classes are those of ``probs`` when given (a classifier's, as it predicts), else of the model's own
-    forward pass calibrated by ``temperature``."""
+    """Explain a normalised batch ``x`` (N x C x H x W): one heat map per image for ``target`` (a class, one
+    class per image, or default the predicted class). ``layer`` names the Grad-CAM module (default: the last
+    conv block). The top-k classes are those of ``probs`` when given (a classifier's, as it predicts), else of
+    the model's own forward pass calibrated by ``temperature``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use {' or '.join(METHODS)}")
     model = model.eval()
@@ -105,7 +106,10 @@ def explain_images(
         with torch.no_grad():
             probs = (model(x).float() / temperature).softmax(1)
     values, indices = probs.topk(max(1, min(top_k, probs.shape[1])), dim=1)
-    targets = indices[:, 0] if target is None else torch.full((len(x),), target, dtype=torch.long)
+    if isinstance(target, torch.Tensor):
+        targets = target.long()
+    else:
+        targets = indices[:, 0] if target is None else torch.full((len(x),), target, dtype=torch.long)
     inputs = x.detach().clone().requires_grad_(True)
     if method == "gradcam":
         layer = layer or last_conv_block(model, x)
@@ -166,10 +170,13 @@ def explain_batch(
     layer: str | None = None,
     target: str | None = None,
     top_k: int = 3,
+    per_label: bool = True,
 ) -> list[Explanation]:
     """Explanations of a uint8 batch, in chunks, with the caller's mistakes (an unknown method, layer or
     class) as one-line errors that list the choices. The classes and probabilities are the classifier's
-    (what ``predict`` says for the image); the heat map explains the network's plain forward pass."""
+    (what ``predict`` says for the image); the heat map explains the network's plain forward pass. A
+    multi-label run with no ``target`` explains each label predicted over its threshold (``per_label``; the
+    most probable where none is), one explanation each, in image order."""
     model = classifier.model
     probe = classifier.normalise(images[:1])
     if method not in METHODS:
@@ -193,21 +200,33 @@ def explain_batch(
     explanations: list[Explanation] = []
     for start in range(0, len(images), EXPLAIN_BATCH):
         chunk = images[start : start + EXPLAIN_BATCH]
-        explanations += explain_images(
+        probs = classifier.predict_proba(chunk)  # as predict says it: calibrated, with the run's TTA
+        rows, targets = torch.arange(len(chunk)), None
+        if classifier.multi_label and target_index is None and per_label:
+            over = probs >= torch.tensor(classifier.thresholds).view(1, -1)
+            over[over.sum(1) == 0, probs[over.sum(1) == 0].argmax(1)] = True  # none predicted: the most probable
+            rows, targets = torch.nonzero(over, as_tuple=True)
+        chunk_explanations = explain_images(
             model,
-            classifier.normalise(chunk),
+            classifier.normalise(chunk[rows]),
             method=method,
             layer=layer,
-            target=target_index,
+            target=targets if targets is not None else target_index,
             top_k=top_k,
-            probs=classifier.predict_proba(chunk),  # as predict says it: calibrated, with the run's TTA
+            probs=probs[rows],
         )
+        for explanation, row in zip(chunk_explanations, rows.tolist()):
+            explanation.image = start + row
+        explanations += chunk_explanations
     return explanations
 
 
 def _titles(labels: Sequence[str], explanations: Sequence[Explanation], classes: Sequence[str]) -> list[str]:
     return [
-        f"{label[:28]}\n" + ", ".join(f"{classes[c]} {p:.2f}" for c, p in e.top_k[:3])
+        f"{label[:28]}"
+        + (f" -> {classes[e.target]}" if e.target != e.top_k[0][0] else "")
+        + "\n"
+        + ", ".join(f"{classes[c]} {p:.2f}" for c, p in e.top_k[:3])
         for label, e in zip(labels, explanations)
     ]
 
@@ -232,7 +251,7 @@ def plot_explanation_pages(
             [e.heatmap for e in explanations[chunk]],
             _titles(labels[chunk], explanations[chunk], classes),
             path,
-            f"{how}: what the top class rests on (red), top-3 probabilities",
+            f"{how}: what the explained class rests on (red; -> names it where it is not the top), top-3 probabilities",
         )
         paths.append(path)
     return paths
@@ -252,9 +271,11 @@ def explain_sources(
 ) -> ExplainResult:
     """Explain decoded images named by ``sources``; figures to ``folder``, the top classes to ``log``."""
     explanations = explain_batch(classifier, images, method, layer, target, top_k)
+    index = [e.image for e in explanations]  # a multi-label run: an image once per predicted label
+    sources = [sources[i] for i in index]
     result = ExplainResult(sources, explanations, classifier.classes)
     result.paths = plot_explanation_pages(
-        images, [Path(s).name for s in sources], explanations, classifier.classes, folder, method
+        images[index], [Path(s).name for s in sources], explanations, classifier.classes, folder, method
     )
     log(result.table().to_text())
     where = f" on layer {explanations[0].layer}" if method == "gradcam" else ""

@@ -31,6 +31,7 @@ from ..plots.tables import Table
 from ..predict import Classifier, load
 from ..rundir import RunDir, SplitPredictions
 from ..runtime import quiet
+from ..tasks import label_names
 
 REPORT_RIGHT, REPORT_WRONG = 6, 6  # test images explained in the report
 
@@ -38,11 +39,11 @@ REPORT_RIGHT, REPORT_WRONG = 6, 6  # test images explained in the report
 def _examples(predictions: SplitPredictions, classes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
     """Stored test images to explain, the most confident mistakes first then some right answers, with labels."""
     index = predictions.example_index
-    wrong = predictions.predicted[index] != predictions.labels[index]
+    wrong = predictions.wrong[index]
     picked = torch.cat([torch.nonzero(wrong).flatten()[:REPORT_WRONG], torch.nonzero(~wrong).flatten()[:REPORT_RIGHT]])
+    truth = label_names(predictions.labels[index], classes)
     labels = [
-        f"{test_image_name(predictions, int(index[k]))} {'wrong' if wrong[k] else 'right'} "
-        f"(true {classes[int(predictions.labels[index[k]])]})"
+        f"{test_image_name(predictions, int(index[k]))} {'wrong' if wrong[k] else 'right'} (true {truth[k]})"
         for k in picked.tolist()
     ]
     return predictions.example_images[picked], labels
@@ -54,7 +55,7 @@ def _explanations(
     if not len(images):
         return None, ""
     method = "gradcam" if spatial_layers(classifier.model, classifier.normalise(images[:1])) else "saliency"
-    explanations = explain_batch(classifier, images, method)
+    explanations = explain_batch(classifier, images, method, per_label=False)
     return plot_explanation_pages(images, labels, explanations, classifier.classes, folder, f"report-{method}")[
         0
     ], method
@@ -62,8 +63,19 @@ def _explanations(
 
 def _section_metrics(page: HtmlReport, metrics: dict[str, Any], run: RunDir) -> None:
     page.section("Test metrics")
-    page.table(per_class_table(metrics["test"]))
-    page.figure(run / rundir.CONFUSION_MATRIX, "confusion matrix: rows are the true classes, columns the predictions")
+    test = metrics["test"]
+    if test.get("task") == "multi_label":
+        page.text(
+            f"Several labels per image ({test['labels_per_image']:.2f} on average in the test split): each class is "
+            "predicted where its probability reaches its threshold, chosen on the validation split for the best F1. "
+            "Subset accuracy counts an image right when all its labels are; the Hamming loss is the share of wrong "
+            "image-label decisions; mAP (threshold-free) is the mean of the classes' average precision."
+        )
+    page.table(per_class_table(test))
+    if test.get("task") != "multi_label":
+        page.figure(
+            run / rundir.CONFUSION_MATRIX, "confusion matrix: rows are the true classes, columns the predictions"
+        )
     page.figure(run / rundir.PER_CLASS, "precision, recall and F1 per class")
     page.figure(run / rundir.PREDICTIONS_PLOT, "a sample of test predictions (mistakes in red)")
     _section_confidence(page, metrics)
@@ -75,7 +87,9 @@ def _section_confidence(page: HtmlReport, metrics: dict[str, Any]) -> None:
     """Calibration and coverage: how far the probabilities can be believed, and what `min_confidence` costs."""
     page.section("Confidence")
     calibration = metrics.get("calibration")
-    if calibration and calibration.get("note"):
+    if metrics.get("task") == "multi_label":
+        page.text(f"Calibration: {calibration['note'] if calibration else 'not applied'}.")
+    elif calibration and calibration.get("note"):
         page.text(f"Temperature scaling: {calibration['note']}.")
     elif calibration:  # runs before calibration have none
         page.text(
@@ -112,13 +126,22 @@ def _section_unknown(page: HtmlReport, unknown: dict[str, Any], run: RunDir) -> 
 def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
     analysis = result.analysis
     page.section("Errors")
-    page.text(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images.")
+    every = " (any label missed or spurious)" if analysis.multi_label else ""
+    page.text(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images{every}.")
     page.table(analysis.class_accuracy_table())
-    if analysis.confused_pairs:
+    if analysis.confused_pairs and analysis.multi_label:
+        page.text("Labels most often missed (a true label under its threshold) or spurious (a false one over it):")
+        page.table(analysis.confused_pairs_table())
+    elif analysis.confused_pairs:
         page.text("Most confused pairs (true class, predicted as, count):")
         page.table(analysis.confused_pairs_table())
     if "mistakes" in result.paths:
-        page.figure(result.paths["mistakes"], "the most confident mistakes: true class, prediction and its probability")
+        caption = (
+            "the worst mistakes: the labels missed and the spurious ones"
+            if analysis.multi_label
+            else "the most confident mistakes: true class, prediction and its probability"
+        )
+        page.figure(result.paths["mistakes"], caption)
 
 
 def _section_search(page: HtmlReport, search: dict[str, Any]) -> None:
@@ -170,8 +193,9 @@ def _summary(metrics: dict[str, Any], classifier: Classifier, macs: int) -> Tabl
                 "model",
                 f"{classifier.model_name}, {metrics['parameters']:,} parameters, {macs:,} multiply-adds per image",
             ],
-            ["test accuracy", f"{test['accuracy']:.4f}{tta}"],
+            ["test subset accuracy" if "mAP" in test else "test accuracy", f"{test['accuracy']:.4f}{tta}"],
             ["macro F1", f"{test['macro_f1']:.4f}"],
+            *([["mAP", f"{test['mAP']:.4f}"], ["micro F1", f"{test['micro_f1']:.4f}"]] if "mAP" in test else []),
             *([["balanced accuracy", f"{test['balanced_accuracy']:.4f}"]] if "balanced_accuracy" in test else []),
             [
                 "training",
@@ -195,7 +219,7 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     test = metrics["test"]
     page = HtmlReport(
         f"{run.path.name}: {classifier.model_name} on {metrics['data']['name']}",
-        f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}; report written "
+        f"test {'subset ' if 'mAP' in test else ''}accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}; report written "
         f"{datetime.now():%Y-%m-%d %H:%M} by imgclf from {run.path.resolve()}",
     )
     page.section("Summary")
@@ -219,7 +243,8 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     if explained is not None:
         page.section("Explanations")
         page.text(
-            "Grad-CAM heat maps on the last conv block: red marks the image regions the top class rests on."
+            "Grad-CAM heat maps on the last conv block: red marks the image regions the top class rests on "
+            "(`imgclf explain` draws one per predicted label of a multi-label run)."
             if method == "gradcam"
             else "Saliency maps: red marks the pixels the top class is most sensitive to."
         )

@@ -35,6 +35,7 @@ def run_server(
         raise ConfigError("imgclf serve needs FastAPI and uvicorn: pip install 'imgclf[serve]'") from None
     settings = settings or ServeSettings()
     classifier = load(run, max_image_pixels=settings.max_image_pixels)
+    classifier.set_threshold(settings.threshold)  # multi-label: the server's one threshold, where given
     app = create_app(classifier, settings)
     sock = bind(host, port)  # before saying "serving": a busy port is one line, not a message and an exit
     log(f"serving {classifier!r} from {classifier.path}")

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..data.images import decode_bytes, describe_skip, to_channels
 from ..errors import CheckpointError, ConfigError
-from ..predict import Classifier
+from ..predict import LABEL_SEPARATOR, Classifier
 from .batcher import MicroBatcher, ModelThread
 from .settings import ServeSettings
 
@@ -41,9 +41,10 @@ class ClassScore(BaseModel):
 
 class ImagePrediction(BaseModel):
     file: str
-    label: str
+    label: str  # multi-label runs: the labels over their thresholds, joined by ";" (empty: none)
     probability: float
     top_k: list[ClassScore]
+    labels: list[ClassScore] | None = None  # multi-label runs: every label over its threshold, most probable first
 
 
 class PredictResponse(BaseModel):
@@ -109,23 +110,39 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def _image_prediction(name: str, top: list[tuple[str, float]], label: str | None = None) -> ImagePrediction:
+def _image_prediction(
+    name: str,
+    top: list[tuple[str, float]],
+    label: str | None = None,
+    labels: list[tuple[str, float]] | None = None,
+) -> ImagePrediction:
     """One image's answer from its (label, probability) pairs, most probable first; ``label``: the decided
-    one (``unknown`` below the minimum confidence), else the most probable."""
+    one (``unknown`` below the minimum confidence; a multi-label run's labels joined), else the most probable."""
     return ImagePrediction(
         file=name,
-        label=label or top[0][0],
+        label=label if label is not None else top[0][0],
         probability=top[0][1],
         top_k=[ClassScore(label=label, probability=prob) for label, prob in top],
+        labels=None if labels is None else [ClassScore(label=lbl, probability=p) for lbl, p in labels],
     )
 
 
 def _predictions(
-    classifier: Classifier, names: list[str], images: torch.Tensor, probs: torch.Tensor, k: int, min_confidence: float
+    classifier: Classifier,
+    names: list[str],
+    images: torch.Tensor,
+    probs: torch.Tensor,
+    k: int,
+    min_confidence: float,
+    threshold: float | None = None,
 ) -> list[ImagePrediction]:
-    scores = classifier.unknown_scores(images, probs) if min_confidence > 0 and classifier.novelty else None
-    predictions = classifier.top_k(names, probs, k, min_confidence, scores)
-    return [_image_prediction(name, p.top_k, p.label) for name, p in zip(names, predictions)]
+    if classifier.multi_label:  # every label over its threshold; `unknown` is not a multi-label answer
+        thresholds = classifier.spec.decision_thresholds(threshold) if threshold is not None else None
+        predictions = classifier.top_k(names, probs, k, thresholds=thresholds)
+    else:
+        scores = classifier.unknown_scores(images, probs) if min_confidence > 0 and classifier.novelty else None
+        predictions = classifier.top_k(names, probs, k, min_confidence, scores)
+    return [_image_prediction(name, p.top_k, p.label, p.labels) for name, p in zip(names, predictions)]
 
 
 async def _decode(upload: UploadFile, classifier: Classifier, max_pixels: int) -> torch.Tensor:
@@ -152,6 +169,8 @@ def _model_info(classifier: Classifier, settings: ServeSettings) -> dict[str, An
         "channels": classifier.channels,
         "checkpoint": str(classifier.path) if classifier.path else None,
         "temperature": classifier.spec.temperature,  # the calibration the probabilities include
+        "task": classifier.spec.task,  # multi_label: every label over its threshold is the answer
+        "thresholds": classifier.thresholds if classifier.multi_label else None,
         "test_metrics": summary or None,
         "limits": asdict(settings),
     }
@@ -230,8 +249,18 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
                 "`evaluate --negatives` chose it (default: the server's)",
             ),
         ] = None,
+        threshold: Annotated[
+            float | None,
+            Query(
+                gt=0,
+                lt=1,
+                description="runs with several labels per image: every label from this probability on "
+                "(default: the server's, else the run's per-class thresholds)",
+            ),
+        ] = None,
     ) -> PredictResponse:
-        """Classify one or several images: the top-k classes with probabilities, per image, in order."""
+        """Classify one or several images: the top-k classes with probabilities, per image, in order (and, for a
+        multi-label run, every label over its threshold)."""
         if not files:
             raise RequestProblem(400, "no image in the request; send files=@IMAGE as multipart form data")
         if len(files) > settings.max_images:
@@ -239,17 +268,19 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
         images = torch.stack([await _decode(f, classifier, settings.max_image_pixels) for f in files])
         probs = await batcher(images)
         names = [f.filename or f"upload {i}" for i, f in enumerate(files)]
-        threshold = settings.min_confidence if min_confidence is None else min_confidence
+        confidence = settings.min_confidence if min_confidence is None else min_confidence
+        cut = settings.threshold if threshold is None else threshold
         return PredictResponse(
-            predictions=_predictions(classifier, names, images, probs, top_k or settings.top_k, threshold)
+            predictions=_predictions(classifier, names, images, probs, top_k or settings.top_k, confidence, cut)
         )
 
     @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
     async def explain(file: Annotated[UploadFile, File(description="one image file")]) -> ExplainResponse:
         """One image's top classes and its Grad-CAM overlay (a PNG data URL): what the page shows."""
         image = await _decode(file, classifier, settings.max_image_pixels)
-        top, overlay = await model_thread.run(_explain, classifier, image, settings.top_k)
-        prediction = _image_prediction(file.filename or "upload", top)
+        top, overlay, labels = await model_thread.run(_explain, classifier, image, settings.top_k, settings.threshold)
+        label = LABEL_SEPARATOR.join(name for name, _ in labels) if labels is not None else None
+        prediction = _image_prediction(file.filename or "upload", top, label, labels)
         return ExplainResponse(**prediction.model_dump(), overlay=overlay)
 
     return app
@@ -289,15 +320,22 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
-def _explain(classifier: Classifier, image: torch.Tensor, k: int) -> tuple[list[tuple[str, float]], str]:
-    """The top ``k`` (label, probability), as /predict answers them, and the overlay."""
+def _explain(
+    classifier: Classifier, image: torch.Tensor, k: int, threshold: float | None = None
+) -> tuple[list[tuple[str, float]], str, list[tuple[str, float]] | None]:
+    """The top ``k`` (label, probability), as /predict answers them, the overlay (of the most probable class),
+    and, for a multi-label run, the labels over their thresholds."""
     from ..explain.attribution import explain_batch, overlay_image  # captum and matplotlib: loaded on first use
 
     try:
-        (explanation,) = explain_batch(classifier, image[None], "gradcam", top_k=k)
+        (explanation,) = explain_batch(classifier, image[None], "gradcam", top_k=k, per_label=False)
     except ConfigError:  # a model without a conv layer (the MLP): the input-gradient saliency instead
-        (explanation,) = explain_batch(classifier, image[None], "saliency", top_k=k)
+        (explanation,) = explain_batch(classifier, image[None], "saliency", top_k=k, per_label=False)
     buffer = io.BytesIO()
     overlay_image(image, explanation.heatmap, OVERLAY_SIZE).save(buffer, format="PNG")
     top = [(classifier.classes[c], p) for c, p in explanation.top_k]
-    return top, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    labels = None
+    if classifier.multi_label:
+        cut = classifier.spec.decision_thresholds(threshold) if threshold is not None else None
+        (labels,) = classifier.over_thresholds(classifier.predict_proba(image[None]), cut)
+    return top, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), labels

@@ -18,3 +18,4 @@ class ServeSettings:
     max_wait_ms: float = 2.0  # how long the first image of a batch waits for others
     top_k: int = 5  # classes per image when a request does not say
     min_confidence: float = 0.0  # label `unknown` below this calibrated top probability, when a request does not say
+    threshold: float | None = None  # multi-label runs: every label from this probability on (None: the run's own)

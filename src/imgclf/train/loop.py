@@ -28,6 +28,7 @@ from ..tasks import SINGLE_LABEL, Task
 from .distributed import SINGLE, Distributed
 from .ema import Lookahead
 from .events import NO_EVENTS, BestImproved, CheckpointSaved, EpochEnded, Events, eta
+from .mixing import Mixer
 from .optim import build_optimizer, lr_factor
 from .progress import batches_with_bar
 
@@ -96,8 +97,12 @@ class Trainer:
         optim, schedule = cfg.optim, cfg.schedule
         weight = class_weights.to(self.device) if class_weights is not None else None
         offset = logit_offset.to(self.device) if logit_offset is not None else None
-        self.criterion = task.criterion(optim.label_smoothing, weight, offset)
+        self.criterion = task.criterion(optim.label_smoothing, weight, offset, optim.loss, optim.focal_gamma)
         self.num_classes = num_classes
+        augment = cfg.augment
+        self.mixer = Mixer(augment.mixup, augment.cutmix, task, num_classes or 0, cfg.seed)
+        if self.mixer.enabled and not num_classes:
+            raise ValueError("mixup and CutMix need the trainer's num_classes")
         # the model starts trained (a probe's head): it is scored and kept as best.pt before epoch 1, so the
         # epochs after it replace it only when they beat it on validation
         self.score_start = score_start
@@ -139,7 +144,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a batch; the loss and logits, detached, on the device (no host sync)."""
+        """One optimizer step on a batch; the loss and logits, detached, on the device (no host sync).
+        With mixup or CutMix on, the batch is mixed here (``y`` becomes soft targets)."""
+        if self.mixer.enabled:
+            x, y = self.mixer(x, y, self.steps)
         with self._autocast():
             logits = self.forward(x)
             loss = self.criterion(logits, y)

@@ -30,7 +30,6 @@ from ..data.shards import ShardBatches, shard_sample
 from ..errors import ConfigError, ImgclfError, ModelError
 from ..evaluate import (
     apply_temperature,
-    calibration_error,
     calibration_note,
     eval_batch,
     fit_temperature,
@@ -38,6 +37,7 @@ from ..evaluate import (
     reliability,
     split_metrics,
 )
+from ..metrics import best_thresholds, calibration_error
 from ..models import count_parameters, create_model, get_model_spec, head_of
 from ..models.registry import classifier_layer, pretrained_stats
 from ..plots.figures import (
@@ -68,6 +68,7 @@ from ..rundir import (
     read_checkpoint,
 )
 from ..runtime import Log, quiet, resolve_device, seed_everything
+from ..tasks import label_names
 from .balance import balance_for, is_imbalanced
 from .distributed import SINGLE, Distributed, check_sync_bn, init_distributed
 from .events import (
@@ -186,6 +187,9 @@ def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE) 
         if note:
             log(note)
     search = None
+    if data.task.name != "single_label" and search_applies(settings, data.kind, 1):
+        log("search: for one label per image only; several labels train the cnn's recipe (or set `model`)")
+        settings = settings.replace(search="off")
     if distributed.enabled and search_applies(settings, data.kind, 1):
         log("search: not under distributed training (each process would search alone); the cnn's recipe, or `model`")
     if search_applies(settings, data.kind, distributed.world_size):
@@ -195,8 +199,14 @@ def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE) 
             settings = settings.replace(_origin="search: the best on validation (search.json)", **search.changes)
         if search.image_size != data.image_size and settings.is_set("image_size"):
             data = load_data(settings.data_config, size_cap=image_size_cap(device.type))
+    if data.task.name == "multi_label" and not settings.is_set("label_smoothing"):
+        settings = settings.replace(
+            _origin="rule: several labels per image (the recipes' smoothing is for one)", label_smoothing=0.0
+        )
     recipe = data.name if data.kind == "builtin" else "folder"
-    facts = DataFacts(len(data.train), data.image_size, data.size_note, tuple(data.class_counts()))
+    # the imbalance rule was measured with one label per image (bench/imbalance.py): only there does it apply
+    counts = tuple(data.class_counts()) if data.task.name == "single_label" else None
+    facts = DataFacts(len(data.train), data.image_size, data.size_note, counts)
     measure = (lambda candidate: _seconds_per_epoch(candidate, data, device)) if settings.budget else None
     cfg, variant = resolve(settings, recipe, device.type, facts, measure, distributed.world_size)
     processes = f" x {distributed.world_size} processes" if distributed.enabled else ""
@@ -334,6 +344,7 @@ def trainer_for(prepared: Prepared, model: torch.nn.Module, **kwargs: Any) -> Tr
         prepared.cfg,
         train_batches(prepared, balance.sample_weights),
         val,
+        task=prepared.data.task,
         class_weights=balance.class_weights,
         logit_offset=balance.logit_offset,
         num_classes=prepared.data.num_classes,
@@ -383,7 +394,7 @@ def _plot_samples(batches: TrainBatches, data: DataBundle, path: Path) -> None:
     x, y = next(iter(batches))
     x, y = x[:32].float().cpu(), y[:32].cpu()
     images = x * torch.tensor(data.std).view(1, -1, 1, 1) + torch.tensor(data.mean).view(1, -1, 1, 1)
-    plot_image_grid(images, [data.classes[i] for i in y.tolist()], path, suptitle="augmented training images")
+    plot_image_grid(images, label_names(y, data.classes), path, suptitle="augmented training images")
 
 
 def inference_spec(prepared: Prepared) -> InferenceSpec:
@@ -399,6 +410,7 @@ def inference_spec(prepared: Prepared) -> InferenceSpec:
         data.hflip,
         cfg.eval.tta,
         resize=cfg.data.resize,
+        task=data.task.name,
     )
 
 
@@ -458,6 +470,22 @@ def _plot_test_predictions(data: DataBundle, probs: torch.Tensor, path: Path, se
     plot_predictions(data.test.images[index], probs[index], data.test.labels[index], data.classes, path)
 
 
+def _plot_multilabel_predictions(data: DataBundle, predictions: SplitPredictions, path: Path) -> None:
+    """The kept test images (the worst mistakes first, then some right), each with its predicted and true labels."""
+    index = predictions.example_index[:32]
+    predicted = label_names(predictions.predicted[index], data.classes)
+    truth = label_names(predictions.labels[index], data.classes)
+    wrong = predictions.wrong[index].tolist()
+    titles = [f"{p[:24]}\n(true {t[:20]})" for p, t in zip(predicted, truth)]
+    plot_image_grid(
+        predictions.example_images[:32],
+        titles,
+        path,
+        ["red" if w else "black" for w in wrong],
+        "test predictions: labels over their thresholds (true labels); any label wrong in red",
+    )
+
+
 def calibrate(
     classifier: Classifier, data: DataBundle, run: RunDir, best: Checkpoint, log: Log
 ) -> tuple[Classifier, str | None]:
@@ -474,13 +502,34 @@ def calibrate(
     return Classifier(spec, classifier.model, classifier.device, config=classifier.config), None
 
 
-def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitResult, log: Log) -> TrainResult:
-    """The best checkpoint's test metrics (as ``evaluate`` computes them), figures and saved predictions."""
-    cfg, data = prepared.cfg, prepared.data
-    best = read_checkpoint(run / BEST)
-    model.load_state_dict(best.state_dict)
-    plain = Classifier(inference_spec(prepared), model, prepared.device, config=cfg.to_dict())
-    classifier, not_calibrated = calibrate(plain, data, run, best, log)
+MULTI_LABEL_CALIBRATION = (
+    "not applied: several labels per image are decided by per-class thresholds chosen on the validation split "
+    "(each label's best F1), which is what a probability is compared with; the probabilities are the sigmoid's"
+)
+
+
+def choose_thresholds(
+    classifier: Classifier, data: DataBundle, run: RunDir, best: Checkpoint, log: Log
+) -> tuple[Classifier, list[str]]:
+    """Multi-label: each class's threshold, the one with the best F1 on the validation split, stored in best.pt
+    (predict, serve, explain and export apply them); the classifier with them and how each was chosen."""
+    probs = classifier.predict_proba(data.val.images, eval_batch(data.val.images))
+    thresholds, how = best_thresholds(probs, data.val.labels)
+    spec = dataclasses.replace(classifier.spec, thresholds=thresholds)
+    run.save_checkpoint(BEST, dataclasses.replace(best, spec=spec))
+    log(
+        "per-class thresholds (best validation F1): "
+        + ", ".join(f"{name} {t:g}" for name, t in zip(data.classes[:20], thresholds))
+        + (" ..." if len(thresholds) > 20 else "")
+    )
+    return Classifier(spec, classifier.model, classifier.device, config=classifier.config), how
+
+
+def _single_label_test(
+    classifier: Classifier, data: DataBundle, run: RunDir, best: Checkpoint, log: Log
+) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
+    """Calibrated test metrics and probabilities, the calibration record, its reliability figure."""
+    classifier, not_calibrated = calibrate(classifier, data, run, best, log)
     test, probs = split_metrics(classifier, data.test, data.classes)
     temperature = classifier.spec.temperature
     uncalibrated = apply_temperature(probs, 1 / temperature)  # softmax(T log p): the probabilities before scaling
@@ -491,14 +540,38 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
         (ece_before, test["calibration_error"]),
         run / RELIABILITY,
     )
+    calibration = {  # temperature scaling, fitted on the validation split; ECE on the test split
+        "temperature": temperature,
+        "test_ece_before": ece_before,
+        "test_ece_after": test["calibration_error"],
+        "note": not_calibrated,  # why the temperature stayed 1, where it did
+    }
+    return test, probs, calibration
+
+
+def _multi_label_test(
+    classifier: Classifier, data: DataBundle, run: RunDir, best: Checkpoint, log: Log
+) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
+    """Per-class thresholds from validation, then the test metrics they give."""
+    classifier, how = choose_thresholds(classifier, data, run, best, log)
+    test, probs = split_metrics(classifier, data.test, data.classes)
+    for name, chosen in zip(data.classes, how):
+        test["per_class"][name]["threshold_chosen"] = chosen
+    return test, probs, {"temperature": 1.0, "note": MULTI_LABEL_CALIBRATION}
+
+
+def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitResult, log: Log) -> TrainResult:
+    """The best checkpoint's test metrics (as ``evaluate`` computes them), figures and saved predictions."""
+    cfg, data = prepared.cfg, prepared.data
+    best = read_checkpoint(run / BEST)
+    model.load_state_dict(best.state_dict)
+    plain = Classifier(inference_spec(prepared), model, prepared.device, config=cfg.to_dict())
+    multi = data.task.name == "multi_label"
+    test, probs, calibration = (_multi_label_test if multi else _single_label_test)(plain, data, run, best, log)
     metrics = {
         "test": test,
-        "calibration": {  # temperature scaling, fitted on the validation split; ECE on the test split
-            "temperature": temperature,
-            "test_ece_before": ece_before,
-            "test_ece_after": test["calibration_error"],
-            "note": not_calibrated,  # why the temperature stayed 1, where it did
-        },
+        "calibration": calibration,
+        "task": data.task.name,
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "epochs_run": len(result.history),
@@ -524,16 +597,26 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
     }
     run.write_metrics(metrics)
     plot_curves(result.history, run / CURVES)
-    plot_confusion_matrix(test["confusion_matrix"], data.classes, run / CONFUSION_MATRIX)
     plot_per_class(test, run / PER_CLASS)
-    _plot_test_predictions(data, probs, run / PREDICTIONS_PLOT, cfg.seed)
-    run.save_predictions(
-        SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
+    thresholds = [test["per_class"][c]["threshold"] for c in data.classes] if multi else None
+    predictions = SplitPredictions.from_probs(
+        probs, data.test.labels, data.test.images, cfg.seed, data.test.sources, thresholds
     )
+    if multi:
+        _plot_multilabel_predictions(data, predictions, run / PREDICTIONS_PLOT)
+    else:
+        plot_confusion_matrix(test["confusion_matrix"], data.classes, run / CONFUSION_MATRIX)
+        _plot_test_predictions(data, probs, run / PREDICTIONS_PLOT, cfg.seed)
+    run.save_predictions(predictions)
     log(per_class_table(test).to_text())
+    how_good = (
+        f"test subset accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, mAP {test['mAP']:.4f}"
+        if multi
+        else f"test accuracy {test['accuracy']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}, macro F1 "
+        f"{test['macro_f1']:.4f}"
+    )
     log(
-        f"test accuracy {test['accuracy']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}, macro F1 "
-        f"{test['macro_f1']:.4f} (best epoch {result.best_epoch}, {result.train_seconds:.1f}s, "
+        f"{how_good} (best epoch {result.best_epoch}, {result.train_seconds:.1f}s, "
         f"{result.images_per_second:.0f} images/s); run saved in {run.path}"
     )
     return TrainResult(run.path, metrics, result.history, cfg)

@@ -1,0 +1,91 @@
+"""Stronger augmentation, measured: mixup, CutMix, RandAugment and TrivialAugment against today's recipe, at the
+same training time, in one run.
+
+    python -m bench.augment                       # CIFAR-10 JPEG folder (colour) and Fashion-MNIST (grey)
+    python -m bench.augment --tasks fashion --budget-fashion 60
+
+Each variant trains imgclf's scratch ``cnn`` (its folder / Fashion-MNIST recipe, `search=off`) with the same
+`budget` (seconds of training, the recipe's epochs fitted to it on this machine, so a slower step buys fewer
+epochs), seed 0; the test split is the dataset's own (10,000 images). Only the augmentation differs. Prints one
+table and ``RESULT`` lines for the log; the ratio columns compare each variant with today's recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.run import SHARED, cifar10_folder, machine
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "today": {},
+    "mixup 0.2": {"mixup": 0.2},
+    "cutmix 1.0": {"cutmix": 1.0},
+    "randaugment": {"augment": "randaugment"},
+    "trivialaugment": {"augment": "trivialaugment"},
+}
+
+
+def tasks(budget_cifar: float, budget_fashion: float) -> dict[str, dict[str, Any]]:
+    return {
+        "cifar10-jpeg": {"data": str(cifar10_folder()), "image_size": 32, "budget": budget_cifar},
+        "fashion": {"data": "fashion-mnist", "data_dir": str(SHARED), "budget": budget_fashion},
+    }
+
+
+def run_variant(task: dict[str, Any], settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    import imgclf
+
+    t0 = time.perf_counter()
+    result = imgclf.train(model="cnn", search="off", out=str(out), verbose=False, seed=0, **task, **settings)
+    m = result.metrics
+    return {
+        "accuracy": m["test"]["accuracy"],
+        "macro_f1": m["test"]["macro_f1"],
+        "epochs": result.config.schedule.epochs,
+        "train_seconds": m["train_seconds"],
+        "images_per_second": m["images_per_second"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["cifar10-jpeg", "fashion"], choices=["cifar10-jpeg", "fashion"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--budget-cifar", type=float, default=300.0, help="training seconds per CIFAR-10 run")
+    parser.add_argument("--budget-fashion", type=float, default=120.0, help="training seconds per Fashion-MNIST run")
+    args = parser.parse_args(argv)
+    print(f"# {datetime.date.today()}, {machine()}; cnn, search off, seed 0, budget per run as given")
+    chosen = tasks(args.budget_cifar, args.budget_fashion)
+    rows = []
+    for name in args.tasks:
+        with tempfile.TemporaryDirectory() as out:
+            for variant in args.variants:
+                r = run_variant(chosen[name], VARIANTS[variant], Path(out) / variant.replace(" ", "-"))
+                rows.append({"task": name, "variant": variant, **r})
+                print(
+                    f"RESULT task={name} variant={variant.replace(' ', '-')} acc={r['accuracy']:.4f} "
+                    f"f1={r['macro_f1']:.4f} epochs={r['epochs']:g} train_s={r['train_seconds']:.1f} "
+                    f"img_s={r['images_per_second']:.0f} total_s={r['seconds']:.1f}",
+                    flush=True,
+                )
+    base = {r["task"]: r for r in rows if r["variant"] == "today"}
+    print("\n| task | augmentation | test accuracy | vs today | epochs | training s | images/s | vs today |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b = base.get(r["task"], r)
+        print(
+            f"| {r['task']} | {r['variant']} | {r['accuracy']:.4f} | {r['accuracy'] - b['accuracy']:+.4f} | "
+            f"{r['epochs']:g} | {r['train_seconds']:.0f} | {r['images_per_second']:.0f} | "
+            f"{r['images_per_second'] / b['images_per_second']:.2f}x |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

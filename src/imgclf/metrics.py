@@ -1,0 +1,159 @@
+"""Metrics of predictions against labels (torchmetrics): the single-label and the multi-label families,
+the expected calibration error and coverage. The tasks (:mod:`imgclf.tasks`) choose which apply; training's
+test metrics, ``evaluate`` and the benchmarks compute them here.
+
+torchmetrics loads in about 1.7 s: it is imported when the first metrics are computed, not by every process
+that imports the trainer (a run killed, stopped or failing before its test metrics never pays it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+CALIBRATION_BINS = 15  # the usual count for the expected calibration error (Guo et al., 2017)
+COVERAGE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # the confidences `evaluate` reports coverage at
+THRESHOLD_GRID = torch.linspace(0.05, 0.95, 19)  # per-class thresholds tried on the validation split
+
+
+def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """One label per image: accuracy, macro F1, balanced accuracy, per-class precision/recall/F1, the
+    confusion matrix, the log loss, the calibration error and coverage."""
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    n = len(classes)
+    preds = probs.argmax(1)
+    precision = multiclass_precision(preds, labels, n, average=None)
+    recall = multiclass_recall(preds, labels, n, average=None)
+    f1 = multiclass_f1_score(preds, labels, n, average=None)
+    support = torch.bincount(labels, minlength=n)
+    loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
+    return {
+        "accuracy": multiclass_accuracy(preds, labels, n, average="micro").item(),
+        "macro_f1": multiclass_f1_score(preds, labels, n, average="macro").item(),
+        "balanced_accuracy": recall[support > 0].mean().item(),  # the mean of the present classes' recalls
+        "loss": loss,
+        "samples": len(labels),
+        "per_class": {
+            name: {
+                "precision": precision[i].item(),
+                "recall": recall[i].item(),
+                "f1": f1[i].item(),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": multiclass_confusion_matrix(preds, labels, n).tolist(),
+        "calibration_error": calibration_error(probs, labels),
+        "coverage": coverage(probs, labels),
+    }
+
+
+def calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Expected calibration error (torchmetrics; 15 equal-width confidence bins, L1)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    if not len(labels):
+        return 0.0
+    return multiclass_calibration_error(probs.float(), labels, probs.shape[1], n_bins=CALIBRATION_BINS).item()
+
+
+def coverage(
+    probs: torch.Tensor, labels: torch.Tensor, thresholds: tuple[float, ...] = COVERAGE_THRESHOLDS
+) -> list[dict[str, float | None]]:
+    """At each confidence threshold: the share of images answered (the rest would be "unknown") and the
+    accuracy on those answered (None where none is): what a user reads to choose ``min_confidence``."""
+    confidence, predicted = probs.max(1)
+    rows = []
+    for threshold in thresholds:
+        answered = confidence >= threshold
+        n = int(answered.sum())
+        accuracy = (predicted[answered] == labels[answered]).float().mean().item() if n else None
+        rows.append({"min_confidence": threshold, "coverage": n / max(1, len(labels)), "accuracy": accuracy})
+    return rows
+
+
+def multilabel_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: torch.Tensor | list[float]
+) -> dict[str, Any]:
+    """Several labels per image (``targets`` N x classes of 0/1), each decided by its own threshold: macro
+    and micro F1, mAP (the mean over classes of the average precision, threshold-free), subset accuracy (every
+    label of an image right; also ``accuracy``), Hamming loss (the share of wrong image-label decisions), per
+    class precision, recall, F1, average precision, support and threshold; the mean binary cross-entropy."""
+    from torchmetrics.functional.classification import (
+        multilabel_average_precision,
+        multilabel_exact_match,
+        multilabel_f1_score,
+        multilabel_hamming_distance,
+        multilabel_precision,
+        multilabel_recall,
+    )
+
+    n = len(classes)
+    cut = torch.as_tensor(thresholds, dtype=torch.float32).view(1, -1)
+    preds = (probs.float() >= cut).long()  # decided here, per class: torchmetrics' own threshold is one number
+    target = targets.round().long()
+    support = target.sum(0)
+    average_precision = multilabel_average_precision(probs.float(), target, n, average=None)
+    present = support > 0  # a class with no positive test image has no average precision
+    subset = multilabel_exact_match(preds, target, n).item() if len(target) else 0.0
+    loss = nn.functional.binary_cross_entropy(probs.float().clamp(1e-7, 1 - 1e-7), target.float()).item()
+    per_class = {
+        "precision": multilabel_precision(preds, target, n, threshold=0.5, average=None),
+        "recall": multilabel_recall(preds, target, n, threshold=0.5, average=None),
+        "f1": multilabel_f1_score(preds, target, n, threshold=0.5, average=None),
+    }
+    return {
+        "task": "multi_label",
+        "accuracy": subset,  # what a single number of "accuracy" means here: every label of the image right
+        "subset_accuracy": subset,
+        "hamming_loss": multilabel_hamming_distance(preds, target, n, threshold=0.5, average="micro").item(),
+        "macro_f1": multilabel_f1_score(preds, target, n, threshold=0.5, average="macro").item(),
+        "micro_f1": multilabel_f1_score(preds, target, n, threshold=0.5, average="micro").item(),
+        "mAP": average_precision[present].mean().item() if present.any() else float("nan"),
+        "balanced_accuracy": per_class["recall"][present].mean().item() if present.any() else float("nan"),
+        "loss": loss,
+        "samples": len(target),
+        "labels_per_image": target.sum(1).float().mean().item() if len(target) else 0.0,
+        "per_class": {
+            name: {
+                "precision": per_class["precision"][i].item(),
+                "recall": per_class["recall"][i].item(),
+                "f1": per_class["f1"][i].item(),
+                "average_precision": average_precision[i].item() if present[i] else None,
+                "support": int(support[i]),
+                "threshold": float(cut[0, i]),
+            }
+            for i, name in enumerate(classes)
+        },
+    }
+
+
+def best_thresholds(probs: torch.Tensor, targets: torch.Tensor, default: float = 0.5) -> tuple[list[float], list[str]]:
+    """Per class, the threshold of :data:`THRESHOLD_GRID` with the best F1 on a held-out split (ties: the one
+    nearest 0.5), and per class how it was chosen; a class without positive or without negative held-out
+    images keeps ``default`` (its F1 does not depend on a threshold that no example tests)."""
+    target = targets.round().bool()
+    chosen, how = [], []
+    for c in range(probs.shape[1]):
+        positives = int(target[:, c].sum())
+        if positives == 0 or positives == len(target):
+            chosen.append(default)
+            how.append(f"{default:g}: no {'positive' if positives == 0 else 'negative'} validation image")
+            continue
+        predicted = probs[:, c].view(-1, 1) >= THRESHOLD_GRID.view(1, -1)  # N x grid
+        tp = (predicted & target[:, c].view(-1, 1)).sum(0).float()
+        f1 = 2 * tp / (predicted.sum(0) + positives).float()
+        nearest = -(THRESHOLD_GRID - 0.5).abs()
+        best = int(torch.argmax(f1 * 1e6 + nearest))  # F1 first; among equal F1, the threshold nearest 0.5
+        chosen.append(round(float(THRESHOLD_GRID[best]), 2))
+        how.append(f"best validation F1 {float(f1[best]):.3f} over {positives} positive image(s)")
+    return chosen, how
