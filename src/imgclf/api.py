@@ -150,7 +150,9 @@ def doctor(
     inventory = take_inventory(cfg, image_size_cap(resolve_device(device).type))
     log(f"examining {len(inventory):,} images of {inventory.name} ({len(inventory.skipped)} unusable files)")
     probs, features, model, trusted = None, None, None, True
-    if run is not None:
+    if labels and inventory.multi_label:  # before `run`: its sigmoids are not one class's probabilities
+        log(SINGLE_LABEL_ONLY)
+    elif run is not None:
         loaded = load(run, device=device)
         images = to_channels(fit_tensor(inventory.images, loaded.image_size, loaded.spec.resize), loaded.channels)
         probs = loaded.predict_proba(images)
@@ -158,8 +160,6 @@ def doctor(
         model, trusted = {"used": measured.model, "candidates": [measured.__dict__]}, measured.trusted
         log(f"label issues from the predictions of {loaded.path} (in-sample for its training images)")
         features = embeddings(inventory, resolve_device(device), cfg.cache_dir)[0]  # the suspects' neighbours
-    elif labels and inventory.multi_label:
-        log(SINGLE_LABEL_ONLY)
     elif labels:
         found = doctor_models(
             inventory, models=models, seed=cfg.seed, epochs=epochs, folds=folds, device=device,

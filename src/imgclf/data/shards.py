@@ -153,6 +153,10 @@ def pack(
     make_dir(partial, "out", exist_ok=False)
     counts, shards, labels, skipped, all_gray = {}, {}, {}, [], True
     stats = RunningStats()
+    if any(isinstance(y, list) for _, ys in parts.values() for y in ys[:1]):
+        raise DataError(
+            f"{cfg.data}: packing images with several labels each is not supported; train from the CSV itself"
+        )
     for split in SPLIT_NAMES:
         files, split_labels = parts[split]
         # shards are written in a seeded random order: a worker reading a few shards still sees every class

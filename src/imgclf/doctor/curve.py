@@ -22,6 +22,7 @@ import torch
 from ..config import TrainConfig
 from ..data import DataBundle, load_data
 from ..data.features import cached_features
+from ..errors import ConfigError
 from ..fsutil import atomic_write_json
 from ..models.lite0 import pretrained_lite0
 from ..models.registry import pretrained_stats
@@ -145,6 +146,11 @@ def learning_curve(
         size = default_size(data, settings.max_image_pixels)
         if size != data.image_size:
             data = load_data(settings.replace(image_size=size).data_config)
+    if data.task.name != "single_label":
+        raise ConfigError(
+            f"{data.name}: the learning curve is measured for one label per image (a probe's accuracy); this data "
+            "has several per image"
+        )
     settings = settings.replace(model=BACKBONE, image_size=data.image_size)
     facts = DataFacts(len(data.train), data.image_size, "", tuple(data.class_counts()))
     cfg = resolve(settings, "folder", device.type, facts)[0]

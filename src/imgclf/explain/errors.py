@@ -179,8 +179,13 @@ def write_errors(
     if _plot_mistakes(analysis, predictions, top, folder / "mistakes.png"):
         result.paths["mistakes"] = folder / "mistakes.png"
     atomic_write_json(result.paths["json"], analysis.to_dict(top))
-    every = " (every label right)" if analysis.multi_label else ""
-    log(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images{every} (accuracy {analysis.accuracy:.4f})")
+    if analysis.multi_label:
+        log(
+            f"{len(analysis.mistakes)} of {analysis.samples} test images with a label missed or spurious (subset "
+            f"accuracy {analysis.accuracy:.4f})"
+        )
+    else:
+        log(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images (accuracy {analysis.accuracy:.4f})")
     log("\nper-class accuracy, worst first:\n" + analysis.class_accuracy_table().to_text())
     if analysis.confused_pairs:
         which = "labels most often missed or spurious" if analysis.multi_label else "most confused pairs"

@@ -28,6 +28,7 @@ from ..plots.figures import plot_image_grid
 from ..plots.tables import Table
 from ..predict import Classifier
 from ..rundir import RunDir
+from ..tasks import label_names
 
 EMBED_SIZE = 224  # lite0's ImageNet size: the general-purpose embedding without a run
 SIMILAR_K = 8
@@ -152,7 +153,7 @@ def similar(
     decoded = classifier.read_images(list(images))[1]
     for i, source in enumerate(query.files):
         neighbours = [
-            Neighbour(files[j] if j < len(files) else f"#{j}", classes[int(labels[j])], 1 - float(d))
+            Neighbour(files[j] if j < len(files) else f"#{j}", label_names(labels[j : j + 1], classes)[0], 1 - float(d))
             for d, j in zip(distances[i], found[i])
         ]
         plot = folder / f"similar_{i + 1:03d}_{Path(source).stem[:40]}.png"

@@ -373,6 +373,11 @@ def _log_class_balance(data: DataBundle, cfg: RunConfig, log: Log) -> None:
         log(
             f"warning: class(es) {', '.join(n for n, c in zip(data.classes, counts) if c == 0)} have no training images"
         )
+    elif is_imbalanced(counts) and data.task.name == "multi_label":
+        log(
+            f"labels of unequal frequency (largest {max(counts)}, smallest {min(counts)} images): each class's "
+            "threshold is chosen on validation; `class_weights` weighs the loss by class (not measured here)"
+        )
     elif is_imbalanced(counts):
         treatment = [
             f"class_weights={cfg.optim.class_weights}" if cfg.optim.class_weights != "none" else "",
