@@ -145,7 +145,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **_settings_given(args),
     )
     if args.quiet and result.main_process:
-        print(f"test accuracy {result.accuracy:.4f}; run saved in {result.run_dir}")
+        test = result.metrics["test"]
+        scores = f"test subset accuracy {test['accuracy']:.4f}, mAP {test['mAP']:.4f}" if "mAP" in test else ""
+        print(f"{scores or f'test accuracy {result.accuracy:.4f}'}; run saved in {result.run_dir}")
     return 0
 
 
@@ -200,6 +202,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         api.evaluate(args.run, negatives=args.negatives, **settings)
         return 0
     metrics = api.evaluate(args.run, **settings)
+    if metrics.get("task") == "multi_label":
+        print(
+            f"test subset accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, micro F1 "
+            f"{metrics['micro_f1']:.4f}, mAP {metrics['mAP']:.4f}, Hamming loss {metrics['hamming_loss']:.4f} "
+            f"on {metrics['samples']} images"
+        )
+        return 0
     print(
         f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
         f"macro F1 {metrics['macro_f1']:.4f} on {metrics['samples']} images"

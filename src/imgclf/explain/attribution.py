@@ -158,8 +158,15 @@ class ExplainResult:
     def table(self) -> Table:
         k = len(self.explanations[0].top_k) if self.explanations else 0
         return Table(
-            ["image", f"top {k} (probability)"],
-            [[s, ", ".join(f"{label} {p:.3f}" for label, p in self.top_k(i))] for i, s in enumerate(self.sources)],
+            ["image", "explained", f"top {k} (probability)"],
+            [
+                [
+                    s,
+                    self.classes[self.explanations[i].target],
+                    ", ".join(f"{label} {p:.3f}" for label, p in self.top_k(i)),
+                ]
+                for i, s in enumerate(self.sources)
+            ],
         )
 
 
