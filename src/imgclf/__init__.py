@@ -46,7 +46,7 @@ from .config import RunConfig, TrainConfig  # noqa: E402
 from .errors import ImgclfError  # noqa: E402
 from .lazy import lazy_exports  # noqa: E402
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 _LAZY = {  # name -> module that defines it, imported on first use
     **dict.fromkeys(

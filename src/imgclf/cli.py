@@ -282,13 +282,18 @@ def prediction_output(out: str | None) -> Iterator[TextIO]:
 
 
 def _headers(k: int, decided: str) -> list[str]:
-    """``decided``: the name of a decision column before the top k: `prediction` (a class, or `unknown` below
-    --min-confidence), `labels` (a multi-label run's labels over their thresholds, `;`-separated), or none."""
-    return ["file"] + [decided] * bool(decided) + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
+    """``decided``: the decision's columns before the top k: `prediction` (a class, or `unknown` below
+    --min-confidence), `labels` and `probabilities` (a multi-label run's labels over their thresholds and
+    their probabilities, each `;`-separated, in the same order), or none."""
+    decision = {"": [], "prediction": ["prediction"], "labels": ["labels", "probabilities"]}[decided]
+    return ["file", *decision] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
 
 
 def _row(p: Prediction, decided: str) -> list[str]:
-    return [p.source] + [p.label] * bool(decided) + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
+    decision = [p.label] if decided else []
+    if decided == "labels":
+        decision.append(";".join(f"{prob:.4f}" for _, prob in p.labels or []))
+    return [p.source, *decision] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
 
 
 class CsvWriter:

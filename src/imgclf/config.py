@@ -217,6 +217,7 @@ class OptimConfig:
         2.0,
         help="focal loss's gamma: how much easy examples are down-weighted (Lin et al. 2017: 2)",
         check="non_negative",
+        metavar="GAMMA",
     )
     ema: bool = setting(help="lookahead weight averaging late in training", recipe=True, lr_find=False)
 

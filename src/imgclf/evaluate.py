@@ -365,6 +365,9 @@ def test_predictions(run: RunDir, classifier: Classifier, log: Log) -> SplitPred
             "restore the data, or train the run again"
         ) from None
     probs = classifier.predict_proba(data.test.images, eval_batch(data.test.images))
-    predictions = SplitPredictions.from_probs(probs, data.test.labels, data.test.images, cfg.seed, data.test.sources)
+    thresholds = classifier.thresholds if classifier.multi_label else None
+    predictions = SplitPredictions.from_probs(
+        probs, data.test.labels, data.test.images, cfg.seed, data.test.sources, thresholds
+    )
     run.save_predictions(predictions)
     return predictions

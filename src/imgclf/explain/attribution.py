@@ -211,7 +211,8 @@ def explain_batch(
         rows, targets = torch.arange(len(chunk)), None
         if classifier.multi_label and target_index is None and per_label:
             over = probs >= torch.tensor(classifier.thresholds).view(1, -1)
-            over[over.sum(1) == 0, probs[over.sum(1) == 0].argmax(1)] = True  # none predicted: the most probable
+            none = torch.nonzero(over.sum(1) == 0).flatten()
+            over[none, probs[none].argmax(1)] = True  # no label predicted: the most probable is explained
             rows, targets = torch.nonzero(over, as_tuple=True)
         chunk_explanations = explain_images(
             model,
