@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.run import SHARED, cifar10_folder, machine
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -56,12 +58,50 @@ def run_variant(task: dict[str, Any], settings: dict[str, Any], out: Path) -> di
     }
 
 
+def step_costs(task: dict[str, Any], variants: list[str], rounds: int = 5) -> dict[str, float]:
+    """Each variant's training seconds per image (its whole step: batch, augmentation, mixing, forward, backward),
+    timed by the trainer's own probe in interleaved rounds (A B C ... A B C ...), the median per variant: a
+    machine busy with other work slows every variant alike, which separate full runs cannot promise."""
+    import statistics
+
+    import imgclf
+    from imgclf.data import load_data
+    from imgclf.recipes import DataFacts, resolve
+    from imgclf.train.pipeline import Prepared, build_model, trainer_for
+    from imgclf.train.speed import seconds_per_image
+
+    given = imgclf.TrainConfig(model="cnn", search="off", **task)
+    data = load_data(given.data_config)
+    device = torch.device("cpu")
+    facts = DataFacts(len(data.train), data.image_size, "", tuple(data.class_counts()))
+    recipe = data.name if data.kind == "builtin" else "folder"
+    timings: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            cfg = resolve(given.replace(**VARIANTS[variant]), recipe, "cpu", facts)[0]
+            prepared = Prepared(cfg, data, device)
+            trainer = trainer_for(prepared, build_model(cfg.model, data, device), val_batches=None)
+            timings[variant].append(seconds_per_image(trainer, min_seconds=2.0))
+    return {v: statistics.median(t) for v, t in timings.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["cifar10-jpeg", "fashion"], choices=["cifar10-jpeg", "fashion"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, help="instead of each recipe's epochs (a quicker check)")
+    parser.add_argument("--step-costs-only", action="store_true", help="only the interleaved timing of each step")
     args = parser.parse_args(argv)
+    if args.step_costs_only:
+        for name in args.tasks:
+            costs = step_costs(tasks()[name], args.variants)
+            for variant, cost in costs.items():
+                print(
+                    f"RESULT task={name} variant={variant.replace(' ', '-')} step_us_per_image={cost * 1e6:.1f} "
+                    f"vs_today={cost / costs.get('today', cost):.2f}x",
+                    flush=True,
+                )
+        return 0
     print(f"# {datetime.date.today()}, {machine()}; cnn, search off, seed 0, each recipe's epochs")
     chosen = tasks()
     if args.epochs:

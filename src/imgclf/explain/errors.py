@@ -157,16 +157,16 @@ def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: 
     if not shown:
         return False
     images = predictions.example_images[[position[m.index] for m in shown]]
+    multi = predictions.multi_label
     titles = [
-        f"{test_image_name(predictions, m.index)} missed {';'.join(m.missed or []) or '-'}\n"
-        f"spurious {';'.join(m.spurious or []) or '-'}"
-        if m.missed is not None
+        f"{test_image_name(predictions, m.index)}\nmissed {';'.join(m.missed or [])[:22] or '-'}\n"
+        f"spurious {';'.join(m.spurious or [])[:20] or '-'}"
+        if multi
         else f"{test_image_name(predictions, m.index)} true {m.true}\npred {m.predicted} {m.confidence:.2f}"
         for m in shown
     ]
-    plot_image_grid(
-        images, titles, path, ["red"] * len(shown), f"the {len(shown)} most confident mistakes on the test set"
-    )
+    what = "worst mistakes (labels missed, labels spurious)" if multi else "most confident mistakes"
+    plot_image_grid(images, titles, path, ["red"] * len(shown), f"the {len(shown)} {what} on the test set")
     return True
 
 
