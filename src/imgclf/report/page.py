@@ -79,7 +79,7 @@ def _section_metrics(page: HtmlReport, metrics: dict[str, Any], run: RunDir) -> 
     page.figure(run / rundir.PER_CLASS, "precision, recall and F1 per class")
     page.figure(run / rundir.PREDICTIONS_PLOT, "a sample of test predictions (mistakes in red)")
     _section_confidence(page, metrics)
-    if "calibration" in metrics:
+    if "calibration" in metrics and test.get("task") != "multi_label":  # multi-label: not calibrated, said above
         page.figure(run / rundir.RELIABILITY, "reliability: accuracy per confidence bin, before and after calibration")
 
 
