@@ -185,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
                     settings = TREATMENTS[name]
                     # "none" is today's plain run: the rule's treatment switched off explicitly
                     given = settings or {"class_weights": "none", "monitor": "val_loss"}
-                    r = cnn_row(folder, given, Path(out) / name.split()[0])
+                    r = cnn_row(folder, given, Path(out) / name.replace(" ", "-").replace("+", "and"))
                     rows.append({"task": task, "learner": "cnn", "treatment": name, **r})
+                    print(
+                        f"# {task} cnn {name}: balanced accuracy {r['balanced']:.4f} in {r['seconds']:.0f} s",
+                        flush=True,
+                    )
     print("\n| task | learner | treatment | accuracy | balanced accuracy | macro F1 | seconds |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for r in rows:
         print(
-            f"RESULT task={r['task']} learner={r['learner'].replace(' ', '-')} treatment={r['treatment'].split()[0]} "
+            f"RESULT task={r['task']} learner={r['learner'].replace(' ', '-')} "
+            f"treatment={r['treatment'].replace(' ', '').replace('(today)', '')} "
             f"acc={r['accuracy']:.4f} balanced={r['balanced']:.4f} f1={r['macro_f1']:.4f} seconds={r['seconds']:.1f}"
         )
     return 0
