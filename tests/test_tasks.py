@@ -17,7 +17,7 @@ from imgclf.data import load_data
 from imgclf.data.splits import iterative_split
 from imgclf.errors import DataError
 from imgclf.metrics import best_thresholds, multilabel_metrics
-from imgclf.rundir import RunDir, SplitPredictions, read_checkpoint
+from imgclf.rundir import EXPORT_FILES, RunDir, SplitPredictions, read_checkpoint
 from imgclf.tasks import MULTI_LABEL, SINGLE_LABEL, FocalLoss, get_task, task_names
 
 # ---------------------------------------------------------------- every task, end to end
@@ -81,19 +81,23 @@ def test_predict_writes_each_tasks_decision_column(task_run, tmp_path):
     assert len(rows) == 3 and all(("labels" in r) == multi for r in rows)
 
 
-def test_export_keeps_each_tasks_outputs_and_says_how_to_decide(task_run, tmp_path):
+@pytest.mark.parametrize("fmt", list(EXPORT_FILES))
+def test_export_keeps_each_tasks_outputs_and_says_how_to_decide(task_run, fmt, tmp_path):
     classifier = imgclf.load(task_run, device="cpu")
-    exported_to = imgclf.export(task_run, format="onnx", out=str(tmp_path / "model.onnx"), log=lambda _: None)
+    exported_to = imgclf.export(task_run, format=fmt, out=str(tmp_path / EXPORT_FILES[fmt]), log=lambda _: None)
     path = exported_to.path
     meta = json.loads(exported_to.metadata.read_text())
     assert meta["task"] == classifier.spec.task
     assert meta["output"]["activation"] == ("sigmoid" if classifier.multi_label else "softmax")
     assert meta["thresholds"] == (classifier.thresholds if classifier.multi_label else None)
-    import onnxruntime
-
     images = RunDir(task_run).read_predictions().example_images[:8]
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    exported = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    if fmt == "onnx":  # read back by ONNX Runtime, as a program without imgclf would
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        exported = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    else:
+        exported = torch.jit.load(str(path))(images)
     assert torch.allclose(exported, classifier.predict_proba(images), atol=1e-4)
 
 
