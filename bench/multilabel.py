@@ -1,10 +1,10 @@
 """Several labels per image, measured on real images: Fashion-MNIST garments placed on a 2 x 2 canvas.
 
-    python -m bench.multilabel                    # 6,000 training canvases, 2,000 test canvases, both losses
+    python -m bench.multilabel                    # 6,000 training canvases, 2,000 held out, both losses
     python -m bench.multilabel --train 3000 --epochs 4
 
-Each 56 x 56 canvas holds 1 to 3 Fashion-MNIST items (each of the four cells filled with probability 0.45, at
-least one), so an image carries 1 to 3 of the 10 classes; the labels are the set of classes present. Training
+Each 56 x 56 canvas holds 1 to 4 Fashion-MNIST items (each of the four cells filled with probability 0.45, at
+least one), so an image carries 1 to 4 of the 10 classes (1.76 on average); the labels are the classes present. Training
 canvases use Fashion-MNIST's training items and are listed in a CSV with a ``labels`` column (``;``-separated);
 the held-out test canvases use its test items and are listed in a second CSV in the other layout (one 0/1 column
 per class), so both readers are exercised. imgclf trains its ``cnn`` recipe (the folder default for several labels:
