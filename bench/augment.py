@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from bench.run import DATA, SHARED, cifar10_folder, machine
+from bench.run import SHARED, machine
+from bench.transfer import task_folder
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "today": {},
@@ -36,28 +37,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-PER_CLASS = 1000  # CIFAR-10 training JPEGs per class: a tenth of the 8-epoch folder run's time on this CPU
-
-
-def cifar10_subset() -> Path:
-    """The first PER_CLASS training JPEGs of each CIFAR-10 class (links to the files) and the whole test split."""
-    target = DATA / f"cifar10-{PER_CLASS}-per-class"
-    if (target / "test").exists():
-        return target
-    source = cifar10_folder()
-    staging = Path(tempfile.mkdtemp(dir=DATA))
-    for folder in sorted((source / "train").iterdir()):
-        (staging / "train" / folder.name).mkdir(parents=True)
-        for file in sorted(folder.iterdir())[:PER_CLASS]:
-            (staging / "train" / folder.name / file.name).symlink_to(file.resolve())
-    (staging / "test").symlink_to((source / "test").resolve())
-    staging.rename(target)
-    return target
+PER_CLASS = 1000  # CIFAR-10 training JPEGs per class (and its whole test split): a fifth of the folder's run
 
 
 def tasks() -> dict[str, dict[str, Any]]:
     return {
-        "cifar10-jpeg": {"data": str(cifar10_subset()), "image_size": 32, "epochs": 8},
+        "cifar10-jpeg": {"data": str(task_folder(PER_CLASS, 1000)), "image_size": 32, "epochs": 8},
         "fashion": {"data": "fashion-mnist", "data_dir": str(SHARED)},
     }
 

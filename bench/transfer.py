@@ -32,14 +32,15 @@ TEST_PER_CLASS = 200
 SIZE = 96  # pixels the ImageNet network sees (CIFAR's 32 px upsampled): the tutorial's transfer setting, smaller
 
 
-def task_folder() -> Path:
-    """train/ and test/ with one folder per class: the first images of each CIFAR-10 class."""
-    target = DATA / f"cifar10-{TRAIN_PER_CLASS}-per-class"
+def task_folder(train_per_class: int = TRAIN_PER_CLASS, test_per_class: int = TEST_PER_CLASS) -> Path:
+    """train/ and test/ with one folder per class: the first images of each CIFAR-10 class (1,000 test images a
+    class is CIFAR-10's whole test split)."""
+    target = DATA / f"cifar10-{train_per_class}-per-class"
     if (target / "test").is_dir():
         return target
     source = cifar10_folder()
     staging = Path(tempfile.mkdtemp(dir=DATA))
-    for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
         for class_dir in sorted((source / split).iterdir()):
             (staging / split / class_dir.name).mkdir(parents=True)
             for image in sorted(class_dir.iterdir())[:count]:
