@@ -386,11 +386,11 @@ class Classifier:
         k: int,
         min_confidence: float = 0.0,
         scores: torch.Tensor | None = None,
-        thresholds: list[float] | None = None,
+        threshold: float | None = None,
     ) -> list[Prediction]:
         """The ``k`` most likely classes of each image; the label is ``unknown`` where its score (``scores``,
         default the calibrated top probability) is below ``min_confidence``. A multi-label run answers with
-        every class at or over its threshold (:meth:`over_thresholds`; ``thresholds``: other ones)."""
+        every class at or over its threshold (:meth:`over_thresholds`; ``threshold``: one for all instead)."""
         values, indices = probs.topk(max(1, min(k, len(self.classes))), dim=1)
         if self.multi_label:
             return [
@@ -402,7 +402,7 @@ class Classifier:
                     labels,
                 )
                 for src, val, idx, labels in zip(
-                    sources, values.tolist(), indices.tolist(), self.over_thresholds(probs, thresholds)
+                    sources, values.tolist(), indices.tolist(), self.over_thresholds(probs, threshold)
                 )
             ]
         decided = (values[:, 0] if scores is None else scores) >= min_confidence
@@ -416,12 +416,10 @@ class Classifier:
             for src, val, idx, keep in zip(sources, values.tolist(), indices.tolist(), decided.tolist())
         ]
 
-    def over_thresholds(
-        self, probs: torch.Tensor, thresholds: list[float] | None = None
-    ) -> list[list[tuple[str, float]]]:
-        """Multi-label: per image, each class at or over its threshold (the run's, or ``thresholds``) with its
+    def over_thresholds(self, probs: torch.Tensor, threshold: float | None = None) -> list[list[tuple[str, float]]]:
+        """Multi-label: per image, each class at or over its threshold (the run's, or ``threshold`` for every class) with its
         probability, most probable first."""
-        cut = self.thresholds if thresholds is None else thresholds
+        cut = self.thresholds if threshold is None else self.spec.decision_thresholds(threshold)
         chosen = probs >= torch.tensor(cut, dtype=probs.dtype).view(1, -1)
         out = []
         for row, keep in zip(probs.tolist(), chosen.tolist()):

@@ -316,8 +316,20 @@ class SplitPredictions:
     def predicted(self) -> torch.Tensor:
         """The predicted class (single-label) or the 0/1 rows of predicted labels (multi-label)."""
         if self.probs is not None:
-            return (self.probs >= torch_tensor(self.thresholds or [0.5] * self.probs.shape[1])).float()
+            return (self.probs >= self._cut).float()
         return self.top_index[:, 0]
+
+    @property
+    def _cut(self) -> torch.Tensor:
+        """Multi-label: the per-class thresholds as a 1 x classes row (0.5 where none were kept)."""
+        assert self.probs is not None
+        return torch_tensor(self.thresholds or [0.5] * self.probs.shape[1]).view(1, -1)
+
+    @property
+    def miss_gap(self) -> torch.Tensor:
+        """Multi-label: per image, the farthest a probability fell on the wrong side of its threshold (0: right)."""
+        assert self.probs is not None
+        return ((self.probs - self._cut).abs() * (self.predicted != self.labels.round())).amax(1)
 
     @property
     def wrong(self) -> torch.Tensor:
@@ -352,11 +364,7 @@ class SplitPredictions:
         wrong = torch.nonzero(mistaken).flatten()
         # the most confident mistakes first (multi-label: the largest gap between a label's probability and its
         # threshold on the wrong side)
-        if multi:
-            gap = (probs.float() - torch_tensor(base.thresholds or [0.5] * probs.shape[1])).abs()
-            severity = (gap * (base.predicted != labels.round())).amax(1)
-        else:
-            severity = top_prob[:, 0]
+        severity = base.miss_gap if multi else top_prob[:, 0]
         wrong = wrong[severity[wrong].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
         right = torch.nonzero(~mistaken).flatten()
         generator = torch.Generator().manual_seed(seed)

@@ -108,8 +108,7 @@ def analyse_multilabel_errors(predictions: SplitPredictions, classes: list[str])
     where its decision is right."""
     assert predictions.probs is not None
     truth, predicted = predictions.labels.round().bool(), predictions.predicted.bool()
-    cut = torch.tensor(predictions.thresholds or [0.5] * len(classes))
-    gap = ((predictions.probs - cut).abs() * (truth != predicted)).amax(1)
+    gap = predictions.miss_gap
     wrong = torch.nonzero((truth != predicted).any(1)).flatten()
     wrong = wrong[gap[wrong].argsort(descending=True, stable=True)]
     sources = predictions.sources

@@ -137,8 +137,7 @@ def _predictions(
     threshold: float | None = None,
 ) -> list[ImagePrediction]:
     if classifier.multi_label:  # every label over its threshold; `unknown` is not a multi-label answer
-        thresholds = classifier.spec.decision_thresholds(threshold) if threshold is not None else None
-        predictions = classifier.top_k(names, probs, k, thresholds=thresholds)
+        predictions = classifier.top_k(names, probs, k, threshold=threshold)
     else:
         scores = classifier.unknown_scores(images, probs) if min_confidence > 0 and classifier.novelty else None
         predictions = classifier.top_k(names, probs, k, min_confidence, scores)
@@ -336,6 +335,5 @@ def _explain(
     top = [(classifier.classes[c], p) for c, p in explanation.top_k]
     labels = None
     if classifier.multi_label:
-        cut = classifier.spec.decision_thresholds(threshold) if threshold is not None else None
-        (labels,) = classifier.over_thresholds(classifier.predict_proba(image[None]), cut)
+        (labels,) = classifier.over_thresholds(classifier.predict_proba(image[None]), threshold)
     return top, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), labels
