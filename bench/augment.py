@@ -71,19 +71,16 @@ def step_costs(task: dict[str, Any], variants: list[str], rounds: int = 5) -> di
 
     import imgclf
     from imgclf.data import load_data
-    from imgclf.recipes import DataFacts, resolve
-    from imgclf.train.pipeline import Prepared, build_model, trainer_for
+    from imgclf.train.build import Prepared, build_model, run_config, trainer_for
     from imgclf.train.speed import seconds_per_image
 
     given = imgclf.TrainConfig(model="cnn", search="off", **task)
     data = load_data(given.data_config)
     device = torch.device("cpu")
-    facts = DataFacts(len(data.train), data.image_size, "", tuple(data.class_counts()))
-    recipe = data.name if data.kind == "builtin" else "folder"
     timings: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(rounds):
         for variant in variants:
-            cfg = resolve(given.replace(**VARIANTS[variant]), recipe, "cpu", facts)[0]
+            cfg = run_config(given.replace(**VARIANTS[variant]), data, "cpu")[0]
             prepared = Prepared(cfg, data, device)
             trainer = trainer_for(prepared, build_model(cfg.model, data, device), val_batches=None)
             timings[variant].append(seconds_per_image(trainer, min_seconds=2.0))

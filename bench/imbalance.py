@@ -118,24 +118,21 @@ def probe_rows(folder: Path, treatments: list[str]) -> dict[str, dict[str, Any]]
     """Each treatment's probe over lite0's features at PROBE_SIZE, trained on imgclf's train split."""
     from imgclf.config import TrainConfig
     from imgclf.data import load_data
-    from imgclf.data.features import cached_features
+    from imgclf.features.backbone import Backbone
+    from imgclf.features.probe import fit_probe
     from imgclf.metrics import compute_metrics
-    from imgclf.models.lite0 import pretrained_lite0
-    from imgclf.models.registry import pretrained_stats
-    from imgclf.recipes import DataFacts, resolve
+    from imgclf.recipes import probe_recipe
     from imgclf.train.balance import balance_for
-    from imgclf.train.probe import fit_probe, probe_config
+    from imgclf.train.build import run_config
 
     device = torch.device("cpu")
     base = TrainConfig(data=str(folder), model="lite0", image_size=PROBE_SIZE)
     data = load_data(base.data_config)
-    stats = pretrained_stats("lite0", data.channels)
-    assert stats is not None
-    backbone = pretrained_lite0(data.channels, data.num_classes)
+    backbone = Backbone(device)
     cache = base.data_config.cache_dir
     t0 = time.perf_counter()
     train, val, test = (
-        cached_features(backbone, s.images, *stats, device, cache, f"bench-{data.name}-{PROBE_SIZE}").values
+        backbone.features(s.images, cache, f"bench-{data.name}-{PROBE_SIZE}").values
         for s in (data.train, data.val, data.test)
     )
     feature_seconds = time.perf_counter() - t0
@@ -146,15 +143,14 @@ def probe_rows(folder: Path, treatments: list[str]) -> dict[str, dict[str, Any]]
             continue
         t0 = time.perf_counter()
         given = TrainConfig(**{**base.to_dict(), **settings})
-        facts = DataFacts(len(data.train), PROBE_SIZE, "", tuple(data.class_counts()))
-        cfg = resolve(given, "folder", "cpu", facts)[0]
+        cfg = run_config(given, data, "cpu")[0]
         if not settings:  # "none": no treatment, even where the rule would add one
             cfg = cfg.replace(logit_adjustment=0.0, class_weights="none", sampler="shuffle")
         probe = fit_probe(
             (train, data.train.labels),
             (val, data.val.labels),
             data.num_classes,
-            probe_config(cfg, len(data.train)),
+            probe_recipe(cfg, len(data.train)),
             balance_for(data.class_counts(), data.train.labels, cfg),
         )
         probs = probe.logits(test).softmax(1)

@@ -132,11 +132,11 @@ def _imgclf(seed: int = 0, **settings: Any) -> dict[str, Any]:
         m = result.metrics
         cfg = result.config
     return {
-        "accuracy": m["test"]["accuracy"],
-        "train_seconds": m["train_seconds"],
-        "compile_seconds": m["compile_seconds"],
-        "images_per_second": m["images_per_second"],
-        "setup": f"{cfg.model} {cfg.model_args or ''} {cfg.epochs:g} ep, batch {cfg.batch_size}",
+        "accuracy": m.accuracy,
+        "train_seconds": m.train_seconds,
+        "compile_seconds": m.compile_seconds,
+        "images_per_second": m.images_per_second,
+        "setup": f"{cfg.model.model} {cfg.model.model_args or ''} {cfg.schedule.epochs:g} ep, batch {cfg.optim.batch_size}",
     }
 
 

@@ -76,7 +76,7 @@ def macs_per_image(classifier) -> int:
 
 def throughput(task: str, peak: float) -> list[dict[str, Any]]:
     from imgclf.export import export_classifier
-    from imgclf.predict import OnnxBackend
+    from imgclf.export import OnnxBackend
 
     (train, _), (images, _) = _splits(str(cifar10_folder()) if task == "cifar10" else task, image_size=None)
     classifier = recipe_classifier(task, train)
@@ -111,7 +111,8 @@ def with_tta(plain, images: torch.Tensor, hflip: bool) -> list[dict[str, Any]]:
     import dataclasses
 
     from imgclf.export import export_classifier
-    from imgclf.predict import Classifier, OnnxBackend
+    from imgclf.export import OnnxBackend
+    from imgclf.predict import Classifier
 
     spec = dataclasses.replace(plain.spec, tta=True, hflip=hflip)
     classifier = Classifier(spec, plain.model, torch.device("cpu"))

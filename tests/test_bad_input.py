@@ -17,6 +17,7 @@ import torch
 
 from bad_images import BLUE, HIDDEN, RED, UNUSABLE, USABLE, write_corpus
 from conftest import write_class_folder
+from imgclf.config import DecodeSpec
 from imgclf.data import decode_images
 
 IMGCLF = [str(Path(sys.executable).parent / "imgclf")]
@@ -48,7 +49,7 @@ def corpus_run(tmp_path_factory) -> tuple[Path, Path]:
 def test_the_decoder_uses_or_skips_every_kind(tmp_path):
     folder = write_corpus(tmp_path / "corpus")
     paths = sorted(p for p in folder.iterdir() if p.name != HIDDEN)
-    images, kept, skipped, channels = decode_images(paths, 16)
+    images, kept, skipped, channels = decode_images(paths, DecodeSpec(16))
     reasons = {Path(p).name: reason for p, reason in skipped}
     assert set(reasons) == set(UNUSABLE) and channels == 3
     assert reasons["bomb.png"].startswith("claims 60000x60000 = 3,600,000,000 pixels, over the limit of 89,478,485")
@@ -159,6 +160,6 @@ def test_a_truncated_jpeg_that_libjpeg_turbo_decodes_is_named_without_its_build_
 
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    reason = decode_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2], 32)
+    reason = decode_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2], DecodeSpec(32))
     assert isinstance(reason, str) and "truncated" in reason
     assert ".cpp" not in reason and "/" not in reason, reason

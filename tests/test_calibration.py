@@ -15,8 +15,7 @@ from PIL import Image
 import imgclf
 from conftest import write_class_folder
 from imgclf.cli import main
-from imgclf.evaluate import apply_temperature, fit_temperature, reliability
-from imgclf.metrics import calibration_error, coverage
+from imgclf.metrics import apply_temperature, calibration_error, coverage, fit_temperature, reliability
 from imgclf.predict import UNKNOWN, load, tta_logits
 from imgclf.rundir import RELIABILITY, read_checkpoint
 from imgclf.serve import ServeSettings

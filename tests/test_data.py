@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import synthetic_image, write_class_folder
 from imgclf import TrainConfig
+from imgclf.config import DecodeSpec
 from imgclf.data import BatchIterator, Split, augment_batch, channel_stats, decode_images, load_data, stratified_split
 from imgclf.errors import DataError
 
@@ -83,7 +84,7 @@ def test_mixed_modes_are_converted(tmp_path):
     rgb.save(root / "b" / "rgb.bmp")
     Image.new("RGBA", (30, 10), (0, 0, 0, 0)).save(root / "b" / "transparent.png")
     Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(root / "b" / "white16.png")
-    images, kept, skipped, channels = decode_images(sorted(root.rglob("*.*")), 8)
+    images, kept, skipped, channels = decode_images(sorted(root.rglob("*.*")), DecodeSpec(8))
     assert skipped == [] and len(kept) == 6 and channels == 3 and images.shape == (6, 3, 8, 8)
     by_name = {p.name: images[i] for i, p in enumerate(sorted(root.rglob("*.*")))}
     assert by_name["transparent.png"].min() == 255  # transparent pixels become white, not black

@@ -256,7 +256,7 @@ def test_whether_a_mirror_keeps_the_class_is_measured(tmp_path):
         (tmp_path / "sides" / name).mkdir(parents=True)
         for i in range(40):
             _blob(rng, left).save(tmp_path / "sides" / name / f"{i:02d}.png")
-    inventory = take_inventory(DataConfig(data=str(tmp_path / "sides"), data_dir=str(tmp_path / "c")))
+    inventory = take_inventory(DataConfig(data=str(tmp_path / "sides"), data_dir=str(tmp_path / "c")), 64)
     found = doctor_models(inventory, models=("probe",), cache_dir=tmp_path / "c")
     assert found.mirror_keeps_class is False and "does not keep the class" in found.mirror_note
     plain, with_mirrors = found.candidates

@@ -3,6 +3,8 @@ the ONNX file runs with no PyTorch at all from its JSON; a mismatch fails and le
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from PIL import Image
 import imgclf
 from imgclf.cli import main
 from imgclf.errors import ExportError
-from imgclf.export import EXPORTERS, FORMATS, PARITY_TOLERANCE, export_classifier
+from imgclf.export import FORMATS, export_classifier, get_format
 from imgclf.models import create_model, list_models
 from imgclf.predict import Classifier, load
 from imgclf.rundir import InferenceSpec
@@ -32,16 +34,17 @@ def random_classifier(name: str, channels: int = 3, size: int = 32) -> Classifie
     return Classifier(spec, network, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", [f.name for f in FORMATS])  # the format table: a new format is tested here
 @pytest.mark.parametrize("name", [spec.name for spec in list_models()])  # the registry: a new model is tested here
 def test_every_registered_model_exports_and_matches_pytorch(name, fmt, tmp_path):
     classifier = random_classifier(name)
+    row = get_format(fmt)
     result = export_classifier(classifier, fmt, tmp_path)
-    assert result.max_difference <= PARITY_TOLERANCE
+    assert result.max_difference <= row.tolerance and result.path.name == row.file
     # checked again here, independently of the exporter's own check, at a batch size it never saw
     images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    exported = EXPORTERS[fmt][1](result.path)(images)
-    assert (exported - classifier.predict_proba(images)).abs().max() <= PARITY_TOLERANCE
+    exported = row.backend(result.path)(images)
+    assert (exported - classifier.predict_proba(images)).abs().max() <= row.tolerance
     meta = json.loads(result.metadata.read_text())
     assert meta["classes"] == CLASSES
     assert meta["input"] == {**meta["input"], "dtype": "uint8", "shape": ["batch", 3, 32, 32]}
@@ -50,17 +53,18 @@ def test_every_registered_model_exports_and_matches_pytorch(name, fmt, tmp_path)
 
 def test_an_export_that_computes_something_else_fails_and_leaves_nothing(tmp_path, monkeypatch):
     classifier = random_classifier("cnn2")
-    exporter, backend = EXPORTERS["torchscript"]
+    row = get_format("torchscript")
 
     def drifted(model, example, path):  # an exporter bug: the weights move a little on the way out
         last_bias = list(model.network.parameters())[-1]
         with torch.no_grad():
             last_bias[0] += 0.5  # one class only: a shift of every logit would not change a probability
-        exporter(model, example, path)
+        row.exporter(model, example, path)
         with torch.no_grad():
             last_bias[0] -= 0.5
 
-    monkeypatch.setitem(EXPORTERS, "torchscript", (drifted, backend))
+    drifting = tuple(dataclasses.replace(f, exporter=drifted) if f is row else f for f in FORMATS)
+    monkeypatch.setattr(importlib.import_module("imgclf.export"), "FORMATS", drifting)  # the module, not the API
     with pytest.raises(ExportError, match=r"differ from PyTorch's by up to .* over the limit of 1e-04"):
         export_classifier(classifier, "torchscript", tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -79,7 +83,9 @@ def test_export_command_checks_the_runs_test_images_and_predict_can_run_onnx(tra
     onnx_preds = imgclf.predict(trained_run, images, top_k=3, backend="onnx")  # exports into RUN/export first
     assert (trained_run / "export" / "model.onnx").is_file()
     assert [p.label for p in onnx_preds] == [p.label for p in torch_preds]
-    assert max(abs(a.probability - b.probability) for a, b in zip(onnx_preds, torch_preds)) <= PARITY_TOLERANCE
+    assert (
+        max(abs(a.probability - b.probability) for a, b in zip(onnx_preds, torch_preds)) <= get_format("onnx").tolerance
+    )
 
 
 STANDALONE = textwrap.dedent(
@@ -119,7 +125,7 @@ def test_the_onnx_file_runs_without_pytorch_from_its_json(trained_run, tmp_path)
     answer = json.loads(done.stdout)
     (expected,) = load(trained_run).predict([image])
     assert answer["label"] == expected.label
-    assert abs(answer["probability"] - expected.probability) <= PARITY_TOLERANCE
+    assert abs(answer["probability"] - expected.probability) <= get_format("onnx").tolerance
 
 
 def write_code_running_checkpoint(path: Path, marker: Path) -> None:

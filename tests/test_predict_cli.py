@@ -282,7 +282,7 @@ def test_predict_reads_a_folder_as_training_does(trained_run, tmp_path, capsys):
         shutil.copytree(tmp_path, classes / cls, ignore=shutil.ignore_patterns("classes"))
     from imgclf.data.folder import load_folder
 
-    raw = load_folder(imgclf.TrainConfig(data=str(classes), cache=False))
+    raw = load_folder(imgclf.TrainConfig(data=str(classes), cache=False).data_config, size_cap=64)
     files = sorted(
         Path(s).relative_to(classes / "x").as_posix()
         for split in (raw.train, raw.val, raw.test)
@@ -369,9 +369,9 @@ def test_predict_writes_csv_and_json_files_as_it_goes_and_lists_the_unreadable_l
 def test_an_interrupted_prediction_leaves_a_partial_file_not_a_complete_looking_one(
     trained_run, big_folder, tmp_path, capsys, monkeypatch
 ):
-    from imgclf import cli as cli_module
+    from imgclf import writers
 
-    original = cli_module.CsvWriter.write
+    original = writers.CsvWriter.write
     calls = []
 
     def write_then_stop(self, prediction):
@@ -380,7 +380,7 @@ def test_an_interrupted_prediction_leaves_a_partial_file_not_a_complete_looking_
         if len(calls) == 300:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module.CsvWriter, "write", write_then_stop)
+    monkeypatch.setattr(writers.CsvWriter, "write", write_then_stop)
     code, _, err = cli(capsys, "predict", trained_run, big_folder, "--out", tmp_path / "p.csv")
     assert code == 130
     assert not (tmp_path / "p.csv").exists()

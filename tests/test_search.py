@@ -47,7 +47,7 @@ def test_lite0_loads_its_imagenet_weights_offline_by_name(monkeypatch):
     from imgclf.models.lite0 import convert
 
     model = create_model("lite0", 1, 4, 64)
-    get_model_spec("lite0").load_pretrained(model, None)
+    get_model_spec("lite0").pretrained.load(model, None)
     weights = convert()
     # grey images: the stem's RGB kernels summed, every other tensor ImageNet's, the new head at zero
     assert torch.allclose(model.conv_stem.weight, weights["conv_stem.weight"].sum(1, keepdim=True))

@@ -16,18 +16,29 @@ from imgclf.config import DataConfig
 from imgclf.data import load_data
 from imgclf.data.splits import iterative_split
 from imgclf.errors import DataError
+from imgclf.export import FORMATS
 from imgclf.metrics import best_thresholds, multilabel_metrics
-from imgclf.rundir import EXPORT_FILES, RunDir, SplitPredictions, read_checkpoint
+from imgclf.rundir import RunDir, SplitPredictions, read_checkpoint
 from imgclf.tasks import MULTI_LABEL, SINGLE_LABEL, FocalLoss, get_task, task_names
 
 # ---------------------------------------------------------------- every task, end to end
+
+# what each registered task's outputs are: a new task adds its row here (and its run in conftest.py)
+EXPECTED = {
+    "single_label": {"activation": "softmax", "thresholds": False, "columns": ["file", "label_1"], "labels": False},
+    "multi_label": {"activation": "sigmoid", "thresholds": True, "columns": ["file", "labels"], "labels": True},
+}
+
+
+def test_every_registered_task_has_its_expectations_here():
+    assert set(EXPECTED) == set(task_names())
 
 
 def test_each_task_trains_a_run_that_says_its_task(task_run):
     checkpoint = read_checkpoint(task_run)
     metrics = RunDir(task_run).read_metrics()
-    assert checkpoint.spec.task == metrics.get("task", "single_label") in task_names()
-    if checkpoint.spec.multi_label:
+    assert checkpoint.spec.task == metrics.task in task_names()
+    if EXPECTED[metrics.task]["thresholds"]:
         assert checkpoint.spec.thresholds is not None and len(checkpoint.spec.thresholds) == len(MULTI_LABELS)
         assert all(0 < t < 1 for t in checkpoint.spec.thresholds)
         for key in ("macro_f1", "micro_f1", "mAP", "subset_accuracy", "hamming_loss"):
@@ -53,7 +64,7 @@ def test_predict_decides_as_each_task_says(task_run, tmp_path, capsys):
     probs = classifier.predict_proba(batch)
     answers = classifier.predict(list(batch))
     for p, row in zip(answers, probs):
-        if classifier.multi_label:
+        if EXPECTED[classifier.spec.task]["labels"]:
             over = [classifier.classes[c] for c in range(len(row)) if row[c] >= classifier.thresholds[c]]
             assert sorted(name for name, _ in p.labels) == sorted(over)
             assert p.label == ";".join(name for name, _ in p.labels)
@@ -73,23 +84,25 @@ def test_predict_writes_each_tasks_decision_column(task_run, tmp_path):
     out = tmp_path / "p.csv"
     assert main(["predict", str(task_run), str(folder), "--out", str(out)]) == 0
     header = next(csv.reader(out.open()))
-    multi = read_checkpoint(task_run).spec.multi_label
-    assert header[:2] == (["file", "labels"] if multi else ["file", "label_1"])
+    expected = EXPECTED[read_checkpoint(task_run).spec.task]
+    multi = expected["labels"]
+    assert header[:2] == expected["columns"]
     json_out = tmp_path / "p.json"
     assert main(["predict", str(task_run), str(folder), "--out", str(json_out)]) == 0
     rows = json.loads(json_out.read_text())
     assert len(rows) == 3 and all(("labels" in r) == multi for r in rows)
 
 
-@pytest.mark.parametrize("fmt", list(EXPORT_FILES))
+@pytest.mark.parametrize("fmt", [f.name for f in FORMATS])
 def test_export_keeps_each_tasks_outputs_and_says_how_to_decide(task_run, fmt, tmp_path):
     classifier = imgclf.load(task_run, device="cpu")
-    exported_to = imgclf.export(task_run, format=fmt, out=str(tmp_path / EXPORT_FILES[fmt]), log=lambda _: None)
+    exported_to = imgclf.export(task_run, format=fmt, out=str(tmp_path / fmt), log=lambda _: None)
     path = exported_to.path
     meta = json.loads(exported_to.metadata.read_text())
+    expected = EXPECTED[classifier.spec.task]
     assert meta["task"] == classifier.spec.task
-    assert meta["output"]["activation"] == ("sigmoid" if classifier.multi_label else "softmax")
-    assert meta["thresholds"] == (classifier.thresholds if classifier.multi_label else None)
+    assert meta["output"]["activation"] == expected["activation"]
+    assert meta["thresholds"] == (classifier.thresholds if expected["thresholds"] else None)
     images = RunDir(task_run).read_predictions().example_images[:8]
     if fmt == "onnx":  # read back by ONNX Runtime, as a program without imgclf would
         import onnxruntime
@@ -120,7 +133,7 @@ def test_serve_answers_each_tasks_decision(task_run):
         (prediction,) = answer["predictions"]
         expected = classifier.predict([image])[0]
         assert prediction["label"] == expected.label
-        if classifier.multi_label:
+        if EXPECTED[classifier.spec.task]["labels"]:
             assert [p["label"] for p in prediction["labels"]] == [name for name, _ in expected.labels]
             everything = client.post(
                 "/predict", params={"threshold": 0.001}, files={"files": ("a.png", buffer.getvalue(), "image/png")}
@@ -135,7 +148,7 @@ def test_serve_answers_each_tasks_decision(task_run):
 def test_the_report_shows_each_tasks_metrics(task_run):
     page = imgclf.report(task_run, log=lambda _: None).read_text()
     assert "is missing" not in page  # every figure the page names was drawn for this task
-    if read_checkpoint(task_run).spec.multi_label:
+    if EXPECTED[read_checkpoint(task_run).spec.task]["thresholds"]:
         assert "subset accuracy" in page and "mAP" in page and "Hamming" in page and "not applied" in page
         assert "confusion matrix" not in page
     else:
@@ -193,9 +206,9 @@ def test_errors_list_the_missed_and_the_spurious_labels():
     probs = torch.tensor([[0.9, 0.1, 0.8], [0.2, 0.9, 0.1], [0.9, 0.1, 0.1]])
     labels = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 0, 0]]).float()
     predictions = SplitPredictions.from_probs(probs, labels, torch.zeros(3, 1, 4, 4, dtype=torch.uint8),
-                                              thresholds=[0.5, 0.5, 0.5])  # fmt: skip
+                                              thresholds=[0.5, 0.5, 0.5], task="multi_label")  # fmt: skip
     analysis = analyse_errors(predictions, ["a", "b", "c"])
-    assert analysis.multi_label and len(analysis.mistakes) == 2
+    assert analysis.task == "multi_label" and len(analysis.mistakes) == 2
     by_index = {m.index: m for m in analysis.mistakes}
     assert by_index[0].spurious == ["c"] and by_index[0].missed == []
     assert by_index[1].missed == ["c"] and by_index[1].spurious == []
@@ -208,10 +221,15 @@ def test_grad_cam_explains_each_predicted_label(multilabel_run):
     classifier = imgclf.load(multilabel_run, device="cpu")
     images = RunDir(multilabel_run).read_predictions().example_images[:4]
     explanations = explain_batch(classifier, images, "gradcam")
-    predicted = [max(1, len(labels)) for labels in classifier.over_thresholds(classifier.predict_proba(images))]
+
+    def over_thresholds(batch: torch.Tensor) -> list[list[tuple[str, float]]]:
+        answers = classifier.top_k(["x"] * len(batch), classifier.predict_proba(batch), 1)
+        return [a.labels or [] for a in answers]
+
+    predicted = [max(1, len(labels)) for labels in over_thresholds(images)]
     assert len(explanations) == sum(predicted)
     for e in explanations:
-        labels = classifier.over_thresholds(classifier.predict_proba(images[e.image : e.image + 1]))[0]
+        labels = over_thresholds(images[e.image : e.image + 1])[0]
         assert not labels or classifier.classes[e.target] in [name for name, _ in labels]
 
 

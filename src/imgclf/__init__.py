@@ -45,8 +45,9 @@ sys.modules[__name__].__class__ = _Package
 from .config import RunConfig, TrainConfig  # noqa: E402
 from .errors import ImgclfError  # noqa: E402
 from .lazy import lazy_exports  # noqa: E402
+from .runtime import imgclf_version  # noqa: E402
 
-__version__ = "0.5.0"
+__version__ = imgclf_version()
 
 _LAZY = {  # name -> module that defines it, imported on first use
     **dict.fromkeys(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .config import DEFAULT_MAX_IMAGE_PIXELS, DataConfig, TrainConfig, data_config
 from .errors import ConfigError, name_settings
 from .explain import ERRORS_TOP
+from .export import backend_names
 from .rundir import DOCTOR, ERRORS, EXPLAIN, INSPECT, RunDir
 from .runtime import Log, quiet
 
@@ -31,11 +32,12 @@ if TYPE_CHECKING:
     from .export import ExportResult
     from .predict import Classifier, ImageInput, Predictions
     from .report.compare import CompareResult
+    from .rundir import SplitMetrics
     from .serve import ServeSettings
     from .train import TrainResult
     from .train.lr_find import LrFindResult
 
-BACKENDS = ("torch", "onnx", "torchscript")
+BACKENDS = backend_names()  # PyTorch itself, or an exported format's runtime (imgclf.export.FORMATS)
 
 __all__ = [
     "BACKENDS",
@@ -150,8 +152,9 @@ def doctor(
     inventory = take_inventory(cfg, image_size_cap(resolve_device(device).type))
     log(f"examining {len(inventory):,} images of {inventory.name} ({len(inventory.skipped)} unusable files)")
     probs, features, model, trusted = None, None, None, True
-    if labels and inventory.multi_label:  # before `run`: its sigmoids are not one class's probabilities
-        log(SINGLE_LABEL_ONLY)
+    not_checked = inventory.task.refusal("label_check") if labels else None
+    if not_checked:  # before `run`: several labels' sigmoids are not one class's probabilities
+        log(not_checked)
     elif run is not None:
         loaded = load(run, device=device)
         images = to_channels(fit_tensor(inventory.images, loaded.image_size, loaded.spec.resize), loaded.channels)
@@ -167,8 +170,8 @@ def doctor(
         )  # fmt: skip
         probs, features, model, trusted = found.probs, found.features, found.to_dict(), found.strength.trusted
     findings = examine(inventory, probs, near=near, features=features, model=model, trusted=trusted, log=log)
-    if inventory.multi_label and labels:
-        findings.notes.append(SINGLE_LABEL_ONLY)
+    if not_checked:
+        findings.notes.append(not_checked)
     folder = Path(out) if out else _doctor_folder(cfg.data, inventory.kind)
     written = write_findings(findings, folder, fix)
     if run is not None and Path(run).is_dir():  # the run's report shows the data's health
@@ -176,13 +179,6 @@ def doctor(
     log(summary(findings))
     log(f"written: {', '.join(str(p) for p in written.values())}")
     return DoctorResult(findings.to_dict(), written)
-
-
-SINGLE_LABEL_ONLY = (
-    "label check: not run: it is single-label only (confident learning ranks one given class per image against "
-    "the others); this data has several labels per image. Duplicates, leaks and odd files are checked, with each "
-    "image's label set as its class"
-)
 
 
 def _doctor_folder(data: str, kind: str) -> Path:
@@ -221,7 +217,7 @@ def evaluate(
     negatives: str | os.PathLike | None = None,
     device: str = "auto",
     verbose: bool = True,
-) -> dict[str, Any]:
+) -> SplitMetrics | dict[str, Any]:
     """Re-evaluate a run directory or checkpoint on its test split (or on another dataset with the same classes).
 
     For a run directory the metrics are also written to ``evaluation.json`` in it. With ``negatives`` (a folder
@@ -248,9 +244,10 @@ def classifier(
     threshold: float | None = None,
     log: Log = quiet,
 ) -> Classifier:
-    """A run (or checkpoint) loaded for inference; ``backend="onnx"`` runs its forward pass in ONNX
-    Runtime (exported into RUN/export first when needed); ``threshold``: a multi-label run predicts every
-    class from this probability on, instead of its per-class thresholds."""
+    """A run (or checkpoint) loaded for inference; ``backend="onnx"`` (or another of
+    :data:`imgclf.export.FORMATS`) runs its forward pass in that format's runtime (exported into RUN/export
+    first when needed); ``threshold``: a run with several labels per image predicts every class from this
+    probability on, instead of its per-class thresholds."""
     from .predict import load
 
     if backend not in BACKENDS:
@@ -289,8 +286,9 @@ def predict(
 def export(
     run: str | os.PathLike, *, format: str = "onnx", out: str | os.PathLike | None = None, log: Log = show
 ) -> ExportResult:
-    """Export a run's model (ONNX or TorchScript) with its preprocessing and class names, checked against
-    PyTorch on the run's test images; written to ``out`` (default RUN/export)."""
+    """Export a run's model in ``format`` (:data:`imgclf.export.FORMATS`: onnx, torchscript) with its
+    preprocessing, class names and how to decide, checked against PyTorch on the run's test images; written to
+    ``out`` (default RUN/export)."""
     from .export import export as export_run  # deferred: torch.onnx loads onnxscript
 
     result = export_run(run, format, out, log)

@@ -6,25 +6,24 @@ Every user error (:class:`imgclf.errors.ImgclfError`) prints ``imgclf: error: ..
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from . import api
-from .config import DEFAULT_MAX_IMAGE_PIXELS, PREDICT_BATCH, RECIPE, SECTIONS, Setting, settings_fields, value_kind
-from .errors import ConfigError, ImgclfError, keyword_name, name_settings, setting_names, writing
+from .config import DEVICES, RECIPE, SECTIONS, PredictOptions, Setting, declared, settings_fields, value_kind
+from .errors import ImgclfError, keyword_name, name_settings, setting_names
 from .explain import METHODS
+from .export import format_names
 from .plots.tables import table
 from .recipes import RECIPE_COLUMNS, SMALL_DATA, default_config, describe_recipes, describe_sources
+from .rundir import SplitMetrics
+from .runtime import imgclf_version
 from .serve.settings import ServeSettings
 
 if TYPE_CHECKING:
-    from .predict import Prediction
+    from .tasks import Prediction
 
 SECTION_TITLES = {
     "data": "data",
@@ -47,6 +46,8 @@ def _default_text(spec: Setting) -> str:
         return spec.meta["default_text"]
     if spec.recipe:
         return RECIPE
+    if spec.meta.get("unit"):
+        return f"{spec.default() / spec.meta['unit']:g}"
     return str(spec.default())
 
 
@@ -57,6 +58,10 @@ def add_setting(parser: argparse._ActionsContainer, spec: Setting) -> None:
     flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
     helptext = f"{meta['help']} (default: {_default_text(spec)})"
     options: dict[str, Any] = {"dest": spec.name, "help": helptext, "default": argparse.SUPPRESS}
+    if meta.get("unit"):  # given in larger units (--max-upload-mb): stored in the field's own
+        unit = meta["unit"]
+        parser.add_argument(flag, type=lambda text: kind(float(text) * unit), metavar=meta.get("metavar"), **options)
+        return
     if kind is bool and (spec.recipe or meta.get("negatable")):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
     elif kind is bool:  # the flag says the other value than the default: --pretrained, --no-cache
@@ -145,9 +150,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **_settings_given(args),
     )
     if args.quiet and result.main_process:
-        test = result.metrics["test"]
-        scores = f"test subset accuracy {test['accuracy']:.4f}, mAP {test['mAP']:.4f}" if "mAP" in test else ""
-        print(f"{scores or f'test accuracy {result.accuracy:.4f}'}; run saved in {result.run_dir}")
+        print(f"{result.metrics.headline()}; run saved in {result.run_dir}")
     return 0
 
 
@@ -202,17 +205,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         api.evaluate(args.run, negatives=args.negatives, **settings)
         return 0
     metrics = api.evaluate(args.run, **settings)
-    if metrics.get("task") == "multi_label":
-        print(
-            f"test subset accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, micro F1 "
-            f"{metrics['micro_f1']:.4f}, mAP {metrics['mAP']:.4f}, Hamming loss {metrics['hamming_loss']:.4f} "
-            f"on {metrics['samples']} images"
-        )
-        return 0
-    print(
-        f"test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
-        f"macro F1 {metrics['macro_f1']:.4f} on {metrics['samples']} images"
-    )
+    assert isinstance(metrics, SplitMetrics)  # without negatives: the test split's metrics
+    print(f"test {metrics.headline()} on {metrics['samples']} images")
     return 0
 
 
@@ -226,130 +220,40 @@ def _log_stderr(message: str) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import check_min_confidence
+    from .writers import Columns, file_format, write_predictions
 
-    check_min_confidence(args.min_confidence)
+    options = PredictOptions(**_given(args, PredictOptions))
+    file_format(options.out, options.format)  # an unknown kind of file is one line before the model loads
     model = api.classifier(
         args.checkpoint,
-        device=args.device,
-        backend=args.backend,
-        max_image_pixels=args.max_image_pixels,
-        threshold=args.threshold,
+        device=options.device,
+        backend=options.backend,
+        max_image_pixels=options.max_image_pixels,
+        threshold=options.threshold,
         log=_log_stderr,
     )
-    stream = model.stream(args.images, args.top_k, args.batch_size, args.min_confidence)
-    output_format = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "table")
-    if output_format not in PREDICT_FORMATS:
-        raise ConfigError(f"`out` {args.out}: give --format csv or json, or a file ending in .csv or .json")
+    stream = model.stream(args.images, options.top_k, options.batch_size, options.min_confidence)
+    columns = Columns(model.task, max(1, min(options.top_k, len(model.classes))), options.min_confidence)
     from tqdm import tqdm
 
-    k = max(1, min(args.top_k, len(model.classes)))
-    with prediction_output(args.out) as out:
-        # the decision column: `prediction` below --min-confidence, `labels` (over their thresholds) for several
-        decided = "labels" if model.multi_label else "prediction" if args.min_confidence > 0 else ""
-        writer = PREDICTION_WRITERS[output_format](out, k, decided)
-        with tqdm(total=stream.total, unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
+    with tqdm(total=stream.total, unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as progress:
+
+        def shown() -> Iterator[Prediction]:
             for done, prediction in enumerate(stream, 1):
-                writer.write(prediction)
+                yield prediction
                 progress.update(done + len(stream.skipped) - progress.n)
-        writer.close()
-    if args.out:
-        print(f"wrote {stream.total - len(stream.skipped)} predictions to {args.out}", file=sys.stderr)
+
+        written = write_predictions(shown(), columns, options.out, options.format, _log_stderr)
+    if options.out:
+        print(f"wrote {written} predictions to {options.out}", file=sys.stderr)
     _warn_skipped(stream.skipped)  # after the results, so that a long list of predictions does not hide them
     return 0
 
 
-@contextlib.contextmanager
-def prediction_output(out: str | None) -> Iterator[TextIO]:
-    """Standard output, or ``out`` written as ``out.partial`` while predicting and renamed when complete:
-    an interrupted run leaves what it predicted, never a file that looks complete; a write that fails (a
-    read-only place, a full disk) is one line."""
-    if out is None:
-        yield sys.stdout
-        return
-    partial = Path(out + ".partial")
-    with writing(out, "out"):
-        f = open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115  closed by the with below
-    with f:
-        try:
-            with writing(partial, "out"):
-                yield f
-        except BaseException:
-            print(f"imgclf: the predictions made so far are in {partial}", file=sys.stderr)
-            raise
-    with writing(out, "out"):
-        os.replace(partial, out)
-
-
-def _headers(k: int, decided: str) -> list[str]:
-    """``decided``: the decision's columns before the top k: `prediction` (a class, or `unknown` below
-    --min-confidence), `labels` and `probabilities` (a multi-label run's labels over their thresholds and
-    their probabilities, each `;`-separated, in the same order), or none."""
-    decision = {"": [], "prediction": ["prediction"], "labels": ["labels", "probabilities"]}[decided]
-    return ["file", *decision] + [h for i in range(1, k + 1) for h in (f"label_{i}", f"prob_{i}")]
-
-
-def _row(p: Prediction, decided: str) -> list[str]:
-    decision = [p.label] if decided else []
-    if decided == "labels":
-        decision.append(";".join(f"{prob:.4f}" for _, prob in p.labels or []))
-    return [p.source, *decision] + [v for label, prob in p.top_k for v in (label, f"{prob:.4f}")]
-
-
-class CsvWriter:
-    FLUSH_EVERY = 256  # rows: a reader of the file (tail -f) sees it grow batch by batch
-
-    def __init__(self, out: TextIO, k: int, decided: str = "") -> None:
-        self.out, self.rows, self.decided = out, 0, decided
-        self.csv = csv.writer(out, lineterminator="\n")
-        self.csv.writerow(_headers(k, decided))
-
-    def write(self, p: Prediction) -> None:
-        self.csv.writerow(_row(p, self.decided))
-        self.rows += 1
-        if self.rows % self.FLUSH_EVERY == 0:
-            self.out.flush()
-
-    def close(self) -> None:
-        self.out.flush()
-
-
-class JsonWriter:
-    """A JSON array written item by item: valid JSON once closed, one prediction per line."""
-
-    def __init__(self, out: TextIO, k: int, decided: str = "") -> None:
-        self.out, self.separator = out, "[\n  "  # each item's `label` is the decision already
-
-    def write(self, p: Prediction) -> None:
-        self.out.write(self.separator + json.dumps(p.to_dict()))
-        self.separator = ",\n  "
-
-    def close(self) -> None:
-        self.out.write("[]\n" if self.separator.startswith("[") else "\n]\n")
-        self.out.flush()
-
-
-class TableWriter:
-    """The terminal's aligned table: its column widths need every row, so rows (not images) are kept."""
-
-    def __init__(self, out: TextIO, k: int, decided: str = "") -> None:
-        self.out, self.decided = out, decided
-        self.rows: list[list[str]] = []
-        self.headers = _headers(k, decided)
-
-    def write(self, p: Prediction) -> None:
-        self.rows.append(_row(p, self.decided))
-
-    def close(self) -> None:
-        self.out.write(table(self.headers, self.rows) + "\n")
-
-
-PREDICTION_WRITERS: dict[str, Callable[[TextIO, int, str], CsvWriter | JsonWriter | TableWriter]] = {
-    "csv": CsvWriter,
-    "json": JsonWriter,
-    "table": TableWriter,
-}
-PREDICT_FORMATS = tuple(PREDICTION_WRITERS)
+def _given(args: argparse.Namespace, declaration: type) -> dict[str, Any]:
+    """The options of ``declaration`` given on the command line (those left out keep their defaults)."""
+    names = {spec.name for spec in declared(declaration)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -358,19 +262,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    settings = ServeSettings(
-        max_upload_bytes=int(args.max_upload_mb * 1e6),
-        max_images=args.max_images,
-        max_image_pixels=args.max_image_pixels,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        min_confidence=args.min_confidence,
-        threshold=args.threshold,
-    )
-    from .predict import check_min_confidence
-
-    check_min_confidence(args.min_confidence)
-    api.serve(args.run, host=args.host, port=args.port, settings=settings)
+    api.serve(args.run, host=args.host, port=args.port, settings=ServeSettings(**_given(args, ServeSettings)))
     return 0
 
 
@@ -472,12 +364,9 @@ def _data_as_training_sees_it(p: argparse.ArgumentParser) -> None:
             add_setting(group, spec)
 
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description="Train, evaluate and use image classifiers.")
-    parser.add_argument("--version", action="version", version=f"imgclf {__import__('imgclf').__version__}")
+    parser.add_argument("--version", action="version", version=f"imgclf {imgclf_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, helptext: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -500,38 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("predict", "classify image files or folders with a trained model")
     p.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
     p.add_argument("images", nargs="+", help="image files and folders (their visible files, as training reads them)")
-    p.add_argument("--top-k", type=int, default=1, help="classes listed per image")
-    p.add_argument(
-        "--min-confidence",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="answer `unknown` when the (calibrated) top probability is below P (or the familiarity, where "
-        "`evaluate --negatives` chose it); `evaluate` shows the coverage per P",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        metavar="P",
-        help="runs with several labels per image: list each label from probability P on, instead of the "
-        "per-class thresholds the run chose on its validation split",
-    )
-    p.add_argument("--format", choices=PREDICT_FORMATS, help="table, or the --out file's kind (.csv, .json)")
-    p.add_argument("--out", help="write the predictions to this .csv or .json file as they are made")
-    p.add_argument(
-        "--backend",
-        choices=api.BACKENDS,
-        default="torch",
-        help="onnx: ONNX Runtime runs the model (exported into RUN/export first)",
-    )
-    p.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="images decoded and predicted together")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run the model")
-    p.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="refuse images claiming more pixels (decompression bombs)",
-    )
+    for spec in declared(PredictOptions, "predict"):
+        add_setting(p, spec)
     p = command("doctor", "what is wrong with a dataset: odd files, duplicates, train/test leaks, likely label errors")
     p.add_argument("data", help="a dataset name, a folder of class sub-folders, or a CSV of file,label")
     p.add_argument("--run", help="rank label errors by this run's predictions instead of quick cross-validated models")
@@ -566,39 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_as_training_sees_it(p)
     p = command("export", "write the model as ONNX or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="the exported model's format")
+    p.add_argument("--format", choices=format_names(), default="onnx", help="the exported model's format")
     p.add_argument("--out", help="folder for the model and its JSON (default: RUN/export)")
-    defaults = ServeSettings()
     p = command("serve", "a web page and JSON API for the model (pip install 'imgclf[serve]')")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument(
-        "--max-upload-mb", type=float, default=defaults.max_upload_bytes / 1e6, help="megabytes a request may send"
-    )
-    p.add_argument("--max-images", type=int, default=defaults.max_images, help="images per POST /predict")
-    p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels, help="pixels an image may claim")
-    p.add_argument("--max-batch", type=int, default=defaults.max_batch, help="images per forward pass (1: no batching)")
-    p.add_argument(
-        "--min-confidence",
-        type=float,
-        default=defaults.min_confidence,
-        metavar="P",
-        help="label `unknown` below this calibrated top probability (a request's min_confidence overrides it)",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        metavar="P",
-        help="runs with several labels per image: every label from probability P on (default: the run's own "
-        "per-class thresholds; a request's threshold overrides it)",
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=defaults.max_wait_ms,
-        help="how long an image waits for others to batch with",
-    )
+    for spec in declared(ServeSettings, "serve"):
+        add_setting(p, spec)
     command("datasets", "list the datasets")
     command("models", "list the models with their parameter counts")
     p = command("runs", "the runs in a folder: state (running, finished, failed, stopped, died), data, model, accuracy")

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .export import backend_names
 from .rundir import CONFIG
 
 DEFAULT_MODEL = "cnn"  # what the recipes train when no model is named
@@ -38,6 +39,21 @@ DEFAULT_MODEL = "cnn"  # what the recipes train when no model is named
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 PREDICT_BATCH = 256  # images decoded and predicted together by `predict`
 RECIPE = "the recipe"  # how --help shows the default of a setting the recipe fills
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How a file becomes pixels: the square's side, how the image is fitted to it (:func:`fit_tensor`), and
+    the most pixels a file may claim (decompression bombs). Training (``DataConfig.decode_spec``) and
+    inference (``Classifier.decode_spec``) each make one; every decoder takes it."""
+
+    size: int
+    resize: str = "crop"
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    def at(self, size: int) -> DecodeSpec:
+        """The same fitting and limit at another size."""
+        return DecodeSpec(size, self.resize, self.max_pixels)
 
 
 def default_search() -> str:
@@ -60,6 +76,8 @@ CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "non_negative": (lambda v: v >= 0, "must be 0 or more"),
     "fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (e.g. 0.1)"),
     "smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "probability": (lambda v: 0 <= v <= 1, "must be a probability between 0 and 1 (e.g. 0.8)"),
+    "threshold": (lambda v: 0 < v < 1, "must be a probability between 0 and 1 (e.g. 0.5)"),
 }
 
 
@@ -76,13 +94,15 @@ def setting(
     default_text: str | None = None,
     lr_find: bool = True,
     negatable: bool = False,
+    unit: float | None = None,
 ) -> Any:
     """A config field. ``recipe``: no default, the recipe (or a rule) fills it. ``flag``: the command line's
     name when it is not ``--name-with-dashes`` (``--no-cache`` for ``cache``); ``""`` for none (a mapping
     such as ``model_args`` is set in a config file or as a keyword). ``default_text``: how --help shows a
     default that is computed. ``lr_find``: whether the learning-rate finder takes it (it trains no epochs,
     so the schedule, evaluation and reporting settings are not its). ``negatable``: a true-or-false setting a
-    rule may turn on, so the command line offers both ``--name`` and ``--no-name``."""
+    rule may turn on, so the command line offers both ``--name`` and ``--no-name``. ``unit``: the command line
+    gives the value in this many of the field's units (``--max-upload-mb`` for bytes: 1e6)."""
     metadata = {
         "help": help,
         "choices": choices,
@@ -93,6 +113,7 @@ def setting(
         "default_text": default_text,
         "lr_find": lr_find,
         "negatable": negatable,
+        "unit": unit,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -152,6 +173,10 @@ class DataConfig:
     def cache_dir(self) -> Path | None:
         """Where decoded images and embeddings are cached (None with `cache` off)."""
         return Path(self.data_dir).expanduser() / "cache" if self.cache else None
+
+    def decode_spec(self, size: int) -> DecodeSpec:
+        """How this data's files are decoded at ``size``."""
+        return DecodeSpec(size, self.resize, self.max_image_pixels)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,7 +258,7 @@ class ScheduleConfig:
     warmup_epochs: float = setting(help="epochs of linear lr warm-up", check="non_negative", recipe=True, lr_find=False)
     patience: int | None = setting(
         None,
-        help="stop when validation loss has not improved for this many epochs",
+        help="stop when the monitored validation score (`monitor`) has not improved for this many epochs",
         check="positive",
         default_text="off",
         lr_find=False,
@@ -376,9 +401,70 @@ def _settings() -> dict[str, Setting]:
 SETTINGS: dict[str, Setting] = _settings()
 
 
+def declared(cls: type, section: str = "") -> list[Setting]:
+    """The settings a dataclass of :func:`setting` fields declares, in order: a command's options (predict's,
+    serve's), which the command line turns into flags as it does training's."""
+    hints = typing.get_type_hints(cls)
+    return [Setting(section or cls.__name__, f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def check_declared(options: Any) -> None:
+    """Every field of a dataclass of :func:`setting` fields checked as its declaration says (a one-line error)."""
+    for spec in declared(type(options)):
+        object.__setattr__(options, spec.name, check_setting(spec, getattr(options, spec.name)))
+
+
 def settings_fields() -> Iterator[Setting]:
     """Every setting, section by section, as declared."""
     return iter(SETTINGS.values())
+
+
+# ---------------------------------------------------------------- predict's options
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(kw_only=True)
+class PredictOptions:
+    """How ``predict`` answers and where it writes: declared as training's settings are, so the command line's
+    flags and their help come from here, and each value is checked as given."""
+
+    top_k: int = setting(1, help="classes listed per image", check="positive")
+    min_confidence: float = setting(
+        0.0,
+        help="answer `unknown` when the (calibrated) top probability is below P (or the familiarity, where "
+        "`evaluate --negatives` chose it); `evaluate` shows the coverage per P",
+        check="probability",
+        metavar="P",
+    )
+    threshold: float | None = setting(
+        None,
+        help="runs with several labels per image: list each label from probability P on, instead of the "
+        "per-class thresholds the run chose on its validation split",
+        check="threshold",
+        metavar="P",
+        default_text="the run's own",
+    )
+    format: str | None = setting(
+        None,
+        help="table, or the --out file's kind (.csv, .json)",
+        choices=("csv", "json", "table"),
+        default_text="by --out's suffix, else table",
+    )
+    out: str | None = setting(None, help="write the predictions to this .csv or .json file as they are made")
+    backend: str = setting(
+        "torch",
+        help="an exported format's runtime runs the model (onnx: ONNX Runtime; exported into RUN/export first)",
+        choices=backend_names(),
+    )
+    batch_size: int = setting(PREDICT_BATCH, help="images decoded and predicted together", check="positive")
+    device: str = setting("auto", help="where to run the model", choices=DEVICES)
+    max_image_pixels: int = setting(
+        DEFAULT_MAX_IMAGE_PIXELS, help="refuse images claiming more pixels (decompression bombs)", check="positive"
+    )
+
+    def __post_init__(self) -> None:
+        check_declared(self)
 
 
 # ---------------------------------------------------------------- checking values
@@ -415,11 +501,15 @@ def value_kind(hint: Any) -> Any:
 
 
 def check_value(name: str, value: Any, where: str = "", shown: str | None = None) -> Any:
-    """``value`` checked against the setting ``name`` (type, choices, range), as the setting's type
+    """``value`` checked against the training setting ``name`` (:func:`check_setting`)."""
+    return check_setting(SETTINGS[name], value, where, shown)
+
+
+def check_setting(spec: Setting, value: Any, where: str = "", shown: str | None = None) -> Any:
+    """``value`` checked against a declared setting (type, choices, range), as the setting's type
     (an int where a float is declared becomes a float); a one-line error otherwise. ``shown``: how the
     message names the setting (the key of a config file; default `name`, rendered as keyword or flag)."""
-    spec = SETTINGS[name]
-    label = shown or f"`{name}`"
+    label = shown or f"`{spec.name}`"
     options = _options(spec.hint)
     if value is None and type(None) in options:
         return None
@@ -526,6 +616,15 @@ class TrainConfig:
         replaced._origins = {k: _origin if k in changes else self._origins[k] for k in replaced._values}
         return replaced
 
+    def with_absolute_paths(self, builtin: bool = False) -> TrainConfig:
+        """The same settings, the paths among them absolute (as the saved config keeps them, so `evaluate` and
+        `config` work from any directory), each keeping where it came from; ``builtin``: `data` names a dataset."""
+        names = ("images", "data_dir", "weights") if builtin else ("data", "images", "data_dir", "weights")
+        absolute = {n: str(Path(self._values[n]).expanduser().resolve()) for n in names if self._values.get(n)}
+        found = TrainConfig(**{**self._values, **absolute})
+        found._origins = dict(self._origins)
+        return found
+
     def section(self, cls: type) -> Any:
         """One section with the settings given and the declared defaults (a section with ``recipe`` settings
         needs the recipe: see :func:`imgclf.recipes.resolve`)."""
@@ -536,9 +635,14 @@ class TrainConfig:
         return self.section(DataConfig)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str | None = None) -> TrainConfig:
-        """Settings from a mapping: flat, or by section as ``config.yaml`` holds them."""
-        return cls(_source=source, **flatten(values))
+    def from_dict(cls, values: Mapping[str, Any], source: str | None = None, keep_sources: bool = False) -> TrainConfig:
+        """Settings from a mapping: flat, or by section as ``config.yaml`` holds them. ``keep_sources``: each value
+        keeps where its record says it came from (a run resumed goes on as it was resolved)."""
+        settings = cls(_source=source, **flatten(values))
+        if keep_sources:
+            recorded = values.get(SOURCES_KEY) or {}
+            settings._origins = {name: recorded.get(name, origin) for name, origin in settings._origins.items()}
+        return settings
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
@@ -613,6 +717,10 @@ class RunConfig:
         for name, value in values.items():
             check_value(name, value)
         return RunConfig.from_values({**self.values(), **values}, self.sources)
+
+    def with_recipe(self, name: str, values: Mapping[str, Any]) -> RunConfig:
+        """A copy with a named recipe's ``values`` over it (the probe's, say), each recorded as from it."""
+        return self.replace(**values).with_sources(dict.fromkeys(values, f"recipe {name}"))
 
     def with_sources(self, sources: Mapping[str, str]) -> RunConfig:
         return dataclasses.replace(self, sources={**self.sources, **sources})

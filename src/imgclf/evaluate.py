@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .config import DataConfig, TrainConfig, flatten
 from .data import DataBundle, Split, load_data
-from .errors import CheckpointError, ConfigError, ImgclfError
-from .metrics import CALIBRATION_BINS
+from .errors import CheckpointError, ImgclfError
 from .plots.tables import Table
 from .predict import Classifier, load
-from .rundir import TEST_PREDICTIONS, UNKNOWN, UNKNOWN_PLOT, RunDir, SplitPredictions
+from .rundir import TEST_PREDICTIONS, UNKNOWN, UNKNOWN_PLOT, RunDir, SplitMetrics, SplitPredictions
 from .runtime import Log
 
 EVAL_BATCH = 1024  # most images per forward pass when predicting a split
@@ -33,131 +31,12 @@ def eval_batch(images: torch.Tensor) -> int:
     return max(1, min(EVAL_BATCH, EVAL_BATCH_BYTES // max(1, images[0].numel() if len(images) else 1)))
 
 
-# ---------------------------------------------------------------- calibration and "unknown"
-
-MIN_MISTAKES = 5  # validation mistakes temperature scaling needs: with none, the best temperature is 0
-
-
-def calibration_note(probs: torch.Tensor, labels: torch.Tensor) -> str | None:
-    """Why temperature scaling would be meaningless on this validation split, or None when it is not."""
-    mistakes = int((probs.argmax(1) != labels).sum())
-    if mistakes < MIN_MISTAKES:
-        return (
-            f"not calibrated: {mistakes} validation mistake(s), fewer than {MIN_MISTAKES}; with (almost) none, "
-            "the likelihood only grows as the temperature falls (a larger validation split helps)"
-        )
-    return None
-
-
-def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T that minimises the negative log-likelihood of ``softmax(log(probs) / T)`` on a held-out
-    split (temperature scaling, Guo et al., 2017): one parameter, so the predicted classes never change.
-    Dividing log-probabilities by T equals dividing the logits by T (softmax ignores a shift)."""
-    log_probs = probs.double().clamp_min(1e-30).log()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(log_probs / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
-
-
-def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    return (probs.clamp_min(1e-30).log() / temperature).softmax(1)
-
-
-def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
-    """Per confidence bin: its mean confidence, its accuracy and its count (the reliability diagram's bars)."""
-    confidence, predicted = probs.max(1)
-    index = (confidence * bins).long().clamp(max=bins - 1)
-    correct = (predicted == labels).float()
-    rows = []
-    for b in range(bins):
-        inside = index == b
-        n = int(inside.sum())
-        rows.append(
-            {
-                "low": b / bins,
-                "high": (b + 1) / bins,
-                "confidence": confidence[inside].mean().item() if n else (b + 0.5) / bins,
-                "accuracy": correct[inside].mean().item() if n else 0.0,
-                "count": n,
-            }
-        )
-    return rows
-
-
-def coverage_table(rows: list[dict[str, Any]]) -> Table:
-    return Table(
-        ["min confidence", "answered", "accuracy when answered"],
-        [
-            [
-                f"{r['min_confidence']:.2f}",
-                f"{r['coverage']:.1%}",
-                "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
-            ]
-            for r in rows
-        ],
-    )
-
-
-def per_class_table(metrics: dict[str, Any]) -> Table:
-    """Precision, recall, F1 and support per class, then accuracy and macro F1: the terminal's and the report's.
-    Several labels per image: each class's average precision and threshold too, then subset accuracy, macro and
-    micro F1, mAP and the Hamming loss."""
-    if metrics.get("task") == "multi_label":
-        return _multilabel_table(metrics)
-    rows: list[list[Any]] = [
-        [name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
-        for name, m in metrics["per_class"].items()
-    ]
-    rows.append(["accuracy", "", "", f"{metrics['accuracy']:.4f}", metrics["samples"]])
-    rows.append(["macro f1", "", "", f"{metrics['macro_f1']:.4f}", ""])
-    if "balanced_accuracy" in metrics:  # runs before imgclf 0.3 lack it
-        rows.append(["balanced accuracy", "", "", f"{metrics['balanced_accuracy']:.4f}", ""])
-    return Table(["class", "precision", "recall", "f1", "support"], rows)
-
-
-def _multilabel_table(metrics: dict[str, Any]) -> Table:
-    def ap(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    rows: list[list[Any]] = [
-        [
-            name,
-            f"{m['precision']:.4f}",
-            f"{m['recall']:.4f}",
-            f"{m['f1']:.4f}",
-            ap(m["average_precision"]),
-            f"{m['threshold']:.2f}",
-            m["support"],
-        ]
-        for name, m in metrics["per_class"].items()
-    ]
-    for label, key in (
-        ("subset accuracy", "subset_accuracy"),
-        ("macro f1", "macro_f1"),
-        ("micro f1", "micro_f1"),
-        ("mAP", "mAP"),
-        ("hamming loss", "hamming_loss"),
-    ):
-        rows.append(
-            [label, "", "", f"{metrics[key]:.4f}", "", "", metrics["samples"] if key == "subset_accuracy" else ""]
-        )
-    return Table(["class", "precision", "recall", "f1", "average precision", "threshold", "images with it"], rows)
-
-
-def split_metrics(classifier: Classifier, split: Split, classes: list[str]) -> tuple[dict[str, Any], torch.Tensor]:
+def split_metrics(classifier: Classifier, split: Split, classes: list[str]) -> tuple[SplitMetrics, torch.Tensor]:
     """Metrics of ``classifier`` on a split (with the run's test-time augmentation, as it predicts everywhere),
     and its probabilities; ``accuracy_without_tta`` beside them when the run uses it."""
     probs = classifier.predict_proba(split.images, eval_batch(split.images))
-    thresholds = classifier.thresholds if classifier.multi_label else None
-    metrics = classifier.task.metrics(probs, split.labels, classes, thresholds)
+    thresholds = classifier.thresholds
+    metrics = SplitMetrics(classifier.task.metrics(probs, split.labels, classes, thresholds), classifier.spec.task)
     if classifier.tta:
         plain = classifier.predict_proba(split.images, eval_batch(split.images), tta=False)
         metrics["accuracy_without_tta"] = classifier.task.metrics(plain, split.labels, classes, thresholds)["accuracy"]
@@ -180,7 +59,7 @@ def checkpoint_data(
     return cfg, dataset
 
 
-def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **data: Any) -> dict[str, Any]:
+def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **data: Any) -> SplitMetrics:
     """Test metrics of a run or checkpoint on its test split (or other ``data``: ``data``, ``data_dir``,
     ``images``); saved as the run's evaluation.json."""
     classifier = load(path, device=device)
@@ -192,21 +71,17 @@ def evaluate_run(path: str | os.PathLike, *, device: str = "auto", log: Log, **d
             + (" ..." if len(dataset.skipped) > 5 else "")
         )
     metrics, _ = split_metrics(classifier, dataset.test, dataset.classes)
-    log(per_class_table(metrics).to_text())
-    if classifier.multi_label:
-        log(
-            f"thresholds: {'the run`s own, chosen on validation' if classifier.threshold is None else classifier.threshold}"
-        )
-        if Path(path).is_dir():
-            RunDir(path).write_evaluation({"test": metrics, "data": cfg.data, "checkpoint": str(classifier.path)})
-        return metrics
-    log(
-        f"expected calibration error {metrics['calibration_error']:.4f} (temperature {classifier.spec.temperature:.3f})"
-    )
-    log("coverage: how many answers `min_confidence` leaves (the rest are `unknown`), and how many of them are right")
-    log(coverage_table(metrics["coverage"]).to_text())
+    log(classifier.task.per_class_table(metrics).to_text())
+    for line in classifier.task.evaluation_lines(metrics, classifier.spec.temperature, classifier.threshold):
+        log(line)
     if Path(path).is_dir():
-        RunDir(path).write_evaluation({"test": metrics, "data": cfg.data, "checkpoint": str(classifier.path)})
+        evaluation = {
+            "task": classifier.spec.task,
+            "test": metrics,
+            "data": cfg.data,
+            "checkpoint": str(classifier.path),
+        }
+        RunDir(path).write_evaluation(evaluation)
     return metrics
 
 
@@ -267,11 +142,7 @@ def evaluate_negatives(
     from .predict import Novelty
 
     classifier = load(path, device=device)
-    if classifier.multi_label:
-        raise ConfigError(
-            f"{path}: `negatives` measures `unknown`, an answer of one-label runs; a multi-label run answers an "
-            "unrelated image with no label over its threshold"
-        )
+    classifier.task.check("negatives", str(path))
     classifier.novelty = None  # measured afresh
     cfg, dataset = checkpoint_data(classifier, classifier.path or path, **data)
     sources, unrelated_images, skipped = classifier.read_images([negatives])
@@ -325,7 +196,7 @@ def evaluate_negatives(
 
         run = RunDir(path)
         run.write_unknown(result, reference.half().numpy())
-        plot_unknown_curve(result, run / UNKNOWN_PLOT)
+        plot_unknown_curve(result, run.output("evaluate --negatives", UNKNOWN_PLOT))
         log(f"written: {run / UNKNOWN}, {run / UNKNOWN_PLOT} (the report shows them)")
     return result
 
@@ -365,9 +236,14 @@ def test_predictions(run: RunDir, classifier: Classifier, log: Log) -> SplitPred
             "restore the data, or train the run again"
         ) from None
     probs = classifier.predict_proba(data.test.images, eval_batch(data.test.images))
-    thresholds = classifier.thresholds if classifier.multi_label else None
     predictions = SplitPredictions.from_probs(
-        probs, data.test.labels, data.test.images, cfg.seed, data.test.sources, thresholds
+        probs,
+        data.test.labels,
+        data.test.images,
+        cfg.seed,
+        data.test.sources,
+        classifier.thresholds,
+        classifier.spec.task,
     )
     run.save_predictions(predictions)
     return predictions

@@ -1,12 +1,16 @@
-"""A trained model out of imgclf: ONNX (runs under ONNX Runtime, without PyTorch) or TorchScript.
+"""A trained model out of imgclf, in the formats of one table (:data:`FORMATS`, :func:`export_formats`).
 
 What is exported is :class:`imgclf.predict.InferenceModel`, the graph that ``predict`` runs: uint8
 pixels N x C x H x W in (any N), class probabilities out, the normalisation, the calibration and the
-run's test-time augmentation (where it has one) inside. What a consumer
-must do before it (decode, resize the shorter side, centre-crop, channels) and the class names are in
-a JSON file beside the model. After writing, the exported model is run on the run's test images and
-on random images and compared with PyTorch: above :data:`PARITY_TOLERANCE` the export fails and
-nothing is left on disk.
+run's test-time augmentation (where it has one) inside. What a consumer must do before it (decode, fit
+the image to the square, channels), the class names and how to decide are in a JSON file beside the
+model. After writing, the exported model is run on the run's test images and on random images and
+compared with PyTorch: above the format's tolerance the export fails and nothing is left on disk.
+
+A format is one row of :data:`FORMATS` (name, file, exporter, the runtime that loads it, the extra that
+installs them, the parity tolerance); ``imgclf export --format``, ``predict --backend``, the API and the
+tests read the table. This module imports no torch until a model is exported or loaded: the command line
+lists the formats from it.
 """
 
 from __future__ import annotations
@@ -16,21 +20,21 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ConfigError, ExportError
 from .fsutil import atomic_path, atomic_write_json
-from .predict import Classifier, OnnxBackend, load
-from .rundir import EXPORT, EXPORT_FILES, RunDir
-from .runtime import Log, quiet
+from .rundir import EXPORT, RunDir
+from .runtime import Log, imgclf_version, quiet
 
-FORMATS = tuple(EXPORT_FILES)
-PARITY_TOLERANCE = 1e-4  # largest absolute difference of a probability between exported and PyTorch model
+if TYPE_CHECKING:
+    import torch
+
+    from .predict import Classifier
+
+Backend = Callable[["torch.Tensor"], "torch.Tensor"]
 RANDOM_IMAGES = 16  # random uint8 images checked besides the run's test images
 ONNX_OPSET = 18
-Backend = Callable[[torch.Tensor], torch.Tensor]
 
 # how predict, serve and the run's own test metrics fitted an image to the square, for a user of the export
 RESIZE_TEXT = {
@@ -40,64 +44,12 @@ RESIZE_TEXT = {
 }
 
 
-@dataclass
-class ExportResult:
-    path: Path  # the model file
-    metadata: Path  # the JSON beside it: classes, input, preprocessing
-    format: str
-    max_difference: float  # largest |probability difference| against PyTorch over the checked images
-    test_images: int  # of the run's test images checked (0 for a bare checkpoint)
-    random_images: int
-
-    def summary(self) -> str:
-        checked = f"{self.test_images} test + {self.random_images} random images"
-        return (
-            f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB) and {self.metadata.name}; "
-            f"{self.format} vs PyTorch on {checked}: largest probability difference {self.max_difference:.1e} "
-            f"(limit {PARITY_TOLERANCE:.0e})"
-        )
-
-
-def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
-    """What a program needs to feed the exported model and read its output, without imgclf."""
-    spec = classifier.spec
-    return {
-        "format": fmt,
-        "file": file,
-        "model": spec.model,
-        "classes": list(spec.classes),
-        "input": {
-            "name": "images",
-            "dtype": "uint8",
-            "shape": ["batch", spec.channels, spec.image_size, spec.image_size],
-            "channels": "RGB" if spec.channels == 3 else "L (luma: 0.299 R + 0.587 G + 0.114 B)",
-        },
-        "output": {
-            "name": "probabilities",
-            "shape": ["batch", len(spec.classes)],
-            # multi-label: a sigmoid per class, each class predicted from its threshold on; else a softmax
-            "activation": "sigmoid" if spec.multi_label else "softmax",
-            "decision": "every class with probability >= its threshold"
-            if spec.multi_label
-            else "the most probable class",
-        },
-        "task": spec.task,
-        "thresholds": classifier.thresholds if spec.multi_label else None,
-        "preprocessing": {
-            "resize": RESIZE_TEXT[spec.resize].format(size=spec.image_size),
-            "resize_mode": spec.resize,
-            "normalisation": "inside the model: (pixels / 255 - mean) / std",
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-        },
-        # inside the model too, as predict, evaluate, serve and the run's test metrics apply them
-        "test_time_augmentation": spec.tta,
-        "temperature": spec.temperature,
-        "imgclf_version": __import__("imgclf").__version__,
-    }
+# ---------------------------------------------------------------- exporters and the runtimes that load them
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
     try:
         import onnxscript  # noqa: F401  torch's ONNX exporter needs it; checked first for a clear message
     except ImportError:
@@ -120,11 +72,31 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     program.save(str(path))
 
 
+class OnnxBackend:
+    """An exported ONNX model run by ONNX Runtime: uint8 N x C x H x W in, probabilities out."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import torch
+
+        try:
+            import onnxruntime
+        except ImportError:
+            raise CheckpointError("the ONNX backend needs onnxruntime: pip install 'imgclf[export]'") from None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self.session.run(None, {"images": images.cpu().numpy()})[0])
+
+
 def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # TorchScript is deprecated upstream in favour of torch.export; still loads everywhere
+        warnings.simplefilter("ignore")  # TorchScript is deprecated upstream in favour of torch.export
         traced = torch.jit.trace(model, example, check_trace=False)
     traced.save(str(path))
 
@@ -133,22 +105,132 @@ class TorchScriptBackend:
     """A TorchScript file loaded for inference: uint8 batch in, probabilities out."""
 
     def __init__(self, path: str | os.PathLike) -> None:
+        import torch
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(images)
+        import torch
+
+        with torch.inference_mode():
+            return self.module(images)
 
 
-EXPORTERS: dict[str, tuple[Callable[[torch.nn.Module, torch.Tensor, Path], None], Callable[[Path], Backend]]] = {
-    "onnx": (_export_onnx, OnnxBackend),
-    "torchscript": (_export_torchscript, TorchScriptBackend),
-}
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str  # `imgclf export --format NAME`, `predict --backend NAME`
+    file: str  # the model file written into the export folder; its metadata is FILE.json beside it
+    exporter: Callable[[Any, Any, Path], None]  # (InferenceModel, example uint8 batch, path) -> writes the file
+    backend: Callable[[Path], Backend]  # loads the file for inference: uint8 batch in, probabilities out
+    extra: str  # `pip install 'imgclf[EXTRA]'` brings the exporter and the runtime
+    tolerance: float  # largest |probability difference| against PyTorch a written model may show
+    description: str
+
+
+FORMATS: tuple[ExportFormat, ...] = (
+    ExportFormat(
+        "onnx", "model.onnx", _export_onnx, OnnxBackend, "export", 1e-4, "ONNX, run by ONNX Runtime without PyTorch"
+    ),
+    ExportFormat(
+        "torchscript",
+        "model.torchscript.pt",
+        _export_torchscript,
+        TorchScriptBackend,
+        "",  # PyTorch itself
+        1e-4,
+        "TorchScript, loaded by torch.jit.load (C++ or Python) without imgclf",
+    ),
+)
+
+
+def export_formats() -> dict[str, ExportFormat]:
+    """The formats by name, in the table's order."""
+    return {f.name: f for f in FORMATS}
+
+
+def format_names() -> tuple[str, ...]:
+    return tuple(f.name for f in FORMATS)
+
+
+def backend_names() -> tuple[str, ...]:
+    """Where a forward pass can run: PyTorch itself, or an exported format's runtime."""
+    return ("torch", *format_names())
+
+
+def get_format(name: str) -> ExportFormat:
+    found = export_formats().get(name)
+    if found is None:
+        raise ConfigError(f"`format` {name}: unknown; use {' or '.join(format_names())}")
+    return found
+
+
+# ---------------------------------------------------------------- exporting, checked
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the model file
+    metadata: Path  # the JSON beside it: classes, input, preprocessing, how to decide
+    format: str
+    max_difference: float  # largest |probability difference| against PyTorch over the checked images
+    test_images: int  # of the run's test images checked (0 for a bare checkpoint)
+    random_images: int
+    tolerance: float = 1e-4
+
+    def summary(self) -> str:
+        checked = f"{self.test_images} test + {self.random_images} random images"
+        return (
+            f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB) and {self.metadata.name}; "
+            f"{self.format} vs PyTorch on {checked}: largest probability difference {self.max_difference:.1e} "
+            f"(limit {self.tolerance:.0e})"
+        )
+
+
+def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
+    """What a program needs to feed the exported model and read its output, without imgclf."""
+    spec = classifier.spec
+    decision = classifier.task.export_metadata(classifier.thresholds)
+    return {
+        "format": fmt,
+        "file": file,
+        "model": spec.model,
+        "classes": list(spec.classes),
+        "input": {
+            "name": "images",
+            "dtype": "uint8",
+            "shape": ["batch", spec.channels, spec.image_size, spec.image_size],
+            "channels": "RGB" if spec.channels == 3 else "L (luma: 0.299 R + 0.587 G + 0.114 B)",
+        },
+        "output": {
+            "name": "probabilities",
+            "shape": ["batch", len(spec.classes)],
+            "activation": decision["activation"],
+            "decision": decision["decision"],
+        },
+        "task": spec.task,
+        "thresholds": decision["thresholds"],
+        "preprocessing": {
+            "resize": RESIZE_TEXT[spec.resize].format(size=spec.image_size),
+            "resize_mode": spec.resize,
+            "normalisation": "inside the model: (pixels / 255 - mean) / std",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
+        # inside the model too, as predict, evaluate, serve and the run's test metrics apply them
+        "test_time_augmentation": spec.tta,
+        "temperature": spec.temperature,
+        "imgclf_version": imgclf_version(),
+    }
 
 
 def _check_images(classifier: Classifier, test_images: torch.Tensor | None, seed: int = 0) -> torch.Tensor:
+    import torch
+
     spec = classifier.spec
     generator = torch.Generator().manual_seed(seed)
     shape = (RANDOM_IMAGES, spec.channels, spec.image_size, spec.image_size)
@@ -159,6 +241,8 @@ def _check_images(classifier: Classifier, test_images: torch.Tensor | None, seed
 def largest_difference(backend: Backend, classifier: Classifier, images: torch.Tensor) -> float:
     """The largest |probability difference| between ``backend`` and the PyTorch model, run on one image
     and on the whole batch (the exported batch size is dynamic: both must work)."""
+    import torch
+
     expected = classifier.predict_proba(images)
     got = torch.cat([backend(images[:1]), backend(images[1:])]) if len(images) > 1 else backend(images)
     if got.shape != expected.shape:
@@ -175,25 +259,27 @@ def export_classifier(
 ) -> ExportResult:
     """Export ``classifier`` as ``fmt`` into the folder ``out``, then check it against PyTorch on
     ``test_images`` (uint8, the model's size) and random images."""
-    if fmt not in EXPORTERS:
-        raise ConfigError(f"`format` {fmt}: unknown; use {' or '.join(FORMATS)}")
+    import torch
+
+    from .predict import Classifier
+
+    row = get_format(fmt)
     classifier = Classifier(classifier.spec, classifier.model, torch.device("cpu"), config=classifier.config)
-    exporter, backend_type = EXPORTERS[fmt]
-    path = Path(out) / EXPORT_FILES[fmt]
+    path = Path(out) / row.file
     images = _check_images(classifier, test_images)
     log(f"exporting {classifier.model_name} to {fmt}")
     with atomic_path(path) as tmp:  # the model file appears only once it has passed the check
-        exporter(classifier.inference_model(), images[:2], tmp)
-        difference = largest_difference(backend_type(tmp), classifier, images)
-        if not difference <= PARITY_TOLERANCE:  # NaN fails too
+        row.exporter(classifier.inference_model(), images[:2], tmp)
+        difference = largest_difference(row.backend(tmp), classifier, images)
+        if not difference <= row.tolerance:  # NaN fails too
             raise ExportError(
                 f"{path}: the {fmt} model's probabilities differ from PyTorch's by up to {difference:.1e}, over the "
-                f"limit of {PARITY_TOLERANCE:.0e}; nothing was written (report it with the model name)"
+                f"limit of {row.tolerance:.0e}; nothing was written (report it with the model name)"
             )
     meta_path = path.with_name(path.name + ".json")
     atomic_write_json(meta_path, {**metadata(classifier, fmt, path.name), "max_difference": difference})
     n_test = 0 if test_images is None else len(test_images)
-    return ExportResult(path, meta_path, fmt, difference, n_test, RANDOM_IMAGES)
+    return ExportResult(path, meta_path, fmt, difference, n_test, RANDOM_IMAGES, row.tolerance)
 
 
 def run_test_images(path: str | os.PathLike) -> torch.Tensor | None:
@@ -204,12 +290,21 @@ def run_test_images(path: str | os.PathLike) -> torch.Tensor | None:
         return None
 
 
+def export_folder(path: str | os.PathLike) -> Path:
+    """Where a run's (or a checkpoint's) exports go: the run's export/ folder."""
+    checkpoint = RunDir.checkpoint_path(path)
+    return RunDir(checkpoint.parent).output("export", EXPORT)
+
+
 def export(
     path: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None, log: Log = quiet
 ) -> ExportResult:
     """Export a run (its best.pt) or a checkpoint; ``out`` defaults to the run's ``export/`` folder."""
+    from .predict import load
+
+    get_format(fmt)  # an unknown format is one line before the model loads
     classifier = load(path, device="cpu")
-    folder = Path(out) if out else RunDir.checkpoint_path(path).parent / EXPORT
+    folder = Path(out) if out else export_folder(path)
     test_images = run_test_images(path) if Path(path).is_dir() else None
     return export_classifier(classifier, fmt, folder, test_images, log)
 
@@ -217,9 +312,10 @@ def export(
 def exported_backend(path: str | os.PathLike, fmt: str, log: Log = quiet) -> Backend:
     """The run's exported ``fmt`` model as a backend for ``predict``, exported first when it is missing
     or older than the checkpoint."""
+    row = get_format(fmt)
     checkpoint = RunDir.checkpoint_path(path)
-    model_file = checkpoint.parent / EXPORT / EXPORT_FILES[fmt]
+    model_file = export_folder(path) / row.file
     meta_file = model_file.with_name(model_file.name + ".json")
     if not meta_file.is_file() or meta_file.stat().st_mtime < checkpoint.stat().st_mtime:  # written after the model
         log(export(path, fmt, log=log).summary())
-    return EXPORTERS[fmt][1](model_file)
+    return row.backend(model_file)

@@ -112,7 +112,6 @@ def multilabel_metrics(
         "f1": multilabel_f1_score(preds, target, n, threshold=0.5, average=None),
     }
     return {
-        "task": "multi_label",
         "accuracy": subset,  # what a single number of "accuracy" means here: every label of the image right
         "subset_accuracy": subset,
         "hamming_loss": multilabel_hamming_distance(preds, target, n, threshold=0.5, average="micro").item(),
@@ -157,3 +156,62 @@ def best_thresholds(probs: torch.Tensor, targets: torch.Tensor, default: float =
         chosen.append(round(float(THRESHOLD_GRID[best]), 2))
         how.append(f"best validation F1 {float(f1[best]):.3f} over {positives} positive image(s)")
     return chosen, how
+
+
+# ---------------------------------------------------------------- calibration: temperature scaling
+
+MIN_MISTAKES = 5  # validation mistakes temperature scaling needs: with none, the best temperature is 0
+
+
+def calibration_note(probs: torch.Tensor, labels: torch.Tensor) -> str | None:
+    """Why temperature scaling would be meaningless on this validation split, or None when it is not."""
+    mistakes = int((probs.argmax(1) != labels).sum())
+    if mistakes < MIN_MISTAKES:
+        return (
+            f"not calibrated: {mistakes} validation mistake(s), fewer than {MIN_MISTAKES}; with (almost) none, "
+            "the likelihood only grows as the temperature falls (a larger validation split helps)"
+        )
+    return None
+
+
+def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimises the negative log-likelihood of ``softmax(log(probs) / T)`` on a held-out
+    split (temperature scaling, Guo et al., 2017): one parameter, so the predicted classes never change.
+    Dividing log-probabilities by T equals dividing the logits by T (softmax ignores a shift)."""
+    log_probs = probs.double().clamp_min(1e-30).log()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(log_probs / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (probs.clamp_min(1e-30).log() / temperature).softmax(1)
+
+
+def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """Per confidence bin: its mean confidence, its accuracy and its count (the reliability diagram's bars)."""
+    confidence, predicted = probs.max(1)
+    index = (confidence * bins).long().clamp(max=bins - 1)
+    correct = (predicted == labels).float()
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        rows.append(
+            {
+                "low": b / bins,
+                "high": (b + 1) / bins,
+                "confidence": confidence[inside].mean().item() if n else (b + 0.5) / bins,
+                "accuracy": correct[inside].mean().item() if n else 0.0,
+                "count": n,
+            }
+        )
+    return rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .config import DEFAULT_MAX_IMAGE_PIXELS, PREDICT_BATCH
+from .config import DEFAULT_MAX_IMAGE_PIXELS, PREDICT_BATCH, DecodeSpec
 from .data.images import describe_skip, find_images, read_image, stream_images
 from .errors import CheckpointError, ConfigError, DataError
 from .models import create_model
-from .rundir import Checkpoint, InferenceSpec, RunDir, read_checkpoint
+from .rundir import CHANGES_INFERENCE, Checkpoint, InferenceSpec, RunDir, read_checkpoint
 from .runtime import resolve_device
-from .tasks import Task, get_task
+from .tasks import UNKNOWN as UNKNOWN  # re-exported: the label of an answer below `min_confidence`
+from .tasks import Prediction, Task, get_task
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -48,8 +49,6 @@ def tta_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor
     return 0.5 * _mirrored_logits(network, x, hflip) + 0.25 * shifted_logits
 
 
-UNKNOWN = "unknown"  # the label of a prediction below `min_confidence`
-LABEL_SEPARATOR = ";"  # multi-label: a prediction's labels joined, as a training CSV's `labels` column holds them
 UNKNOWN_SCORES = ("probability", "familiarity")  # what `min_confidence` is compared with (evaluate --negatives)
 
 
@@ -91,8 +90,8 @@ def check_min_confidence(value: float) -> None:
 
 class InferenceModel(nn.Module):
     """A trained network with its preprocessing: uint8 images N x C x H x W at the model's size in, class
-    probabilities N x classes out: a softmax over the classes (one label per image) or a sigmoid per class
-    (several), as the run's task says. ``tta`` adds the test-time augmented views the run's test metrics used."""
+    probabilities N x classes out, as the run's task makes them (a softmax over the classes, a sigmoid per
+    class). ``tta`` adds the test-time augmented views the run's test metrics used."""
 
     mean: torch.Tensor  # 1 x C x 1 x 1 buffers: they move with the module and are part of an exported graph
     std: torch.Tensor
@@ -106,13 +105,11 @@ class InferenceModel(nn.Module):
         tta: bool = False,
         hflip: bool = False,
         temperature: float = 1.0,
-        activation: str = "softmax",
+        task: Task | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ("softmax", "sigmoid"):
-            raise ValueError(f"activation {activation!r}: softmax or sigmoid")
         self.network = network
-        self.activation = activation
+        self.task = task or get_task("single_label")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
         self.tta, self.hflip, self.temperature = tta, hflip, float(temperature)
@@ -126,49 +123,7 @@ class InferenceModel(nn.Module):
         x = self.normalise(images)
         logits = tta_logits(self.network, x, self.hflip) if self.tta else self.network(x).float()
         logits = logits / self.temperature  # calibrated: the run's fitted temperature
-        return logits.sigmoid() if self.activation == "sigmoid" else logits.softmax(1)
-
-
-@dataclass
-class Prediction:
-    """One image's answer. One label per image: ``label`` (``unknown`` below ``min_confidence``) and its
-    probability. Several: ``labels``, every class at or over its threshold with its probability (most
-    probable first; none is an answer too), ``label`` their names joined by ``;`` and ``probability`` the
-    most probable class's. ``top_k``: the most probable classes either way."""
-
-    source: str
-    label: str
-    probability: float
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    labels: list[tuple[str, float]] | None = None  # multi-label runs only
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "source": self.source,
-            "label": self.label,
-            "probability": self.probability,
-            "top_k": [{"label": lbl, "probability": p} for lbl, p in self.top_k],
-        }
-        if self.labels is not None:
-            out["labels"] = [{"label": lbl, "probability": p} for lbl, p in self.labels]
-        return out
-
-
-class OnnxBackend:
-    """An exported ONNX model run by ONNX Runtime: uint8 N x C x H x W in, probabilities out. Imported
-    lazily: ``pip install 'imgclf[export]'``."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise CheckpointError("the ONNX backend needs onnxruntime: pip install 'imgclf[export]'") from None
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"images": images.cpu().numpy()})[0])
+        return self.task.probabilities(logits)
 
 
 class Predictions(list[Prediction]):
@@ -217,7 +172,9 @@ class Classifier:
         self.backend: Callable[[torch.Tensor], torch.Tensor] | None = None
         # "unknown" by distance to the training images, where `evaluate --negatives` found it better
         self.novelty: Novelty | None = None
-        # multi-label: one threshold for every class instead of the run's per-class ones (--threshold)
+        # what a command run after training changed in how this run predicts (rundir.CHANGES_INFERENCE)
+        self.changed_by: dict[str, str] = {}
+        # one threshold for every class instead of the run's per-class ones (--threshold), where the task has them
         self.threshold: float | None = None
         # two views of one network, sharing its weights: plain, and with the run's test-time augmentation
         self.modules = {
@@ -228,7 +185,7 @@ class Classifier:
                 tta=tta,
                 hflip=spec.hflip,
                 temperature=spec.temperature,
-                activation="sigmoid" if spec.multi_label else "softmax",
+                task=self.task,
             ).to(device)
             for tta in (False, True)
         }
@@ -260,21 +217,16 @@ class Classifier:
         return get_task(self.spec.task)
 
     @property
-    def multi_label(self) -> bool:
-        """Whether the run predicts any number of labels per image (a sigmoid and a threshold per class)."""
-        return self.spec.multi_label
-
-    @property
-    def thresholds(self) -> list[float]:
-        """Multi-label: the probability from which each class is predicted (the run's, or ``threshold``)."""
+    def thresholds(self) -> list[float] | None:
+        """The probability from which each class is predicted (the run's, or ``threshold``), where the run's task
+        decides by thresholds (several labels per image); None where it does not."""
         return self.spec.decision_thresholds(self.threshold)
 
     def set_threshold(self, threshold: float | None) -> None:
-        """One threshold for every class of a multi-label run (None: the run's own, chosen on validation)."""
-        if threshold is not None and not self.multi_label:
-            raise ConfigError(
-                "`threshold` is for runs with several labels per image; this run predicts one (use `min_confidence`)"
-            )
+        """One threshold for every class, where the task decides by thresholds (None: the run's own, chosen on
+        validation)."""
+        if threshold is not None:
+            self.task.check("threshold")
         if threshold is not None and not 0 < threshold < 1:
             raise ConfigError(f"`threshold` {threshold} must be a probability between 0 and 1 (e.g. 0.5)")
         self.threshold = threshold
@@ -289,7 +241,9 @@ class Classifier:
 
     def __repr__(self) -> str:
         views = ", test-time augmentation" if self.tta else ""
-        return f"Classifier({self.model_name}, {len(self.classes)} classes, {self.channels}x{self.image_size}x{self.image_size}{views})"
+        changed = "".join(f", {what} ({command})" for command, what in self.changed_by.items())
+        shape = f"{self.channels}x{self.image_size}x{self.image_size}"
+        return f"Classifier({self.model_name}, {len(self.classes)} classes, {shape}{views}{changed})"
 
     @property
     def tta(self) -> bool:
@@ -307,7 +261,12 @@ class Classifier:
             image = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().to(torch.uint8)
             array = image.permute(1, 2, 0).numpy()
             item = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-        return read_image(item, self.image_size, self.channels, self.max_image_pixels, self.spec.resize)
+        return read_image(item, self.decode_spec, self.channels)
+
+    @property
+    def decode_spec(self) -> DecodeSpec:
+        """How an image file becomes this model's input: its size, its run's fitting, the pixel limit."""
+        return DecodeSpec(self.image_size, self.spec.resize, self.max_image_pixels)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """A uint8 N x C x H x W batch as the network's input: float, normalised, on its device."""
@@ -338,9 +297,7 @@ class Classifier:
                     sources = [f"<{type(item).__name__} {start + i}>" for i, item in enumerate(chunk)]
                     yield DecodedInputs(sources, torch.stack([self.to_uint8(item) for item in chunk]), [])
                 continue
-            for batch in stream_images(
-                files, self.image_size, self.channels, self.max_image_pixels, batch_size, self.spec.resize
-            ):
+            for batch in stream_images(files, self.decode_spec, self.channels, batch_size):
                 for file, reason in batch.skipped:
                     if file in named:
                         raise DataError(f"{file}: {describe_skip(reason)}")
@@ -388,44 +345,11 @@ class Classifier:
         scores: torch.Tensor | None = None,
         threshold: float | None = None,
     ) -> list[Prediction]:
-        """The ``k`` most likely classes of each image; the label is ``unknown`` where its score (``scores``,
-        default the calibrated top probability) is below ``min_confidence``. A multi-label run answers with
-        every class at or over its threshold (:meth:`over_thresholds`; ``threshold``: one for all instead)."""
-        values, indices = probs.topk(max(1, min(k, len(self.classes))), dim=1)
-        if self.multi_label:
-            return [
-                Prediction(
-                    src,
-                    LABEL_SEPARATOR.join(name for name, _ in labels),
-                    val[0],
-                    [(self.classes[i], v) for v, i in zip(val, idx)],
-                    labels,
-                )
-                for src, val, idx, labels in zip(
-                    sources, values.tolist(), indices.tolist(), self.over_thresholds(probs, threshold)
-                )
-            ]
-        decided = (values[:, 0] if scores is None else scores) >= min_confidence
-        return [
-            Prediction(
-                src,
-                self.classes[idx[0]] if keep else UNKNOWN,
-                val[0],
-                [(self.classes[i], v) for v, i in zip(val, idx)],
-            )
-            for src, val, idx, keep in zip(sources, values.tolist(), indices.tolist(), decided.tolist())
-        ]
-
-    def over_thresholds(self, probs: torch.Tensor, threshold: float | None = None) -> list[list[tuple[str, float]]]:
-        """Multi-label: per image, each class at or over its threshold (the run's, or ``threshold`` for every class) with its
-        probability, most probable first."""
-        cut = self.thresholds if threshold is None else self.spec.decision_thresholds(threshold)
-        chosen = probs >= torch.tensor(cut, dtype=probs.dtype).view(1, -1)
-        out = []
-        for row, keep in zip(probs.tolist(), chosen.tolist()):
-            found = [(self.classes[c], p) for c, (p, k) in enumerate(zip(row, keep)) if k]
-            out.append(sorted(found, key=lambda item: -item[1]))
-        return out
+        """Each image's answer, as the run's task decides it, with its ``k`` most likely classes: one label per
+        image is ``unknown`` where its score (``scores``, default the calibrated top probability) is below
+        ``min_confidence``; several are every class at or over its threshold (``threshold``: one for all)."""
+        thresholds = self.spec.decision_thresholds(self.threshold if threshold is None else threshold)
+        return self.task.answers(sources, probs, self.classes, k, thresholds, min_confidence, scores)
 
     def stream(
         self,
@@ -436,11 +360,8 @@ class Classifier:
     ) -> PredictionStream:
         """Predictions as they are made, for folders of any size: iterate the result."""
         check_min_confidence(min_confidence)
-        if min_confidence > 0 and self.multi_label:
-            raise ConfigError(
-                "`min_confidence` is for runs with one label per image; a multi-label run predicts each label over "
-                "its own threshold (set one for all with `threshold`)"
-            )
+        if min_confidence > 0:
+            self.task.check("min_confidence")
         return PredictionStream(self, InputPlan.of(images), top_k, batch_size, min_confidence)
 
     def predict(
@@ -539,6 +460,7 @@ def load(path: str | os.PathLike, device: str = "auto", max_image_pixels: int = 
     found = RunDir(path).read_unknown() if Path(path).is_dir() else None
     if found is not None and found[0].get("chosen") == "familiarity":
         unknown, reference = found
+        classifier.changed_by["evaluate --negatives"] = CHANGES_INFERENCE["evaluate --negatives"]
         classifier.novelty = Novelty(
             Novelty.unit(torch.from_numpy(reference.astype("float32"))),
             int(unknown["k"]),

@@ -30,11 +30,21 @@ by running the same :func:`resolve` that training runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL, SETTINGS, RunConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from .tasks import Task
+
+
+def _single_label() -> Task:
+    from .tasks import get_task  # torch: only when a run is resolved
+
+    return get_task("single_label")
+
 
 LR_BATCH = 1024  # recipe learning rates are for the mean loss of a batch of this size; others scale linearly
 
@@ -88,6 +98,41 @@ MIN_BATCH = 16
 # A folder's default image size is its images' own (or their median), at most this many pixels a side:
 # at 64 px a CPU epoch of the folder recipe costs a quarter of 128 px; a GPU affords 128.
 FOLDER_SIZE_CAP = {"cpu": 64, "gpu": 128}
+
+# The folder default's search (imgclf.train.search): seconds for the search and the final run together, when
+# `budget` is not given
+SEARCH_BUDGET = {"cpu": 600.0, "gpu": 300.0}
+
+# The linear probe (imgclf.features.probe), for features of ImageNet networks (pooled, non-negative, ~1e0):
+# AdamW, cosine decay, enough steps to converge on a few hundred images and few epochs on many.
+PROBE: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": 3e-3,  # at batch PROBE_BATCH
+    "weight_decay": 0.05,  # decoupled: a mild pull towards zero, the head's only regulariser
+    "schedule": "cosine",
+    "warmup_epochs": 0.0,
+    "label_smoothing": 0.1,
+    "ema": False,
+    "compile": False,
+    "norm_lr_scale": 1.0,
+    "grad_clip": None,
+    "freeze_epochs": 0,
+    "backbone_lr_scale": 1.0,
+    "patience": None,
+    "target_accuracy": None,
+    "batch_size": 256,
+}
+PROBE_STEPS = 600  # optimizer steps at least
+PROBE_MAX_EPOCHS = 100
+
+# The doctor's quick models (imgclf.train.quick): the folder recipe of the cnn at a few epochs per fold, plain
+# (no weight averaging, views or compilation: each fold's model predicts once), and no class weights:
+# confident learning wants the probabilities of the data as it is
+QUICK: dict[str, Any] = {"ema": False, "tta": False, "compile": False, "class_weights": "none"}
+QUICK_EPOCHS = 4  # per fold at least: minutes for 60,000 images
+QUICK_IMAGES = 64_000  # images seen per fold at least: on MNIST's 10,000 test images, 3 folds x 4 epochs left one
+# fold at 91%; 5 folds x 8 epochs (this rule) every fold at 99.2-99.5% (bench/label_errors.py)
+MAX_QUICK_EPOCHS = 12
 
 
 @dataclass(frozen=True)
@@ -201,6 +246,32 @@ def image_size_cap(device_type: str) -> int:
     return FOLDER_SIZE_CAP[device_class(device_type)]
 
 
+def search_budget(settings: TrainConfig, device_type: str) -> tuple[float, str]:
+    """The seconds the folder default's search and its final run have, and where that came from."""
+    if settings.budget:
+        return settings.budget, settings.origin("budget")
+    device = device_class(device_type)
+    return SEARCH_BUDGET[device], f"rule: the search's on a {device} (search and fine-tuning; a cnn trains its recipe)"
+
+
+def probe_recipe(cfg: RunConfig, train_images: int) -> RunConfig:
+    """The linear probe's run config: ``cfg``'s data and imbalance settings with the probe's recipe, its
+    epochs enough for :data:`PROBE_STEPS` steps (at least 10, at most :data:`PROBE_MAX_EPOCHS`)."""
+    steps_per_epoch = max(1, math.ceil(train_images / PROBE["batch_size"]))
+    epochs = min(PROBE_MAX_EPOCHS, max(10, math.ceil(PROBE_STEPS / steps_per_epoch)))
+    return cfg.with_recipe("probe", {**PROBE, "epochs": epochs})
+
+
+def quick_epochs(train_images: int) -> int:
+    """Epochs of each fold's quick model: enough images seen to converge on small folders, 4 on large ones."""
+    return max(QUICK_EPOCHS, min(MAX_QUICK_EPOCHS, math.ceil(QUICK_IMAGES / max(1, train_images))))
+
+
+def quick_settings(epochs: int, seed: int) -> TrainConfig:
+    """What the doctor's quick model of one fold trains with, before the folder recipe fills the rest."""
+    return TrainConfig().replace(_origin="recipe quick", epochs=epochs, seed=seed, **QUICK)
+
+
 def choose_variant(
     variants: list[Variant],
     *,
@@ -244,13 +315,17 @@ def recipe_values(variant: Variant, device_type: str, model: str, pretrained: bo
 
 @dataclass(frozen=True)
 class DataFacts:
-    """What the rules need to know of the data: training images (None: unknown, a large folder) and the
-    image size the data loader chose, with why."""
+    """What the rules need to know of the data and the run: training images (None: unknown, a large folder),
+    the image size the data loader chose (with why), images per class, the labels' task, and the budget the
+    search spent (where it searched: recorded, so a searched run's config says it)."""
 
     train_images: int | None
     image_size: int | None = None
     image_size_note: str = ""
     class_counts: tuple[int, ...] | None = None  # training images per class
+    task: Task = field(default_factory=_single_label)
+    search_budget: tuple[float, str] | None = None  # (seconds, where they came from)
+    run_name: str | None = None  # a new run of this data: its folder is runs/<run_name>-<model> unless `out` says
 
 
 # Imbalanced classes (largest over smallest above IMBALANCE_RATIO): the treatment measured best on real data
@@ -259,7 +334,11 @@ class DataFacts:
 # 0.645, logit adjustment 0.649, effective number 0.649, balanced sampler 0.644, none 0.611); and the best
 # epoch chosen on balanced accuracy.
 IMBALANCED: dict[str, Any] = {"class_weights": "sqrt", "monitor": "val_balanced_acc"}
-IMBALANCE_RATIO = 3.0
+IMBALANCE_RATIO = 3.0  # largest class over smallest beyond which the data counts as imbalanced
+
+
+def is_imbalanced(counts: Sequence[int]) -> bool:
+    return bool(counts) and min(counts) > 0 and max(counts) > IMBALANCE_RATIO * min(counts)
 
 
 def _candidate(
@@ -289,7 +368,8 @@ def _candidate(
     if ":" not in values["model"] and not settings.is_set("pretrained") and not values["weights"]:
         from .models import get_model_spec  # the registry imports torchvision: only when resolving
 
-        if get_model_spec(values["model"]).pretrained_default:
+        pretrained = get_model_spec(values["model"]).pretrained
+        if pretrained is not None and pretrained.ships:
             put("pretrained", True, f"rule: {values['model']}'s ImageNet weights ship with imgclf")
     given = recipe_values(variant, device_type, values["model"], bool(values["pretrained"] or values["weights"]))
     for name, value in given.items():
@@ -321,7 +401,9 @@ def _candidate(
         )
     counts = facts.class_counts
     treated = any(settings.is_set(n) for n in ("class_weights", "logit_adjustment", "sampler"))
-    if counts and min(counts) > 0 and max(counts) > IMBALANCE_RATIO * min(counts):
+    for name, (value, why) in facts.task.recipe_rules.items():  # several labels: no smoothing, say
+        put(name, value, why)
+    if counts and facts.task.imbalance_rule and is_imbalanced(counts):
         why = f"rule: imbalanced classes ({max(counts):,} to {min(counts):,} training images)"
         for name, value in IMBALANCED.items():
             if name != "monitor" and treated:
@@ -330,6 +412,13 @@ def _candidate(
     if not settings.is_set("image_size") and facts.image_size is not None:
         origin = "data: the images' size (see the note above)" if facts.image_size_note else "data: the dataset's own"
         values["image_size"], sources["image_size"] = facts.image_size, origin
+    if facts.search_budget is not None:  # recorded after the variant's choice, which it does not drive
+        put("budget", *facts.search_budget)
+    if facts.run_name is not None:
+        from .rundir import RunDir
+
+        folder = RunDir.new_path(f"{facts.run_name}-{values['model']}")
+        put("out", str(folder), "rule: a new folder runs/<data>-<model> (-2, -3, ... where taken)")
     return RunConfig.from_values(values, sources)
 
 
@@ -349,7 +438,10 @@ def resolve(
     def candidate(variant: Variant, budget_epochs: int | None = None) -> RunConfig:
         return _candidate(settings, recipe, variant, device_type, facts, processes, budget_epochs)
 
-    per_epoch = (lambda v: seconds_per_epoch(candidate(v))) if seconds_per_epoch and settings.budget else None
+    # a config that sets every value a recipe would fill (a run resumed, a config.yaml given back) has no recipe
+    # left to choose: nothing to time
+    fills = any(not settings.is_set(spec.name) for spec in SETTINGS.values() if spec.recipe)
+    per_epoch = (lambda v: seconds_per_epoch(candidate(v))) if seconds_per_epoch and settings.budget and fills else None
     variant, budget_epochs = choose_variant(
         variants,
         budget=settings.budget,

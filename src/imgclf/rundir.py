@@ -32,8 +32,8 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,12 +70,12 @@ PREDICTIONS_PLOT = f"{PLOTS}/predictions.png"
 RELIABILITY = f"{PLOTS}/reliability.png"
 UNKNOWN_PLOT = f"{PLOTS}/unknown.png"  # evaluate --negatives: unrelated images accepted per share of real ones kept
 TENSORBOARD = "tensorboard"
-EXPORT = "export"
-EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # the metadata: FILE.json
-INSPECT = "inspect"  # folders written by the commands over a finished run
+EXPORT = "export"  # folders written by the commands over a finished run (WRITTEN_AFTER_TRAINING)
+INSPECT = "inspect"
 EXPLAIN = "explain"
 ERRORS = "errors"
 DOCTOR = "doctor"  # imgclf doctor --run RUN: the data's health, which the run's report shows
+SIMILAR = "similar"
 
 HISTORY_COLUMNS = [
     "epoch",
@@ -126,15 +126,17 @@ class InferenceSpec:
     task: str = "single_label"  # imgclf.tasks: single_label (softmax) or multi_label (a sigmoid per class)
     thresholds: list[float] | None = None  # multi-label: per class, the probability from which it is predicted
 
-    @property
-    def multi_label(self) -> bool:
-        return self.task == "multi_label"
+    def decision_thresholds(self, override: float | None = None) -> list[float] | None:
+        """The thresholds the run's task decides at: ``override`` for every class where given, else the run's
+        own (chosen on validation), else the task's default; None for a task that uses none."""
+        from .tasks import get_task
 
-    def decision_thresholds(self, override: float | None = None) -> list[float]:
-        """Multi-label: each class's threshold (``override``, where given, for every class)."""
+        default = get_task(self.task).default_thresholds(len(self.classes))
+        if default is None:
+            return None
         if override is not None:
             return [float(override)] * len(self.classes)
-        return list(self.thresholds) if self.thresholds is not None else [0.5] * len(self.classes)
+        return list(self.thresholds) if self.thresholds is not None else default
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -282,61 +284,48 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 # ---------------------------------------------------------------- saved test predictions
 
 
-def torch_tensor(values: list[float]) -> torch.Tensor:
-    import torch
-
-    return torch.tensor(values, dtype=torch.float32)
-
-
 @dataclass
 class SplitPredictions:
     """A split's predictions as a run keeps its test set's in ``test_predictions.pt``: what ``errors`` and
     the report read, so they need neither the dataset nor a forward pass. Only the top classes of each
-    image are kept (enough for confidences and confusions, small for a thousand classes), plus the images
-    of the most confident mistakes and of a few right answers to draw."""
+    image are kept (enough for confidences and confusions, small for a thousand classes), and every
+    probability where the task decides from each (several labels), plus the images of the worst mistakes
+    and of a few right answers to draw. What an answer is, and how wrong, the run's task says."""
 
-    labels: torch.Tensor  # N, true classes
+    labels: torch.Tensor  # N true classes (several labels: N x classes of 0/1)
     top_index: torch.Tensor  # N x k, most probable classes first
     top_prob: torch.Tensor  # N x k, their probabilities
     example_index: torch.Tensor  # M, test indices whose images are kept
     example_images: torch.Tensor  # M x C x H x W uint8
     sources: list[str] | None = None  # N image files, for folder and CSV data
-    probs: torch.Tensor | None = None  # multi-label: N x classes, every probability (labels: N x classes of 0/1)
-    thresholds: list[float] | None = None  # multi-label: the run's per-class thresholds
+    probs: torch.Tensor | None = None  # N x classes, every probability, where the task keeps them
+    thresholds: list[float] | None = None  # the run's thresholds, where its task decides by them
+    task: str = "single_label"
 
     TOP_K = 5
     WRONG_EXAMPLES = 64
     RIGHT_EXAMPLES = 16
 
     @property
-    def multi_label(self) -> bool:
-        return self.probs is not None
+    def _task(self) -> Any:
+        from .tasks import get_task
+
+        return get_task(self.task)
 
     @property
     def predicted(self) -> torch.Tensor:
-        """The predicted class (single-label) or the 0/1 rows of predicted labels (multi-label)."""
-        if self.probs is not None:
-            return (self.probs >= self._cut).float()
-        return self.top_index[:, 0]
+        """The decided answers: class indices, or 0/1 rows of the labels decided."""
+        return self._task.decided(self)
 
     @property
-    def _cut(self) -> torch.Tensor:
-        """Multi-label: the per-class thresholds as a 1 x classes row (0.5 where none were kept)."""
-        assert self.probs is not None
-        return torch_tensor(self.thresholds or [0.5] * self.probs.shape[1]).view(1, -1)
-
-    @property
-    def miss_gap(self) -> torch.Tensor:
-        """Multi-label: per image, the farthest a probability fell on the wrong side of its threshold (0: right)."""
-        assert self.probs is not None
-        return ((self.probs - self._cut).abs() * (self.predicted != self.labels.round())).amax(1)
+    def severity(self) -> torch.Tensor:
+        """Per image, how badly it is wrong, as its task orders mistakes."""
+        return self._task.severity(self)
 
     @property
     def wrong(self) -> torch.Tensor:
-        """Per image, whether the prediction is wrong (multi-label: any label missed or spurious)."""
-        if self.probs is not None:
-            return (self.predicted != self.labels.round()).any(1)
-        return self.predicted != self.labels
+        """Per image, whether the answer is wrong (several labels: any label missed or spurious)."""
+        return self._task.wrong(self.predicted, self.labels)
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -351,21 +340,29 @@ class SplitPredictions:
         seed: int = 0,
         sources: list[str] | None = None,
         thresholds: list[float] | None = None,
+        task: str = "single_label",
     ) -> SplitPredictions:
-        """``thresholds``: multi-label (``labels`` N x classes), every probability is kept with them."""
+        """The predictions of a split whose labels are ``labels``, decided by ``task`` at ``thresholds``."""
         import torch
 
+        from .tasks import get_task
+
         top_prob, top_index = probs.topk(min(cls.TOP_K, probs.shape[1]), dim=1)
-        multi = labels.dim() == 2
-        every = probs.float().clone() if multi else None
-        base = cls(labels.clone(), top_index, top_prob.float(), torch.zeros(0, dtype=torch.long), images[:0], sources)
-        base.probs, base.thresholds = every, list(thresholds) if multi and thresholds is not None else None
+        kept = get_task(task).kept_probabilities(probs)
+        base = cls(
+            labels.clone(),
+            top_index,
+            top_prob.float(),
+            torch.zeros(0, dtype=torch.long),
+            images[:0],
+            sources,
+            kept,
+            list(thresholds) if thresholds is not None else None,
+            task,
+        )
         mistaken = base.wrong
         wrong = torch.nonzero(mistaken).flatten()
-        # the most confident mistakes first (multi-label: the largest gap between a label's probability and its
-        # threshold on the wrong side)
-        severity = base.miss_gap if multi else top_prob[:, 0]
-        wrong = wrong[severity[wrong].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]
+        wrong = wrong[base.severity[wrong].argsort(descending=True, stable=True)][: cls.WRONG_EXAMPLES]  # worst first
         right = torch.nonzero(~mistaken).flatten()
         generator = torch.Generator().manual_seed(seed)
         right = right[torch.randperm(len(right), generator=generator)][: cls.RIGHT_EXAMPLES]
@@ -385,9 +382,148 @@ class SplitPredictions:
 
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(**{f.name: payload.get(f.name) for f in fields(cls)})
+            values = {f.name: payload.get(f.name) for f in fields(cls)}
+            if values["task"] is None:  # saved before the task was: only several labels kept every probability
+                values["task"] = "multi_label" if values["probs"] is not None else "single_label"
+            return cls(**values)
         except Exception as exc:  # noqa: BLE001 damaged or from another version: the caller recomputes
             raise CheckpointError(f"{path}: unreadable test predictions ({exc.__class__.__name__})") from None
+
+
+# ---------------------------------------------------------------- the run's metrics
+
+METRICS_VERSION = 2
+
+
+class SplitMetrics(dict):
+    """A split's metrics, a dict as its task computed them (``metrics["accuracy"]``), that knows its task."""
+
+    def __init__(self, values: dict[str, Any], task: str) -> None:
+        super().__init__(values)
+        self.task = task
+
+    def headline(self) -> str:
+        """The metrics in one line, as the task says them (``accuracy 0.9812, balanced accuracy ...``)."""
+        from .tasks import get_task
+
+        return get_task(self.task).headline(self)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """The data a run trained and was tested on."""
+
+    name: str
+    classes: list[str]
+    image_size: int
+    channels: int
+    train: int
+    val: int
+    test: int
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class RunMetrics(Mapping[str, Any]):
+    """metrics.json: what a finished run measured, typed and versioned (read through :meth:`from_json`, which
+    upgrades earlier versions, as checkpoints are). ``test`` holds the run's task's metrics of the test split
+    (:mod:`imgclf.metrics`); the task says how to read them. Read as a mapping too (``metrics["test"]``), as
+    the dict of imgclf 0.5 and earlier was."""
+
+    task: str  # imgclf.tasks: the run's task
+    test: dict[str, Any]
+    data: DataSummary
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    train_seconds: float  # the epochs' optimisation, as the tutorials time it
+    images_per_second: float
+    parameters: int
+    device: str
+    validation_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    calibration: dict[str, Any] | None = None  # what the task fitted on validation (runs before 0.3: none)
+    recipe_variant: str = "default"
+    search: dict[str, Any] | None = None  # what the folder default tried, where it searched (search.json)
+    version: int = METRICS_VERSION
+
+    @property
+    def accuracy(self) -> float:
+        """The test accuracy (several labels: subset accuracy)."""
+        return float(self.test["accuracy"])
+
+    def headline(self) -> str:
+        """The test metrics in one line, as the run's task says them."""
+        from .tasks import get_task
+
+        return "test " + get_task(self.task).headline(self.test)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) if f.name != "data" else asdict(self.data) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any], source: str | os.PathLike = METRICS) -> RunMetrics:
+        """Metrics of any earlier version in the current layout; a one-line error for a damaged or newer file."""
+        version = payload.get("version", 1) if isinstance(payload, dict) else None
+        if not isinstance(version, int) or version > METRICS_VERSION:
+            raise CheckpointError(f"{source}: written by a newer imgclf (metrics version {version}); upgrade imgclf")
+        while version < METRICS_VERSION:
+            payload = METRICS_UPGRADES[version](payload)
+            version = payload["version"]
+        try:
+            known = {f.name for f in fields(cls)}
+            values = {k: v for k, v in payload.items() if k in known}
+            test = SplitMetrics(payload["test"], payload["task"])
+            return cls(**{**values, "test": test, "data": DataSummary(**payload["data"])})
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"{source}: damaged metrics ({exc.__class__.__name__}: {exc}); evaluate the run again or retrain"
+            ) from None
+
+    # read as a mapping, as imgclf 0.5's dict: metrics["test"]["accuracy"]
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys():
+            raise KeyError(key)
+        return asdict(self.data) if key == "data" else getattr(self, key)
+
+    def _keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+
+def _metrics_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """imgclf 0.1-0.5 wrote no version; a multi-label run's test metrics said their task."""
+    test = dict(payload.get("test") or {})
+    task = payload.get("task") or test.pop("task", "single_label")
+    return {**payload, "test": test, "task": task, "version": 2}
+
+
+METRICS_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _metrics_v1_to_v2}
+
+
+# ---------------------------------------------------------------- what other commands write into a run
+
+# Only training writes a run directory; after it, these commands may add these files and folders to it, and
+# nothing else (tests/test_rundir.py holds every command to it). Those that change what the run predicts
+# are in CHANGES_INFERENCE: `load` reports them.
+WRITTEN_AFTER_TRAINING: dict[str, tuple[str, ...]] = {
+    "evaluate": (EVALUATION,),
+    "evaluate --negatives": (UNKNOWN, UNKNOWN_REFERENCE, UNKNOWN_PLOT),
+    "errors": (ERRORS, TEST_PREDICTIONS),  # the test predictions, predicted again where an older run lacks them
+    "explain": (EXPLAIN,),
+    "inspect": (INSPECT,),
+    "similar": (SIMILAR,),
+    "report": (REPORT, ERRORS, EXPLAIN, INSPECT, TEST_PREDICTIONS),
+    "doctor --run": (DOCTOR,),
+    "export": (EXPORT,),
+}
+CHANGES_INFERENCE = {"evaluate --negatives": "`unknown` by familiarity"}
 
 
 # ---------------------------------------------------------------- the directory
@@ -411,24 +547,32 @@ class RunDir:
 
     # --- finding and making runs
 
-    @classmethod
-    def create(cls, out: str | os.PathLike | None, default_name: str) -> RunDir:
-        """``out`` if it is new or empty, else ``runs/<default_name>[-N]``: a run never overwrites another."""
-        if out:
-            path = Path(out)
-            if path.exists() and not path.is_dir():
-                raise ConfigError(f"`out` {path}: is a file, not a folder; choose another `out`")
-            if path.is_dir() and any(path.iterdir()):
-                raise ConfigError(
-                    f"`out` {path}: already holds a run; choose another `out`, or continue it with `resume={path}`"
-                )
-            return cls(make_dir(path, "out"))
+    @staticmethod
+    def new_path(default_name: str) -> Path:
+        """``runs/<default_name>``, or with -2, -3, ... where a run has taken it: a run never overwrites another."""
         base = Path("runs") / default_name.replace(" ", "_")
         candidate, n = base, 1
         while candidate.exists():
             n += 1
             candidate = base.with_name(f"{base.name}-{n}")
-        return cls(make_dir(candidate, "out", exist_ok=False))
+        return candidate
+
+    @staticmethod
+    def check_new(out: str | os.PathLike) -> None:
+        """A one-line error where ``out`` cannot hold a new run: a file, or a folder holding something."""
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"`out` {path}: is a file, not a folder; choose another `out`")
+        if path.is_dir() and any(path.iterdir()):
+            raise ConfigError(
+                f"`out` {path}: already holds a run; choose another `out`, or continue it with `resume={path}`"
+            )
+
+    @classmethod
+    def create(cls, out: str | os.PathLike) -> RunDir:
+        """The folder of a new run, made: ``out`` where it is new or empty."""
+        cls.check_new(out)
+        return cls(make_dir(Path(out), "out"))
 
     @classmethod
     def find(cls, path: str | os.PathLike) -> RunDir:
@@ -464,9 +608,9 @@ class RunDir:
         writer.writerows(history)
         atomic_write_text(self / HISTORY, buffer.getvalue())
 
-    def write_metrics(self, metrics: dict[str, Any]) -> None:
+    def write_metrics(self, metrics: RunMetrics) -> None:
         if self.writes:
-            atomic_write_json(self / METRICS, metrics)
+            atomic_write_json(self / METRICS, metrics.to_json())
 
     def write_search(self, search: dict[str, Any]) -> None:
         if self.writes:
@@ -476,19 +620,26 @@ class RunDir:
         path = self / SEARCH
         return json.loads(path.read_text()) if path.is_file() else None
 
+    # --- what later commands write (WRITTEN_AFTER_TRAINING)
+
+    def output(self, command: str, name: str) -> Path:
+        """Where ``command`` writes ``name`` into this run: declared in :data:`WRITTEN_AFTER_TRAINING`, or an
+        error (a programming error: every later write is declared)."""
+        if name not in WRITTEN_AFTER_TRAINING.get(command, ()):
+            raise ValueError(f"`{command}` may not write {name} into a run; declare it in WRITTEN_AFTER_TRAINING")
+        return self / name
+
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
-        if self.writes:
-            atomic_write_json(self / EVALUATION, evaluation)
+        atomic_write_json(self.output("evaluate", EVALUATION), evaluation)
 
     def write_unknown(self, unknown: dict[str, Any], reference: Any) -> None:
         """unknown.json and the reference embeddings (a float16 numpy array) that its distance score reads."""
-        if not self.writes:
-            return
         import numpy as np
 
-        with atomic_path(self / UNKNOWN_REFERENCE) as tmp, open(tmp, "wb") as f:
+        command = "evaluate --negatives"
+        with atomic_path(self.output(command, UNKNOWN_REFERENCE)) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(reference, dtype=np.float16))
-        atomic_write_json(self / UNKNOWN, unknown)
+        atomic_write_json(self.output(command, UNKNOWN), unknown)
 
     def read_unknown_result(self) -> dict[str, Any] | None:
         path = self / UNKNOWN
@@ -557,11 +708,15 @@ class RunDir:
                 continue
         return events
 
-    def read_metrics(self) -> dict[str, Any]:
+    def read_metrics(self) -> RunMetrics:
         path = self / METRICS
         if not path.is_file():
             raise CheckpointError(f"{path}: missing, the run did not finish; complete it with `resume={self.path}`")
-        return json.loads(path.read_text())
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc.__class__.__name__}); evaluate the run again") from None
+        return RunMetrics.from_json(payload, path)
 
     def read_predictions(self) -> SplitPredictions:
         return SplitPredictions.load(self / TEST_PREDICTIONS)

@@ -14,6 +14,17 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+
+def imgclf_version() -> str:
+    """The installed package's version (from its metadata: one place, pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgclf")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 Log = Callable[[str], None]  # where a stage reports progress: printed by the API by default, never by the stage
 
 

@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..errors import DataError
 from ..fsutil import atomic_path, atomic_write_json
-from .images import Decoded, decode_each, decode_images
+from .images import Decoded, DecodeSpec, decode_each, decode_images
 
 FORMAT = "imgclf-decode-cache-3"  # 3: raw uint8 rows + JSON header, memory-mappable
 STORAGES = ("auto", "memory", "mmap")
@@ -51,9 +50,10 @@ class DecodedImages:
     note: str = ""  # where the images are kept and why, for the run's log
 
 
-def cache_key(paths: Sequence[Path], size: int, max_pixels: int, resize: str = "crop") -> str:
+def cache_key(paths: Sequence[Path], spec: DecodeSpec) -> str:
     # a centre crop keys as before `resize` existed: caches written then stay valid
-    digest = hashlib.sha1(f"{FORMAT}|{size}|{max_pixels}{'' if resize == 'crop' else '|' + resize}".encode())
+    fitted = "" if spec.resize == "crop" else "|" + spec.resize
+    digest = hashlib.sha1(f"{FORMAT}|{spec.size}|{spec.max_pixels}{fitted}".encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"\n{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -203,10 +203,10 @@ def write_decoded(
 
 
 def decode_to_file(
-    paths: Sequence[Path], size: int, path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, resize: str = "crop"
+    paths: Sequence[Path], spec: DecodeSpec, path: Path
 ) -> tuple[tuple[int, ...], list[int], list[tuple[str, str]]]:
     """Decode ``paths`` in parallel threads straight into ``path``, a chunk at a time (:func:`write_decoded`)."""
-    return write_decoded(decode_each(paths, size, max_pixels, resize), [str(p) for p in paths], size, path)
+    return write_decoded(decode_each(paths, spec), [str(p) for p in paths], spec.size, path)
 
 
 def _check_disk(cache_dir: Path, nbytes: int) -> None:
@@ -221,13 +221,11 @@ def _check_disk(cache_dir: Path, nbytes: int) -> None:
 
 def decode_cached(
     paths: Sequence[Path],
-    size: int,
+    spec: DecodeSpec,
     cache_dir: str | os.PathLike | None,
     label: str,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     storage: str = "auto",
     scratch_dir: Path | None = None,
-    resize: str = "crop",
 ) -> DecodedImages:
     """Decode ``paths`` through the cache and keep the images in memory or memory-mapped (``storage``).
 
@@ -237,15 +235,15 @@ def decode_cached(
     """
     if storage not in STORAGES:
         raise DataError(f"`storage` {storage!r}: use one of {', '.join(STORAGES)}")
-    upper_bound = len(paths) * 3 * size * size
+    upper_bound = len(paths) * 3 * spec.size * spec.size
     if cache_dir is None:
-        return _decode_uncached(paths, size, max_pixels, storage, upper_bound, scratch_dir, resize)
-    pixels = cache_file(Path(cache_dir), label, size, cache_key(paths, size, max_pixels, resize))
-    fill = lambda file: decode_to_file(paths, size, file, max_pixels, resize)  # noqa: E731
+        return _decode_uncached(paths, spec, storage, upper_bound, scratch_dir)
+    pixels = cache_file(Path(cache_dir), label, spec.size, cache_key(paths, spec))
+    fill = lambda file: decode_to_file(paths, spec, file)  # noqa: E731
     try:
         return cached_images(pixels, upper_bound, fill, storage)
     except OSError:
-        return _in_memory(paths, size, max_pixels, resize)
+        return _in_memory(paths, spec)
 
 
 Fill = Callable[[Path], tuple[tuple[int, ...], list[int], list[tuple[str, str]]]]
@@ -269,27 +267,21 @@ def cached_images(pixels: Path, upper_bound: int, fill: Fill, storage: str = "au
     return opened
 
 
-def _in_memory(paths: Sequence[Path], size: int, max_pixels: int, resize: str = "crop") -> DecodedImages:
-    images, kept, skipped, _ = decode_images(paths, size, max_pixels=max_pixels, resize=resize)
+def _in_memory(paths: Sequence[Path], spec: DecodeSpec) -> DecodedImages:
+    images, kept, skipped, _ = decode_images(paths, spec)
     return DecodedImages(images, kept, skipped, note=f"decoded images ({_gb(images.numel())}) in memory")
 
 
 def _decode_uncached(
-    paths: Sequence[Path],
-    size: int,
-    max_pixels: int,
-    storage: str,
-    upper_bound: int,
-    scratch_dir: Path | None,
-    resize: str = "crop",
+    paths: Sequence[Path], spec: DecodeSpec, storage: str, upper_bound: int, scratch_dir: Path | None
 ) -> DecodedImages:
     if choose_storage(upper_bound, storage)[0] == "memory":
-        return _in_memory(paths, size, max_pixels, resize)
+        return _in_memory(paths, spec)
     if scratch_dir is not None:
         scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="imgclf-decode-", dir=scratch_dir) as folder:
         pixels = Path(folder) / "images.u8"
-        shape, kept, skipped = decode_to_file(paths, size, pixels, max_pixels, resize)
+        shape, kept, skipped = decode_to_file(paths, spec, pixels)
         images = _map(pixels, shape)  # the mapping outlives the unlinked file
     note = f"decoded images ({_gb(images.numel())}) memory-mapped from an unlinked temporary file (`cache=False`)"
     return DecodedImages(images, kept, skipped, False, "mmap", note)

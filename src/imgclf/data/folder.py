@@ -14,19 +14,18 @@ from pathlib import Path
 
 import torch
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS, DataConfig
+from ..config import DataConfig
 from ..errors import DataError
-from .cache import decode_cached
+from ..tasks import LABEL_SEPARATOR, Task, get_task
+from .cache import DecodedImages, decode_cached
 from .images import IMAGE_SUFFIXES, SIZE_SAMPLE, sample_dimensions, visible_files
-from .registry import RawDataset, Split, training_images
+from .registry import RawDataset, Split, register_source, training_images
 from .splits import stratified_split
 
-SIZE_CAP = 64  # largest default image size on a CPU (the recipes raise it on a GPU); `image_size` overrides
 MIN_SIZE = 8  # smallest default image size: the conv models need a few pixels to pool
 FILE_COLUMNS = ("file", "filename", "image", "image_id", "path", "id", "name")
 LABEL_COLUMNS = ("label", "class", "target", "category", "y")
 MULTI_LABEL_COLUMNS = ("labels", "tags")  # several labels per image, separated by LABEL_SEPARATOR; empty: none
-LABEL_SEPARATOR = ";"
 SPLIT_NAMES = ("train", "val", "test")
 Parts = dict[str, tuple[list[Path], list]]  # split -> (files, labels: class indices, or 0/1 rows for several labels)
 
@@ -41,11 +40,9 @@ def _files_by_class(folder: Path) -> dict[str, list[Path]]:
     return {d.name: visible_files(d) for d in _class_dirs(folder)}
 
 
-def choose_image_size(
-    paths: list[Path], cap: int = SIZE_CAP, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> tuple[int, str]:
+def choose_image_size(paths: list[Path], cap: int, max_pixels: int) -> tuple[int, str]:
     """The default image size for these files and the reason, from the headers of a sample of them."""
-    dimensions = sample_dimensions(paths, SIZE_SAMPLE, max_pixels)
+    dimensions = sample_dimensions(paths, max_pixels, SIZE_SAMPLE)
     if not dimensions:
         return cap, f"image size {cap}: no image header could be read"
     n = len(dimensions)  # headers read: a sample of a large folder, without unreadable files and bombs
@@ -65,6 +62,18 @@ def choose_image_size(
     size = min(max(own, MIN_SIZE), cap)
     limit = f", capped at {cap} by the recipe" if own > cap else f", raised to {MIN_SIZE}" if own < MIN_SIZE else ""
     return size, f"image size {size}: {why}{limit}; set `image_size` to change it"
+
+
+def decode_size(cfg: DataConfig, paths: list[Path], size_cap: int) -> tuple[int, str]:
+    """The size a folder's files decode at: `image_size`, else their own (at most ``size_cap``), with why."""
+    return (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
+
+
+def decode_folder(cfg: DataConfig, paths: list[Path], size: int) -> DecodedImages:
+    """``paths`` decoded at ``size`` as ``cfg`` says, through the decode cache in its data dir."""
+    data_dir = Path(cfg.data_dir).expanduser()
+    label = Path(cfg.data).expanduser().resolve().name
+    return decode_cached(paths, cfg.decode_spec(size), cfg.cache_dir, label, cfg.storage, data_dir)
 
 
 def _check_classes(where: Path, by_class: dict[str, list[Path]]) -> None:
@@ -102,21 +111,8 @@ def _decode_splits(cfg: DataConfig, parts: Parts, classes: list[str], size_cap: 
     """Decode all splits together (so one channel count fits all) and drop unusable files."""
     parts = hold_out(cfg, parts)
     paths = [p for files, _ in parts.values() for p in files]
-    size, size_note = (
-        (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
-    )
-    label = Path(cfg.data).expanduser().resolve().name
-    data_dir = Path(cfg.data_dir).expanduser()
-    decoded = decode_cached(
-        paths,
-        size,
-        data_dir / "cache" if cfg.cache else None,
-        label,
-        cfg.max_image_pixels,
-        cfg.storage,
-        data_dir,
-        cfg.resize,
-    )
+    size, size_note = decode_size(cfg, paths, size_cap)
+    decoded = decode_folder(cfg, paths, size)
     labels = torch.tensor([y for _, ys in parts.values() for y in ys], dtype=torch.long)[decoded.kept]
     if labels.dim() == 2:  # several labels per image: 0/1 rows, as the losses take them
         labels = labels.float()
@@ -169,7 +165,20 @@ def folder_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
     return parts, classes
 
 
-def load_folder(cfg: DataConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+def _plain_folder(path: Path) -> bool:
+    from .shards import is_shards  # that module imports this one
+
+    return path.is_dir() and not is_shards(path)
+
+
+@register_source(
+    "folder",
+    "PATH/",
+    "a folder with one sub-folder per class (or train/, val/, test/ each holding them)",
+    matches=_plain_folder,
+    searched=True,
+)
+def load_folder(cfg: DataConfig, size_cap: int) -> RawDataset:
     parts, classes = folder_parts(cfg)
     return _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
 
@@ -261,6 +270,8 @@ def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
     """A CSV's files and labels (one training split) and its classes. One label per row (a `label` column), or
     several: a `labels` column of names separated by `;` (empty: none), or one 0/1 column per class."""
     csv_path = Path(cfg.data).expanduser()
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: no such CSV file; check the path")
     folder = Path(cfg.images).expanduser() if cfg.images else csv_path.parent
     if not folder.is_dir():
         raise DataError(f"`images` {folder}: no such folder; point it at the folder holding the CSV's images")
@@ -289,9 +300,28 @@ def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
     return {"train": (files, labels)}, classes
 
 
-def load_csv(cfg: DataConfig, size_cap: int = SIZE_CAP) -> RawDataset:
+def _csv_name(path: Path) -> str:
+    """A CSV's dataset name: its stem, or its folder's name for the usual train.csv and labels.csv."""
+    return path.stem if path.stem not in ("train", "labels") else path.resolve().parent.name
+
+
+@register_source(
+    "csv",
+    "FILE.csv",
+    "a CSV of file,label (images in `images`, default the CSV's folder)",
+    matches=lambda path: path.suffix.lower() == ".csv",
+    name=_csv_name,
+    searched=True,
+)
+def load_csv(cfg: DataConfig, size_cap: int) -> RawDataset:
     parts, classes = csv_parts(cfg)
     return _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
+
+
+def task_of_parts(parts: Parts) -> Task:
+    """The task a source's parsed labels call for: a list of 0/1 per image (several labels) or a class index."""
+    first = next((ys[0] for _, ys in parts.values() if ys), 0)
+    return get_task("multi_label" if isinstance(first, list) else "single_label")
 
 
 def source_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:

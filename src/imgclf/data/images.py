@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from ..config import DecodeSpec
 from ..errors import DataError
 
 try:  # deprecated in torchvision 0.29 for TorchCodec; Pillow decodes everything if it goes away
@@ -57,6 +57,7 @@ warnings.filterwarnings(
 T = TypeVar("T")
 R = TypeVar("R")
 Decoded = tuple[torch.Tensor, bool]  # 3 x size x size uint8, and whether the source was grayscale
+RESIZE_MODES = ("crop", "pad", "stretch")
 
 
 # ---------------------------------------------------------------- finding files
@@ -158,10 +159,7 @@ def _normalize_mode(img: Image.Image) -> tuple[Image.Image, bool]:
     return img.convert("L" if gray else "RGB"), gray
 
 
-RESIZE_MODES = ("crop", "pad", "stretch")
-
-
-def fit_tensor(image: torch.Tensor, size: int, resize: str = "crop") -> torch.Tensor:
+def fit_tensor(image: torch.Tensor, size: int, resize: str) -> torch.Tensor:
     """C x H x W uint8 (or N x C x H x W) fitted to size x size, antialiased bilinear: ``crop`` resizes the
     shorter side and keeps the centre; ``pad`` resizes the longer side and pads the rest black, keeping the
     whole image; ``stretch`` resizes each side, changing the aspect. Every path (files, PIL images, tensors)
@@ -183,14 +181,14 @@ def fit_tensor(image: torch.Tensor, size: int, resize: str = "crop") -> torch.Te
     return TF.center_crop(TF.resize(image, [size], antialias=True), [size, size])
 
 
-def _from_pil(img: Image.Image, size: int, resize: str = "crop") -> Decoded:
+def _from_pil(img: Image.Image, spec: DecodeSpec) -> Decoded:
     img = ImageOps.exif_transpose(img)  # the first frame of an animation: Pillow opens on it
     img, gray = _normalize_mode(img)
     array = np.array(img.convert("RGB"))  # a writable copy: torch.from_numpy shares it
-    return fit_tensor(torch.from_numpy(array).permute(2, 0, 1), size, resize), gray
+    return fit_tensor(torch.from_numpy(array).permute(2, 0, 1), spec.size, spec.resize), gray
 
 
-def _decode_jpeg(data: bytes, size: int, resize: str = "crop") -> Decoded | None:
+def _decode_jpeg(data: bytes, spec: DecodeSpec) -> Decoded | None:
     """torchvision's libjpeg-turbo decoder for plain 8-bit gray or RGB JPEGs; None for what needs
     Pillow (CMYK, or a photo large enough that Pillow's reduced-scale decoding is faster)."""
     if _tv_io is None:
@@ -199,28 +197,28 @@ def _decode_jpeg(data: bytes, size: int, resize: str = "crop") -> Decoded | None
     image = _tv_io.decode_image(raw, mode=_tv_io.ImageReadMode.UNCHANGED, apply_exif_orientation=True)
     if image.dtype != torch.uint8 or image.shape[0] not in (1, 3):
         return None
-    return fit_tensor(image.expand(3, -1, -1), size, resize), image.shape[0] == 1
+    return fit_tensor(image.expand(3, -1, -1), spec.size, spec.resize), image.shape[0] == 1
 
 
-def _decode_checked(data: bytes, size: int, max_pixels: int, resize: str = "crop") -> Decoded | str:
+def _decode_checked(data: bytes, spec: DecodeSpec) -> Decoded | str:
     """Check the header, then decode; the reason as a string for anything that is not a usable image."""
     dimensions = _header_size(data)
     if dimensions is not None:
-        reason = _pixel_limit_reason(*dimensions, max_pixels)
+        reason = _pixel_limit_reason(*dimensions, spec.max_pixels)
         if reason:
             return reason
         # JPEGs to libjpeg-turbo, except large photos, which Pillow decodes at 1/2..1/8 scale
-        if data[:3] == b"\xff\xd8\xff" and min(dimensions) < 4 * size:
-            decoded = _decode_jpeg(data, size, resize)
+        if data[:3] == b"\xff\xd8\xff" and min(dimensions) < 4 * spec.size:
+            decoded = _decode_jpeg(data, spec)
             if decoded is not None:
                 return decoded
     with Image.open(io.BytesIO(data)) as img:  # reads the header only
         width, height = img.size
-        reason = _pixel_limit_reason(width, height, max_pixels)
+        reason = _pixel_limit_reason(width, height, spec.max_pixels)
         if reason:
             return reason
-        img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced scale when the photo is large
-        return _from_pil(img, size, resize)
+        img.draft("RGB", (2 * spec.size, 2 * spec.size))  # JPEG: decode at reduced scale when the photo is large
+        return _from_pil(img, spec)
 
 
 def _read_checked(path: Path, max_pixels: int) -> bytes | str:
@@ -251,49 +249,39 @@ def _raise_pillow_limit(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def _decode_guarded(read: Callable[[], bytes | str], size: int, max_pixels: int, resize: str = "crop") -> Decoded | str:
-    _raise_pillow_limit(max_pixels)
+def _decode_guarded(read: Callable[[], bytes | str], spec: DecodeSpec) -> Decoded | str:
+    _raise_pillow_limit(spec.max_pixels)
     try:
         data = read()
-        return data if isinstance(data, str) else _decode_checked(data, size, max_pixels, resize)
+        return data if isinstance(data, str) else _decode_checked(data, spec)
     except Image.DecompressionBombError:  # Pillow's own limit, for formats whose header imgclf does not read
-        return f"claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit of {max_pixels:,}"
+        return f"claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit of {spec.max_pixels:,}"
     except Exception as exc:  # noqa: BLE001  any decoder error of one file (MemoryError too) skips that file, never the run
         return _reason(exc)
 
 
-def decode_file(
-    path: Path, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, resize: str = "crop"
-) -> Decoded | str:
+def decode_file(path: Path, spec: DecodeSpec) -> Decoded | str:
     """(3 x size x size uint8, grayscale) or the reason the file is not a usable image."""
-    return _decode_guarded(lambda: _read_checked(path, max_pixels), size, max_pixels, resize)
+    return _decode_guarded(lambda: _read_checked(path, spec.max_pixels), spec)
 
 
-def decode_bytes(
-    data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, resize: str = "crop"
-) -> Decoded | str:
+def decode_bytes(data: bytes, spec: DecodeSpec) -> Decoded | str:
     """:func:`decode_file` for bytes already in memory (an upload): the same checks, the same pixels."""
-    return _decode_guarded(lambda: data or "empty file", size, max_pixels, resize)
+    return _decode_guarded(lambda: data or "empty file", spec)
 
 
-def read_image(
-    item: str | os.PathLike | Image.Image,
-    size: int,
-    channels: int,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    resize: str = "crop",
-) -> torch.Tensor:
+def read_image(item: str | os.PathLike | Image.Image, spec: DecodeSpec, channels: int) -> torch.Tensor:
     """One image (a file or an opened PIL image) as a C x size x size uint8 tensor; a one-line error naming
     the file when it is missing, unreadable or over the pixel limit."""
     if isinstance(item, Image.Image):
-        reason = _pixel_limit_reason(*item.size, max_pixels)
+        reason = _pixel_limit_reason(*item.size, spec.max_pixels)
         if reason:
             raise DataError(f"image {item.size[0]}x{item.size[1]}: refused, it {reason}")
-        return to_channels(_from_pil(item, size, resize)[0], channels)
+        return to_channels(_from_pil(item, spec)[0], channels)
     path = Path(item)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")
-    result = decode_file(path, size, max_pixels, resize)
+    result = decode_file(path, spec)
     if isinstance(result, str):
         raise DataError(f"{path}: {describe_skip(result)}")
     return to_channels(result[0], channels)
@@ -331,10 +319,10 @@ def _chunks(paths: Sequence[Path], chunk: int) -> Iterator[Sequence[Path]]:
     return (paths[i : i + chunk] for i in range(0, len(paths), chunk))
 
 
-def decode_each(paths: Sequence[Path], size: int, max_pixels: int, resize: str = "crop") -> Iterator[Decoded | str]:
+def decode_each(paths: Sequence[Path], spec: DecodeSpec) -> Iterator[Decoded | str]:
     """Each file's decoded image or skip reason, in order, decoded by threads a bounded number of chunks ahead."""
     workers = os.cpu_count() or 1
-    decode_chunk = lambda c: [decode_file(Path(p), size, max_pixels, resize) for p in c]  # noqa: E731  one task per chunk: futures cost
+    decode_chunk = lambda c: [decode_file(Path(p), spec) for p in c]  # noqa: E731  one task per chunk: futures cost
     for chunk in bounded_map(decode_chunk, _chunks(paths, DECODE_CHUNK), workers, 2 * workers):
         yield from chunk
 
@@ -348,14 +336,7 @@ class DecodedBatch:
     skipped: list[tuple[str, str]]
 
 
-def stream_images(
-    paths: Sequence[Path],
-    size: int,
-    channels: int,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    batch: int = 256,
-    resize: str = "crop",
-) -> Iterator[DecodedBatch]:
+def stream_images(paths: Sequence[Path], spec: DecodeSpec, channels: int, batch: int = 256) -> Iterator[DecodedBatch]:
     """Decode ``paths`` batch by batch in parallel threads, a few batches ahead of the consumer: memory
     holds a few batches, not the folder."""
     workers = os.cpu_count() or 1
@@ -368,7 +349,7 @@ def stream_images(
 
     def decode(piece: tuple[int, Sequence[Path]]) -> tuple[int, Sequence[Path], list[Decoded | str]]:
         start, files = piece
-        return start, files, [decode_file(Path(f), size, max_pixels, resize) for f in files]
+        return start, files, [decode_file(Path(f), spec) for f in files]
 
     decoded = bounded_map(decode, slices(), workers, 3 * workers)
     for _, pieces in itertools.groupby(decoded, key=lambda piece: piece[0]):
@@ -380,16 +361,12 @@ def stream_images(
                 else:
                     files.append(Path(path))
                     images.append(to_channels(result[0], channels))
-        stacked = torch.stack(images) if images else torch.empty(0, channels, size, size, dtype=torch.uint8)
+        stacked = torch.stack(images) if images else torch.empty(0, channels, spec.size, spec.size, dtype=torch.uint8)
         yield DecodedBatch(files, stacked, skipped)
 
 
 def decode_images(
-    paths: Sequence[Path],
-    size: int,
-    channels: int | None = None,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    resize: str = "crop",
+    paths: Sequence[Path], spec: DecodeSpec, channels: int | None = None
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]], int]:
     """Decode many files in parallel threads (the decoders release the GIL).
 
@@ -398,7 +375,7 @@ def decode_images(
     grayscale, else 3.
     """
     kept, images, skipped, all_gray = [], [], [], True
-    for i, (path, result) in enumerate(zip(paths, decode_each(paths, size, max_pixels, resize))):
+    for i, (path, result) in enumerate(zip(paths, decode_each(paths, spec))):
         if isinstance(result, str):
             skipped.append((str(path), result))
             continue
@@ -408,7 +385,7 @@ def decode_images(
     if channels is None:
         channels = 1 if all_gray and images else 3
     if not images:
-        return torch.empty(0, channels, size, size, dtype=torch.uint8), kept, skipped, channels
+        return torch.empty(0, channels, spec.size, spec.size, dtype=torch.uint8), kept, skipped, channels
     return to_channels(torch.stack(images), channels), kept, skipped, channels
 
 
@@ -427,9 +404,7 @@ def _dimensions(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def sample_dimensions(
-    paths: Sequence[Path], limit: int = SIZE_SAMPLE, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> list[tuple[int, int]]:
+def sample_dimensions(paths: Sequence[Path], max_pixels: int, limit: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
     """(width, height) of up to ``limit`` files spread evenly over ``paths``, read from their headers;
     files without a readable header, or claiming more than ``max_pixels``, are left out."""
     step = max(1, len(paths) / limit)

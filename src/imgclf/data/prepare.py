@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import DataConfig
+from ..config import DataConfig, TrainConfig
 from ..errors import DataError
+from ..recipes import image_size_cap
 from ..tasks import Task, task_of
-from .folder import SIZE_CAP, load_csv, load_folder
+from . import folder, shards  # noqa: F401  (they register the sources: a folder, a CSV, packed shards)
 from .images import fit_tensor
-from .registry import RawDataset, Split, get_dataset
-from .shards import is_shards, load_shards
+from .registry import RawDataset, Split, get_dataset, source_for
 from .splits import stratified_split
 from .stats import channel_stats
 
@@ -65,19 +64,13 @@ def _resize(split: Split, size: int, resize: str = "crop") -> Split:
     return Split(fit_tensor(split.images, size, resize), split.labels, split.sources)
 
 
-def resolve_source(cfg: DataConfig, size_cap: int = SIZE_CAP) -> tuple[str, str, Callable[[DataConfig], RawDataset]]:
-    """The dataset's display name, kind and loader: a registered name, a folder, or a CSV file (whose
-    default image size is at most ``size_cap``)."""
+def resolve_source(cfg: DataConfig, size_cap: int) -> tuple[str, str, Callable[[DataConfig], RawDataset]]:
+    """The dataset's display name, kind and loader: a registered source (a folder, a CSV, packed shards; their
+    default image size at most ``size_cap``) or a registered dataset's name."""
     path = Path(cfg.data).expanduser()
-    if is_shards(path):
-        return path.resolve().name, "shards", load_shards
-    if path.suffix.lower() == ".csv":
-        if not path.is_file():
-            raise DataError(f"{path}: no such CSV file; check the path")
-        name = path.stem if path.stem not in ("train", "labels") else path.resolve().parent.name
-        return name, "csv", functools.partial(load_csv, size_cap=size_cap)
-    if path.is_dir():
-        return path.resolve().name, "folder", functools.partial(load_folder, size_cap=size_cap)
+    source = source_for(path)
+    if source is not None:
+        return source.name(path), source.kind, lambda config: source.load(config, size_cap)
     if any(sep in cfg.data for sep in ("/", "\\")) or cfg.data.startswith("."):
         raise DataError(
             f"{cfg.data}: no such folder or file; give a folder of class sub-folders, a CSV, or a dataset name"
@@ -86,10 +79,12 @@ def resolve_source(cfg: DataConfig, size_cap: int = SIZE_CAP) -> tuple[str, str,
     return spec.name, "builtin", spec.load
 
 
-def load_data(cfg: DataConfig, size_cap: int = SIZE_CAP) -> DataBundle:
-    """Load, resize, split and measure the data a config names (splits are seeded by ``cfg.seed``).
-    A folder or CSV without `image_size` gets its images' own size, at most ``size_cap``."""
-    name, kind, loader = resolve_source(cfg, size_cap)
+def load_data(cfg: DataConfig | TrainConfig, size_cap: int | None = None) -> DataBundle:
+    """Load, resize, split and measure the data a config names (its data settings; splits are seeded by
+    ``cfg.seed``). A folder or CSV without `image_size` gets its images' own size, at most ``size_cap``
+    (default: the recipes' cap on a CPU)."""
+    cfg = cfg.data_config if isinstance(cfg, TrainConfig) else cfg
+    name, kind, loader = resolve_source(cfg, size_cap or image_size_cap("cpu"))
     raw: RawDataset = loader(cfg)
     size = cfg.image_size or raw.train.images.shape[-1]
     train = _resize(raw.train, size, cfg.resize)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -99,6 +100,62 @@ def get_dataset(name: str) -> DatasetSpec:
     return spec
 
 
-# the built-in datasets register themselves once the registry exists (inference imports neither: it needs
+# ---------------------------------------------------------------- sources: where a path's images come from
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A kind of path `data` may name (a folder, a CSV, packed shards): whether a path is one, its dataset's
+    name, and its loader ``(config, size_cap) -> RawDataset`` (``size_cap``: the largest default image size)."""
+
+    kind: str
+    usage: str  # how `imgclf datasets` names it: "PATH/", "FILE.csv"
+    description: str
+    matches: Callable[[Path], bool]
+    load: Callable[[DataConfig, int], RawDataset]
+    name: Callable[[Path], str] = lambda path: path.resolve().name
+    searched: bool = False  # `train` with no model tries the candidates on it (imgclf.train.search)
+
+
+_SOURCES: Registry[SourceSpec] = Registry("source")
+
+
+def register_source(
+    kind: str,
+    usage: str,
+    description: str,
+    matches: Callable[[Path], bool],
+    name: Callable[[Path], str] | None = None,
+    searched: bool = False,
+) -> Callable:
+    """Decorator: ``@register_source("csv", "FILE.csv", "...", matches=...)`` on ``def load(config, size_cap)``;
+    a path is the first registered source it matches (checked before the dataset names)."""
+
+    def decorator(fn: Callable[[DataConfig, int], RawDataset]) -> Callable[[DataConfig, int], RawDataset]:
+        extra = {"name": name} if name is not None else {}
+        _SOURCES.add(kind, SourceSpec(kind, usage, description, matches, fn, searched=searched, **extra))
+        return fn
+
+    return decorator
+
+
+def list_sources() -> list[SourceSpec]:
+    return list(_SOURCES)
+
+
+def source_for(path: Path) -> SourceSpec | None:
+    """The source a path is, or None (then `data` names a dataset); sources do not overlap."""
+    return next((source for source in _SOURCES if source.matches(path)), None)
+
+
+def get_source(kind: str) -> SourceSpec:
+    found = _SOURCES.get(kind)
+    if found is None:
+        raise KeyError(f"unknown source {kind!r}; known: {', '.join(_SOURCES.names())}")
+    return found
+
+
+# the built-in datasets register themselves once the registry exists (the sources, folder and shards, register
+# when imgclf.data.prepare, which resolves a path, is imported) (inference imports neither: it needs
 # no dataset, and imgclf.data.images does not import this module)
 from . import builtin  # noqa: E402, F401

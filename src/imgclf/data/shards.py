@@ -30,14 +30,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..config import DataConfig
+from ..config import DataConfig, DecodeSpec
 from ..errors import DataError, writing
 from ..fsutil import atomic_write_json, make_dir
+from ..recipes import image_size_cap
 from .cache import cache_file, cached_images, write_decoded
-from .folder import SIZE_CAP, SPLIT_NAMES, choose_image_size, source_parts
+from .folder import SPLIT_NAMES, decode_size, source_parts, task_of_parts
 from .images import decode_bytes, decode_each, to_channels
 from .loader import to_network_input
-from .registry import RawDataset, Split
+from .registry import RawDataset, Split, register_source
 from .stats import RunningStats
 
 INDEX = "index.json"
@@ -103,15 +104,14 @@ def _write_split(
     sink: Any,
     files: list[Path],
     labels: list[int],
-    size: int,
-    max_pixels: int,
+    spec: DecodeSpec,
     jpeg_quality: int | None,
     stats: RunningStats | None,
 ) -> _Written:
     """Decode ``files`` (threads) and write each usable one as a sample, its image and its class; ``stats``
     accumulates the images' mean and std on the way."""
     written = _Written()
-    for file, label, result in zip(files, labels, decode_each(files, size, max_pixels)):
+    for file, label, result in zip(files, labels, decode_each(files, spec)):
         if isinstance(result, str):
             written.skipped.append((str(file), result))
             continue
@@ -130,7 +130,7 @@ def pack(
     out: str | os.PathLike,
     shard_images: int = SHARD_IMAGES,
     jpeg_quality: int | None = None,
-    size_cap: int = SIZE_CAP,
+    size_cap: int | None = None,
     log: Log = print,
 ) -> PackResult:
     """Write the folder or CSV ``cfg.data`` names as shards in ``out`` (which must not exist yet); the
@@ -142,9 +142,7 @@ def pack(
         raise DataError(f"--out {out}: already exists; choose a new folder for the shards")
     parts, classes = source_parts(cfg)
     paths = [p for files, _ in parts.values() for p in files]
-    size, size_note = (
-        (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
-    )
+    size, size_note = decode_size(cfg, paths, size_cap or image_size_cap("cpu"))
     if size_note:
         log(size_note)
     wds = _webdataset()
@@ -153,10 +151,7 @@ def pack(
     make_dir(partial, "out", exist_ok=False)
     counts, shards, labels, skipped, all_gray = {}, {}, {}, [], True
     stats = RunningStats()
-    if any(isinstance(y, list) for _, ys in parts.values() for y in ys[:1]):
-        raise DataError(
-            f"{cfg.data}: packing images with several labels each is not supported; train from the CSV itself"
-        )
+    task_of_parts(parts).check("pack", cfg.data)
     for split in SPLIT_NAMES:
         files, split_labels = parts[split]
         # shards are written in a seeded random order: a worker reading a few shards still sees every class
@@ -165,7 +160,7 @@ def pack(
         pattern = str(partial / f"{split}-%06d.tar")
         with writing(out, "out"), wds.ShardWriter(pattern, maxcount=shard_images, verbose=0) as sink:
             written = _write_split(
-                sink, files, split_labels, size, cfg.max_image_pixels, jpeg_quality, stats if split == "train" else None
+                sink, files, split_labels, cfg.decode_spec(size), jpeg_quality, stats if split == "train" else None
             )
         skipped += written.skipped
         all_gray &= written.all_gray
@@ -205,7 +200,7 @@ def pack(
 
 def _decode_sample(sample: dict[str, Any], size: int, channels: int) -> tuple[torch.Tensor, int]:
     data = sample.get("png") or sample.get("jpg")
-    decoded = decode_bytes(data or b"", size)
+    decoded = decode_bytes(data or b"", DecodeSpec(size))  # written at its size: nothing to fit
     if isinstance(decoded, str):
         raise DataError(f"{sample.get('__url__', 'a shard')}: image {sample.get('__key__')} is damaged ({decoded})")
     return to_channels(decoded[0], channels), int(sample["cls"])
@@ -234,8 +229,10 @@ def _decoded_split(folder: Path, index: dict[str, Any], split: str, cfg: DataCon
     return Split(decoded.images, labels, None, decoded.storage == "mmap")
 
 
-def load_shards(cfg: DataConfig) -> RawDataset:
-    """A packed dataset: the training split streamed from its shards, validation and test decoded."""
+@register_source("shards", "SHARDS/", "WebDataset tar shards written by `imgclf pack`, streamed", matches=is_shards)
+def load_shards(cfg: DataConfig, size_cap: int = 0) -> RawDataset:
+    """A packed dataset: the training split streamed from its shards, validation and test decoded (at the
+    size they were packed at: ``size_cap`` does not apply)."""
     folder = Path(cfg.data).expanduser()
     index = read_index(folder)
     size, channels = index["image_size"], index["channels"]

@@ -20,19 +20,16 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data import DataBundle, load_data
-from ..data.features import cached_features
-from ..errors import ConfigError
+from ..data import load_data
+from ..features.backbone import BACKBONE, Backbone, largest_probe_size, own_size
+from ..features.probe import fit_probe
 from ..fsutil import atomic_write_json
-from ..models.lite0 import pretrained_lite0
-from ..models.registry import pretrained_stats
 from ..plots.figures import plot_learning_curve
 from ..plots.tables import Table
-from ..recipes import DataFacts, resolve
+from ..recipes import probe_recipe
 from ..runtime import Log, resolve_device, seed_everything
 from ..train.balance import balance_for
-from ..train.probe import fit_probe, probe_config
-from ..train.search import BACKBONE, PRETRAINED_MIN_SIZE, PROBE_SIZES, own_size
+from ..train.build import run_config
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SEEDS = 3
@@ -129,11 +126,6 @@ def _subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     return torch.cat(chosen).sort().values
 
 
-def default_size(data: DataBundle, max_pixels: int) -> int:
-    """The ladder's largest size up to the images' own, at least what ImageNet features need."""
-    return max(s for s in PROBE_SIZES if s <= max(own_size(data, max_pixels), PRETRAINED_MIN_SIZE))
-
-
 def learning_curve(
     settings: TrainConfig, out: str | Path, log: Log, fractions: tuple[float, ...] = FRACTIONS, seeds: int = SEEDS
 ) -> LearningCurve:
@@ -141,29 +133,20 @@ def learning_curve(
     out = Path(out)
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
-    data = load_data(settings.replace(image_size=settings.image_size or PRETRAINED_MIN_SIZE).data_config)
+    backbone = Backbone(device)
+    data = load_data(settings.replace(image_size=settings.image_size or backbone.facts.useful_size).data_config)
     if not settings.image_size:
-        size = default_size(data, settings.max_image_pixels)
+        size = largest_probe_size(own_size(data, settings.max_image_pixels))
         if size != data.image_size:
             data = load_data(settings.replace(image_size=size).data_config)
-    if data.task.name != "single_label":
-        raise ConfigError(
-            f"{data.name}: the learning curve is measured for one label per image (a probe's accuracy); this data "
-            "has several per image"
-        )
+    data.task.check("learning_curve", data.name)
     settings = settings.replace(model=BACKBONE, image_size=data.image_size)
-    facts = DataFacts(len(data.train), data.image_size, "", tuple(data.class_counts()))
-    cfg = resolve(settings, "folder", device.type, facts)[0]
-    stats = pretrained_stats(BACKBONE, data.channels)
-    assert stats is not None
-    backbone = pretrained_lite0(data.channels, data.num_classes)
+    cfg = run_config(settings, data, device.type)[0]
     cache = cfg.data.cache_dir
     tag = f"{data.name}-{BACKBONE}-{data.image_size}px"
     log(f"learning curve of {data.name}: {BACKBONE} features at {data.image_size} px (cached after the first time)")
-    train = cached_features(backbone, data.train.images, *stats, device, cache, tag).values
-    held = torch.cat(
-        [cached_features(backbone, s.images, *stats, device, cache, tag).values for s in (data.val, data.test)]
-    )
+    train = backbone.features(data.train.images, cache, tag).values
+    held = torch.cat([backbone.features(s.images, cache, tag).values for s in (data.val, data.test)])
     held_labels = torch.cat([data.val.labels, data.test.labels])
     balanced = cfg.schedule.monitor == "val_balanced_acc"
     metric = "balanced accuracy" if balanced else "accuracy"
@@ -175,7 +158,7 @@ def learning_curve(
             index = _subset(data.train.labels, fraction, settings.seed + seed) if fraction < 1 else None
             labels = data.train.labels if index is None else data.train.labels[index]
             counts = torch.bincount(labels, minlength=data.num_classes).tolist()
-            run_cfg = probe_config(cfg.replace(seed=settings.seed + seed), len(labels))
+            run_cfg = probe_recipe(cfg.replace(seed=settings.seed + seed), len(labels))
             result = fit_probe(
                 (train if index is None else train[index], labels),
                 (held, held_labels),

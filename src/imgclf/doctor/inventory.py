@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from ..config import DataConfig
-from ..data.cache import decode_cached
-from ..data.folder import SIZE_CAP, choose_image_size, source_parts
+from ..data.folder import decode_folder, decode_size, source_parts, task_of_parts
 from ..data.prepare import load_data, resolve_source
 from ..errors import DataError
+from ..tasks import SINGLE_LABEL, Task
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Inventory:
     hflip: bool = True
     size_note: str = ""
     root: str = ""  # the data folder (the CSV's images folder): paths are shown relative to it
-    multi_label: bool = False  # several labels per image: ``classes`` are the label sets found (a;b, or "-")
+    task: Task = SINGLE_LABEL  # the source's labels' (several per image: ``classes`` are the label sets found)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,26 +72,14 @@ def _files(cfg: DataConfig, name: str, kind: str, size_cap: int) -> Inventory:
     parts, classes = source_parts(cfg)
     paths = [p for files, _ in parts.values() for p in files]
     labels = [y for _, ys in parts.values() for y in ys]
-    multi_label = bool(labels) and isinstance(labels[0], list)
-    if multi_label:  # each label set is a "class" here: duplicates across sets and leaks are found as for classes
-        sets = [";".join(c for c, on in zip(classes, row) if on) or "-" for row in labels]
-        classes = sorted(set(sets))
-        labels = [classes.index(s) for s in sets]
+    task = task_of_parts(parts)
+    # several labels per image: each label set is a "class" here, so duplicates and leaks are found as for classes
+    if labels:
+        as_classes, classes = task.as_one_class(torch.tensor(labels), classes)
+        labels = as_classes.tolist()
     splits = [split for split, (files, _) in parts.items() for _ in files]
-    size, size_note = (
-        (cfg.image_size, "") if cfg.image_size else choose_image_size(paths, size_cap, cfg.max_image_pixels)
-    )
-    data_dir = Path(cfg.data_dir).expanduser()
-    decoded = decode_cached(
-        paths,
-        size,
-        data_dir / "cache" if cfg.cache else None,
-        Path(cfg.data).expanduser().resolve().name,
-        cfg.max_image_pixels,
-        cfg.storage,
-        data_dir,
-        cfg.resize,  # the doctor sees the pixels training sees
-    )
+    size, size_note = decode_size(cfg, paths, size_cap)
+    decoded = decode_folder(cfg, paths, size)  # the pixels training sees, from the same cache
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         facts = list(pool.map(_facts, paths, labels))
         content = list(pool.map(_sha1, [paths[i] for i in decoded.kept]))
@@ -113,7 +101,7 @@ def _files(cfg: DataConfig, name: str, kind: str, size_cap: int) -> Inventory:
             .expanduser()
             .resolve()
         ),
-        multi_label=multi_label,
+        task=task,
     )
 
 
@@ -136,7 +124,7 @@ def _builtin(cfg: DataConfig, name: str) -> Inventory:
     )
 
 
-def take_inventory(cfg: DataConfig, size_cap: int = SIZE_CAP) -> Inventory:
+def take_inventory(cfg: DataConfig, size_cap: int) -> Inventory:
     """Every image of the dataset ``cfg`` names, split as training with ``cfg`` would split it."""
     name, kind, _ = resolve_source(cfg, size_cap)
     if kind == "shards":

@@ -27,15 +27,12 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data.features import cached_features
 from ..data.images import fit_tensor
-from ..models.lite0 import pretrained_lite0
-from ..models.registry import pretrained_stats
-from ..recipes import DataFacts, resolve
+from ..features.backbone import BACKBONE, Backbone, largest_probe_size
+from ..features.probe import fit_probe
+from ..recipes import DataFacts, probe_recipe, quick_epochs, resolve
 from ..runtime import Log, quiet, resolve_device, seed_everything
-from ..train.probe import fit_probe, probe_config
-from ..train.quick import FOLDS, out_of_fold_probs, quick_epochs, stratified_folds
-from ..train.search import BACKBONE, PRETRAINED_MIN_SIZE, PROBE_SIZES
+from ..train.quick import FOLDS, out_of_fold_probs, stratified_folds
 from .inventory import Inventory
 
 PROBE_FOLDS = 5  # probes take seconds: 5 folds train each on 80% of the images (the paper's cross-validation)
@@ -69,7 +66,7 @@ def calibrated(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Out-of-fold probabilities temperature-scaled on themselves: one parameter, so the predicted classes
     stay; smoothed labels and weight decay leave the probes and quick cnns underconfident (calibration errors
     of 0.14-0.19 on MNIST), and confident learning's thresholds and the log loss that picks a model read them."""
-    from ..evaluate import apply_temperature, fit_temperature
+    from ..metrics import apply_temperature, fit_temperature
 
     return apply_temperature(probs, fit_temperature(probs, labels))
 
@@ -112,26 +109,20 @@ class DoctorModels:
         }
 
 
-def probe_size(images: torch.Tensor) -> int:
-    """The probe ladder's largest size up to the images' own (at least what ImageNet features need)."""
-    return max(s for s in PROBE_SIZES if s <= max(images.shape[-1], PRETRAINED_MIN_SIZE))
-
-
 def embeddings(
     inventory: Inventory, device: torch.device, cache_dir: str | Path | None, mirrored: bool = False
 ) -> tuple[torch.Tensor, int]:
-    """lite0's features of every image (or of its mirror) at :func:`probe_size`, from the embedding cache."""
-    size = probe_size(inventory.images)
-    channels = inventory.images.shape[1]
-    stats = pretrained_stats(BACKBONE, channels)
-    assert stats is not None
-    network = pretrained_lite0(channels).to(device)
+    """The backbone's features of every image (or of its mirror) at the largest probe size up to the images'
+    own, from the embedding cache."""
+    size = largest_probe_size(inventory.images.shape[-1])
+    backbone = Backbone(device)
     parts = []
     for start in range(0, len(inventory), CHUNK):
-        chunk = fit_tensor(torch.as_tensor(inventory.images[start : start + CHUNK]), size)
+        # the images are squares already (fitted as training fits them): any fitting only scales them
+        chunk = fit_tensor(torch.as_tensor(inventory.images[start : start + CHUNK]), size, "stretch")
         chunk = chunk.flip(-1) if mirrored else chunk
         tag = f"{inventory.name}-doctor-{BACKBONE}-{size}px{'-mirror' if mirrored else ''}-{start}"
-        parts.append(cached_features(network, chunk, *stats, device, cache_dir, tag).values.float())
+        parts.append(backbone.features(chunk, cache_dir, tag).values.float())
     return torch.cat(parts), size
 
 
@@ -156,7 +147,7 @@ def _probe_oof(
         counts = torch.bincount(train_y, minlength=classes).tolist()
         facts = DataFacts(len(train_y), None, "", tuple(counts))
         cfg = resolve(settings, "folder", device.type, facts)[0]
-        cfg = probe_config(cfg.replace(seed=settings.seed + int(k)), len(train_y))
+        cfg = probe_recipe(cfg.replace(seed=settings.seed + int(k)), len(train_y))
         result = fit_probe((train_x, train_y), (features[held], labels[held]), classes, cfg)
         logits = result.logits(features[held])
         if train_on_mirrors and mirrored is not None:  # the image and its mirror weigh alike

@@ -209,11 +209,9 @@ def explain_batch(
         chunk = images[start : start + EXPLAIN_BATCH]
         probs = classifier.predict_proba(chunk)  # as predict says it: calibrated, with the run's TTA
         rows, targets = torch.arange(len(chunk)), None
-        if classifier.multi_label and target_index is None and per_label:
-            over = probs >= torch.tensor(classifier.thresholds).view(1, -1)
-            none = torch.nonzero(over.sum(1) == 0).flatten()
-            over[none, probs[none].argmax(1)] = True  # no label predicted: the most probable is explained
-            rows, targets = torch.nonzero(over, as_tuple=True)
+        pairs = classifier.task.explained_targets(probs, classifier.thresholds) if per_label else None
+        if pairs is not None and target_index is None:  # a map per decided label (several labels per image)
+            rows, targets = pairs
         chunk_explanations = explain_images(
             model,
             classifier.normalise(chunk[rows]),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DataConfig, flatten
+from ..config import DataConfig, DecodeSpec, flatten
 from ..data import Split, load_data
 from ..data.features import cached_features, compute_features
 from ..data.images import describe_skip, find_images, stream_images
@@ -71,7 +71,7 @@ def embed_images(
     network = pretrained_lite0().to(target)
     named = {str(Path(p)) for p in images if Path(p).is_file()}
     kept, parts, skipped = [], [], []
-    for part in stream_images(files, EMBED_SIZE, 3):
+    for part in stream_images(files, DecodeSpec(EMBED_SIZE), 3):
         for file, reason in part.skipped:
             if file in named:  # as predict: a file you name must be an image; one inside a folder is skipped
                 raise DataError(f"{file}: {describe_skip(reason)}")

@@ -7,15 +7,22 @@ weights enum, timm's hub) or ``--weights FILE``, keeping this dataset's new head
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
 from ..errors import ModelError
-from .registry import ModelSpec, classifier_layer, read_weights_file, register_model_family
-
-IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+from .registry import (
+    IMAGENET_STATS,
+    ModelSpec,
+    PretrainedCfg,
+    classifier_layer,
+    read_weights_file,
+    register_model_family,
+)
 
 
 def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -81,6 +88,11 @@ def fit_pretrained_state(
         nn.init.zeros_(parameter)
 
 
+def imagenet(load: Callable[[nn.Module, str | None], None], **facts: Any) -> PretrainedCfg:
+    """An ImageNet network's facts: its loader, ImageNet's normalisation, 224 px."""
+    return PretrainedCfg(load, *IMAGENET_STATS, **facts)
+
+
 # --- torchvision ---------------------------------------------------------------------------------------
 
 
@@ -114,14 +126,8 @@ def _torchvision_spec(arch: str) -> ModelSpec:
         )
 
     weights = torchvision.models.get_model_weights(arch).DEFAULT
-    return ModelSpec(
-        f"torchvision:{arch}",
-        build,
-        f"torchvision's {arch}",
-        head="",
-        load_pretrained=functools.partial(load_torchvision_weights, weights=weights, name=arch),
-        pretrained_stats=IMAGENET_STATS,
-    )
+    load = functools.partial(load_torchvision_weights, weights=weights, name=arch)
+    return ModelSpec(f"torchvision:{arch}", build, f"torchvision's {arch}", head="", pretrained=imagenet(load))
 
 
 # --- timm ----------------------------------------------------------------------------------------------
@@ -158,11 +164,18 @@ def _timm_spec(arch: str) -> ModelSpec:
             ) from None
         model.load_state_dict(source.state_dict())
 
-    stats = timm.get_pretrained_cfg(arch)
-    mean_std = (list(stats.mean), list(stats.std)) if stats is not None else IMAGENET_STATS
-    return ModelSpec(
-        f"timm:{arch}", build, f"timm's {arch}", head="", load_pretrained=load_pretrained, pretrained_stats=mean_std
+    cfg = timm.get_pretrained_cfg(arch)
+    if cfg is None:
+        return ModelSpec(f"timm:{arch}", build, f"timm's {arch}", head="", pretrained=imagenet(load_pretrained))
+    facts = PretrainedCfg(
+        load_pretrained,
+        list(cfg.mean),
+        list(cfg.std),
+        input_size=int(cfg.input_size[-1]),
+        min_size=int(cfg.min_input_size[-1]) if cfg.min_input_size else 32,
+        licence=str(cfg.license or ""),
     )
+    return ModelSpec(f"timm:{arch}", build, f"timm's {arch}", head="", pretrained=facts)
 
 
 register_model_family(

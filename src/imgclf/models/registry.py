@@ -18,14 +18,41 @@ from ..registry import Registry
 
 
 @dataclass(frozen=True)
+class PretrainedCfg:
+    """A pretrained network's facts, as timm's ``PretrainedCfg`` keeps them: how its weights load, the
+    normalisation they learned under, the size they were trained at, the smallest input the network takes,
+    the smallest at which its features are worth a probe, and the width of the pooled features its class
+    layer sees (what ``embed`` writes)."""
+
+    load: Callable[[nn.Module, str | None], None]  # (model, a weights file or None: the library's own)
+    mean: list[float]
+    std: list[float]
+    input_size: int = 224  # the side its weights were trained at
+    min_size: int = 32  # the smallest side it takes (EfficientNets and ResNets downsample 32x)
+    # ImageNet features need a few dozen pixels per object: smaller images are upsampled to here to probe
+    # (CIFAR's 32 px: 64 and 96 px measured, bench/RESULTS.md 2026-11-29)
+    useful_size: int = 96
+    num_features: int | None = None  # the pooled features the class layer sees
+    ships: bool = False  # its weights ship with imgclf (offline): `pretrained` unless set otherwise
+    licence: str = ""
+
+    def stats(self, channels: int) -> tuple[list[float], list[float]]:
+        """The normalisation for ``channels`` (grey: the mean of RGB's)."""
+        if channels == 3:
+            return list(self.mean), list(self.std)
+        return [sum(self.mean) / 3] * channels, [sum(self.std) / 3] * channels
+
+
+IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     build: Callable[..., nn.Module]
     description: str
     head: str  # attribute of the classifier layer, kept trainable while the backbone is frozen ("": found by head_of)
-    load_pretrained: Callable[[nn.Module, str | None], None] | None = None
-    pretrained_stats: tuple[list[float], list[float]] | None = None  # normalisation the weights expect
-    pretrained_default: bool = False  # its weights ship with imgclf: `pretrained` unless set otherwise
+    pretrained: PretrainedCfg | None = None  # None: it trains from scratch only
 
 
 _MODELS: Registry[ModelSpec] = Registry("model")
@@ -33,15 +60,13 @@ _FAMILIES: dict[str, tuple[str, Callable[[str], ModelSpec]]] = {}  # prefix -> (
 
 
 def register_model(
-    name: str,
-    description: str,
-    head: str = "classifier",
-    load_pretrained: Callable[[nn.Module, str | None], None] | None = None,
-    pretrained_stats: tuple[list[float], list[float]] | None = None,
-    pretrained_default: bool = False,
+    name: str, description: str, head: str = "classifier", pretrained: PretrainedCfg | None = None
 ) -> Callable:
+    """Decorator: ``@register_model("name", "what it is")`` on ``def build(in_channels, num_classes, image_size,
+    **kwargs) -> nn.Module``; ``pretrained``: its weights' facts, where it has weights."""
+
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS.add(name, ModelSpec(name, fn, description, head, load_pretrained, pretrained_stats, pretrained_default))
+        _MODELS.add(name, ModelSpec(name, fn, description, head, pretrained))
         return fn
 
     return decorator
@@ -76,11 +101,9 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 def pretrained_stats(name: str, channels: int) -> tuple[list[float], list[float]] | None:
-    """The normalisation a model's pretrained weights learned under, for ``channels`` (grey: the mean of RGB's)."""
-    stats = get_model_spec(name).pretrained_stats
-    if stats is None or channels == 3:
-        return stats
-    return [sum(stats[0]) / 3] * channels, [sum(stats[1]) / 3] * channels
+    """The normalisation a model's pretrained weights learned under, for ``channels`` (None: it has none)."""
+    pretrained = get_model_spec(name).pretrained
+    return pretrained.stats(channels) if pretrained is not None else None
 
 
 def classifier_layer(model: nn.Module) -> str:

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models import resnet18 as tv_resnet18
 
-from .backbones import IMAGENET_STATS, load_torchvision_weights, set_input_channels
+from .backbones import imagenet, load_torchvision_weights, set_input_channels
 from .registry import register_model
 
 
@@ -16,10 +16,11 @@ from .registry import register_model
     "resnet18",
     "torchvision ResNet-18; `pretrained` loads ImageNet weights (or `weights=FILE`) and replaces the head",
     head="fc",
-    load_pretrained=functools.partial(
-        load_torchvision_weights, weights=ResNet18_Weights.IMAGENET1K_V1, name="resnet18"
+    pretrained=imagenet(
+        functools.partial(load_torchvision_weights, weights=ResNet18_Weights.IMAGENET1K_V1, name="resnet18"),
+        num_features=512,
+        licence="BSD-3-Clause (torchvision)",
     ),
-    pretrained_stats=IMAGENET_STATS,
 )
 def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return set_input_channels(tv_resnet18(weights=None, num_classes=num_classes), in_channels)

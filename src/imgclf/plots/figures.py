@@ -67,7 +67,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     _save(fig, path)
 
 
-def plot_per_class(metrics: dict[str, Any], path: str | os.PathLike) -> None:
+def plot_per_class(metrics: dict[str, Any], path: str | os.PathLike, accuracy: str = "accuracy") -> None:
+    """Precision, recall and F1 per class; the title gives the test ``accuracy`` (its task's name for it)."""
     names = list(metrics["per_class"])
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4))
@@ -75,7 +76,6 @@ def plot_per_class(metrics: dict[str, Any], path: str | os.PathLike) -> None:
         ax.bar(x + offset, [metrics["per_class"][n][key] for n in names], width=0.27, label=key)
     ax.set_xticks(x, names, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
     ax.set_ylim(0, 1.05)
-    accuracy = "subset accuracy" if "mAP" in metrics else "accuracy"  # several labels: every label of an image right
     ax.set_title(f"per-class metrics (test {accuracy} {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars: inside, it hid the last classes
     ax.grid(axis="y", alpha=0.3)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from .. import rundir
-from ..evaluate import coverage_table, per_class_table, test_predictions, unknown_table
+from ..evaluate import test_predictions, unknown_table
 from ..explain import (
     ERRORS_TOP,
     ErrorsResult,
@@ -29,7 +29,7 @@ from ..explain import (
 from ..plots.html import HtmlReport
 from ..plots.tables import Table
 from ..predict import Classifier, load
-from ..rundir import RunDir, SplitPredictions
+from ..rundir import RunDir, RunMetrics, SplitPredictions
 from ..runtime import quiet
 from ..tasks import label_names
 
@@ -61,50 +61,6 @@ def _explanations(
     ], method
 
 
-def _section_metrics(page: HtmlReport, metrics: dict[str, Any], run: RunDir) -> None:
-    page.section("Test metrics")
-    test = metrics["test"]
-    if test.get("task") == "multi_label":
-        page.text(
-            f"Several labels per image ({test['labels_per_image']:.2f} on average in the test split): each class is "
-            "predicted where its probability reaches its threshold, chosen on the validation split for the best F1. "
-            "Subset accuracy counts an image right when all its labels are; the Hamming loss is the share of wrong "
-            "image-label decisions; mAP (threshold-free) is the mean of the classes' average precision."
-        )
-    page.table(per_class_table(test))
-    if test.get("task") != "multi_label":
-        page.figure(
-            run / rundir.CONFUSION_MATRIX, "confusion matrix: rows are the true classes, columns the predictions"
-        )
-    page.figure(run / rundir.PER_CLASS, "precision, recall and F1 per class")
-    page.figure(run / rundir.PREDICTIONS_PLOT, "a sample of test predictions (mistakes in red)")
-    _section_confidence(page, metrics)
-    if "calibration" in metrics and test.get("task") != "multi_label":  # multi-label: not calibrated, said above
-        page.figure(run / rundir.RELIABILITY, "reliability: accuracy per confidence bin, before and after calibration")
-
-
-def _section_confidence(page: HtmlReport, metrics: dict[str, Any]) -> None:
-    """Calibration and coverage: how far the probabilities can be believed, and what `min_confidence` costs."""
-    page.section("Confidence")
-    calibration = metrics.get("calibration")
-    if metrics.get("task") == "multi_label":
-        page.text(f"Calibration: {calibration['note'] if calibration else 'not applied'}.")
-    elif calibration and calibration.get("note"):
-        page.text(f"Temperature scaling: {calibration['note']}.")
-    elif calibration:  # runs before calibration have none
-        page.text(
-            f"Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f}. "
-            f"Expected calibration error on the test split {calibration['test_ece_before']:.4f} before, "
-            f"{calibration['test_ece_after']:.4f} after; predict, serve, explain and export apply it."
-        )
-    if "coverage" in metrics["test"]:
-        page.text(
-            "With `--min-confidence P`, predictions below P answer `unknown`: the share still answered and "
-            "their accuracy, on the test split."
-        )
-        page.table(coverage_table(metrics["test"]["coverage"]))
-
-
 def _section_unknown(page: HtmlReport, unknown: dict[str, Any], run: RunDir) -> None:
     """How well `unknown` turns away images of none of the classes (evaluate --negatives)."""
     at = {
@@ -126,22 +82,13 @@ def _section_unknown(page: HtmlReport, unknown: dict[str, Any], run: RunDir) -> 
 def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
     analysis = result.analysis
     page.section("Errors")
-    every = " (any label missed or spurious)" if analysis.multi_label else ""
-    page.text(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images{every}.")
+    page.text(f"{len(analysis.mistakes)} wrong of {analysis.samples} test images{analysis.wrong_words}.")
     page.table(analysis.class_accuracy_table())
-    if analysis.confused_pairs and analysis.multi_label:
-        page.text("Labels most often missed (a true label under its threshold) or spurious (a false one over it):")
-        page.table(analysis.confused_pairs_table())
-    elif analysis.confused_pairs:
-        page.text("Most confused pairs (true class, predicted as, count):")
+    if analysis.confused_pairs:
+        page.text(analysis.pairs_caption)
         page.table(analysis.confused_pairs_table())
     if "mistakes" in result.paths:
-        caption = (
-            "the worst mistakes: the labels missed and the spurious ones"
-            if analysis.multi_label
-            else "the most confident mistakes: true class, prediction and its probability"
-        )
-        page.figure(result.paths["mistakes"], caption)
+        page.figure(result.paths["mistakes"], analysis.mistakes_caption)
 
 
 def _section_search(page: HtmlReport, search: dict[str, Any]) -> None:
@@ -174,33 +121,25 @@ def _section_model(page: HtmlReport, result: InspectResult) -> None:
             page.figure(result.paths[key], caption)
 
 
-def _summary(metrics: dict[str, Any], classifier: Classifier, macs: int) -> Table:
-    test, data = metrics["test"], metrics["data"]
-    tta = (
-        f" ({test['accuracy_without_tta']:.4f} without test-time augmentation)"
-        if "accuracy_without_tta" in test
-        else ""
-    )
+def _summary(metrics: RunMetrics, classifier: Classifier, macs: int) -> Table:
+    data = metrics.data
     return Table(
         None,
         [
             [
                 "data",
-                f"{data['name']}: {data['train']} train / {data['val']} validation / {data['test']} test images, "
-                f"{data['channels']}x{data['image_size']}x{data['image_size']}, {len(data['classes'])} classes",
+                f"{data.name}: {data.train} train / {data.val} validation / {data.test} test images, "
+                f"{data.channels}x{data.image_size}x{data.image_size}, {len(data.classes)} classes",
             ],
             [
                 "model",
-                f"{classifier.model_name}, {metrics['parameters']:,} parameters, {macs:,} multiply-adds per image",
+                f"{classifier.model_name}, {metrics.parameters:,} parameters, {macs:,} multiply-adds per image",
             ],
-            ["test subset accuracy" if "mAP" in test else "test accuracy", f"{test['accuracy']:.4f}{tta}"],
-            ["macro F1", f"{test['macro_f1']:.4f}"],
-            *([["mAP", f"{test['mAP']:.4f}"], ["micro F1", f"{test['micro_f1']:.4f}"]] if "mAP" in test else []),
-            *([["balanced accuracy", f"{test['balanced_accuracy']:.4f}"]] if "balanced_accuracy" in test else []),
+            *classifier.task.summary_rows(metrics.test),
             [
                 "training",
-                f"{metrics['epochs_run']} epochs in {metrics['train_seconds']:.1f} s on {metrics['device']} "
-                f"({metrics['images_per_second']:.0f} images/s), best epoch {metrics['best_epoch']}",
+                f"{metrics.epochs_run} epochs in {metrics.train_seconds:.1f} s on {metrics.device} "
+                f"({metrics.images_per_second:.0f} images/s), best epoch {metrics.best_epoch}",
             ],
         ],
     )
@@ -211,16 +150,17 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     metrics = run.read_metrics()
     classifier = load(run.path, device="cpu")
     predictions = test_predictions(run, classifier, log)
-    errors_result = write_errors(predictions, classifier.classes, ERRORS_TOP, run / rundir.ERRORS, quiet)
+    errors_result = write_errors(
+        predictions, classifier.classes, ERRORS_TOP, run.output("report", rundir.ERRORS), quiet
+    )
     examples, labels = _examples(predictions, classifier.classes)
-    inspected = inspect_classifier(classifier, examples[-1] if len(examples) else None, run / rundir.INSPECT, quiet)
-    explained, method = _explanations(classifier, examples, labels, run / rundir.EXPLAIN)
+    example = examples[-1] if len(examples) else None
+    inspected = inspect_classifier(classifier, example, run.output("report", rundir.INSPECT), quiet)
+    explained, method = _explanations(classifier, examples, labels, run.output("report", rundir.EXPLAIN))
 
-    test = metrics["test"]
     page = HtmlReport(
-        f"{run.path.name}: {classifier.model_name} on {metrics['data']['name']}",
-        f"test {'subset ' if 'mAP' in test else ''}accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}; report written "
-        f"{datetime.now():%Y-%m-%d %H:%M} by imgclf from {run.path.resolve()}",
+        f"{run.path.name}: {classifier.model_name} on {metrics.data.name}",
+        f"{metrics.headline()}; report written {datetime.now():%Y-%m-%d %H:%M} by imgclf from {run.path.resolve()}",
     )
     page.section("Summary")
     page.table(_summary(metrics, classifier, inspected.macs))
@@ -230,7 +170,7 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     page.section("Training")
     page.figure(run / rundir.CURVES, "loss and accuracy per epoch, training and validation")
     page.figure(run / rundir.SAMPLES, "training images as the network saw them (after augmentation)")
-    _section_metrics(page, metrics, run)
+    classifier.task.report_sections(page, metrics, run.path)
     unknown = run.read_unknown_result()
     if unknown is not None:
         _section_unknown(page, unknown, run)
@@ -252,6 +192,6 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
     _section_model(page, inspected)
     page.section("Config")
     page.pre(yaml.safe_dump(classifier.config, sort_keys=False))
-    written = page.write(Path(out) if out else run / rundir.REPORT)
+    written = page.write(Path(out) if out else run.output("report", rundir.REPORT))
     log(f"report: {written}")
     return written

@@ -27,7 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..data.images import decode_bytes, describe_skip, to_channels
 from ..errors import CheckpointError, ConfigError
-from ..predict import LABEL_SEPARATOR, Classifier
+from ..predict import Classifier
+from ..runtime import imgclf_version
+from ..tasks import Prediction
 from .batcher import MicroBatcher, ModelThread
 from .settings import ServeSettings
 
@@ -136,18 +138,17 @@ def _predictions(
     min_confidence: float,
     threshold: float | None = None,
 ) -> list[ImagePrediction]:
-    if classifier.multi_label:  # every label over its threshold; `unknown` is not a multi-label answer
-        predictions = classifier.top_k(names, probs, k, threshold=threshold)
-    else:
-        scores = classifier.unknown_scores(images, probs) if min_confidence > 0 and classifier.novelty else None
-        predictions = classifier.top_k(names, probs, k, min_confidence, scores)
+    """Each image's answer as the run's task decides it (a task without `unknown` ignores min_confidence; one
+    without thresholds, threshold)."""
+    scores = classifier.unknown_scores(images, probs) if min_confidence > 0 and classifier.novelty else None
+    predictions = classifier.top_k(names, probs, k, min_confidence, scores, threshold)
     return [_image_prediction(name, p.top_k, p.label, p.labels) for name, p in zip(names, predictions)]
 
 
-async def _decode(upload: UploadFile, classifier: Classifier, max_pixels: int) -> torch.Tensor:
+async def _decode(upload: UploadFile, classifier: Classifier) -> torch.Tensor:
     name = upload.filename or "upload"
     data = await upload.read()
-    result = await run_in_threadpool(decode_bytes, data, classifier.image_size, max_pixels, classifier.spec.resize)
+    result = await run_in_threadpool(decode_bytes, data, classifier.decode_spec)  # its limit: the server's
     if isinstance(result, str):
         raise RequestProblem(422, f"{name}: {describe_skip(result)}", name)
     return to_channels(result[0], classifier.channels)
@@ -168,8 +169,10 @@ def _model_info(classifier: Classifier, settings: ServeSettings) -> dict[str, An
         "channels": classifier.channels,
         "checkpoint": str(classifier.path) if classifier.path else None,
         "temperature": classifier.spec.temperature,  # the calibration the probabilities include
-        "task": classifier.spec.task,  # multi_label: every label over its threshold is the answer
-        "thresholds": classifier.thresholds if classifier.multi_label else None,
+        "task": classifier.spec.task,  # how a probability becomes an answer: the decision and thresholds below
+        **classifier.task.export_metadata(classifier.thresholds),
+        "unknown_score": classifier.unknown_score,  # what min_confidence is compared with
+        "changed_after_training": classifier.changed_by,  # e.g. `unknown` by familiarity (evaluate --negatives)
         "test_metrics": summary or None,
         "limits": asdict(settings),
     }
@@ -194,7 +197,7 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
     app = FastAPI(
         title="imgclf",
         summary=f"{classifier.model_name} classifying {len(classifier.classes)} classes",
-        version=__import__("imgclf").__version__,
+        version=imgclf_version(),
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc are served below from files installed with the [serve] extra
         redoc_url=None,
@@ -264,7 +267,7 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
             raise RequestProblem(400, "no image in the request; send files=@IMAGE as multipart form data")
         if len(files) > settings.max_images:
             raise RequestProblem(413, f"{len(files)} images in one request, over the limit of {settings.max_images}")
-        images = torch.stack([await _decode(f, classifier, settings.max_image_pixels) for f in files])
+        images = torch.stack([await _decode(f, classifier) for f in files])
         probs = await batcher(images)
         names = [f.filename or f"upload {i}" for i, f in enumerate(files)]
         confidence = settings.min_confidence if min_confidence is None else min_confidence
@@ -276,10 +279,9 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
     @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
     async def explain(file: Annotated[UploadFile, File(description="one image file")]) -> ExplainResponse:
         """One image's top classes and its Grad-CAM overlay (a PNG data URL): what the page shows."""
-        image = await _decode(file, classifier, settings.max_image_pixels)
-        top, overlay, labels = await model_thread.run(_explain, classifier, image, settings.top_k, settings.threshold)
-        label = LABEL_SEPARATOR.join(name for name, _ in labels) if labels is not None else None
-        prediction = _image_prediction(file.filename or "upload", top, label, labels)
+        image = await _decode(file, classifier)
+        top, overlay, answer = await model_thread.run(_explain, classifier, image, settings.top_k, settings.threshold)
+        prediction = _image_prediction(file.filename or "upload", top, answer.label, answer.labels)
         return ExplainResponse(**prediction.model_dump(), overlay=overlay)
 
     return app
@@ -321,9 +323,9 @@ def _offline_docs(app: FastAPI) -> None:
 
 def _explain(
     classifier: Classifier, image: torch.Tensor, k: int, threshold: float | None = None
-) -> tuple[list[tuple[str, float]], str, list[tuple[str, float]] | None]:
-    """The top ``k`` (label, probability), as /predict answers them, the overlay (of the most probable class),
-    and, for a multi-label run, the labels over their thresholds."""
+) -> tuple[list[tuple[str, float]], str, Prediction]:
+    """The top ``k`` (label, probability), the overlay (of the most probable class), and the answer as /predict
+    gives it."""
     from ..explain.attribution import explain_batch, overlay_image  # captum and matplotlib: loaded on first use
 
     try:
@@ -333,7 +335,5 @@ def _explain(
     buffer = io.BytesIO()
     overlay_image(image, explanation.heatmap, OVERLAY_SIZE).save(buffer, format="PNG")
     top = [(classifier.classes[c], p) for c, p in explanation.top_k]
-    labels = None
-    if classifier.multi_label:
-        (labels,) = classifier.over_thresholds(classifier.predict_proba(image[None]), threshold)
-    return top, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), labels
+    (answer,) = classifier.top_k(["upload"], classifier.predict_proba(image[None]), k, threshold=threshold)
+    return top, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), answer

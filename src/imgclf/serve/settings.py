@@ -1,21 +1,41 @@
-"""The server's settings, importable without FastAPI (the Python API's signature names them)."""
+"""The server's settings, importable without FastAPI (the Python API's signature names them), declared as
+training's settings are: the command line's flags and their help come from here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from ..config import DEFAULT_MAX_IMAGE_PIXELS, check_declared, setting
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ServeSettings:
     """The server's limits and batching; every limit answers 413 or 422 with a JSON error, never a crash."""
 
-    max_upload_bytes: int = 10_000_000  # one request's body (10 MB)
-    max_images: int = 32  # images in one POST /predict
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # the decoder's bomb guard, per image
-    max_batch: int = 64  # images in one forward pass; 1 turns batching off
-    max_wait_ms: float = 2.0  # how long the first image of a batch waits for others
-    top_k: int = 5  # classes per image when a request does not say
-    min_confidence: float = 0.0  # label `unknown` below this calibrated top probability, when a request does not say
-    threshold: float | None = None  # multi-label runs: every label from this probability on (None: the run's own)
+    max_upload_bytes: int = setting(
+        10_000_000, help="megabytes a request may send", check="positive", flag="--max-upload-mb", unit=1e6
+    )
+    max_images: int = setting(32, help="images per POST /predict", check="positive")
+    max_image_pixels: int = setting(DEFAULT_MAX_IMAGE_PIXELS, help="pixels an image may claim", check="positive")
+    max_batch: int = setting(64, help="images per forward pass (1: no batching)", check="positive")
+    max_wait_ms: float = setting(
+        2.0, help="how long an image waits for others to batch with (milliseconds)", check="non_negative"
+    )
+    top_k: int = setting(5, help="classes per image when a request does not say", check="positive")
+    min_confidence: float = setting(
+        0.0,
+        help="label `unknown` below this calibrated top probability (a request's min_confidence overrides it)",
+        check="probability",
+        metavar="P",
+    )
+    threshold: float | None = setting(
+        None,
+        help="runs with several labels per image: every label from probability P on (a request's threshold "
+        "overrides it)",
+        check="threshold",
+        metavar="P",
+        default_text="the run's own per-class thresholds",
+    )
+
+    def __post_init__(self) -> None:
+        check_declared(self)

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..tasks import task_of
 
 EFFECTIVE_BETA = 0.999  # Cui et al. 2019's effective number (1 - beta^n) / (1 - beta); one of their grid's values
-IMBALANCE_RATIO = 3.0  # largest class over smallest beyond which the data counts as imbalanced
 
 
 @dataclass(frozen=True)
@@ -21,10 +20,6 @@ class Balance:
     class_weights: torch.Tensor | None = None  # per class, mean 1: the loss's weights
     logit_offset: torch.Tensor | None = None  # per class: added to the logits in training
     sample_weights: torch.Tensor | None = None  # per training image: the sampler's odds
-
-
-def is_imbalanced(counts: list[int]) -> bool:
-    return min(counts) > 0 and max(counts) > IMBALANCE_RATIO * min(counts)
 
 
 def class_weights(counts: list[int], method: str) -> torch.Tensor | None:
@@ -52,10 +47,8 @@ def logit_offset(counts: list[int], tau: float) -> torch.Tensor | None:
 def balance_for(counts: list[int], labels: torch.Tensor, cfg: RunConfig) -> Balance:
     """The treatment ``cfg`` asks for, for training images of ``labels`` with ``counts`` per class."""
     inverse = 1.0 / torch.tensor(counts, dtype=torch.float64).clamp_min(1)
-    if labels.dim() == 2 and cfg.optim.sampler == "balanced":
-        raise ConfigError(
-            "`sampler=balanced` draws each image by its class; with several labels per image use `class_weights`"
-        )
+    if cfg.optim.sampler == "balanced":
+        task_of(labels).check("sampler_balanced")
     return Balance(
         class_weights(counts, cfg.optim.class_weights),
         logit_offset(counts, cfg.optim.logit_adjustment),

@@ -50,6 +50,7 @@ class RunStarted(Event):
     start_epoch: int  # 1, or the first epoch a resumed run trains
     config: dict[str, Any] = field(metadata={"log": False})  # by section, as config.yaml (MLflow's params)
     history: list[dict] = field(default_factory=list, metadata={"log": False})  # a resumed run's epochs so far
+    monitor: str = "val_loss"  # what picks the best epoch: the lowest val_loss, or the highest val_balanced_acc
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,8 @@ class StatusSink(Sink):
             "host": socket.gethostname(),
             "started": now(),
         }
-        if event.history:
-            best = min(event.history, key=lambda r: r["val_loss"])
+        if event.history:  # resumed: the best so far, as the trainer picks it (its `monitor`)
+            best = max(event.history, key=lambda r: monitored(r, event.monitor))
             self.status.update(best_epoch=best["epoch"], best_val_loss=best["val_loss"], best_val_acc=best["val_acc"])
         self._write()
 
@@ -301,6 +302,11 @@ def check_trackers(track: str | None) -> None:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def monitored(row: dict[str, Any], monitor: str) -> float:
+    """The value that picks the best epoch, larger is better (minus the loss for val_loss)."""
+    return -row["val_loss"] if monitor == "val_loss" else row[monitor]
 
 
 def eta(history_seconds: list[float], epochs_left: int) -> float:

@@ -27,7 +27,7 @@ from ..runtime import Log, quiet
 from ..tasks import SINGLE_LABEL, Task
 from .distributed import SINGLE, Distributed
 from .ema import Lookahead
-from .events import NO_EVENTS, BestImproved, CheckpointSaved, EpochEnded, Events, eta
+from .events import NO_EVENTS, BestImproved, CheckpointSaved, EpochEnded, Events, eta, monitored
 from .mixing import Mixer
 from .optim import build_optimizer, lr_factor
 from .progress import batches_with_bar
@@ -318,9 +318,7 @@ class Trainer:
 
     def monitored(self, row: dict) -> float:
         """The row's value of what picks the best epoch, larger is better."""
-        if self.cfg.schedule.monitor == "val_balanced_acc":
-            return row["val_balanced_acc"]
-        return -row["val_loss"]
+        return monitored(row, self.cfg.schedule.monitor)
 
     def _score_start(self) -> None:
         """Epoch 0: the model as it starts (a trained probe), validated and kept as best.pt."""

@@ -25,8 +25,8 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..plots.figures import plot_lr_sweep
-from ..runtime import Log, seed_everything
-from .pipeline import build, prepare, trainer_for
+from ..runtime import Log, resolve_device, seed_everything
+from .build import build, from_init, load, resolved, trainer_for
 from .progress import progress_bar
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
@@ -82,7 +82,9 @@ def lr_find(
     """Sweep the learning rate over ``steps`` training steps and plot the loss into ``out``."""
     seed_everything(settings.seed)
     # the plain step, as the sweep's lr moves; the model you name, or the cnn's recipe (the search trains, not sweeps)
-    prepared = prepare(settings.replace(ema=False, compile=False, search="off"), log)
+    settings, init = from_init(settings.replace(ema=False, compile=False))
+    device = resolve_device(settings.device)
+    prepared = resolved(settings, load(settings, device, log), device, log, init=init)
     cfg = prepared.cfg
     model = build(prepared, resuming=False, log=log)
     peak = cfg.optim.lr  # the trainer's groups keep their ratios to it (head, backbone, norm scales)

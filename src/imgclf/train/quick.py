@@ -2,35 +2,25 @@
 
 Confident learning needs each image's predicted probabilities from a model that did not train on that
 image. The images are dealt into ``folds`` stratified folds; for each, the folder recipe's model trains a
-few epochs on the others with the one :class:`~imgclf.train.loop.Trainer` (into a run directory that
-writes nothing) and predicts the held-out fold through :class:`~imgclf.predict.Classifier`, as ``predict``
-would. The recipe's settings are resolved as ``train`` resolves them, at ``epochs`` epochs.
+few epochs on the others with the one :class:`~imgclf.train.loop.Trainer` (built by :mod:`.build`, into a
+run directory that writes nothing) and predicts the held-out fold through :class:`~imgclf.predict.Classifier`,
+as ``predict`` would. The settings are the named recipe ``quick`` (:data:`imgclf.recipes.QUICK`), resolved as
+``train`` resolves them, at ``epochs`` epochs.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from ..config import TrainConfig
 from ..data import DataBundle, Split, channel_stats
 from ..predict import Classifier
-from ..recipes import DataFacts, resolve
+from ..recipes import quick_epochs, quick_settings
 from ..rundir import RunDir
 from ..runtime import Log, quiet, resolve_device, seed_everything
-from .pipeline import Prepared, build, inference_spec, trainer_for
+from .build import Prepared, build, inference_spec, run_config, trainer_for
 
-QUICK_EPOCHS = 4  # per fold at least: minutes for 60,000 images
-QUICK_IMAGES = 64_000  # images seen per fold at least: on MNIST's 10,000 test images, 3 folds x 4 epochs left one
-# fold at 91%; 5 folds x 8 epochs (this rule) every fold at 99.2-99.5% (bench/label_errors.py)
-MAX_QUICK_EPOCHS = 12
 FOLDS = 5  # each model trains on 80% of the images (3 folds: 67%, a weaker model)
-
-
-def quick_epochs(train_images: int) -> int:
-    """Epochs of each fold's quick model: enough images seen to converge on small folders, 4 on large ones."""
-    return max(QUICK_EPOCHS, min(MAX_QUICK_EPOCHS, math.ceil(QUICK_IMAGES / max(1, train_images))))
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
@@ -50,8 +40,7 @@ def fold_probs(
     """A quick model trained on ``train``: its probabilities for ``held``."""
     mean, std = channel_stats(train.images)
     data = DataBundle("fold", classes, train, held, held, mean, std, hflip, kind="folder")
-    facts = DataFacts(len(train), data.image_size)
-    cfg, _ = resolve(settings, "folder", device.type, facts)
+    cfg, _ = run_config(settings, data, device.type)
     prepared = Prepared(cfg, data, device)
     model = build(prepared, resuming=False)
     trainer_for(prepared, model, val_batches=None, run=RunDir("quick", writes=False)).fit()
@@ -79,7 +68,7 @@ def out_of_fold_probs(
     for k in range(folds):
         held = fold == k
         epochs = epochs or quick_epochs(int((~held).sum()))
-        settings = TrainConfig(epochs=epochs, seed=seed + k, ema=False, tta=False, compile=False)
+        settings = quick_settings(epochs, seed + k)
         probs[held] = fold_probs(
             Split(images[~held], labels[~held]),
             Split(images[held], labels[held]),

@@ -3,9 +3,10 @@
 For a folder or CSV with no model given, ``train`` tries the candidates that can win, each briefly, scored on
 the validation split, then spends the rest of the budget on the best:
 
-- the shipped ``lite0`` (EfficientNet-Lite0, ImageNet weights) as a linear probe on its cached features, at
-  each image size of :data:`PROBE_SIZES` up to the images' own (at least :data:`PRETRAINED_MIN_SIZE`:
-  ImageNet features need a few dozen pixels per object), while the features fit in the budget's share;
+- the shipped ``lite0`` (EfficientNet-Lite0, ImageNet weights) as a linear probe on its cached features
+  (:mod:`imgclf.features`), at each size of its ladder up to the images' own (at least the size its
+  features are worth at: ImageNet features need a few dozen pixels per object), while the features fit in the
+  budget's share;
 - the scratch ``cnn`` with its recipe: the whole recipe when it fits in :data:`CNN_TRIAL_SHARE` of the budget
   (small folders), else two short complete runs whose validation errors, fitted by a power law in epochs
   (error ~ b x epochs^-c), give the score the whole recipe would reach.
@@ -24,29 +25,20 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import DEFAULT_MODEL, RunConfig, TrainConfig
 from ..data import DataBundle, load_data
-from ..data.features import cached_features
-from ..data.folder import choose_image_size
-from ..models.lite0 import pretrained_lite0
-from ..models.registry import pretrained_stats
+from ..features.backbone import BACKBONE, PROBE_SIZES, Backbone, own_size
+from ..features.probe import ProbeResult, probe_data
 from ..plots.tables import Table
-from ..recipes import DataFacts, device_class, resolve
+from ..recipes import is_imbalanced, search_budget
 from ..rundir import RunDir
 from ..runtime import Log
-from .balance import balance_for, is_imbalanced
-from .probe import ProbeResult, fit_probe, probe_config
+from .build import Prepared, build, run_config, seconds_per_epoch, trainer_for
 
-SEARCH_BUDGET = {"cpu": 600.0, "gpu": 300.0}  # seconds, search and final run together, when `budget` is not given
-BACKBONE = "lite0"
-MIN_BACKBONE_SIZE = 32  # lite0 downsamples 32x
-PROBE_SIZES = (64, 96, 128, 160, 224)  # 224: the size lite0's weights were trained at
-PRETRAINED_MIN_SIZE = 96  # smaller images are upsampled to here for the probes (CIFAR's 32 px: 64 and 96)
 UPSAMPLE_GAIN = 0.01  # the validation score a larger upsampling must have added to try the next one
 FEATURE_SHARE = 0.35  # of the budget at most for computing the probes' features
 CNN_TRIAL_SHARE = 0.25  # the cnn's whole recipe runs in the search when it takes at most this share
@@ -94,17 +86,6 @@ class SearchOutcome:
         }
 
 
-def search_applies(settings: TrainConfig, kind: str, processes: int) -> bool:
-    """Whether ``train`` searches: a folder or CSV, no model and no run to start from, one process."""
-    return (
-        settings.search == "auto"
-        and kind in ("folder", "csv")
-        and not settings.is_set("model")
-        and not settings.init
-        and processes == 1
-    )
-
-
 def extrapolate(points: Sequence[tuple[float, float]], epochs: float) -> float:
     """The score at ``epochs`` from two (epochs, score) points, by a power law of the error: error =
     b x epochs^-c with 0 <= c <= 1 (no faster than 1/epochs, never worse with more epochs)."""
@@ -114,20 +95,14 @@ def extrapolate(points: Sequence[tuple[float, float]], epochs: float) -> float:
     return 1 - e2 * (epochs / x2) ** -c
 
 
-def own_size(data: DataBundle, cfg_max_pixels: int) -> int:
-    """The images' own size (their shorter side, the median when they differ), from a sample of headers."""
-    paths = [Path(s) for split in (data.train, data.val) for s in (split.sources or [])]
-    return choose_image_size(paths, cap=4096, max_pixels=cfg_max_pixels)[0] if paths else data.image_size
-
-
 class Search:
     def __init__(self, settings: TrainConfig, data: DataBundle, device: torch.device, log: Log) -> None:
         self.settings, self.data, self.device, self.log = settings, data, device, log
-        self.budget = settings.budget or SEARCH_BUDGET[device_class(device.type)]
+        self.budget = search_budget(settings, device.type)[0]
         self.imbalanced = is_imbalanced(data.class_counts())
         self.outcome = SearchOutcome(self.budget, "balanced accuracy" if self.imbalanced else "accuracy")
         self.start = time.perf_counter()
-        self.backbones: dict[int, torch.nn.Module] = {}
+        self.backbone = Backbone(device)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -136,42 +111,17 @@ class Search:
         return row["val_balanced_acc"] if self.imbalanced else row["val_acc"]
 
     def resolved(self, settings: TrainConfig, data: DataBundle) -> RunConfig:
-        facts = DataFacts(len(data.train), data.image_size, data.size_note, tuple(data.class_counts()))
-        return resolve(settings, "folder", self.device.type, facts)[0]
+        return run_config(settings, data, self.device.type)[0]
 
     # ------------------------------------------------------------ the pretrained candidate
-
-    def backbone(self, channels: int, classes: int) -> torch.nn.Module:
-        if channels not in self.backbones:
-            model = pretrained_lite0(channels, classes)
-            self.backbones[channels] = model.to(self.device).to(memory_format=torch.channels_last)
-        return self.backbones[channels]
 
     def probe(self, size: int) -> tuple[ProbeResult, float, float]:
         """The probe at ``size``: (result, seconds, seconds per image of the features computed)."""
         t0 = time.perf_counter()
         settings = self.settings.replace(model=BACKBONE, image_size=size, budget=None)
         data = load_data(settings.data_config)
-        cfg = self.resolved(settings, data)
-        stats = pretrained_stats(BACKBONE, data.channels)
-        assert stats is not None
-        backbone = self.backbone(data.channels, data.num_classes)
-        features = [
-            cached_features(
-                backbone, split.images, *stats, self.device, cfg.data.cache_dir, f"{data.name}-{BACKBONE}-{size}px"
-            )
-            for split in (data.train, data.val)
-        ]
-        computed = sum(f.seconds for f in features)
-        per_image = computed / sum(len(f) for f in features) if computed else 0.0
-        balance = balance_for(data.class_counts(), data.train.labels, cfg)
-        result = fit_probe(
-            (features[0].values, data.train.labels),
-            (features[1].values, data.val.labels),
-            data.num_classes,
-            probe_config(cfg, len(data.train)),
-            balance,
-        )
+        result, computed = probe_data(self.backbone, data, self.resolved(settings, data))
+        per_image = computed / (len(data.train) + len(data.val)) if computed else 0.0
         return result, time.perf_counter() - t0, per_image
 
     def probe_sizes(self) -> tuple[list[int], int]:
@@ -179,11 +129,12 @@ class Search:
         if self.settings.image_size:
             return [self.settings.image_size], self.settings.image_size
         own = own_size(self.data, self.settings.max_image_pixels)
-        return list(PROBE_SIZES), max(own, PRETRAINED_MIN_SIZE)
+        return list(PROBE_SIZES), max(own, self.backbone.facts.useful_size)
 
     def try_probes(self) -> tuple[ProbeResult, int] | None:
-        if self.settings.image_size and self.settings.image_size < MIN_BACKBONE_SIZE:
-            self.log(f"search: {BACKBONE} skipped: it needs images of {MIN_BACKBONE_SIZE} px or more (`image_size`)")
+        smallest = self.backbone.facts.min_size
+        if self.settings.image_size and self.settings.image_size < smallest:
+            self.log(f"search: {BACKBONE} skipped: it needs images of {smallest} px or more (`image_size`)")
             return None
         best: tuple[ProbeResult, int] | None = None
         per_image, measured_at, spent = 0.0, 0, 0.0
@@ -223,8 +174,6 @@ class Search:
 
     def train_cnn(self, cfg: RunConfig, epochs: int) -> float:
         """The validation score of the cnn trained by ``cfg``'s recipe compressed into ``epochs``."""
-        from .pipeline import Prepared, build, trainer_for  # the pipeline imports this module when it searches
-
         if epochs != cfg.schedule.epochs:
             share = cfg.schedule.warmup_epochs / cfg.schedule.epochs
             cfg = cfg.replace(epochs=epochs, warmup_epochs=share * epochs)
@@ -236,12 +185,10 @@ class Search:
         return self.score(row)
 
     def try_cnn(self) -> Trial:
-        from .pipeline import _seconds_per_epoch
-
         t0 = time.perf_counter()
         cfg = self.resolved(self.settings.replace(budget=None), self.data)
         epochs = cfg.schedule.epochs
-        per_epoch = _seconds_per_epoch(cfg, self.data, self.device)
+        per_epoch = seconds_per_epoch(cfg, self.data, self.device)
         if per_epoch * epochs <= CNN_TRIAL_SHARE * self.budget:
             score, how = self.train_cnn(cfg, epochs), f"its whole recipe, {epochs} epochs"
         else:
@@ -261,12 +208,10 @@ class Search:
 
     def fine_tune_epochs(self, size: int) -> int:
         """The epochs of lite0 at ``size`` that fit in what is left of the budget (at least 1, at most its recipe's)."""
-        from .pipeline import _seconds_per_epoch
-
         settings = self.settings.replace(model=BACKBONE, image_size=size, budget=None)
         data = load_data(settings.data_config)
         cfg = self.resolved(settings, data)
-        per_epoch = _seconds_per_epoch(cfg, data, self.device)
+        per_epoch = seconds_per_epoch(cfg, data, self.device)
         left = self.budget - self.elapsed()
         return max(1, min(cfg.schedule.epochs, math.floor(left / per_epoch)))
 

@@ -1,7 +1,8 @@
-"""A linear probe: a class layer trained on a frozen network's cached features (:mod:`imgclf.features`),
-with the trainer's one step. On a CPU it takes seconds where fine-tuning takes minutes, so the search tries
-it at several image sizes, ``learning-curve`` fits it on slices of the data, and the folder default starts
-its fine-tuning from it (its layer becomes the network's classifier: LP-FT, Kumar et al. 2022).
+"""A linear probe: a class layer trained on a frozen backbone's cached features (:mod:`.backbone`), with the
+trainer's one step and the probe's named recipe (:data:`imgclf.recipes.PROBE`). On a CPU it takes seconds
+where fine-tuning takes minutes, so the search tries it at several image sizes, ``learning-curve`` fits it on
+slices of the data, the doctor cross-validates it, and the folder default starts its fine-tuning from it (its
+layer becomes the network's classifier: LP-FT, Kumar et al. 2022).
 """
 
 from __future__ import annotations
@@ -14,30 +15,10 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from .balance import Balance
-from .loop import Trainer
-
-# The probe's optimisation, for features of ImageNet networks (pooled, non-negative, ~1e0): AdamW, cosine
-# decay, enough steps to converge on a few hundred images and few epochs on many.
-PROBE: dict[str, object] = {
-    "optimizer": "adamw",
-    "lr": 3e-3,  # at batch PROBE_BATCH
-    "weight_decay": 0.05,  # decoupled: a mild pull towards zero, the head's only regulariser
-    "schedule": "cosine",
-    "warmup_epochs": 0.0,
-    "label_smoothing": 0.1,
-    "ema": False,
-    "compile": False,
-    "norm_lr_scale": 1.0,
-    "grad_clip": None,
-    "freeze_epochs": 0,
-    "backbone_lr_scale": 1.0,
-    "patience": None,
-    "target_accuracy": None,
-}
-PROBE_BATCH = 256
-PROBE_STEPS = 600  # optimizer steps at least
-PROBE_MAX_EPOCHS = 100
+from ..data import DataBundle
+from ..train.balance import Balance, balance_for
+from ..train.loop import Trainer
+from .backbone import Backbone
 
 
 class ProbeHead(nn.Module):
@@ -105,13 +86,6 @@ class ProbeResult:
         return self.val_balanced_accuracy if monitor == "val_balanced_acc" else self.val_accuracy
 
 
-def probe_config(cfg: RunConfig, train_images: int) -> RunConfig:
-    """The probe's run config: ``cfg``'s data and imbalance settings with the probe's optimisation."""
-    steps_per_epoch = max(1, math.ceil(train_images / PROBE_BATCH))
-    epochs = min(PROBE_MAX_EPOCHS, max(10, math.ceil(PROBE_STEPS / steps_per_epoch)))
-    return cfg.replace(**PROBE, batch_size=PROBE_BATCH, epochs=epochs)
-
-
 def fit_probe(
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor],
@@ -119,7 +93,8 @@ def fit_probe(
     cfg: RunConfig,
     balance: Balance | None = None,
 ) -> ProbeResult:
-    """A class layer over ``train``'s (features, labels), scored on ``val``'s; ``cfg`` from :func:`probe_config`."""
+    """A class layer over ``train``'s (features, labels), scored on ``val``'s; ``cfg``: a run config with the
+    probe's recipe (:func:`imgclf.recipes.probe_recipe`)."""
     features, labels = train
     balance = balance or Balance()
     head = ProbeHead(features.shape[1], num_classes)
@@ -145,3 +120,19 @@ def fit_probe(
         val_balanced,
         len(trainer.history),
     )
+
+
+def probe_data(backbone: Backbone, data: DataBundle, cfg: RunConfig) -> tuple[ProbeResult, float]:
+    """The probe of ``backbone``'s features of ``data``'s training split (``cfg``: the run config resolved for
+    it, whose data and imbalance settings the probe keeps), scored on its validation split; and the seconds
+    spent computing features (0 when both came from the cache)."""
+    from ..recipes import probe_recipe
+
+    tag = f"{data.name}-{backbone.name}-{data.image_size}px"
+    train, val = (backbone.features(split.images, cfg.data.cache_dir, tag) for split in (data.train, data.val))
+    balance = balance_for(data.class_counts(), data.train.labels, cfg)
+    recipe = probe_recipe(cfg, len(data.train))
+    result = fit_probe(
+        (train.values, data.train.labels), (val.values, data.val.labels), data.num_classes, recipe, balance
+    )
+    return result, train.seconds + val.seconds

@@ -1,0 +1,60 @@
+"""The pretrained backbone behind the folder default, the doctor and the learning curve: which one, its facts
+(read off its model spec, :class:`~imgclf.models.registry.PretrainedCfg`), the sizes it is probed at, and its
+features of images, computed once and cached (:func:`imgclf.data.features.cached_features`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import DataBundle
+from ..data.features import Features, cached_features
+from ..data.folder import choose_image_size
+from ..models import create_model, get_model_spec
+from ..models.registry import PretrainedCfg
+
+BACKBONE = "lite0"  # the backbone that ships with imgclf (offline ImageNet weights)
+PROBE_SIZES = (64, 96, 128, 160, 224)  # the ladder of sizes probed; 224: the size lite0's weights were trained at
+OWN_SIZE_CAP = 4096  # reading the images' own size: no cap that matters
+
+
+def facts(name: str = BACKBONE) -> PretrainedCfg:
+    pretrained = get_model_spec(name).pretrained
+    if pretrained is None:
+        raise ValueError(f"model {name} has no pretrained weights: it is not a backbone")
+    return pretrained
+
+
+def own_size(data: DataBundle, max_pixels: int) -> int:
+    """The images' own size (their shorter side, the median when they differ), from a sample of headers."""
+    paths = [Path(s) for split in (data.train, data.val) for s in (split.sources or [])]
+    return choose_image_size(paths, OWN_SIZE_CAP, max_pixels)[0] if paths else data.image_size
+
+
+def largest_probe_size(side: int, name: str = BACKBONE) -> int:
+    """The ladder's largest size up to ``side`` (the images' own), at least the size its features are worth at."""
+    return max(s for s in PROBE_SIZES if s <= max(side, facts(name).useful_size))
+
+
+class Backbone:
+    """A pretrained network with its ImageNet weights and a new, zero head, in eval mode on ``device`` (one per
+    channel count), and its features of images from the embedding cache."""
+
+    def __init__(self, device: torch.device, name: str = BACKBONE) -> None:
+        self.device, self.name, self.facts = device, name, facts(name)
+        self.networks: dict[int, nn.Module] = {}
+
+    def network(self, channels: int) -> nn.Module:
+        if channels not in self.networks:
+            model = create_model(self.name, channels, 1, self.facts.input_size)
+            self.facts.load(model, None)
+            self.networks[channels] = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        return self.networks[channels]
+
+    def features(self, images: torch.Tensor, cache_dir: str | Path | None, tag: str) -> Features:
+        """N x D features of uint8 ``images``, from the cache under ``tag`` (computed and kept the first time)."""
+        channels = images.shape[1]
+        network = self.network(channels)
+        return cached_features(network, images, *self.facts.stats(channels), self.device, cache_dir, tag)
