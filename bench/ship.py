@@ -75,8 +75,7 @@ def macs_per_image(classifier) -> int:
 
 
 def throughput(task: str, peak: float) -> list[dict[str, Any]]:
-    from imgclf.export import export_classifier
-    from imgclf.export import OnnxBackend
+    from imgclf.export import OnnxBackend, export_classifier
 
     (train, _), (images, _) = _splits(str(cifar10_folder()) if task == "cifar10" else task, image_size=None)
     classifier = recipe_classifier(task, train)
@@ -110,8 +109,7 @@ def with_tta(plain, images: torch.Tensor, hflip: bool) -> list[dict[str, Any]]:
     1-pixel shifts): what that costs a user, eager and exported."""
     import dataclasses
 
-    from imgclf.export import export_classifier
-    from imgclf.export import OnnxBackend
+    from imgclf.export import OnnxBackend, export_classifier
     from imgclf.predict import Classifier
 
     spec = dataclasses.replace(plain.spec, tta=True, hflip=hflip)
