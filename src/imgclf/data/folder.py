@@ -20,7 +20,7 @@ from ..tasks import LABEL_SEPARATOR, Task, get_task
 from .cache import DecodedImages, decode_cached
 from .images import IMAGE_SUFFIXES, SIZE_SAMPLE, sample_dimensions, visible_files
 from .registry import RawDataset, Split, register_source, training_images
-from .splits import stratified_split
+from .splits import split_by_task
 
 MIN_SIZE = 8  # smallest default image size: the conv models need a few pixels to pool
 FILE_COLUMNS = ("file", "filename", "image", "image_id", "path", "id", "name")
@@ -102,7 +102,7 @@ def hold_out(cfg: DataConfig, parts: Parts) -> Parts:
     for name, fraction, seed in (("test", cfg.test_split, cfg.seed), ("val", cfg.val_split, cfg.seed + 1)):
         if name not in parts:
             files, labels = parts["train"]
-            kept, held = stratified_split(torch.tensor(labels, dtype=torch.long), fraction, seed)  # N or N x classes
+            kept, held = split_by_task(torch.tensor(labels, dtype=torch.long), fraction, seed)  # N or N x classes
             parts["train"], parts[name] = take(files, labels, kept), take(files, labels, held)
     return {name: parts[name] for name in SPLIT_NAMES}
 

@@ -13,7 +13,8 @@ from ..tasks import Task, task_of
 from . import folder, shards  # noqa: F401  (they register the sources: a folder, a CSV, packed shards)
 from .images import fit_tensor
 from .registry import RawDataset, Split, get_dataset, source_for
-from .splits import stratified_split
+from .splits import split_by_task
+from .splits import stratified_split as stratified_split  # re-exported (imgclf.data)
 from .stats import channel_stats
 
 
@@ -90,10 +91,10 @@ def load_data(cfg: DataConfig | TrainConfig, size_cap: int | None = None) -> Dat
     train = _resize(raw.train, size, cfg.resize)
     val, test = (_resize(s, size, cfg.resize) if s is not None else None for s in (raw.val, raw.test))
     if test is None:
-        kept, held = stratified_split(train.labels, cfg.test_split, cfg.seed)
+        kept, held = split_by_task(train.labels, cfg.test_split, cfg.seed)
         train, test = train.subset(kept), train.subset(held)
     if val is None:
-        kept, held = stratified_split(train.labels, cfg.val_split, cfg.seed + 1)
+        kept, held = split_by_task(train.labels, cfg.val_split, cfg.seed + 1)
         train, val = train.subset(kept), train.subset(held)
     if len(val) == 0 or len(test) == 0:
         raise DataError(

@@ -1,16 +1,22 @@
-"""Held-out splits, stratified by class (or, for several labels per image, by label as far as the data
-allows: iterative stratification) and seeded."""
+"""Held-out splits, seeded: stratified by class (one label per image), or by label as far as the data allows
+(several: iterative stratification). Each task holds out with its own (:meth:`imgclf.tasks.Task.hold_out`);
+:func:`split_by_task` asks the labels' task."""
 
 from __future__ import annotations
 
 import torch
 
 
+def split_by_task(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out) of ``fraction`` of the images, as the labels' task holds out."""
+    from ..tasks import task_of
+
+    return task_of(labels).hold_out(labels, fraction, seed)
+
+
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (kept, held out): ``fraction`` of each class held out, at least one where a class has two.
-    ``labels`` N x classes (0/1 rows): :func:`iterative_split`."""
-    if labels.dim() == 2:
-        return iterative_split(labels, fraction, seed)
+    """Indices (kept, held out) of class indices: ``fraction`` of each class held out, at least one where a
+    class has two."""
     generator = torch.Generator().manual_seed(seed)
     kept, held = [], []
     for cls in torch.unique(labels):
