@@ -24,7 +24,7 @@ from .runtime import Log, quiet
 # Each function imports its stage when called: `imgclf --help` loads no torch, and `imgclf predict` starts
 # without torchmetrics, captum or the report (about 1.5 s and 100 MB on the project's CPU).
 if TYPE_CHECKING:
-    from .data.shards import PackResult
+    from .data.pack import PackResult
     from .doctor.curve import LearningCurve
     from .doctor.output import DoctorResult
     from .explain import ErrorsResult, ExplainResult, InspectResult
@@ -199,7 +199,7 @@ def pack(
     """Pack a folder or CSV into WebDataset tar shards in ``out`` for streaming training (``train(data=out)``):
     the splits, image size and pixels that training on ``data`` with the same ``settings`` (``image_size``,
     ``seed``, ``val_split``, ...) would use; ``shard_size`` images a shard; PNG, or JPEG at ``jpeg_quality``."""
-    from .data.shards import pack as write_shards
+    from .data.pack import pack as write_shards
     from .recipes import image_size_cap
     from .runtime import resolve_device
 
@@ -460,14 +460,11 @@ def report(run: str | os.PathLike, *, out: str | os.PathLike | None = None, log:
 
 
 def describe_dataset_sources() -> list[tuple[str, str]]:
-    from .data import list_datasets
+    """(name, description) of every registered dataset, then of every kind of path (folder, CSV, shards)."""
+    from .data import list_datasets, list_sources
 
     rows = [(spec.name, spec.description) for spec in list_datasets()]
-    rows += [
-        ("PATH/", "a folder with one sub-folder per class (or train/, val/, test/ each holding them)"),
-        ("FILE.csv", name_settings("a CSV of file,label (images in `images`, default the CSV's folder)")),
-    ]
-    return rows
+    return rows + [(source.usage, name_settings(source.description)) for source in list_sources()]
 
 
 def describe_models(

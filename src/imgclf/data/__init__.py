@@ -13,17 +13,38 @@ from ..lazy import lazy_exports
 _LAZY = {
     **dict.fromkeys(["decode_images", "find_images", "read_image"], ".images"),
     **dict.fromkeys(["BatchIterator", "augment_batch", "normalise"], ".loader"),
-    **dict.fromkeys(["DataBundle", "channel_stats", "load_data", "stratified_split"], ".prepare"),
+    # through .prepare, which imports the built-in datasets and the sources: listed, they are all registered
     **dict.fromkeys(
-        ["RawDataset", "Split", "dataset_names", "get_dataset", "list_datasets", "register_dataset"], ".registry"
+        [
+            "DataBundle",
+            "channel_stats",
+            "dataset_names",
+            "get_dataset",
+            "list_datasets",
+            "list_sources",
+            "list_sources",
+            "load_data",
+            "stratified_split",
+        ],
+        ".prepare",
     ),
+    **dict.fromkeys(["RawDataset", "Split", "register_dataset", "register_source"], ".registry"),
 }
 
 if TYPE_CHECKING:
     from .images import decode_images, find_images, read_image
     from .loader import BatchIterator, augment_batch, normalise
-    from .prepare import DataBundle, channel_stats, load_data, stratified_split
-    from .registry import RawDataset, Split, dataset_names, get_dataset, list_datasets, register_dataset
+    from .prepare import (
+        DataBundle,
+        channel_stats,
+        dataset_names,
+        get_dataset,
+        list_datasets,
+        list_sources,
+        load_data,
+        stratified_split,
+    )
+    from .registry import RawDataset, Split, register_dataset, register_source
 
 __getattr__ = lazy_exports(__name__, _LAZY, globals())
 
@@ -39,9 +60,11 @@ __all__ = [
     "find_images",
     "get_dataset",
     "list_datasets",
+    "list_sources",
     "load_data",
     "normalise",
     "read_image",
     "register_dataset",
+    "register_source",
     "stratified_split",
 ]

@@ -20,6 +20,7 @@ from ..tasks import LABEL_SEPARATOR, Task, get_task
 from .cache import DecodedImages, decode_cached
 from .images import IMAGE_SUFFIXES, SIZE_SAMPLE, sample_dimensions, visible_files
 from .registry import RawDataset, Split, register_source, training_images
+from .shards import is_shards
 from .splits import split_by_task
 
 MIN_SIZE = 8  # smallest default image size: the conv models need a few pixels to pool
@@ -166,8 +167,6 @@ def folder_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
 
 
 def _plain_folder(path: Path) -> bool:
-    from .shards import is_shards  # that module imports this one
-
     return path.is_dir() and not is_shards(path)
 
 

@@ -10,12 +10,23 @@ from ..config import DataConfig, TrainConfig
 from ..errors import DataError
 from ..recipes import image_size_cap
 from ..tasks import Task, task_of
-from . import folder, shards  # noqa: F401  (they register the sources: a folder, a CSV, packed shards)
+from . import builtin, folder, shards  # noqa: F401  (they register the built-in datasets and the sources)
 from .images import fit_tensor
-from .registry import RawDataset, Split, get_dataset, source_for
-from .splits import split_by_task
-from .splits import stratified_split as stratified_split  # re-exported (imgclf.data)
+from .registry import RawDataset, Split, dataset_names, get_dataset, list_datasets, list_sources, source_for
+from .splits import split_by_task, stratified_split
 from .stats import channel_stats
+
+__all__ = [  # what imgclf.data lists from here: once this module is imported, every dataset and source is registered
+    "DataBundle",
+    "channel_stats",
+    "dataset_names",
+    "get_dataset",
+    "list_datasets",
+    "list_sources",
+    "load_data",
+    "resolve_source",
+    "stratified_split",
+]
 
 
 @dataclass

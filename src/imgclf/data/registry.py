@@ -153,9 +153,3 @@ def get_source(kind: str) -> SourceSpec:
     if found is None:
         raise KeyError(f"unknown source {kind!r}; known: {', '.join(_SOURCES.names())}")
     return found
-
-
-# the built-in datasets register themselves once the registry exists (the sources, folder and shards, register
-# when imgclf.data.prepare, which resolves a path, is imported) (inference imports neither: it needs
-# no dataset, and imgclf.data.images does not import this module)
-from . import builtin  # noqa: E402, F401

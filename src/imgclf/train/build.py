@@ -39,7 +39,6 @@ from .speed import seconds_per_image
 
 if TYPE_CHECKING:
     from ..features.probe import ProbeResult
-    from .search import SearchOutcome
 
 WHITENING_IMAGES = 5000  # training images that estimate the whitening layer's patch covariance
 
@@ -54,12 +53,8 @@ class Prepared:
     distributed: Distributed = SINGLE
     init: Checkpoint | None = None  # the run `init` names, read once
     variant: str = "default"  # the recipe's variant
-    search: SearchOutcome | None = None  # what the folder default tried, where it searched
-
-    @property
-    def probe(self) -> ProbeResult | None:
-        """The probe the model's head starts from (the search chose the pretrained network)."""
-        return self.search.probe if self.search is not None else None
+    search: dict[str, Any] | None = None  # what the folder default tried, where it searched (search.json)
+    probe: ProbeResult | None = None  # the probe the model's head starts from (the search chose the backbone)
 
 
 # ---------------------------------------------------------------- data and config
@@ -137,7 +132,8 @@ def resolved(
     *,
     distributed: Distributed = SINGLE,
     init: Checkpoint | None = None,
-    search: SearchOutcome | None = None,
+    search: dict[str, Any] | None = None,
+    probe: ProbeResult | None = None,
     new_run: bool = False,
 ) -> Prepared:
     """The run config resolved once (measuring this machine for `budget`), logged with where each value came
@@ -164,7 +160,7 @@ def resolved(
         f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{data.channels}x{data.image_size}x{data.image_size}"
     )
-    return Prepared(cfg, data, device, distributed, init, variant, search)
+    return Prepared(cfg, data, device, distributed, init, variant, search, probe)
 
 
 def _pretrained_stats(model: ModelConfig, channels: int) -> tuple[list[float], list[float]] | None:

@@ -95,7 +95,7 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
         compile_seconds=round(result.compile_seconds, 3),
         calibration=fitted.record,
         recipe_variant=prepared.variant,
-        search=prepared.search.to_dict() if prepared.search is not None else None,
+        search=prepared.search,
     )
     run.write_metrics(metrics)
     run.save_predictions(predictions)

@@ -118,7 +118,17 @@ def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE, 
         settings = settings.replace(_origin="search: the best on validation (search.json)", **search.changes)
         if search.image_size != data.image_size and settings.is_set("image_size"):
             data = load(settings, device, quiet, distributed)
-    return resolved(settings, data, device, log, distributed=distributed, init=init, search=search, new_run=new_run)
+    return resolved(
+        settings,
+        data,
+        device,
+        log,
+        distributed=distributed,
+        init=init,
+        search=search.to_dict() if search is not None else None,
+        probe=search.probe if search is not None else None,
+        new_run=new_run,
+    )
 
 
 # ---------------------------------------------------------------- fit
@@ -237,7 +247,7 @@ def train_run(
         run.write_config(prepared.cfg.to_dict())
         run.write_skipped(prepared.data.skipped)
         if prepared.search is not None:
-            run.write_search(prepared.search.to_dict())
+            run.write_search(prepared.search)
         sinks = run_sinks(run, log, verbose, prepared.cfg.run.tensorboard, prepared.cfg.run.track)
         events = Events([*sinks, *map(CallbackSink, callbacks)] if distributed.is_main else [])
         try:
