@@ -112,3 +112,18 @@ def test_tracking_without_mlflow_installed_is_one_line_before_any_folder(class_f
     with pytest.raises(imgclf.ImgclfError, match=r"track=mlflow needs MLflow: pip install 'imgclf\[mlflow\]'"):
         imgclf.train(data=str(class_folder), track="mlflow", out="run", verbose=False, **FAST)
     assert not (in_tmp / "run").exists()
+
+
+@pytest.mark.parametrize(("monitor", "best"), [("val_loss", 1), ("val_balanced_acc", 2)])
+def test_a_resumed_runs_status_names_the_best_epoch_as_the_trainer_picks_it(tmp_path, monitor, best):
+    from imgclf.rundir import RunDir
+    from imgclf.train.events import StatusSink
+
+    history = [  # epoch 1 has the lowest loss, epoch 2 the highest balanced accuracy (an imbalanced run's monitor)
+        {"epoch": 1, "val_loss": 0.50, "val_acc": 0.90, "val_balanced_acc": 0.60},
+        {"epoch": 2, "val_loss": 0.70, "val_acc": 0.85, "val_balanced_acc": 0.75},
+    ]
+    run = RunDir(tmp_path)
+    StatusSink(run)(RunStarted(str(tmp_path), "d", "cnn", 5, 3, {}, history, monitor))
+    status = run.read_status()
+    assert status is not None and status["best_epoch"] == best and status["epoch"] == 2

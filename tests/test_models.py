@@ -6,6 +6,7 @@ from torchvision.models import resnet18
 from imgclf.config import ModelConfig
 from imgclf.errors import ModelError
 from imgclf.models import count_parameters, create_model, get_model_spec, head_of, model_names
+from imgclf.models.cnn import WhiteningConv
 from imgclf.train import build_model
 
 
@@ -158,3 +159,25 @@ def test_registries_find_names_as_registered_and_warn_on_a_second_registration(m
         register_model("mynet_test", "again")(my_net)
     with pytest.warns(UserWarning, match="dataset 'MyPhotos_Test' was registered twice"):
         register_dataset("MyPhotos_Test", "again")(my_photos)
+
+
+def test_whitening_layer_decorrelates_patches():
+    torch.manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.9, 0.8], [0.0, 0.4, 0.3], [0.0, 0.0, 0.2]])
+    images = torch.einsum("dc,nchw->ndhw", mixing, torch.randn(200, 3, 12, 12))  # correlated channels
+    layer = WhiteningConv(3)
+    layer.init_from_images(images)
+    assert layer.out_channels == 24 and not layer.weight.requires_grad
+    features = layer(images)[:, :12] - layer.bias[:12].view(1, -1, 1, 1)  # the + half; the - half mirrors it
+    flat = features.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = flat.T @ flat / len(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.03)  # eps shrinks the weakest direction a little
+    assert torch.allclose(layer(images)[:, 12:] - layer.bias[12:].view(1, -1, 1, 1), -features)
+
+
+def test_cnn_adapts_to_tiny_and_large_images():
+    for size, channels in ((8, 1), (28, 1), (64, 3)):
+        model = create_model("cnn", channels, 7, size, widths=[8, 16, 32])
+        assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
+    frozen = [name for name, p in create_model("cnn", 3, 10, 32).named_parameters() if not p.requires_grad]
+    assert "stem.0.weight" in frozen and all(n.endswith("weight") for n in frozen)  # whitening and norm scales

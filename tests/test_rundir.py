@@ -18,7 +18,7 @@ import imgclf
 from imgclf import rundir
 from imgclf.cli import main
 from imgclf.errors import CheckpointError
-from imgclf.rundir import VERSION, read_checkpoint
+from imgclf.rundir import METRICS_VERSION, VERSION, RunDir, RunMetrics, read_checkpoint
 
 V1_RUN = (
     Path(__file__).parent / "fixtures" / "run-v1"
@@ -157,3 +157,98 @@ def test_run_directory_names_live_in_one_module():
         if f'"{name}"' in path.read_text() or f"'{name}'" in path.read_text()
     ]
     assert offenders == []
+
+
+# ---------------------------------------------------------------- metrics.json, typed and versioned
+
+
+def test_metrics_are_typed_versioned_and_read_as_the_old_dict_too(trained_run, v1_run, tmp_path):
+    metrics = RunDir(trained_run).read_metrics()
+    assert isinstance(metrics, RunMetrics) and metrics.version == METRICS_VERSION and metrics.task == "single_label"
+    assert metrics["test"]["accuracy"] == metrics.accuracy == metrics.test["accuracy"]  # as imgclf 0.5's dict
+    assert (
+        metrics["data"]["name"] == metrics.data.name and "best_epoch" in metrics and len(metrics) == len(list(metrics))
+    )
+    assert RunMetrics.from_json(json.loads(json.dumps(metrics.to_json()))) == metrics
+    old = RunDir(v1_run).read_metrics()  # imgclf 0.1's: no version, no task, no calibration, no search
+    assert (old.version, old.task, old.calibration, old.search) == (METRICS_VERSION, "single_label", None, None)
+    assert old.headline().startswith("test accuracy 0.")
+
+
+def test_a_multi_label_runs_old_metrics_upgrade_to_its_task():
+    payload = json.loads((V1_RUN / rundir.METRICS).read_text())
+    payload["test"] = {**payload["test"], "task": "multi_label"}  # imgclf 0.5 wrote the task inside the test metrics
+    upgraded = RunMetrics.from_json(payload)
+    assert upgraded.task == "multi_label" and "task" not in upgraded.test
+
+
+def test_metrics_from_a_newer_imgclf_or_damaged_are_one_line(trained_run, tmp_path):
+    raw = json.loads((trained_run / rundir.METRICS).read_text())
+    for name, payload, message in (
+        ("newer", {**raw, "version": METRICS_VERSION + 1}, "written by a newer imgclf"),
+        ("damaged", {k: v for k, v in raw.items() if k != "data"}, "damaged metrics"),
+    ):
+        folder = tmp_path / name
+        shutil.copytree(trained_run, folder)
+        (folder / rundir.METRICS).write_text(json.dumps(payload))
+        with pytest.raises(CheckpointError, match=message):
+            RunDir(folder).read_metrics()
+
+
+# ---------------------------------------------------------------- what later commands may write
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_every_later_command_writes_only_what_the_run_directory_declares(trained_run, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    image = tmp_path / "query.png"
+    Image.fromarray(RunDir(run).read_predictions().example_images[0].permute(1, 2, 0).numpy()).save(image)
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    for i in range(12):  # unrelated pictures: flat colours
+        Image.new("RGB", (16, 16), (20 * i, 255 - 20 * i, 90)).save(negatives / f"{i}.png")
+    data = Path(rundir.RunDir(run).read_config()["data"]["data"])
+    commands = {
+        "evaluate": ["evaluate", run],
+        "evaluate --negatives": ["evaluate", run, "--negatives", negatives],
+        "errors": ["errors", run],
+        "explain": ["explain", run, image],
+        "inspect": ["inspect", run, "--image", image],
+        "similar": ["similar", run, image],
+        "report": ["report", run],
+        "doctor --run": ["doctor", data, "--run", run, "--out", tmp_path / "doctor", "--no-near"],
+        "export": ["export", run, "--format", "torchscript"],
+    }
+    assert set(commands) == set(rundir.WRITTEN_AFTER_TRAINING)  # a command that writes into a run is declared
+    for command, argv in commands.items():
+        before = _files(run)
+        assert main([str(a) for a in argv]) == 0, command
+        after = _files(run)
+        changed = {p for p, stat in after.items() if before.get(p) != stat}
+        declared = rundir.WRITTEN_AFTER_TRAINING[command]
+        undeclared = {p for p in changed if p not in declared and p.split("/")[0] not in declared}
+        assert not undeclared and changed, (command, undeclared)
+    assert set(before) >= {rundir.BEST, rundir.METRICS, rundir.CONFIG}
+
+
+def test_what_changes_how_a_run_predicts_is_reported_where_it_loads(trained_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from imgclf.serve.app import create_app
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    assert "evaluate --negatives" not in repr(imgclf.load(run, device="cpu"))
+    unknown = {"chosen": "familiarity", "k": 1, "real_distances": [0.1, 0.2, 0.3]}
+    RunDir(run).write_unknown(unknown, torch.zeros(4, 8).numpy())  # as `evaluate --negatives` chooses familiarity
+    classifier = imgclf.load(run, device="cpu")
+    assert "`unknown` by familiarity (evaluate --negatives)" in repr(classifier)
+    with TestClient(create_app(classifier)) as client:
+        info = client.get("/model").json()
+    assert info["unknown_score"] == "familiarity" and "evaluate --negatives" in info["changed_after_training"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +17,9 @@ import torch
 from PIL import Image
 
 from bench.memory import run_with_peak_anon
+from conftest import write_class_folder
 from imgclf import TrainConfig
+from imgclf.config import DataConfig
 from imgclf.data import load_data
 from imgclf.data.cache import choose_storage
 from imgclf.errors import DataError
@@ -124,3 +128,36 @@ def test_a_folder_larger_than_the_memory_cap_trains_with_bounded_resident_memory
     assert in_memory.returncode == 2
     assert "do not fit" in in_memory.stderr and "--storage mmap" in in_memory.stderr
     assert "Traceback" not in in_memory.stderr
+
+
+def test_folder_is_decoded_once_and_a_changed_folder_decodes_again(tmp_path):
+    folder = write_class_folder(tmp_path / "photos", per_class=12)
+    cfg = DataConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
+    first = load_data(cfg)
+    second = load_data(cfg)
+    assert not first.from_cache and second.from_cache
+    assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
+    assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.u8"))) == 1
+    # another image size is another cache entry
+    assert not load_data(dataclasses.replace(cfg, image_size=8)).from_cache
+    # replacing a file (new size and mtime) invalidates the entry, and the stale file is removed
+    changed = folder / "checker" / "000.png"
+    changed.write_bytes((folder / "vertical" / "000.png").read_bytes())
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    third = load_data(cfg)
+    assert not third.from_cache
+    assert len(list((tmp_path / "data" / "cache").glob("photos-16px-*.u8"))) == 1
+    assert load_data(cfg).from_cache
+    # --no-cache decodes and writes nothing
+    assert not load_data(dataclasses.replace(cfg, cache=False, data_dir=str(tmp_path / "none"))).from_cache
+    assert not (tmp_path / "none").exists()
+
+
+def test_damaged_cache_file_is_a_miss_not_an_error(tmp_path):
+    folder = write_class_folder(tmp_path / "photos", per_class=8)
+    cfg = DataConfig(data=str(folder), image_size=16, data_dir=str(tmp_path / "data"))
+    load_data(cfg)
+    (cached,) = (tmp_path / "data" / "cache").glob("*.u8")
+    cached.write_bytes(b"truncated")
+    assert not load_data(cfg).from_cache
+    assert load_data(cfg).from_cache

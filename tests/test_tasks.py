@@ -155,6 +155,102 @@ def test_the_report_shows_each_tasks_metrics(task_run):
         assert "confusion matrix" in page
 
 
+# ---------------------------------------------------------------- every task's hooks, on made-up outputs
+
+
+def made_up(task_name: str, n: int = 40, classes: int = 3, seed: int = 0):
+    """Labels of ``task_name``'s kind and probabilities that mostly agree with them (a quarter wrong)."""
+    generator = torch.Generator().manual_seed(seed)
+    task = get_task(task_name)
+    if task.activation == "softmax":
+        labels = torch.arange(n) % classes
+        logits = torch.randn(n, classes, generator=generator) + 3 * torch.nn.functional.one_hot(labels, classes)
+    else:
+        labels = (torch.rand(n, classes, generator=generator) < 0.4).float()
+        logits = torch.randn(n, classes, generator=generator) + 3 * (2 * labels - 1)
+    wrong = torch.arange(n) % 4 == 0
+    logits[wrong] = -logits[wrong]
+    return task, labels, task.probabilities(logits)
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_every_task_decides_measures_and_writes_through_its_own_hooks(name, tmp_path):
+    task, labels, probs = made_up(name)
+    classes = ["a", "b", "c"]
+    fitted = task.fit_on_validation(probs, labels, classes)
+    thresholds = fitted.spec.get("thresholds", task.default_thresholds(len(classes)))
+    decided = task.decide(probs, thresholds)
+    assert (
+        decided.shape[0] == len(labels) and task.wrong(decided, labels).any() and not task.wrong(decided, labels).all()
+    )
+    metrics = task.metrics(probs, labels, classes, thresholds)
+    assert 0 < metrics["accuracy"] < 1 and set(metrics["per_class"]) == set(classes)
+    assert task.headline(metrics).startswith(task.accuracy_name)
+    table = task.per_class_table(metrics).to_text()
+    assert all(c in table for c in classes) and f"{metrics['macro_f1']:.4f}" in table
+    rows = dict(task.summary_rows(metrics))
+    assert any(task.accuracy_name in key for key in rows)
+    # answers, and the prediction files' columns: as many cells as the header names
+    answers = task.answers([f"{i}.png" for i in range(len(probs))], probs, classes, 2, thresholds)
+    for min_confidence in (0.0, 0.9):
+        header = task.decision_columns(min_confidence)
+        assert all(len(task.decision_cells(a, min_confidence)) == len(header) for a in answers)
+    # the saved test predictions give back the same decisions, and the errors analysis counts the same mistakes
+    predictions = SplitPredictions.from_probs(
+        probs, labels, torch.zeros(len(probs), 1, 4, 4, dtype=torch.uint8), thresholds=thresholds, task=name
+    )
+    saved = tmp_path / "p.pt"
+    predictions.save(saved)
+    again = SplitPredictions.load(saved)
+    assert again.task == name and torch.equal(again.wrong, task.wrong(decided, labels))
+    analysis = task.analyse_errors(again, classes)
+    assert len(analysis.mistakes) == int(task.wrong(decided, labels).sum()) and analysis.task == name
+    assert analysis.class_accuracy_table().to_text() and json.dumps(analysis.to_dict(5))
+    meta = task.export_metadata(thresholds)
+    assert meta["activation"] == task.activation and set(meta) == {"activation", "decision", "thresholds"}
+    # label sets and held-out splits of this task's labels
+    assert len(task.label_names(labels, classes)) == len(labels)
+    as_classes, names = task.as_one_class(labels, classes)
+    assert as_classes.dim() == 1 and int(as_classes.max()) < len(names)
+    kept, held = task.hold_out(labels, 0.25, seed=1)
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(len(labels))) and 0 < len(held) < len(labels)
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_every_task_refuses_what_it_has_no_meaning_for_in_one_line(name):
+    from imgclf.errors import ConfigError
+
+    task = get_task(name)
+    for feature, why in task.unsupported.items():
+        assert task.refusal(feature) == why and "\n" not in why
+        with pytest.raises(ConfigError):
+            task.check(feature)
+    task.check("a feature no task refuses")  # no error
+
+
+def test_a_new_task_is_one_registered_class():
+    """A third task (grades that are ordered, say) is a class and its losses; the registry lists it, and what
+    asks the registry finds it. (Removed again: the other tests loop over the registered tasks.)"""
+    from imgclf.tasks import SingleLabel, register_loss, register_task
+    from imgclf.tasks.base import _LOSSES, _TASKS
+
+    @register_task
+    class Graded(SingleLabel):
+        name = "graded"
+
+    @register_loss("graded", "ce")
+    def graded_loss(settings):
+        return torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+
+    try:
+        assert "graded" in task_names() and get_task("graded").losses == ("ce",)
+        logits, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+        assert get_task("graded").criterion(0.0, None)(logits, targets).item() > 0
+    finally:
+        _TASKS._entries.pop("graded")
+        _LOSSES._entries.pop("graded:ce")
+
+
 # ---------------------------------------------------------------- multi-label data, decisions and outputs
 
 

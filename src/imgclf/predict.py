@@ -28,6 +28,7 @@ from .rundir import CHANGES_INFERENCE, Checkpoint, InferenceSpec, RunDir, read_c
 from .runtime import resolve_device
 from .tasks import UNKNOWN as UNKNOWN  # re-exported: the label of an answer below `min_confidence`
 from .tasks import Prediction, Task, get_task
+from .writers import Columns, write_predictions
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -127,11 +128,24 @@ class InferenceModel(nn.Module):
 
 
 class Predictions(list[Prediction]):
-    """The predictions, in input order, and the files inside given folders that were skipped, with why."""
+    """The predictions, in input order, and the files inside given folders that were skipped, with why;
+    ``save("p.csv")`` writes them as ``imgclf predict --out`` does (the columns their run's task gives)."""
 
-    def __init__(self, predictions: Sequence[Prediction] = (), skipped: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        predictions: Sequence[Prediction] = (),
+        skipped: Sequence[tuple[str, str]] = (),
+        columns: Columns | None = None,
+    ) -> None:
         super().__init__(predictions)
         self.skipped = list(skipped)
+        self.columns = columns
+
+    def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
+        """The predictions as a CSV or JSON file (by ``format``, else ``path``'s suffix), written atomically."""
+        columns = self.columns or Columns(get_task("single_label"), max((len(p.top_k) for p in self), default=1))
+        write_predictions(self, columns, path, format)
+        return Path(path)
 
 
 def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
@@ -374,7 +388,8 @@ class Classifier:
         """Predict files, folders (all images inside), PIL images or image tensors; ``unknown`` below
         ``min_confidence``."""
         stream = self.stream(images, top_k, batch_size, min_confidence)
-        return Predictions(list(stream), stream.skipped)
+        k = max(1, min(top_k, len(self.classes)))
+        return Predictions(list(stream), stream.skipped, Columns(self.task, k, min_confidence))
 
 
 @dataclass

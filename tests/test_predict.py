@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import imgclf
 from conftest import CLASSES, synthetic_image
@@ -395,3 +396,19 @@ def test_an_out_file_that_cannot_be_written_is_one_line(trained_run, big_folder,
         f"imgclf: error: {tmp_path / 'no' / 'such' / 'p.csv'}: cannot write it (its folder does not exist); "
         "create the folder or choose another place (--out)"
     ]
+
+
+def test_tta_averages_mirror_and_shifted_views():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 4))  # linear: views can be averaged first
+    x = torch.randn(5, 3, 6, 6)
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., :6, :6], padded[..., 2:, 2:]
+
+    def mirrored(v):
+        return 0.5 * (v + v.flip(-1))
+
+    expected = model(0.5 * mirrored(x) + 0.25 * mirrored(up_left) + 0.25 * mirrored(down_right))
+    assert torch.allclose(tta_logits(model, x, hflip=True), expected, atol=1e-5)
+    no_flip = model(0.5 * x + 0.25 * up_left + 0.25 * down_right)
+    assert torch.allclose(tta_logits(model, x, hflip=False), no_flip, atol=1e-5)
