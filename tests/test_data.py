@@ -9,10 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import synthetic_image, write_class_folder
+from conftest import CLASSES, synthetic_image, write_class_folder
 from imgclf import TrainConfig
-from imgclf.config import DecodeSpec
-from imgclf.data import BatchIterator, Split, augment_batch, channel_stats, decode_images, load_data, stratified_split
+from imgclf.config import DataConfig, DecodeSpec
+from imgclf.data import (
+    BatchIterator,
+    Split,
+    augment_batch,
+    channel_stats,
+    decode_images,
+    list_datasets,
+    load_data,
+    stratified_split,
+)
 from imgclf.errors import DataError
 
 
@@ -357,3 +366,43 @@ def test_folder_splits_know_each_image_file(class_folder, tmp_path):
         assert len(split.sources) == len(split)
         assert [Path(s).parent.name for s in split.sources] == [fresh.classes[y] for y in split.labels.tolist()]
     assert len(set(fresh.train.sources + fresh.val.sources + fresh.test.sources)) == 3 * 24
+
+
+# ---------------------------------------------------------------- the registries of datasets and sources
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in list_datasets()])  # a new dataset is tested here
+def test_every_registered_dataset_says_what_it_is(name):
+    from imgclf.data import get_dataset
+
+    spec = get_dataset(name)
+    assert spec.name == name and spec.description and callable(spec.load)
+    assert spec.train_images is None or spec.train_images > 0
+
+
+def _path_of_each_kind(tmp_path):
+    """A path of every registered kind: a class folder, a CSV of it, and its packed shards."""
+    import imgclf
+
+    folder = write_class_folder(tmp_path / "photos", per_class=6)
+    csv = tmp_path / "labels.csv"
+    csv.write_text(
+        "file,label\n"
+        + "".join(f"photos/{p.parent.name}/{p.name},{p.parent.name}\n" for p in sorted(folder.rglob("*.png")))
+    )
+    packed = imgclf.pack(str(folder), tmp_path / "shards", verbose=False, data_dir=str(tmp_path / "cache"))
+    return {"folder": folder, "csv": csv, "shards": packed.out}
+
+
+def test_every_registered_source_claims_its_own_paths_and_loads_them(tmp_path):
+    from imgclf.data import list_sources
+    from imgclf.data.registry import source_for
+
+    paths = _path_of_each_kind(tmp_path)
+    assert {s.kind for s in list_sources()} == set(paths)  # a new source adds its kind of path here
+    for source in list_sources():
+        path = paths[source.kind]
+        assert source_for(path) is source and source.usage and source.description
+        assert [s.kind for s in list_sources() if s.matches(path)] == [source.kind]  # sources do not overlap
+        data = load_data(DataConfig(data=str(path), data_dir=str(tmp_path / "cache")))
+        assert data.kind == source.kind and data.classes == sorted(CLASSES) and len(data.train) > 0

@@ -412,3 +412,15 @@ def test_tta_averages_mirror_and_shifted_views():
     assert torch.allclose(tta_logits(model, x, hflip=True), expected, atol=1e-5)
     no_flip = model(0.5 * x + 0.25 * up_left + 0.25 * down_right)
     assert torch.allclose(tta_logits(model, x, hflip=False), no_flip, atol=1e-5)
+
+
+def test_predictions_save_as_the_command_writes_them(trained_run, big_folder, tmp_path, capsys):
+    """A notebook's predictions save to the same CSV and JSON as `predict --out` writes."""
+    predictions = imgclf.predict(trained_run, big_folder, top_k=2)
+    predictions.save(tmp_path / "notebook.csv")
+    predictions.save(tmp_path / "notebook.json")
+    code, _, _ = cli(capsys, "predict", trained_run, big_folder, "--top-k", "2", "--out", tmp_path / "command.csv")
+    assert code == 0
+    assert (tmp_path / "notebook.csv").read_text() == (tmp_path / "command.csv").read_text()
+    rows = json.loads((tmp_path / "notebook.json").read_text())
+    assert [r["label"] for r in rows] == [p.label for p in predictions] and len(rows[0]["top_k"]) == 2

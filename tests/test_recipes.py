@@ -170,3 +170,39 @@ def test_recipes_for_builtin_data_use_their_training_set_size():
         f"{real.schedule.warmup_epochs:.3g}",
     ]
     assert real.optim.batch_size == 128  # the small-data rule halved the CPU batch of 256
+
+
+def test_every_rule_leaves_its_source_in_the_one_resolve():
+    from imgclf.recipes import probe_recipe, quick_settings, search_budget
+    from imgclf.tasks import MULTI_LABEL
+
+    # a search's budget is recorded (after the variant's choice, which it does not drive), with why
+    budget = search_budget(TrainConfig(), "cpu")
+    cfg, variant = resolve(TrainConfig(), "folder", "cpu", DataFacts(5000, 32, search_budget=budget))
+    assert (
+        cfg.schedule.budget == 600 and cfg.sources["budget"].startswith("rule: the search's") and variant == "default"
+    )
+    assert search_budget(TrainConfig(budget=90), "cpu") == (90, "you")
+    # several labels per image: the recipes' smoothing (for a softmax) is not applied, said so
+    multi, _ = resolve(TrainConfig(), "folder", "cpu", DataFacts(5000, 32, task=MULTI_LABEL))
+    assert multi.optim.label_smoothing == 0 and "several labels" in multi.sources["label_smoothing"]
+    assert resolve(TrainConfig(label_smoothing=0.1), "folder", "cpu", DataFacts(5000, 32, task=MULTI_LABEL))[
+        0
+    ].optim.label_smoothing == pytest.approx(0.1)  # yours stays
+    # the named recipes: the probe's optimisation and the doctor's quick models
+    probe = probe_recipe(cfg, train_images=1000)
+    assert probe.optim.optimizer == "adamw" and probe.sources["lr"] == "recipe probe" and probe.schedule.epochs >= 10
+    quick, _ = resolve(quick_settings(epochs=5, seed=3), "folder", "cpu", DataFacts(900, 16))
+    assert quick.schedule.epochs == 5 and not quick.optim.ema and quick.sources["ema"] == "recipe quick"
+
+
+def test_a_config_that_sets_every_recipe_value_times_nothing(monkeypatch):
+    """A run resumed or a config.yaml given back holds every value a recipe fills: its budget chooses no
+    variant, so nothing is timed (a timed epoch of a large model costs seconds before training starts)."""
+    full, _ = resolve(TrainConfig(), "folder", "cpu", DataFacts(5000, 32))
+    given = TrainConfig.from_dict({**full.to_dict(), "schedule": {**full.to_dict()["schedule"], "budget": 60.0}})
+    timed = []
+    resolve(given, "folder", "cpu", DataFacts(5000, 32), lambda c: timed.append(c) or 1.0)
+    assert timed == []
+    resolve(TrainConfig(budget=60.0), "folder", "cpu", DataFacts(5000, 32), lambda c: timed.append(c) or 1.0)
+    assert timed  # a budget with values left to fill: the variants are timed

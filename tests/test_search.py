@@ -122,6 +122,7 @@ def test_a_folder_train_searches_records_it_and_starts_from_the_probe(photos, tm
     assert search["chosen"] in ("lite0", "cnn") and "search: chose" in out
     assert result.config.model.model == search["chosen"]
     assert result.metrics["search"]["chosen"] == search["chosen"]
+    assert result.config.schedule.budget is not None  # config.yaml says the budget the run used
     if search["chosen"] == "lite0":  # best.pt held the probe (epoch 0) before any fine-tuning epoch
         assert result.config.sources["model"].startswith("search:")
         assert '"epoch": 0' in (tmp_path / "run" / "events.jsonl").read_text()
