@@ -12,21 +12,13 @@ from ..recipes import image_size_cap
 from ..tasks import Task, task_of
 from . import builtin, folder, shards  # noqa: F401  (they register the built-in datasets and the sources)
 from .images import fit_tensor
-from .registry import RawDataset, Split, dataset_names, get_dataset, list_datasets, list_sources, source_for
-from .splits import split_by_task, stratified_split
+from .registry import RawDataset, Split, get_dataset, source_for
+from .registry import dataset_names as dataset_names  # these four re-exported (imgclf.data): once this module is
+from .registry import list_datasets as list_datasets  # imported, every dataset and source is registered
+from .registry import list_sources as list_sources
+from .splits import split_by_task
+from .splits import stratified_split as stratified_split
 from .stats import channel_stats
-
-__all__ = [  # what imgclf.data lists from here: once this module is imported, every dataset and source is registered
-    "DataBundle",
-    "channel_stats",
-    "dataset_names",
-    "get_dataset",
-    "list_datasets",
-    "list_sources",
-    "load_data",
-    "resolve_source",
-    "stratified_split",
-]
 
 
 @dataclass

@@ -67,6 +67,21 @@ class Fitted:
     per_class: dict[str, dict[str, Any]] = field(default_factory=dict)  # merged into the test metrics' per_class
 
 
+@dataclass
+class Tested:
+    """A finished run's test split as its task draws it: the split, its metrics and probabilities, the saved
+    predictions, what was fitted on validation, and where the run's figures go."""
+
+    run_path: Path
+    split: Split
+    metrics: dict[str, Any]
+    probs: torch.Tensor
+    predictions: SplitPredictions
+    fitted: Fitted
+    classes: list[str]
+    seed: int = 0
+
+
 class Task:
     """What a label is and how a model is scored against it. Subclasses set the class attributes and
     implement the methods that raise here; see :class:`~imgclf.tasks.single_label.SingleLabel`."""
@@ -240,6 +255,19 @@ class Task:
     ) -> list[Prediction]:
         """Each image's answer with its ``k`` most probable classes; ``scores`` (default the top probability)
         are what ``min_confidence`` is compared with, where the task answers `unknown`."""
+        values, indices = probs.topk(max(1, min(k, len(classes))), dim=1)
+        top = values[:, 0] if scores is None else scores
+        decisions = self.decisions(probs, classes, thresholds, top >= min_confidence)
+        return [
+            Prediction(src, label, val[0], [(classes[i], v) for v, i in zip(val, idx)], labels)
+            for src, val, idx, (label, labels) in zip(sources, values.tolist(), indices.tolist(), decisions)
+        ]
+
+    def decisions(
+        self, probs: torch.Tensor, classes: Sequence[str], thresholds: Sequence[float] | None, sure: torch.Tensor
+    ) -> list[tuple[str, list[tuple[str, float]] | None]]:
+        """Per image, the answer's label and (several labels) its labels with their probabilities; ``sure``:
+        whether the image's score reached the minimum confidence."""
         raise NotImplementedError
 
     def decision_columns(self, min_confidence: float) -> list[str]:
@@ -265,18 +293,8 @@ class Task:
 
     # ------------------------------------------------------------ after the test split
 
-    def test_figures(
-        self,
-        run_path: Path,
-        split: Split,
-        test: dict[str, Any],
-        probs: torch.Tensor,
-        predictions: SplitPredictions,
-        fitted: Fitted,
-        seed: int,
-        classes: list[str],
-    ) -> None:
-        """The task's figures of the test split into the run's plots/, and ``fitted.record`` completed."""
+    def test_figures(self, tested: Tested) -> None:
+        """The task's figures of the test split into the run's plots/, and ``tested.fitted.record`` completed."""
         raise NotImplementedError
 
     def report_sections(self, page: Any, metrics: Any, run_path: Path) -> None:

@@ -12,10 +12,9 @@ from torch import nn
 
 from .. import rundir
 from .analysis import LabelErrorAnalysis, Mistake
-from .base import LABEL_SEPARATOR, Fitted, Prediction, Task, register_task, without_tta
+from .base import LABEL_SEPARATOR, Fitted, Prediction, Task, Tested, register_task, without_tta
 
 if TYPE_CHECKING:
-    from ..data.registry import Split
     from ..plots.tables import Table
     from ..rundir import SplitPredictions
 
@@ -206,27 +205,15 @@ class MultiLabel(Task):
 
     # ------------------------------------------------------------ answers
 
-    def answers(
-        self,
-        sources: Sequence[str],
-        probs: torch.Tensor,
-        classes: Sequence[str],
-        k: int,
-        thresholds: Sequence[float] | None,
-        min_confidence: float = 0.0,
-        scores: torch.Tensor | None = None,
-    ) -> list[Prediction]:
+    def decisions(
+        self, probs: torch.Tensor, classes: Sequence[str], thresholds: Sequence[float] | None, sure: torch.Tensor
+    ) -> list[tuple[str, list[tuple[str, float]] | None]]:
         """Every class at or over its threshold, most probable first; `unknown` is not an answer here."""
-        values, indices = probs.topk(max(1, min(k, len(classes))), dim=1)
-        chosen = self.decide(probs, thresholds).bool()
-        answers = []
-        for src, val, idx, row, over in zip(
-            sources, values.tolist(), indices.tolist(), probs.tolist(), chosen.tolist()
-        ):
+        found: list[tuple[str, list[tuple[str, float]] | None]] = []
+        for row, over in zip(probs.tolist(), self.decide(probs, thresholds).bool().tolist()):
             labels = sorted(((classes[c], p) for c, (p, o) in enumerate(zip(row, over)) if o), key=lambda x: -x[1])
-            top = [(classes[i], v) for v, i in zip(val, idx)]
-            answers.append(Prediction(src, LABEL_SEPARATOR.join(name for name, _ in labels), val[0], top, labels))
-        return answers
+            found.append((LABEL_SEPARATOR.join(name for name, _ in labels), labels))
+        return found
 
     def decision_columns(self, min_confidence: float) -> list[str]:
         """The labels over their thresholds and their probabilities, each `;`-separated, in the same order."""
@@ -289,19 +276,10 @@ class MultiLabel(Task):
 
     # ------------------------------------------------------------ after the test split
 
-    def test_figures(
-        self,
-        run_path: Path,
-        split: Split,
-        test: dict[str, Any],
-        probs: torch.Tensor,
-        predictions: SplitPredictions,
-        fitted: Fitted,
-        seed: int,
-        classes: list[str],
-    ) -> None:
+    def test_figures(self, tested: Tested) -> None:
         """The kept test images (the worst mistakes first, then some right), each with its predicted and true
         labels."""
+        predictions, classes, run_path = tested.predictions, tested.classes, tested.run_path
         from ..plots.figures import plot_image_grid
 
         index = predictions.example_index[:32]

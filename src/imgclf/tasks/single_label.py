@@ -12,10 +12,9 @@ from torch import nn
 
 from .. import rundir
 from .analysis import ErrorAnalysis, Mistake
-from .base import UNKNOWN, Fitted, Prediction, Task, register_task, without_tta
+from .base import UNKNOWN, Fitted, Prediction, Task, Tested, register_task, without_tta
 
 if TYPE_CHECKING:
-    from ..data.registry import Split
     from ..plots.tables import Table
     from ..rundir import SplitPredictions
 
@@ -150,22 +149,11 @@ class SingleLabel(Task):
 
     # ------------------------------------------------------------ answers
 
-    def answers(
-        self,
-        sources: Sequence[str],
-        probs: torch.Tensor,
-        classes: Sequence[str],
-        k: int,
-        thresholds: Sequence[float] | None,
-        min_confidence: float = 0.0,
-        scores: torch.Tensor | None = None,
-    ) -> list[Prediction]:
-        values, indices = probs.topk(max(1, min(k, len(classes))), dim=1)
-        decided = (values[:, 0] if scores is None else scores) >= min_confidence
-        return [
-            Prediction(src, classes[idx[0]] if keep else UNKNOWN, val[0], [(classes[i], v) for v, i in zip(val, idx)])
-            for src, val, idx, keep in zip(sources, values.tolist(), indices.tolist(), decided.tolist())
-        ]
+    def decisions(
+        self, probs: torch.Tensor, classes: Sequence[str], thresholds: Sequence[float] | None, sure: torch.Tensor
+    ) -> list[tuple[str, list[tuple[str, float]] | None]]:
+        """The most probable class, or `unknown` where the score did not reach the minimum confidence."""
+        return [(classes[c] if keep else UNKNOWN, None) for c, keep in zip(probs.argmax(1).tolist(), sure.tolist())]
 
     def decision_columns(self, min_confidence: float) -> list[str]:
         """`prediction` (a class, or `unknown`) where a minimum confidence can make it differ from label_1."""
@@ -199,19 +187,11 @@ class SingleLabel(Task):
 
     # ------------------------------------------------------------ after the test split
 
-    def test_figures(
-        self,
-        run_path: Path,
-        split: Split,
-        test: dict[str, Any],
-        probs: torch.Tensor,
-        predictions: SplitPredictions,
-        fitted: Fitted,
-        seed: int,
-        classes: list[str],
-    ) -> None:
+    def test_figures(self, tested: Tested) -> None:
         """The confusion matrix, a sample of predictions, and the reliability diagram before and after the
         temperature (whose test calibration errors complete ``fitted.record``)."""
+        run_path, split, test, probs = tested.run_path, tested.split, tested.metrics, tested.probs
+        fitted, seed, classes = tested.fitted, tested.seed, tested.classes
         from ..metrics import apply_temperature, calibration_error, reliability
         from ..plots.figures import plot_confusion_matrix, plot_predictions, plot_reliability
 

@@ -18,6 +18,7 @@ from ..plots.figures import plot_curves, plot_per_class
 from ..predict import Classifier
 from ..rundir import BEST, CURVES, LAST, PER_CLASS, DataSummary, RunDir, RunMetrics, SplitPredictions, read_checkpoint
 from ..runtime import Log
+from ..tasks import Tested
 from .build import Prepared, inference_spec
 from .loop import FitResult
 
@@ -69,7 +70,7 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
     )
     plot_curves(result.history, run / CURVES)
     plot_per_class(test, run / PER_CLASS, task.accuracy_name)
-    task.test_figures(run.path, data.test, test, probs, predictions, fitted, cfg.seed, data.classes)
+    task.test_figures(Tested(run.path, data.test, test, probs, predictions, fitted, data.classes, cfg.seed))
     metrics = RunMetrics(
         task=task.name,
         test=test,
