@@ -451,7 +451,11 @@ class PredictOptions:
         choices=("csv", "json", "table"),
         default_text="by --out's suffix, else table",
     )
-    out: str | None = setting(None, help="write the predictions to this .csv or .json file as they are made")
+    out: str | None = setting(
+        None,
+        help="write the predictions to this .csv or .json file as they are made",
+        default_text="the terminal",
+    )
     backend: str = setting(
         "torch",
         help="an exported format's runtime runs the model (onnx: ONNX Runtime; exported into RUN/export first)",

@@ -21,9 +21,10 @@ from .splits import stratified_split as stratified_split
 from .stats import channel_stats
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataBundle:
-    """Everything training, evaluation and the reports need to know about the data."""
+    """Everything training, evaluation and the reports need to know about the data; fixed once loaded (the
+    normalisation a model starts from is a new bundle: ``dataclasses.replace(data, mean=..., std=...)``)."""
 
     name: str
     classes: list[str]

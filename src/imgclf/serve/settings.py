@@ -13,7 +13,12 @@ class ServeSettings:
     """The server's limits and batching; every limit answers 413 or 422 with a JSON error, never a crash."""
 
     max_upload_bytes: int = setting(
-        10_000_000, help="megabytes a request may send", check="positive", flag="--max-upload-mb", unit=1e6
+        10_000_000,
+        help="megabytes a request may send",
+        check="positive",
+        flag="--max-upload-mb",
+        unit=1e6,
+        metavar="MB",
     )
     max_images: int = setting(32, help="images per POST /predict", check="positive")
     max_image_pixels: int = setting(DEFAULT_MAX_IMAGE_PIXELS, help="pixels an image may claim", check="positive")

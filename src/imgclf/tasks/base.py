@@ -10,6 +10,7 @@ metadata and the report's sections. Other modules ask the task; they do not bran
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,10 @@ class Tested:
     seed: int = 0
 
 
-class Task:
+class Task(ABC):
     """What a label is and how a model is scored against it. Subclasses set the class attributes and
-    implement the methods that raise here; see :class:`~imgclf.tasks.single_label.SingleLabel`."""
+    implement the abstract methods (a task missing one cannot register); see
+    :class:`~imgclf.tasks.single_label.SingleLabel`."""
 
     name: ClassVar[str]
     activation: ClassVar[str]  # "softmax" or "sigmoid": what turns the logits into the probabilities predicted
@@ -112,17 +114,20 @@ class Task:
 
     # ------------------------------------------------------------ labels
 
+    @abstractmethod
     def class_counts(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Images per class (for several labels: images carrying each)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def hold_out(self, labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (kept, held out), ``fraction`` of each class held out, seeded."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def label_names(self, labels: torch.Tensor, classes: Sequence[str]) -> list[str]:
         """Each image's class (or its labels joined by ';', '-' for none)."""
-        raise NotImplementedError
+        ...
 
     def as_one_class(self, labels: torch.Tensor, classes: list[str]) -> tuple[torch.Tensor, list[str]]:
         """The labels as one class index per image, and those classes: for checks that compare images by class
@@ -168,78 +173,93 @@ class Task:
         assert make is not None
         return make(LossSettings(label_smoothing, class_weights, logit_offset, gamma))
 
+    @abstractmethod
     def soft_targets(self, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
         """Targets as float N x classes, for mixing two images' labels (mixup, CutMix)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def summed_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The validation loss summed over a batch: the plain loss, with no smoothing or weights, so runs with
         other training settings compare."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """How many of the batch's predictions are right (a 0-d tensor on the device: no host sync)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def class_hits(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
         """(2, classes): per class, the images predicted right and the images, for balanced accuracy."""
-        raise NotImplementedError
+        ...
 
     # ------------------------------------------------------------ after the logits
 
+    @abstractmethod
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's outputs as probabilities (inside the exported graph too)."""
-        raise NotImplementedError
+        ...
 
     def default_thresholds(self, num_classes: int) -> list[float] | None:
         """The thresholds an answer is decided at before any are fitted (None: the task uses none)."""
         return None
 
+    @abstractmethod
     def decide(self, probs: torch.Tensor, thresholds: Sequence[float] | None) -> torch.Tensor:
         """The answer as a tensor: class indices (N), or 0/1 rows (N x classes)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def wrong(self, decided: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per image, whether the decided answer differs from the labels."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def decided(self, predictions: SplitPredictions) -> torch.Tensor:
         """:meth:`decide` for a run's saved predictions (its top classes, and every probability where kept)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def severity(self, predictions: SplitPredictions) -> torch.Tensor:
         """Per image of a run's saved predictions, how badly it is wrong: mistakes are shown worst first."""
-        raise NotImplementedError
+        ...
 
     def kept_probabilities(self, probs: torch.Tensor) -> torch.Tensor | None:
         """Every probability a run keeps of its test split beside the top classes (None: the top ones suffice)."""
         return None
 
+    @abstractmethod
     def fit_on_validation(self, probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> Fitted:
         """What is fitted on the validation split's probabilities after training."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def metrics(
         self, probs: torch.Tensor, labels: torch.Tensor, classes: list[str], thresholds: Sequence[float] | None = None
     ) -> dict[str, Any]:
         """The split's metrics (:mod:`imgclf.metrics`)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def headline(self, metrics: dict[str, Any]) -> str:
         """The split's metrics in one line: what training ends with and `evaluate` prints."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         """The report summary's rows of the test metrics."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def per_class_table(self, metrics: dict[str, Any]) -> Table:
         """Per class, then overall: the terminal's and the report's table."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def evaluation_lines(self, metrics: dict[str, Any], temperature: float, threshold: float | None) -> list[str]:
         """What `evaluate` prints after the table."""
-        raise NotImplementedError
+        ...
 
     # ------------------------------------------------------------ answers
 
@@ -263,19 +283,21 @@ class Task:
             for src, val, idx, (label, labels) in zip(sources, values.tolist(), indices.tolist(), decisions)
         ]
 
+    @abstractmethod
     def decisions(
         self, probs: torch.Tensor, classes: Sequence[str], thresholds: Sequence[float] | None, sure: torch.Tensor
     ) -> list[tuple[str, list[tuple[str, float]] | None]]:
         """Per image, the answer's label and (several labels) its labels with their probabilities; ``sure``:
         whether the image's score reached the minimum confidence."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def decision_columns(self, min_confidence: float) -> list[str]:
         """The prediction files' columns of the decision, before the top k."""
-        raise NotImplementedError
+        ...
 
-    def decision_cells(self, prediction: Prediction, min_confidence: float) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def decision_cells(self, prediction: Prediction, min_confidence: float) -> list[str]: ...
 
     def explained_targets(
         self, probs: torch.Tensor, thresholds: Sequence[float] | None
@@ -283,23 +305,27 @@ class Task:
         """(image rows, class) pairs a heat map is drawn for, or None: one per image, of its top class."""
         return None
 
+    @abstractmethod
     def analyse_errors(self, predictions: SplitPredictions, classes: list[str]) -> ErrorAnalysis:
         """Where the model is wrong on a split (:mod:`imgclf.tasks.analysis`)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def export_metadata(self, thresholds: Sequence[float] | None) -> dict[str, Any]:
         """What a program without imgclf needs to read the exported model's output."""
-        raise NotImplementedError
+        ...
 
     # ------------------------------------------------------------ after the test split
 
+    @abstractmethod
     def test_figures(self, tested: Tested) -> None:
         """The task's figures of the test split into the run's plots/, and ``tested.fitted.record`` completed."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def report_sections(self, page: Any, metrics: Any, run_path: Path) -> None:
         """The report's "Test metrics" and "Confidence" sections (``metrics``: the run's RunMetrics)."""
-        raise NotImplementedError
+        ...
 
 
 def without_tta(metrics: dict[str, Any]) -> str:

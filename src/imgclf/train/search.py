@@ -197,7 +197,9 @@ class Search:
             points = [(short, self.train_cnn(cfg, short)), (long, self.train_cnn(cfg, long))]
             score = extrapolate(points, epochs)
             how = f"{short} and {long} epochs ({points[0][1]:.4f}, {points[1][1]:.4f}), extrapolated to its {epochs}"
-        trial = Trial(DEFAULT_MODEL, cfg.data.image_size or self.data.image_size, score, time.perf_counter() - t0, how)
+        size = cfg.data.image_size
+        assert size is not None  # resolved for this data: its size
+        trial = Trial(DEFAULT_MODEL, size, score, time.perf_counter() - t0, how)
         self.outcome.trials.append(trial)
         self.log(
             f"search: cnn at {trial.image_size} px: val {self.outcome.metric} {score:.4f} ({how}; {trial.seconds:.1f} s)"
