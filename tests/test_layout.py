@@ -101,3 +101,28 @@ def test_only_the_tasks_branch_on_the_task():
 
 def test_the_version_is_the_packages_own():
     assert imgclf.__version__ == version("imgclf")
+
+
+def test_every_module_imports_first(tmp_path):
+    """Each module can be the first of imgclf's to be imported (a cycle through a package's eager imports would
+    break some order): each is imported in a fresh interpreter's module table, torch and the rest kept."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import importlib, sys\n"
+        "import torch, torchvision, numpy, PIL  # kept: only imgclf's own modules are imported afresh\n"
+        "failed = []\n"
+        f"for name in {sorted(m for m in MODULES if m != 'imgclf.__main__')!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'imgclf' or m.startswith('imgclf.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as exc:\n"
+        "        failed.append(f'{name}: {exc}')\n"
+        "print(failed)\n"
+    )
+    done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
