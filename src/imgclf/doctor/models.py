@@ -28,7 +28,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.images import fit_tensor
-from ..features.backbone import BACKBONE, Backbone, largest_probe_size
+from ..features.backbone import BACKBONE, largest_probe_size, shared_backbone
 from ..features.probe import fit_probe
 from ..recipes import DataFacts, probe_recipe, quick_epochs, resolve
 from ..runtime import Log, quiet, resolve_device, seed_everything
@@ -115,7 +115,7 @@ def embeddings(
     """The backbone's features of every image (or of its mirror) at the largest probe size up to the images'
     own, from the embedding cache."""
     size = largest_probe_size(inventory.images.shape[-1])
-    backbone = Backbone(device)
+    backbone = shared_backbone(device)
     parts = []
     for start in range(0, len(inventory), CHUNK):
         # the images are squares already (fitted as training fits them): any fitting only scales them

@@ -4,6 +4,7 @@ features of images, computed once and cached (:func:`imgclf.data.features.cached
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -36,6 +37,13 @@ def own_size(data: DataBundle, max_pixels: int) -> int:
 def largest_probe_size(side: int, name: str = BACKBONE) -> int:
     """The ladder's largest size up to ``side`` (the images' own), at least the size its features are worth at."""
     return max(s for s in PROBE_SIZES if s <= max(side, facts(name).useful_size))
+
+
+@functools.lru_cache(maxsize=4)
+def shared_backbone(device: torch.device, name: str = BACKBONE) -> Backbone:
+    """One backbone per device for a process: the doctor embeds images and their mirrors, and `--run` embeds
+    them again, with the weights loaded once."""
+    return Backbone(device, name)
 
 
 class Backbone:

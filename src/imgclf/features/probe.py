@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import DataBundle
+from ..recipes import probe_recipe
 from ..train.balance import Balance, balance_for
 from ..train.loop import Trainer
 from .backbone import Backbone
@@ -126,8 +127,6 @@ def probe_data(backbone: Backbone, data: DataBundle, cfg: RunConfig) -> tuple[Pr
     """The probe of ``backbone``'s features of ``data``'s training split (``cfg``: the run config resolved for
     it, whose data and imbalance settings the probe keeps), scored on its validation split; and the seconds
     spent computing features (0 when both came from the cache)."""
-    from ..recipes import probe_recipe
-
     tag = f"{data.name}-{backbone.name}-{data.image_size}px"
     train, val = (backbone.features(split.images, cfg.data.cache_dir, tag) for split in (data.train, data.val))
     balance = balance_for(data.class_counts(), data.train.labels, cfg)
