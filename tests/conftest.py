@@ -27,6 +27,8 @@ def _share_the_cores() -> None:
 _share_the_cores()
 # the folder default's search trains several candidates for minutes: the tests of the search turn it on
 os.environ["IMGCLF_SEARCH"] = "off"
+# and `flips=auto` measures the flips with a probe (seconds a folder): the tests of the flips measure them
+os.environ["IMGCLF_MEASURE_FLIPS"] = "off"
 
 SHARED_DATA = Path(os.environ.get("IMGCLF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CLASSES = ("horizontal", "vertical", "checker")

@@ -112,7 +112,12 @@ def test_flipped_labels_lead_the_ranking_and_every_flagged_image_is_mislabelled(
     _, planted, result = examined
     top = [Path(r["path"]) for r in result.findings["label_ranking"][:8]]
     flipped = {Path(p).resolve() for p in planted["flipped"]}
-    mislabelled = flipped | {Path(p).resolve() for p in planted["cross_class"]}
+    # a black 4-px picture filed under "green" is not green either: the probe at 160 px may say so
+    mislabelled = (
+        flipped
+        | {Path(p).resolve() for p in planted["cross_class"]}
+        | {Path(p).resolve() for p, kind in planted["odd"] if kind == "tiny"}
+    )
     assert flipped <= set(top)
     assert len(result.label_issues) >= 3 and {Path(r["path"]) for r in result.label_issues} <= mislabelled
     for row in result.label_issues:
@@ -259,8 +264,10 @@ def test_whether_a_mirror_keeps_the_class_is_measured(tmp_path):
     inventory = take_inventory(DataConfig(data=str(tmp_path / "sides"), data_dir=str(tmp_path / "c")), 64)
     found = doctor_models(inventory, models=("probe",), cache_dir=tmp_path / "c")
     assert found.mirror_keeps_class is False and "does not keep the class" in found.mirror_note
-    plain, with_mirrors = found.candidates
-    assert with_mirrors.log_loss > plain.log_loss and found.strength == plain  # the mirrors' probe is not used
+    assert len(found.candidates) == 4  # at 96 px and, these being small images, upsampled further to 160
+    for plain, with_mirrors in zip(found.candidates[::2], found.candidates[1::2]):
+        assert with_mirrors.log_loss > plain.log_loss  # at each size: trained on mirrors, it holds out worse
+    assert found.strength in found.candidates[::2]  # the mirrors' probe is not used
 
 
 def test_thin_strokes_that_differ_are_not_near_duplicates_but_a_reencoded_copy_is():

@@ -117,7 +117,7 @@ pytest.importorskip("timm")
 
 @pytest.fixture(scope="module")
 def lite0_weights(tmp_path_factory):
-    from imgclf.models.lite0 import convert
+    from imgclf.models.lite import convert
 
     path = tmp_path_factory.mktemp("lite0") / "lite0.pth"
     torch.save(convert(), path)
@@ -153,3 +153,94 @@ def test_weights_file_starts_a_timm_model_from_imagenet(lite0_weights, class_fol
     assert torch.equal(tuned["blocks.6.0.conv_pwl.weight"], start["blocks.6.0.conv_pwl.weight"])
     assert tuned["classifier.weight"].shape == (3, 1280)
     shutil.rmtree(tmp_path / "ft")
+
+
+@pytest.mark.parametrize("name", ["lite0", "lite1", "lite2"])
+def test_each_shipped_backbone_names_imagenet_photographs_offline(name, monkeypatch):
+    import socket
+
+    skimage_data = pytest.importorskip("skimage.data")
+    from imgclf.data.images import fit_tensor
+    from imgclf.models import get_model_spec
+    from imgclf.models.lite import pretrained_lite
+
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    facts = get_model_spec(name).pretrained
+    model = pretrained_lite(name, classes=1000)
+    # the package's own class layer is left out (a new head): put ImageNet's back to read the prediction
+    from imgclf.models.lite import convert
+
+    weights = convert(None, name)
+    model.classifier.load_state_dict({"weight": weights["classifier.weight"], "bias": weights["classifier.bias"]})
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in facts.stats(3))
+    predicted = []
+    for photo in (skimage_data.chelsea(), skimage_data.coffee()):
+        x = fit_tensor(torch.as_tensor(photo).permute(2, 0, 1)[None], facts.input_size, "crop").float() / 255
+        with torch.no_grad():
+            predicted.append(model((x - mean) / std).argmax().item())
+    assert predicted[0] in {281, 282, 285} and predicted[1] == 967  # a cat, an espresso
+
+
+# ---------------------------------------------------------------- the fine-tune starts where its probe ends
+
+
+def test_the_fine_tunes_first_epoch_is_not_more_than_noise_below_its_probe(tmp_path):
+    """LP-FT as the folder default runs it: the probe's head, its preprocessing and loss, the backbone at a
+    tenth of the head's rate, batch-norm statistics kept. On a folder where the probe is strong, the first
+    epoch keeps what the probe had (a fine-tune whose batch norms move to batches of 16 loses it)."""
+    from imgclf.config import TrainConfig
+    from imgclf.data import load_data
+    from imgclf.features.backbone import shared_backbone
+    from imgclf.features.probe import probe_data
+    from imgclf.rundir import RunDir
+    from imgclf.train.build import build, resolved, run_config, trainer_for
+
+    folder = write_class_folder(tmp_path / "photos", per_class=40, size=64)
+    settings = TrainConfig(data=str(folder), model="lite0", image_size=64, epochs=1, val_split=0.25, cache=False)
+    data = load_data(settings.data_config)
+    probe, _ = probe_data(shared_backbone(torch.device("cpu")), data, run_config(settings, data, "cpu")[0])
+    prepared = resolved(settings, data, torch.device("cpu"), probe=probe)
+    assert prepared.cfg.model.freeze_bn and prepared.cfg.model.backbone_lr_scale == 0.1
+    trainer = trainer_for(prepared, build(prepared, resuming=False), run=RunDir("x", writes=False), score_start=True)
+    trainer.fit()
+    start, first = trainer.start_row, trainer.history[0]
+    assert start is not None and start["val_acc"] == pytest.approx(probe.val_accuracy, abs=0.02)  # the probe, as it was
+    noise = 2 * (start["val_acc"] * (1 - start["val_acc"]) / trainer.val_images) ** 0.5
+    assert first["val_acc"] >= start["val_acc"] - max(noise, 1 / trainer.val_images)
+
+
+def test_a_fine_tune_that_falls_below_its_probe_stops_after_its_first_epoch():
+    from types import SimpleNamespace
+
+    from imgclf.train.loop import Trainer
+
+    lines: list[str] = []
+    trainer = SimpleNamespace(
+        start_row={"val_acc": 0.90, "val_loss": 0.3},
+        val_images=400,  # two standard errors: 0.03
+        cfg=SimpleNamespace(schedule=SimpleNamespace(monitor="val_acc")),
+        log=lines.append,
+    )
+    trainer.monitored = lambda row: row["val_acc"]
+    assert not Trainer.fell_below_start(trainer, {"val_acc": 0.88})  # a dip within noise goes on
+    assert Trainer.fell_below_start(trainer, {"val_acc": 0.80}) and "best.pt keeps the probe" in lines[0]
+    trainer.start_row = None  # a run that did not start trained is never stopped by it
+    assert not Trainer.fell_below_start(trainer, {"val_acc": 0.10})
+
+
+def test_a_speed_is_measured_once_per_machine_and_kept(tmp_path, monkeypatch):
+    from imgclf import speeds
+
+    monkeypatch.setenv("IMGCLF_DATA", str(tmp_path))
+    calls: list[int] = []
+
+    def measure() -> float:
+        calls.append(1)
+        return 0.25 * len(calls)
+
+    cpu = torch.device("cpu")
+    assert speeds.measured("features lite0 3x96px", cpu, measure) == 0.25
+    assert speeds.measured("features lite0 3x96px", cpu, measure) == 0.25  # read back: the same plan every run
+    assert speeds.measured("features lite0 3x128px", cpu, measure) == 0.5 and len(calls) == 2
+    (tmp_path / speeds.SPEEDS_FILE).write_text("{damaged")
+    assert speeds.measured("features lite0 3x96px", cpu, measure) == 0.75  # a damaged file is measured again

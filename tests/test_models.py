@@ -28,7 +28,7 @@ def test_every_registered_model_runs_forward_and_backward(name, channels, size, 
 
 
 def test_registry_lists_the_tutorial_models_then_ours():
-    assert model_names() == ["mlp", "cnn2", "lenet5", "cnn4", "resnet18", "cnn", "lite0"]
+    assert model_names() == ["mlp", "cnn2", "lenet5", "cnn4", "resnet18", "cnn", "lite0", "lite1", "lite2"]
 
 
 def test_parameter_counts_of_the_tutorial_networks():

@@ -99,6 +99,8 @@ def test_listing_commands(capsys):
         "resnet18",
         "cnn",
         "lite0",
+        "lite1",
+        "lite2",
         "torchvision:NAME",
         "timm:NAME",
     ]

@@ -44,7 +44,7 @@ def test_lite0_loads_its_imagenet_weights_offline_by_name(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     from imgclf.models import create_model, get_model_spec
-    from imgclf.models.lite0 import convert
+    from imgclf.models.lite import convert
 
     model = create_model("lite0", 1, 4, 64)
     get_model_spec("lite0").pretrained.load(model, None)
@@ -73,14 +73,19 @@ def test_extrapolation_follows_a_power_law_and_never_predicts_worse_with_more_ep
     assert extrapolate([(1, 0.7), (2, 0.6)], 8) == pytest.approx(0.6)  # a noisy drop: no further fall predicted
 
 
-def _fake_search(monkeypatch, probe_scores: dict[int, float], cnn_score: float):
-    """The search with each candidate's validation score given: its choice is then known."""
+def _fake_search(
+    monkeypatch, probe_scores: dict[int, float], cnn_score: float, backbones: dict[str, float] | None = None
+):
+    """The search with each candidate's held-out score given (lite0's by size, the larger backbones' at any
+    size): its choice is then known. Every feature pass is charged 0.1 s."""
 
-    def probe(self, size):
-        result = search_module.ProbeResult(
-            torch.zeros(3, 4), torch.zeros(3), 1.0, probe_scores[size], probe_scores[size], 1
-        )
-        return result, 0.1, 0.0
+    def probe(self, name, size):
+        score = probe_scores[size] if name == "lite0" else (backbones or {}).get(name, 0.0)
+        result = search_module.ProbeResult(torch.zeros(3, 4), torch.zeros(3), 1.0, score, score, 1)
+        trial = Trial(f"{name} probe", size, score, 0.1, "given", 0.01)
+        self.outcome.trials.append(trial)
+        self.spent["probes"] += 0.1
+        return search_module.ProbeTrial(name, size, result, trial)
 
     def try_cnn(self):
         torch.rand(100)  # a trial draws from the generators, as a real one trains
@@ -89,8 +94,9 @@ def _fake_search(monkeypatch, probe_scores: dict[int, float], cnn_score: float):
         return trial
 
     monkeypatch.setattr(search_module.Search, "probe", probe)
+    monkeypatch.setattr(search_module.Search, "feature_cost", lambda self, name, size: 0.1)
     monkeypatch.setattr(search_module.Search, "try_cnn", try_cnn)
-    monkeypatch.setattr(search_module.Search, "fine_tune_epochs", lambda self, size: 3)
+    monkeypatch.setattr(search_module.Search, "fine_tune_epochs", lambda self, name, size: (3, 30.0))
 
 
 def test_the_search_chooses_the_best_candidate_on_validation(monkeypatch, photos):
@@ -102,9 +108,21 @@ def test_the_search_chooses_the_best_candidate_on_validation(monkeypatch, photos
     outcome = search_module.run_search(TrainConfig(data=str(photos)), data, torch.device("cpu"), lines.append)
     assert (outcome.chosen, outcome.image_size) == ("lite0", 96)
     assert outcome.changes == {"model": "lite0", "image_size": 96, "epochs": 3}
-    # 64 px images: 96 is an upsampling that helped (+0.10), so 128 was tried; it did not help, so 160 was not
-    assert [t.image_size for t in outcome.trials] == [64, 96, 128, 64]
+    # 64 px images: probed from 96 px (where ImageNet features are worth it) down to 64; 96 was an upsampling
+    # that helped (+0.10), so 128 was tried; it did not help, so 160 was not. lite1 at 96 did no better.
+    assert [(t.candidate, t.image_size) for t in outcome.trials] == [
+        ("lite0 probe", 96),
+        ("lite0 probe", 64),
+        ("lite0 probe", 128),
+        ("lite1 probe", 96),
+        ("cnn", 64),
+    ]
     assert "chose lite0 at 96 px" in "\n".join(lines) and "beat the cnn (0.7500)" in outcome.reason
+    assert outcome.sure.startswith("clear") and outcome.spent["fine-tune"] == 30.0
+
+    _fake_search(monkeypatch, {64: 0.70, 96: 0.80, 128: 0.78}, cnn_score=0.75, backbones={"lite1": 0.84, "lite2": 0.83})
+    outcome = search_module.run_search(TrainConfig(data=str(photos)), data, torch.device("cpu"), lines.append)
+    assert (outcome.chosen, outcome.image_size) == ("lite1", 96)  # it beat lite0; lite2 did not beat it
 
     _fake_search(monkeypatch, {64: 0.70, 96: 0.72, 128: 0.71}, cnn_score=0.90)
     outcome = search_module.run_search(TrainConfig(data=str(photos)), data, torch.device("cpu"), lines.append)
@@ -113,17 +131,31 @@ def test_the_search_chooses_the_best_candidate_on_validation(monkeypatch, photos
     assert 0 < budget.changes["budget"] <= 100  # what is left of your budget goes to the winner
 
 
+def test_large_photos_are_probed_from_their_own_size_down(monkeypatch, tmp_path):
+    """300-px photos: the probe starts at their own size and goes down while a smaller size does as well."""
+    from imgclf.data import load_data
+
+    folder = write_class_folder(tmp_path / "big", per_class=4, size=300)
+    data = load_data(TrainConfig(data=str(folder)).data_config)
+    _fake_search(monkeypatch, {300: 0.80, 256: 0.79, 224: 0.70, 160: 0.6}, cnn_score=0.5)
+    outcome = search_module.run_search(TrainConfig(data=str(folder)), data, torch.device("cpu"), print)
+    assert [t.image_size for t in outcome.trials if t.candidate == "lite0 probe"] == [300, 256, 224]
+    assert (outcome.chosen, outcome.image_size) == ("lite0", 300)
+
+
 def test_a_folder_train_searches_records_it_and_starts_from_the_probe(photos, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("IMGCLF_DATA", str(tmp_path / "data"))
     result = imgclf.train(data=str(photos), search="auto", budget=30, out=str(tmp_path / "run"))
     out = capsys.readouterr().out
     search = json.loads((tmp_path / "run" / "search.json").read_text())
-    assert {t["candidate"] for t in search["trials"]} == {"lite0 probe", "cnn"}
-    assert search["chosen"] in ("lite0", "cnn") and "search: chose" in out
+    tried = {t["candidate"] for t in search["trials"]}
+    assert {"lite0 probe", "cnn"} <= tried <= {"lite0 probe", "lite1 probe", "lite2 probe", "cnn"}
+    assert search["chosen"] in ("lite0", "lite1", "lite2", "cnn") and "search: chose" in out
+    assert search["spent"]["probes"] > 0 and search["sure"]
     assert result.config.model.model == search["chosen"]
     assert result.metrics["search"]["chosen"] == search["chosen"]
     assert result.config.schedule.budget is not None  # config.yaml says the budget the run used
-    if search["chosen"] == "lite0":  # best.pt held the probe (epoch 0) before any fine-tuning epoch
+    if search["chosen"] != "cnn":  # best.pt held the probe (epoch 0) before any fine-tuning epoch
         assert result.config.sources["model"].startswith("search:")
         assert '"epoch": 0' in (tmp_path / "run" / "events.jsonl").read_text()
     report = imgclf.report(result.run_dir, log=lambda _: None).read_text()
@@ -310,3 +342,80 @@ def test_a_search_that_chooses_the_cnn_trains_it_as_search_off_would(monkeypatch
     assert searched.metrics["search"]["chosen"] == "cnn" and plain.metrics["search"] is None
     # same seed, same draws: the same losses (another draw of the initial weights differs in the first decimals)
     assert [r["val_loss"] for r in searched.history] == pytest.approx([r["val_loss"] for r in plain.history], abs=1e-5)
+
+
+# ---------------------------------------------------------------- flips decided on the data
+
+
+def _arrow(points_right: bool, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A bright triangle pointing left or right at a random place and height, over noise."""
+    image = rng.integers(0, 60, (size, size, 3))
+    top, left, half = rng.integers(4, 12), rng.integers(2, 12), rng.integers(5, 8)
+    for row in range(2 * half):
+        width = half - abs(row - half) + 1  # widest at the middle row: a tip on one side
+        cols = range(left, left + width) if points_right else range(left + half - width, left + half)
+        for col in cols:
+            image[top + row, col] = (230, 200, 90)
+    return image.astype(np.uint8)
+
+
+def _decide(folder):
+    from imgclf.data import load_data
+    from imgclf.features.backbone import shared_backbone
+    from imgclf.features.flips import decide_flips
+    from imgclf.train.balance import Balance
+    from imgclf.train.build import run_config
+
+    data = load_data(TrainConfig(data=str(folder), cache=False).data_config)
+    cfg = run_config(TrainConfig(data=str(folder), model="lite0"), data, "cpu")[0]
+    return decide_flips(data, shared_backbone(torch.device("cpu")), cfg, lambda labels: Balance(), None)
+
+
+def test_flips_are_kept_where_they_keep_the_class_and_dropped_where_they_do_not(tmp_path):
+    # stripes keep their class mirrored or upended; transposed, horizontal stripes become vertical ones
+    stripes = _decide(write_class_folder(tmp_path / "stripes", per_class=30, size=32))
+    assert stripes.log_loss["transpose"] > stripes.log_loss["plain"] and stripes.flips == "horizontal"
+    # arrows: the mirror turns a left arrow into a right one; upended, it still points the same way
+    rng = np.random.default_rng(0)
+    for name, right in (("left", False), ("right", True)):
+        (tmp_path / "arrows" / name).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(_arrow(right, rng)).save(tmp_path / "arrows" / name / f"{i}.png")
+    arrows = _decide(tmp_path / "arrows")
+    assert arrows.log_loss["horizontal"] > arrows.log_loss["plain"] and arrows.flips in ("none", "vertical")
+    assert "measured" in arrows.why
+
+
+def test_training_records_the_flips_it_decided_and_why(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLF_MEASURE_FLIPS", "on")
+    result = imgclf.train(data=str(photos), model="cnn2", epochs=1, out=str(tmp_path / "r"))
+    assert result.config.augment.flips in ("none", "horizontal", "vertical", "all")
+    assert result.config.sources["flips"].startswith("measured: a lite0 probe")
+    given = imgclf.train(data=str(photos), model="cnn2", epochs=1, flips="none", out=str(tmp_path / "g"))
+    assert given.config.augment.flips == "none" and not given.config.sources["flips"].startswith("measured")
+
+
+def test_vertical_flips_and_quarter_turns_are_drawn_only_when_asked():
+    from imgclf.data.loader import augment_batch
+
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, :, :8] = 1.0  # bright on top: shifts of a pixel keep it there, upending or turning moves it
+
+    def bright_side(batch):
+        top, bottom = batch[:, 0, :8].mean((1, 2)), batch[:, 0, 8:].mean((1, 2))
+        left, right = batch[:, 0, :, :8].mean((1, 2)), batch[:, 0, :, 8:].mean((1, 2))
+        sides = torch.stack([top - bottom, bottom - top, left - right, right - left], 1)
+        return set(sides.argmax(1).tolist())
+
+    mirrored = torch.rand(64, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert bright_side(augment_batch(x, "light", mirrored, torch.Generator().manual_seed(0))) == {0}
+    assert bright_side(augment_batch(x, "light", mirrored, torch.Generator().manual_seed(0), turns="vertical")) == {
+        0,
+        1,
+    }
+    assert bright_side(augment_batch(x, "light", mirrored, torch.Generator().manual_seed(0), turns="all")) == {
+        0,
+        1,
+        2,
+        3,
+    }

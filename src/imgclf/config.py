@@ -201,6 +201,12 @@ class ModelConfig:
     backbone_lr_scale: float = setting(
         1.0, help="lr of everything but the head, as a fraction of the head's (fine-tuning: 0.1)", check="positive"
     )
+    freeze_bn: bool = setting(
+        False,
+        help="keep the pretrained batch-norm statistics while fine-tuning (their scales and shifts still learn)",
+        default_text="off; on when fine-tuning pretrained weights on a small folder",
+        negatable=True,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,6 +303,14 @@ class ScheduleConfig:
     )
 
 
+FLIPS = ("auto", "none", "horizontal", "vertical", "all")
+
+
+def mirrors(flips: str) -> bool:
+    """Whether ``flips`` (decided, not auto) includes the horizontal mirror (test-time augmentation uses it)."""
+    return flips in ("horizontal", "all")
+
+
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
     augment: str = setting(
@@ -304,6 +318,14 @@ class AugmentConfig:
         "(2 ops at magnitude 9) or trivialaugment (1 op, any magnitude): light, then ops drawn per image",
         choices=("none", "light", "standard", "randaugment", "trivialaugment"),
         recipe=True,
+    )
+    flips: str = setting(
+        "auto",
+        help="the flips augmentation may use: none, horizontal, vertical, all (both, and quarter turns); auto: "
+        "each kept where a probe on your held-out images says it keeps the class (a dataset's own rule for "
+        "built-in sets; the source's, unmeasured, under $IMGCLF_MEASURE_FLIPS=off)",
+        choices=FLIPS,
+        default_text="auto",
     )
     mixup: float = setting(
         0.0,

@@ -192,6 +192,26 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
+CALIBRATION_FOLDS = 5
+
+
+def temperature_held_out(probs: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+    """(log loss without, with temperature scaling), each validation image scored by a temperature fitted on
+    the other folds: on a small validation split a fitted temperature can fit noise, and then it would make the
+    test's probabilities worse (a 600-photo folder: test ECE 0.090 -> 0.107)."""
+    from .data.splits import stratified_folds
+
+    folds = stratified_folds(labels, CALIBRATION_FOLDS, seed)
+    log_probs = probs.double().clamp_min(1e-30).log()
+    scaled = torch.empty_like(log_probs)
+    for k in range(CALIBRATION_FOLDS):
+        held = folds == k
+        if held.any():
+            scaled[held] = log_probs[held] / fit_temperature(probs[~held], labels[~held])
+    before = nn.functional.cross_entropy(log_probs, labels).item()
+    return before, nn.functional.cross_entropy(scaled, labels).item()
+
+
 def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return (probs.clamp_min(1e-30).log() / temperature).softmax(1)
 

@@ -82,12 +82,20 @@ PLAIN_GPU_BATCH_FACTOR = 4
 # Fine-tuning pretrained weights: AdamW (2e-3 at batch 128, decoupled decay 0.05). Measured on 1,000 CIFAR-10
 # images at 96 px with EfficientNet-Lite0 (bench/transfer.py), 3 epochs: 57.7% test, against 34.5% for the
 # tutorials' SGD at 0.01 and 22.1% at 0.1 (RESULTS.md, 2026-11-23).
+# From a probe's head (the folder default's LP-FT), measured on 1,000 CIFAR-10 photos at 96 px, 5 epochs,
+# validation of 300 (bench/RESULTS.md 2026-12-02): the backbone at a tenth of the head's rate (fastai's
+# discriminative rates), light augmentation (the probe saw the images unaugmented: "standard"'s rotations
+# dropped the first epoch to 0.50 from the probe's 0.54, "light" kept 0.58), and, below FREEZE_BN_IMAGES,
+# the pretrained batch-norm statistics kept (moving them to batches of 64 dropped the first epoch to 0.38).
 PRETRAINED: dict[str, Any] = {
     "optimizer": "adamw",
     "lr": 2e-3 * LR_BATCH / 128,
     "weight_decay": 0.05,
     "warmup_epochs": 0.5,
+    "backbone_lr_scale": 0.1,
+    "augment": "light",
 }
+FREEZE_BN_IMAGES = 10_000  # training images below which fine-tuning keeps the batch-norm statistics
 
 # Small datasets: enough optimizer steps for batch norm and the schedule, in batches of at most 1/8 of the data.
 SMALL_DATA = 10_000  # training images
@@ -99,9 +107,12 @@ MIN_BATCH = 16
 # at 64 px a CPU epoch of the folder recipe costs a quarter of 128 px; a GPU affords 128.
 FOLDER_SIZE_CAP = {"cpu": 64, "gpu": 128}
 
-# The folder default's search (imgclf.train.search): seconds for the search and the final run together, when
-# `budget` is not given
-SEARCH_BUDGET = {"cpu": 600.0, "gpu": 300.0}
+# The folder default's search (imgclf.train.search): seconds of this machine's measured work for the search and
+# the final run together, when `budget` is not given. The rule: a folder of a few thousand 300-px photos gets
+# its own size's probe and two or three fine-tune epochs at it on a 2-core CPU (features ~60 ms an image at
+# 300 px, a training step ~0.2 s an image: 2,600 photos take ~20 minutes); a small folder's fine-tune stops at
+# its recipe's epochs well before it (CIFAR-10, 100 a class: ~11 minutes)
+SEARCH_BUDGET = {"cpu": 1200.0, "gpu": 300.0}
 
 # The linear probe (imgclf.features.probe), for features of ImageNet networks (pooled, non-negative, ~1e0):
 # AdamW, cosine decay, enough steps to converge on a few hundred images and few epochs on many.
@@ -118,12 +129,23 @@ PROBE: dict[str, Any] = {
     "grad_clip": None,
     "freeze_epochs": 0,
     "backbone_lr_scale": 1.0,
+    "freeze_bn": False,
     "patience": None,
     "target_accuracy": None,
     "batch_size": 256,
 }
 PROBE_STEPS = 600  # optimizer steps at least
 PROBE_MAX_EPOCHS = 100
+# The probe's only regulariser, chosen per probe by held-out log loss (as CLIP's linear probes sweep theirs):
+# at 0.05 a probe of 900 images x 1,280 features fits its training set and holds out worse than a uniform
+# guess (pasted CIFAR at 256 px: log loss 2.05 at 0.05, 1.95 at 5; bench/RESULTS.md 2026-12-02), and a fine-tune
+# that starts from an overconfident head begins confidently wrong
+PROBE_DECAYS = (0.05, 0.5, 5.0, 50.0)
+# Below this many validation images, a choice made on them is noise (50 images: +-6 points of accuracy), so
+# probes are scored by cross-validation over the training and validation features together (cheap on cached
+# features); the head that fine-tuning starts from is still fit on the training split only
+SMALL_VALIDATION = 500
+PROBE_FOLDS = 5
 
 # The doctor's quick models (imgclf.train.quick): the folder recipe of the cnn at a few epochs per fold, plain
 # (no weight averaging, views or compilation: each fold's model predicts once), and no class weights:
@@ -381,6 +403,13 @@ def _candidate(
             batch //= 2
         if batch != values["batch_size"]:
             put("batch_size", batch, f"rule: {n_train:,} training images, at least 8 batches an epoch")
+    fine_tuned = bool(values["pretrained"] or values["weights"])
+    if fine_tuned and n_train is not None and n_train < FREEZE_BN_IMAGES:
+        put(
+            "freeze_bn",
+            True,
+            f"rule: fine-tuning pretrained weights on {n_train:,} training images (< {FREEZE_BN_IMAGES:,})",
+        )
     recipe_epochs = given["epochs"]
     if budget_epochs is not None:
         put("epochs", budget_epochs, f"rule: what the budget of {settings.budget:g} s allows")
@@ -466,10 +495,13 @@ SHOWN = (
     "weight_decay",
     "label_smoothing",
     "augment",
+    "flips",
     "ema",
     "tta",
     "compile",
     "pretrained",
+    "backbone_lr_scale",
+    "freeze_bn",
     "class_weights",
     "logit_adjustment",
     "monitor",

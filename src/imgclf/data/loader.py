@@ -37,9 +37,11 @@ def augment_batch(
     flip: torch.Tensor | None,
     generator: torch.Generator | None = None,
     share: tuple[int, int] | None = None,
+    turns: str = "none",
 ) -> torch.Tensor:
     """Flip (where ``flip`` is true), pad-and-crop (integer translation, mirrored borders) and small
-    rotation, per image.
+    rotation, per image; ``turns``: also vertical flips ("vertical"), or vertical flips and transposes, which
+    with the mirror give all eight flips and quarter turns of a square ("all").
 
     ``x`` is a float batch N x C x H x W in 0..1. One ``affine_grid``/``grid_sample`` applies all three.
     ``share`` (start, total): ``x`` is rows start.. of a batch of ``total`` (one process's share of it):
@@ -62,10 +64,14 @@ def augment_batch(
     ty = uniform(-pad, pad + 1).floor().clamp(max=pad) * (2.0 / h)
     angle = uniform(-max_degrees, max_degrees) * (math.pi / 180.0)
     mirror = torch.ones(n, device=device) if flip is None else 1.0 - 2.0 * flip.to(device, torch.float32)
+    upend = 1.0 - 2.0 * (uniform(0, 1) < 0.5).float() if turns in ("vertical", "all") else torch.ones(n, device=device)
+    swap = (uniform(0, 1) < 0.5).float() if turns == "all" else torch.zeros(n, device=device)
+    # the linear part: the rotation times the flips (mirror x, upend y) times the transpose where drawn
+    d00, d01, d10, d11 = mirror * (1 - swap), mirror * swap, upend * swap, upend * (1 - swap)
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1).to(
-        x.dtype
-    )
+    row0 = torch.stack([cos * d00 - sin * d10, cos * d01 - sin * d11, tx], 1)
+    row1 = torch.stack([sin * d00 + cos * d10, sin * d01 + cos * d11, ty], 1)
+    theta = torch.stack([row0, row1], 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     mode = "bilinear" if max_degrees else "nearest"  # pure shifts and flips land on pixel centres
     return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
@@ -89,12 +95,13 @@ def to_network_input(
     flip: torch.Tensor | None,
     generator: torch.Generator,
     share: tuple[int, int] | None = None,
+    turns: str = "none",
 ) -> torch.Tensor:
     """A uint8 batch on its device as the network's input: float, augmented (:func:`augment_batch`) and
     normalised by ``mean`` and ``std`` (1 x C x 1 x 1). Every source of batches ends here."""
     x = images.float().div_(255)
     if augment != "none":
-        x = augment_batch(x, augment, flip, generator, share)
+        x = augment_batch(x, augment, flip, generator, share, turns)
     if augment in POLICIES:  # RandAugment / TrivialAugment: operations drawn per image, after flips and shifts
         x = auto_augment(x, augment, generator, share)
     return x.sub_(mean).div_(std)  # in place: x is this batch's own copy
@@ -119,6 +126,7 @@ class BatchIterator:
         shuffle: bool = False,
         augment: str = "none",
         hflip: bool = False,
+        turns: str = "none",
         sample_weights: torch.Tensor | None = None,
         seed: int = 0,
         channels_last: bool = False,
@@ -133,7 +141,7 @@ class BatchIterator:
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.shuffle, self.augment, self.hflip = shuffle, augment, hflip
+        self.shuffle, self.augment, self.hflip, self.turns = shuffle, augment, hflip, turns
         self.sample_weights = sample_weights
         self.seed = seed
         self.epoch = 0
@@ -176,5 +184,6 @@ class BatchIterator:
             self.rows_in_step = len(step)
             flip = None if self.base_flip is None else self.base_flip[index] ^ bool(self.epoch % 2)
             images = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
-            x = to_network_input(images, self.mean, self.std, self.augment, flip, generator, (first, len(step)))
+            share = (first, len(step))
+            x = to_network_input(images, self.mean, self.std, self.augment, flip, generator, share, self.turns)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), self.labels[index]

@@ -167,6 +167,7 @@ class ShardBatches:
         *,
         augment: str = "none",
         hflip: bool = False,
+        turns: str = "none",
         seed: int = 0,
         channels_last: bool = False,
         rank: int = 0,
@@ -180,6 +181,7 @@ class ShardBatches:
             )
         self.size, self.channels = split.images.shape[-1], split.images.shape[1]
         self.batch_size, self.device, self.augment, self.hflip = batch_size, device, augment, hflip
+        self.turns = turns
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.seed, self.epoch, self.channels_last = seed, 0, channels_last
@@ -214,7 +216,7 @@ class ShardBatches:
             images, labels = _next_batch(batches)
             images = images.to(self.device, non_blocking=True)
             flip = torch.rand(len(labels), generator=generator) < 0.5 if self.hflip else None
-            x = to_network_input(images, self.mean, self.std, self.augment, flip, generator)
+            x = to_network_input(images, self.mean, self.std, self.augment, flip, generator, turns=self.turns)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), labels.to(self.device)
         del batches  # ends the epoch's workers
 

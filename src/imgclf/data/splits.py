@@ -67,3 +67,22 @@ def iterative_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[t
     if len(held) == 0 and n >= 2 and fraction > 0:  # a tiny set still holds one out
         held, kept = kept[-1:], kept[:-1]
     return kept, held
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """Each image's fold, 0..folds-1: every class dealt round-robin over the folds in a seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    fold = torch.empty_like(labels)
+    for cls in torch.unique(labels):
+        index = torch.nonzero(labels == cls).flatten()
+        index = index[torch.randperm(len(index), generator=generator)]
+        fold[index] = torch.arange(len(index)) % folds
+    return fold
+
+
+def stratified_sample(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """At most ``count`` indices, every class in proportion (stratified), in a seeded order."""
+    if len(labels) <= count:
+        return torch.arange(len(labels))
+    folds = stratified_folds(labels, max(1, round(len(labels) / count)), seed)
+    return torch.nonzero(folds == 0).flatten()[:count]

@@ -22,7 +22,7 @@ from ..data.features import cached_features, compute_features
 from ..data.images import describe_skip, find_images, stream_images
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_path
-from ..models.lite0 import pretrained_lite0
+from ..models.lite import pretrained_lite
 from ..models.registry import pretrained_stats
 from ..plots.figures import plot_image_grid
 from ..plots.tables import Table
@@ -68,7 +68,7 @@ def embed_images(
     stats = pretrained_stats("lite0", 3)
     assert stats is not None
     target = resolve_device(device)
-    network = pretrained_lite0().to(target)
+    network = pretrained_lite().to(target)
     named = {str(Path(p)) for p in images if Path(p).is_file()}
     kept, parts, skipped = [], [], []
     for part in stream_images(files, DecodeSpec(EMBED_SIZE), 3):

@@ -2,7 +2,7 @@
 ``lite0`` (EfficientNet-Lite0 with ImageNet weights, offline), and any torchvision or timm
 network by name (``torchvision:NAME``, ``timm:NAME``)."""
 
-from . import tutorial, resnet, cnn, backbones, lite0  # noqa: F401,I001  (registers the models in this listing order)
+from . import tutorial, resnet, cnn, backbones, lite  # noqa: F401,I001  (registers the models in this listing order)
 from .registry import (
     ModelSpec,
     count_parameters,

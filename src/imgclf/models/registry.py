@@ -33,8 +33,13 @@ class PretrainedCfg:
     # (CIFAR's 32 px: 64 and 96 px measured, bench/RESULTS.md 2026-11-29)
     useful_size: int = 96
     num_features: int | None = None  # the pooled features the class layer sees
+    gmacs: float | None = None  # multiply-adds per image at input_size, in billions: what a size costs
     ships: bool = False  # its weights ship with imgclf (offline): `pretrained` unless set otherwise
     licence: str = ""
+
+    def cost(self, size: int) -> float:
+        """Multiply-adds per image at ``size`` relative to lite0's at 224 px (convolutions scale with the area)."""
+        return (self.gmacs or LITE0_GMACS) / LITE0_GMACS * (size / self.input_size) ** 2
 
     def stats(self, channels: int) -> tuple[list[float], list[float]]:
         """The normalisation for ``channels`` (grey: the mean of RGB's)."""
@@ -43,6 +48,7 @@ class PretrainedCfg:
         return [sum(self.mean) / 3] * channels, [sum(self.std) / 3] * channels
 
 
+LITE0_GMACS = 0.407  # the unit of :meth:`PretrainedCfg.cost`: EfficientNet-Lite0 at 224 px
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 

@@ -23,12 +23,16 @@ def _save(fig, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def plot_curves(history: Sequence[dict], path: str | os.PathLike) -> None:
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, start: dict | None = None) -> None:
+    """Training and validation loss and accuracy per epoch; ``start``: the validation scores of the probe a
+    fine-tune started from (epoch 0), drawn as the line its epochs must beat."""
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epochs, [float(r[f"train_{key}"]) for r in history], "o-", label="train")
         ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "o-", label="validation")
+        if start is not None and start.get(f"val_{key}") is not None:
+            ax.axhline(float(start[f"val_{key}"]), color="grey", linestyle="--", label="the probe it started from")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)

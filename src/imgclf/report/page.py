@@ -92,21 +92,34 @@ def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
 
 
 def _section_search(page: HtmlReport, search: dict[str, Any]) -> None:
-    """What the folder default tried on the validation split, and why it chose (search.json)."""
+    """What the folder default tried on held-out images, what it cost, and why it chose (search.json)."""
     page.section("How the model was chosen")
     page.text(
-        f"With no model given, imgclf tried these on the validation split ({search['metric']}) within a budget of "
-        f"{search['budget_seconds']:.0f} s, and chose {search['chosen']} at {search['image_size']} px: {search['reason']}."
+        f"With no model given, imgclf tried these on held-out images ({search['metric']}) within a budget of "
+        f"{search['budget_seconds']:.0f} s of this machine's measured work, and chose {search['chosen']} at "
+        f"{search['image_size']} px: {search['reason']}."
+        + (f" How sure: {search['sure']}." if search.get("sure") else "")
     )
     page.table(
         Table(
-            ["candidate", "px", f"validation {search['metric']}", "seconds", "how"],
+            ["candidate", "px", f"held-out {search['metric']}", "seconds", "how"],
             [
-                [t["candidate"], str(t["image_size"]), f"{t['score']:.4f}", f"{t['seconds']:.1f}", t["how"]]
+                [
+                    t["candidate"],
+                    str(t["image_size"]),
+                    f"{t['score']:.4f}" + (f" ± {t['stderr']:.3f}" if t.get("stderr") else ""),
+                    f"{t['seconds']:.1f}",
+                    t["how"],
+                ]
                 for t in search["trials"]
             ],
         )
     )
+    if search.get("spent"):
+        spent = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in search["spent"].items())
+        page.text(f"How the budget went: {spent}.")
+    if search.get("left_out"):
+        page.text(f"What a larger budget would buy: {'; '.join(search['left_out'])}.")
 
 
 def _section_model(page: HtmlReport, result: InspectResult) -> None:

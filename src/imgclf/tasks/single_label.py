@@ -95,11 +95,19 @@ class SingleLabel(Task):
         return predictions.top_prob[:, 0]  # the most confident mistakes first
 
     def fit_on_validation(self, probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> Fitted:
-        """Temperature scaling: the temperature that best fits the validation labels (Guo et al. 2017), or
-        none where too few validation mistakes make it meaningless."""
-        from ..metrics import calibration_note, fit_temperature
+        """Temperature scaling: the temperature that best fits the validation labels (Guo et al. 2017), kept
+        only where it holds out better (fitted on some folds of the validation split, scored on the others),
+        and none where too few validation mistakes make it meaningless."""
+        from ..metrics import calibration_note, fit_temperature, temperature_held_out
 
         note = calibration_note(probs, labels)
+        if note is None:
+            before, after = temperature_held_out(probs, labels)
+            if after >= before:
+                note = (
+                    f"not calibrated: a temperature fitted on part of the validation split scored worse on the rest "
+                    f"(log loss {after:.4f} against {before:.4f} without): it would fit noise"
+                )
         if note is not None:
             return Fitted({}, {"temperature": 1.0, "note": note}, [note])
         temperature = fit_temperature(probs, labels)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import ModelConfig, RunConfig, TrainConfig
+from ..config import ModelConfig, RunConfig, TrainConfig, mirrors
 from ..data import BatchIterator, DataBundle, Split, load_data, normalise
 from ..data.loader import TrainBatches
 from ..data.shards import ShardBatches, shard_sample
@@ -32,6 +32,7 @@ from ..plots.tables import Table
 from ..recipes import DataFacts, describe_sources, device_class, image_size_cap, resolve, search_budget
 from ..rundir import Checkpoint, InferenceSpec, RunDir, read_checkpoint
 from ..runtime import Log, quiet
+from ..speeds import measured
 from .balance import balance_for
 from .distributed import SINGLE, Distributed
 from .loop import Trainer
@@ -151,6 +152,8 @@ def resolved(
         f"batch {cfg.optim.batch_size}{processes}, lr {cfg.optim.lr:.4g}; where each value comes from:"
     )
     log(Table(["setting", "value", "from"], describe_sources(cfg)).to_text())
+    if cfg.augment.flips != "auto":  # decided: the mirror is also what test-time augmentation may use
+        data = dataclasses.replace(data, hflip=mirrors(cfg.augment.flips))
     stats = (init.spec.mean, init.spec.std) if init is not None else _pretrained_stats(cfg.model, data.channels)
     if stats:  # the normalisation the starting weights learned under
         data = dataclasses.replace(data, mean=list(stats[0]), std=list(stats[1]))
@@ -250,6 +253,11 @@ def eval_batches(split: Split, prepared: Prepared, **kwargs: Any) -> BatchIterat
     )
 
 
+def turns(flips: str) -> str:
+    """The flips beyond the mirror that training draws: vertical ones, or all (with quarter turns)."""
+    return flips if flips in ("vertical", "all") else "none"
+
+
 def train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None) -> TrainBatches:
     cfg = prepared.cfg
     if prepared.data.train.shards:
@@ -265,6 +273,7 @@ def train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None
             prepared.data.std,
             augment=cfg.augment.augment,
             hflip=prepared.data.hflip,
+            turns=turns(cfg.augment.flips),
             seed=cfg.seed,
             channels_last=True,
             rank=prepared.distributed.rank,
@@ -277,6 +286,7 @@ def train_batches(prepared: Prepared, sample_weights: torch.Tensor | None = None
         batch_size=cfg.optim.batch_size,
         shuffle=True,
         augment=cfg.augment.augment,
+        turns=turns(cfg.augment.flips),
         sample_weights=sample_weights,
         drop_last=cfg.run.compile,
     )
@@ -304,10 +314,21 @@ def trainer_for(prepared: Prepared, model: torch.nn.Module, **kwargs: Any) -> Tr
 
 def seconds_per_epoch(candidate: RunConfig, data: DataBundle, device: torch.device) -> float:
     """This machine's training time for one epoch of ``candidate``: its own step (compiled, at its precision)
-    timed on a few real batches of a fresh model (no pretrained weights are fetched to time it)."""
+    timed once on a few real batches of a fresh model (no pretrained weights are fetched to time it), and kept
+    (:mod:`imgclf.speeds`): later runs here plan with the same number."""
     prepared = Prepared(candidate.replace(pretrained=False, weights=None), data, device)
-    model = build_model(prepared.cfg.model, data, device)
-    return seconds_per_image(trainer_for(prepared, model, val_batches=None)) * len(data.train)
+    model, optim, run = candidate.model, candidate.optim, candidate.run
+    what = (
+        f"training {model.model} {sorted(model.model_args.items())} {data.channels}x{data.image_size}px "
+        f"batch {optim.batch_size} {optim.optimizer} augment {candidate.augment.augment} "
+        f"compile {run.compile} amp {run.amp} freeze_bn {model.freeze_bn}"
+    )
+
+    def measure() -> float:
+        network = build_model(prepared.cfg.model, data, device)
+        return seconds_per_image(trainer_for(prepared, network, val_batches=None))
+
+    return measured(what, device, measure) * len(data.train)
 
 
 def inference_spec(prepared: Prepared) -> InferenceSpec:

@@ -68,7 +68,10 @@ def finish(prepared: Prepared, model: torch.nn.Module, run: RunDir, result: FitR
     predictions = SplitPredictions.from_probs(
         probs, data.test.labels, data.test.images, cfg.seed, data.test.sources, classifier.thresholds, task.name
     )
-    plot_curves(result.history, run / CURVES)
+    searched = run.read_search() or {}
+    plot_curves(
+        result.history, run / CURVES, searched.get("probe_val") if cfg.model.model == searched.get("chosen") else None
+    )
     plot_per_class(test, run / PER_CLASS, task.accuracy_name)
     task.test_figures(Tested(run.path, data.test, test, probs, predictions, fitted, data.classes, cfg.seed))
     metrics = RunMetrics(

@@ -135,6 +135,8 @@ class Trainer:
         self.history: list[dict] = []
         self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
         self.best_score = -math.inf  # the monitored value, larger is better (minus the loss for val_loss)
+        self.start_row: dict | None = None  # epoch 0's row, where the model starts trained (score_start)
+        self.val_images = 0
 
     # ------------------------------------------------------------------ the step
 
@@ -210,7 +212,7 @@ class Trainer:
             return
         t0 = time.perf_counter()
         with self.restoring():
-            self.model.train()
+            self.train_mode()
             self.step(*next(iter(self.train_batches)))
             if self.val_batches is not None:
                 self.model.eval()
@@ -226,7 +228,7 @@ class Trainer:
         """Train up to ``steps`` steps over the epochs' batches, calling ``on_step(step, loss)`` after each
         (it returns False to stop): the learning-rate finder's loop. The weights are restored afterwards."""
         with self.restoring():
-            self.model.train()
+            self.train_mode()
             self.freeze_for_epoch(1)  # as training's first epoch: only the head when the backbone starts frozen
             for step, (x, y) in zip(range(steps), epochs_of(self.train_batches)):
                 loss, _ = self.step(x, y)
@@ -271,8 +273,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
 
-    def _train_epoch(self, epoch: int) -> tuple[float, float, int]:
+    def train_mode(self) -> None:
+        """The model in training mode; with ``freeze_bn``, its batch norms keep normalising by the pretrained
+        statistics: small, augmented batches of a small folder would replace ImageNet's with noisy ones, and
+        the probe the head starts from was fit on features normalised by ImageNet's."""
         self.model.train()
+        if self.cfg.model.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float, int]:
+        self.train_mode()
         self.train_batches.set_epoch(epoch)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -310,6 +322,7 @@ class Trainer:
             hits = batch_hits if hits is None else hits + batch_hits
             seen += len(y)
         loss_total, correct_total, seen_total = self.distributed.sum(loss_sum.item(), correct.item(), seen)
+        self.val_images = int(seen_total)
         balanced = math.nan
         if hits is not None:
             right, total = self.distributed.sum_tensor(hits).double()
@@ -330,6 +343,7 @@ class Trainer:
             "val_balanced_acc": round(balanced, 6),
         }
         self.best_score, self.best_val_loss, self.best_epoch = self.monitored(row), val_loss, 0
+        self.start_row = row
         self._save(BEST, 0, row, with_state=False)
         self.events.emit(BestImproved(0, row["val_loss"], row["val_acc"]))
 
@@ -389,11 +403,34 @@ class Trainer:
                 self.log(f"target reached: validation accuracy {val_acc:.4f} >= {schedule.target_accuracy}")
                 stopped_early = True
                 break
+            if epoch == 1 and self.fell_below_start(row):
+                stopped_early = True
+                break
             if schedule.patience is not None and self.bad_epochs >= schedule.patience:
                 self.log(f"early stop: {schedule.monitor} has not improved for {schedule.patience} epochs")
                 stopped_early = True
                 break
         return self.result(stopped_early)
+
+    def fell_below_start(self, row: dict) -> bool:
+        """Whether the first epoch from a trained start (a probe) fell below it by more than the validation
+        split's noise (two standard errors): then more epochs would start from worse features than the probe's,
+        so the run stops and best.pt keeps the probe. A dip within noise goes on: the warm-up's first epoch
+        moves the features before the lower rates refine them."""
+        if self.start_row is None:
+            return False
+        start, score = self.monitored(self.start_row), self.monitored(row)
+        if self.cfg.schedule.monitor == "val_loss":
+            noise = 0.1 * abs(start)  # a loss has no binomial noise: a tenth of it
+        else:
+            noise = 2 * math.sqrt(max(start * (1 - start), 1e-4) / max(1, self.val_images))
+        if score >= start - noise:
+            return False
+        self.log(
+            f"the fine-tune's first epoch ({score:.4f}) fell more than noise ({noise:.3f}) below the probe it "
+            f"started from ({start:.4f}): stopping here; best.pt keeps the probe"
+        )
+        return True
 
     def result(self, stopped_early: bool = False) -> FitResult:
         """The run's figures from its history: every epoch counted alike, those of earlier sessions too."""

@@ -13,7 +13,9 @@ main process has sinks and a run directory that writes (:class:`~imgclf.train.di
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +23,20 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, mirrors
 from ..data import DataBundle
 from ..data.loader import TrainBatches
 from ..data.registry import get_source
 from ..errors import ConfigError, ImgclfError
+from ..features.backbone import BACKBONE, shared_backbone
 from ..models import count_parameters
 from ..plots.figures import plot_image_grid
 from ..recipes import is_imbalanced
 from ..rundir import CONFIG, LAST, SAMPLES, Checkpoint, RunDir, RunMetrics
 from ..runtime import Log, quiet, resolve_device, seed_everything
 from ..tasks import label_names
-from .build import Prepared, build, from_init, inference_spec, load, resolved, trainer_for
+from .balance import Balance, balance_for
+from .build import Prepared, build, from_init, inference_spec, load, resolved, run_config, trainer_for
 from .distributed import SINGLE, Distributed, check_sync_bn, init_distributed
 from .events import (
     CallbackSink,
@@ -104,6 +108,35 @@ def search_applies(settings: TrainConfig, data: DataBundle, log: Log, distribute
     return refused is None
 
 
+def flips_for(
+    settings: TrainConfig, data: DataBundle, device: torch.device, log: Log
+) -> tuple[TrainConfig, DataBundle]:
+    """``flips=auto`` decided: a built-in dataset's own rule; a folder's or CSV's measured on its images by a
+    probe (:mod:`imgclf.features.flips`), when augmentation is on and its images are in memory; the data's
+    mirror rule then follows the decision (test-time augmentation mirrors only where it keeps the class)."""
+    if settings.flips == "auto":
+        rule = "horizontal" if data.hflip else "none"
+        unmeasured = os.environ.get("IMGCLF_MEASURE_FLIPS", "on") == "off"  # a test suite's switch, as $IMGCLF_SEARCH
+        if data.kind == "builtin" or data.train.shards or settings.augment == "none" or unmeasured:
+            why = "data: the dataset's own rule" if data.kind == "builtin" else "rule: the source's (not measured)"
+            settings = settings.replace(_origin=why, flips=rule)
+        else:
+            from ..features.flips import decide_flips
+
+            cfg = run_config(settings.replace(model=BACKBONE, budget=None), data, device.type)[0]
+
+            def balance_of(labels: torch.Tensor) -> Balance:
+                if labels.ndim == 2:
+                    return Balance()
+                return balance_for(torch.bincount(labels, minlength=data.num_classes).tolist(), labels, cfg)
+
+            t0 = time.perf_counter()
+            decision = decide_flips(data, shared_backbone(device), cfg, balance_of, cfg.data.cache_dir)
+            settings = settings.replace(_origin=decision.why, flips=decision.flips)
+            log(f"flips: {decision.flips} ({decision.why}; {time.perf_counter() - t0:.0f} s)")
+    return settings, dataclasses.replace(data, hflip=mirrors(settings.flips))
+
+
 def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE, new_run: bool = False) -> Prepared:
     """The data, the search where it applies, and the run config resolved once (measuring this machine for
     `budget`), logged with where each value came from. ``new_run``: the config names the run's new folder."""
@@ -111,6 +144,8 @@ def prepare(settings: TrainConfig, log: Log, distributed: Distributed = SINGLE, 
     device = distributed.device(resolve_device(settings.device))
     check_sync_bn(settings.sync_bn and distributed.enabled, device.type)
     data = load(settings, device, log, distributed)
+    with distributed.main_first():  # the first process measures and caches the features; the others read them
+        settings, data = flips_for(settings, data, device, log)
     search = None
     if search_applies(settings, data, log, distributed):
         search = run_search(settings, data, device, log)

@@ -14,6 +14,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data import DataBundle, Split, channel_stats
+from ..data.splits import stratified_folds
 from ..predict import Classifier
 from ..recipes import quick_epochs, quick_settings
 from ..rundir import RunDir
@@ -21,17 +22,6 @@ from ..runtime import Log, quiet, resolve_device, seed_everything
 from .build import Prepared, build, inference_spec, run_config, trainer_for
 
 FOLDS = 5  # each model trains on 80% of the images (3 folds: 67%, a weaker model)
-
-
-def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
-    """Each image's fold, 0..folds-1: every class dealt round-robin over the folds in a seeded order."""
-    generator = torch.Generator().manual_seed(seed)
-    fold = torch.empty_like(labels)
-    for cls in torch.unique(labels):
-        index = torch.nonzero(labels == cls).flatten()
-        index = index[torch.randperm(len(index), generator=generator)]
-        fold[index] = torch.arange(len(index)) % folds
-    return fold
 
 
 def fold_probs(

@@ -21,7 +21,7 @@ def seconds_per_image(trainer: Trainer, min_seconds: float = 1.0, max_steps: int
 
     trainer.warm_up_compiled()
     with trainer.restoring():
-        trainer.model.train()
+        trainer.train_mode()
         stream = epochs_of(trainer.train_batches)
         for _ in range(2):
             trainer.step(*next(stream))
