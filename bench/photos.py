@@ -49,15 +49,20 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 def fashion_small() -> Path:
-    target = DATA / "fashion-mnist-100-per-class"
+    return builtin_small("fashion-mnist")
+
+
+def builtin_small(dataset: str) -> Path:
+    """100 PNGs a class of a built-in grey dataset (mnist, fashion-mnist) and 200 test PNGs a class."""
+    target = DATA / f"{dataset}-100-per-class"
     if (target / "test").is_dir():
         return target
     from PIL import Image
 
     from imgclf.config import DataConfig
-    from imgclf.data.builtin import fashion_mnist
+    from imgclf.data import builtin
 
-    raw = fashion_mnist(DataConfig(data="fashion-mnist", data_dir=str(SHARED)))
+    raw = getattr(builtin, dataset.replace("-", "_"))(DataConfig(data=dataset, data_dir=str(SHARED)))
     assert raw.test is not None
     splits = {
         split: [(name, list(part.images[part.labels == i][:count])) for i, name in enumerate(raw.classes)]

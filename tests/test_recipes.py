@@ -180,7 +180,7 @@ def test_every_rule_leaves_its_source_in_the_one_resolve():
     budget = search_budget(TrainConfig(), "cpu")
     cfg, variant = resolve(TrainConfig(), "folder", "cpu", DataFacts(5000, 32, search_budget=budget))
     assert (
-        cfg.schedule.budget == 600 and cfg.sources["budget"].startswith("rule: the search's") and variant == "default"
+        cfg.schedule.budget == 1200 and cfg.sources["budget"].startswith("rule: the search's") and variant == "default"
     )
     assert search_budget(TrainConfig(budget=90), "cpu") == (90, "you")
     # several labels per image: the recipes' smoothing (for a softmax) is not applied, said so
@@ -206,3 +206,20 @@ def test_a_config_that_sets_every_recipe_value_times_nothing(monkeypatch):
     assert timed == []
     resolve(TrainConfig(budget=60.0), "folder", "cpu", DataFacts(5000, 32), lambda c: timed.append(c) or 1.0)
     assert timed  # a budget with values left to fill: the variants are timed
+
+
+def test_fine_tuning_pretrained_weights_is_gentle_and_keeps_batch_norm_on_small_folders():
+    small = resolve(TrainConfig(data="x", model="lite0"), "folder", "cpu", DataFacts(900, 96))[0]
+    assert small.model.freeze_bn and "900 training images" in small.sources["freeze_bn"]
+    assert small.model.backbone_lr_scale == 0.1 and small.augment.augment == "light"
+    large = resolve(TrainConfig(data="x", model="lite0"), "folder", "cpu", DataFacts(40_000, 96))[0]
+    assert not large.model.freeze_bn  # enough images for the statistics to follow the data
+    scratch = resolve(TrainConfig(data="x", model="cnn"), "folder", "cpu", DataFacts(900, 32))[0]
+    assert not scratch.model.freeze_bn and scratch.model.backbone_lr_scale == 1.0
+    yours = resolve(
+        TrainConfig(data="x", model="lite0", freeze_bn=False, backbone_lr_scale=0.5),
+        "folder",
+        "cpu",
+        DataFacts(900, 96),
+    )[0]
+    assert not yours.model.freeze_bn and yours.model.backbone_lr_scale == 0.5 and yours.sources["freeze_bn"] == "you"

@@ -287,7 +287,8 @@ class ScheduleConfig:
     budget: float | None = setting(
         None,
         help="seconds of training: the recipe variant (and epochs) that fits, timed on this machine; the "
-        "search's time (default 600 on a CPU, 300 on a GPU)",
+        "search's work, each part charged what this machine measured for it once (default 1200 on a CPU, "
+        "300 on a GPU)",
         check="positive",
         metavar="SECONDS",
         default_text="none",

@@ -5,8 +5,10 @@ mirror only, digits under none. For each of the mirror, the vertical flip and th
 mirror, it makes the quarter turns), a linear probe on the shipped backbone's cached features is
 cross-validated twice over a sample of the training and validation images: once as they are, once also
 trained on the flipped copies (labelled as their images) and predicting each held-out image averaged with
-its flipped copy, as augmentation and test-time augmentation would use it. A flip is kept when that holds out
-at a lower log loss (a proper score: a flip that confuses classes raises it). Scoring a probe on flips it
+its flipped copy, as augmentation and test-time augmentation would use it. The two are compared image by image
+(a proper score, the log loss: a flip that confuses classes raises it): the mirror is kept unless it holds out
+worse by more than the difference's standard error (most collections are mirror-symmetric, and a probe near
+chance measures nothing), a vertical flip or a transpose only where it holds out better by more than it. Scoring a probe on flips it
 never saw would not do: Fashion-MNIST's shoes all face left, so their mirrors are unfamiliar though still
 shoes (the doctor's measurement, :mod:`imgclf.doctor.models`, which this one generalises).
 """
@@ -56,7 +58,14 @@ FLIP_TESTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class FlipDecision:
     flips: str  # none, horizontal, vertical or all
     log_loss: dict[str, float]  # held-out log loss: "plain", and each flip tested
+    stderr: dict[str, float]  # each flip's: the standard error of its difference to "plain", image by image
     why: str  # the sentence config.yaml's sources keep
+
+
+def keeps_class(name: str, difference: float, stderr: float) -> bool:
+    """Whether flip ``name`` keeps the class, from its held-out log loss minus the plain probe's: the mirror
+    unless clearly worse, the others only when clearly better."""
+    return difference < stderr if name == "horizontal" else difference < -stderr
 
 
 def _held_out_log_loss(
@@ -67,7 +76,7 @@ def _held_out_log_loss(
     cfg: RunConfig,
     balance_of: Callable[[torch.Tensor], Balance],
     task: Task,
-) -> float:
+) -> torch.Tensor:
     several = labels.ndim == 2  # several labels an image: multi-hot rows, scored per label
     classes = labels.argmax(1) if several else labels  # the folds' strata
     folds = stratified_folds(classes, max(2, min(PROBE_FOLDS, int(torch.bincount(classes).min()))), cfg.seed)
@@ -87,7 +96,7 @@ def _held_out_log_loss(
             losses[held] = bce(logits, labels[held].float(), reduction="none").sum(1)
         else:
             losses[held] = torch.nn.functional.cross_entropy(logits, labels[held], reduction="none")
-    return losses.mean().item()
+    return losses
 
 
 def decide_flips(
@@ -106,11 +115,15 @@ def decide_flips(
     images = fit_tensor(images, size, "stretch") if images.shape[-1] != size else images
     tag = f"{data.name}-flips-{backbone.name}-{size}px"
     features = backbone.features(images, cache_dir, tag).values.float()
-    losses = {"plain": _held_out_log_loss(features, labels, None, data.num_classes, cfg, balance_of, data.task)}
+    plain = _held_out_log_loss(features, labels, None, data.num_classes, cfg, balance_of, data.task)
+    losses, stderr, keeps = {"plain": plain.mean().item()}, {}, set()
     for name, flip in FLIP_TESTS.items():
         flipped = backbone.features(flip(images).contiguous(), cache_dir, f"{tag}-{name}").values.float()
-        losses[name] = _held_out_log_loss(features, labels, flipped, data.num_classes, cfg, balance_of, data.task)
-    keeps = {name for name in FLIP_TESTS if losses[name] < losses["plain"]}
+        with_flip = _held_out_log_loss(features, labels, flipped, data.num_classes, cfg, balance_of, data.task)
+        difference = with_flip - plain
+        losses[name], stderr[name] = with_flip.mean().item(), (difference.std() / len(difference) ** 0.5).item()
+        if keeps_class(name, difference.mean().item(), stderr[name]):
+            keeps.add(name)
     if keeps == set(FLIP_TESTS):
         flips = "all"
     elif "horizontal" in keeps:
@@ -119,9 +132,12 @@ def decide_flips(
         flips = "vertical"
     else:
         flips = "none"
-    shown = ", ".join(f"{name} {loss:.3f}" for name, loss in losses.items())
+    shown = ", ".join(
+        f"{name} {loss:.3f}" + (f" ± {stderr[name]:.3f}" if name in stderr else "") for name, loss in losses.items()
+    )
     why = (
         f"measured: a {backbone.name} probe at {size} px on {len(labels)} images, {PROBE_FOLDS}-fold held-out log "
-        f"loss without flips and trained on each ({shown}; lower keeps the class)"
+        f"loss without flips and trained on each ({shown}; the mirror is kept unless clearly higher, the others "
+        "where clearly lower)"
     )
-    return FlipDecision(flips, losses, why)
+    return FlipDecision(flips, losses, stderr, why)

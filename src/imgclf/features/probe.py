@@ -19,7 +19,7 @@ from ..data import DataBundle
 from ..data.splits import stratified_folds
 from ..recipes import PROBE_DECAYS, PROBE_FOLDS, SMALL_VALIDATION, probe_recipe
 from ..tasks import SINGLE_LABEL, Task
-from ..train.balance import Balance, balance_for
+from ..train.balance import Balance, balancer
 from ..train.loop import Trainer
 from .backbone import Backbone
 
@@ -234,11 +234,11 @@ def probe_data(
 
     train = backbone.features(data.train.images, cfg.data.cache_dir, tag, counted(0))
     val = backbone.features(data.val.images, cfg.data.cache_dir, tag, counted(len(data.train)))
-
-    def balance_of(labels: torch.Tensor) -> Balance:
-        return balance_for(torch.bincount(labels, minlength=data.num_classes).tolist(), labels, cfg)
-
     result = select_probe(
-        (train.values, data.train.labels), (val.values, data.val.labels), data.num_classes, cfg, balance_of
+        (train.values, data.train.labels),
+        (val.values, data.val.labels),
+        data.num_classes,
+        cfg,
+        balancer(data.num_classes, cfg),
     )
     return result, train.seconds + val.seconds

@@ -5,6 +5,7 @@ to 1:20 (bench/imbalance.py, RESULTS.md), not assumed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,3 +55,15 @@ def balance_for(counts: list[int], labels: torch.Tensor, cfg: RunConfig) -> Bala
         logit_offset(counts, cfg.optim.logit_adjustment),
         inverse[labels].float() if cfg.optim.sampler == "balanced" else None,
     )
+
+
+def balancer(num_classes: int, cfg: RunConfig) -> Callable[[torch.Tensor], Balance]:
+    """The treatment ``cfg`` asks for, for any subset of training labels (a probe's folds draw their own): one
+    label an image, its counts' weights; several (multi-hot rows), none (their loss weighs each label alone)."""
+
+    def balance_of(labels: torch.Tensor) -> Balance:
+        if labels.ndim == 2:
+            return Balance()
+        return balance_for(torch.bincount(labels, minlength=num_classes).tolist(), labels, cfg)
+
+    return balance_of
