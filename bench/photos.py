@@ -124,9 +124,9 @@ TASKS = {
 RUNNER = """
 import json, sys, time
 import imgclf
-folder, out, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+folder, out, settings, verbose = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1"
 t0 = time.perf_counter()
-result = imgclf.train(data=folder, out=out, verbose=False, **settings)
+result = imgclf.train(data=folder, out=out, verbose=verbose, **settings)
 seconds = time.perf_counter() - t0
 test, search = result.metrics["test"], result.metrics.get("search") or {}
 monitor = "val_balanced_acc" if search.get("metric") == "balanced accuracy" else "val_acc"
@@ -143,12 +143,16 @@ print("RUNNER " + json.dumps({
 """
 
 
-def run(folder: Path, settings: dict[str, Any], out: Path, src: str | None = None) -> dict[str, Any]:
+def run(
+    folder: Path, settings: dict[str, Any], out: Path, src: str | None = None, log: Path | None = None
+) -> dict[str, Any]:
     """One `imgclf.train` in its own process: this tree's imgclf, or the one under ``src`` (an earlier commit's
-    worktree, for today's default beside the new one in the same run)."""
+    worktree, for today's default beside the new one in the same run); its console written to ``log``."""
     env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
-    command = [sys.executable, "-c", RUNNER, str(folder), str(out), json.dumps(settings)]
+    command = [sys.executable, "-c", RUNNER, str(folder), str(out), json.dumps(settings), "1" if log else "0"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if log:
+        log.write_text(done.stdout + done.stderr)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RUNNER ")]
     if done.returncode or not lines:
         raise RuntimeError(f"{settings} on {folder} failed:\n{done.stderr[-3000:]}")
@@ -163,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["small", "small-grey", "imbalanced"], choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--logs", type=Path, help="write each run's console (what the search printed) here")
     args = parser.parse_args(argv)
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
     print(f"# {datetime.date.today()}, {machine()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as out:
@@ -173,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 if method == "hand-set" and task not in HAND_SET_TASKS:
                     continue
                 src = os.environ["IMGCLF_PREVIOUS_SRC"] if method == "previous" else None
-                r = run(folder, METHODS[method], Path(out) / f"{task}-{method}", src)
+                log = args.logs / f"{task}-{method}.log" if args.logs else None
+                r = run(folder, METHODS[method], Path(out) / f"{task}-{method}", src, log)
                 rows.append({"task": task, "method": method, **r})
                 print(
                     f"RESULT task={task} method={method} acc={r['accuracy']:.4f} balanced={r['balanced']:.4f} "

@@ -323,7 +323,7 @@ class AugmentConfig:
     flips: str = setting(
         "auto",
         help="the flips augmentation may use: none, horizontal, vertical, all (both, and quarter turns); auto: "
-        "each kept where a probe on your held-out images says it keeps the class (a dataset's own rule for "
+        "each kept where a probe cannot tell flipped copies of your held-out images from originals (a dataset's own rule for "
         "built-in sets; the source's, unmeasured, under $IMGCLF_MEASURE_FLIPS=off)",
         choices=FLIPS,
         default_text="auto",

@@ -35,7 +35,6 @@ from ..recipes import is_imbalanced
 from ..rundir import CONFIG, LAST, SAMPLES, Checkpoint, RunDir, RunMetrics
 from ..runtime import Log, quiet, resolve_device, seed_everything
 from ..tasks import label_names
-from .balance import balancer
 from .build import Prepared, build, from_init, inference_spec, load, resolved, run_config, trainer_for
 from .distributed import SINGLE, Distributed, check_sync_bn, init_distributed
 from .events import (
@@ -125,8 +124,7 @@ def flips_for(
 
             cfg = run_config(settings.replace(model=BACKBONE, budget=None), data, device.type)[0]
             t0 = time.perf_counter()
-            balance = balancer(data.num_classes, cfg)
-            decision = decide_flips(data, shared_backbone(device), cfg, balance, cfg.data.cache_dir)
+            decision = decide_flips(data, shared_backbone(device), cfg, cfg.data.cache_dir)
             settings = settings.replace(_origin=decision.why, flips=decision.flips)
             log(f"flips: {decision.flips} ({decision.why}; {time.perf_counter() - t0:.0f} s)")
     return settings, dataclasses.replace(data, hflip=mirrors(settings.flips))
