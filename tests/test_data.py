@@ -1,6 +1,7 @@
 import gzip
 import io
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -177,6 +178,41 @@ def test_csv_missing_files(tmp_path):
     with open(csv_path, "a") as f:
         f.write("gone.png,1\nalso_gone.png,2\n")
     with pytest.raises(DataError, match=r"2 of 32 files are not in .*gone.png, also_gone.png.*images=FOLDER"):
+        load(data=str(csv_path), images=str(tmp_path / "train"))
+
+
+def test_a_csv_cannot_reach_outside_its_images_folder_unless_told(tmp_path):
+    csv_path = write_csv_dataset(tmp_path, header="file,label", with_suffix=True)
+    outside = tmp_path / "secret.png"
+    Image.new("L", (16, 16)).save(outside)
+    lines = csv_path.read_text().splitlines()
+    for escape in ("../secret.png", str(outside)):
+        csv_path.write_text("\n".join([*lines, f"{escape},1"]) + "\n")
+        with pytest.raises(DataError, match=rf"row 32 names '{re.escape(escape)}', outside .?images.*--images-outside"):
+            load(data=str(csv_path), images=str(tmp_path / "train"))
+        data = load(data=str(csv_path), images=str(tmp_path / "train"), images_outside=True, image_size=16)
+        assert len(data.train) + len(data.val) + len(data.test) == 31
+
+
+def test_a_repeated_csv_row_is_read_once_and_two_labels_for_one_image_are_refused(tmp_path):
+    csv_path = write_csv_dataset(tmp_path, header="file,label", with_suffix=True)
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([*lines, "3.png,0", "3.png,0"]) + "\n")
+    data = load(data=str(csv_path), images=str(tmp_path / "train"), image_size=16)
+    assert len(data.train) + len(data.val) + len(data.test) == 30  # each image once: it cannot leak across splits
+    assert sum("repeats row 5" in reason for _, reason in data.skipped) == 2
+    csv_path.write_text("\n".join([*lines, "3.png,1"]) + "\n")
+    with pytest.raises(DataError, match=r"rows 5 and 32 give '3.png' different labels"):
+        load(data=str(csv_path), images=str(tmp_path / "train"))
+
+
+@pytest.mark.parametrize("separator", [",", "|", " "])
+def test_several_labels_joined_by_another_separator_than_the_semicolon_are_named(tmp_path, separator):
+    csv_path = write_csv_dataset(tmp_path, header="file,labels", with_suffix=True)
+    lines = csv_path.read_text().splitlines()
+    lines[-1] = f'29.png,"0{separator}1"'  # the other rows give 0 and 1 alone
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"the labels '0\{separator}1' .*look like several joined by '\{separator}'"):
         load(data=str(csv_path), images=str(tmp_path / "train"))
 
 

@@ -107,6 +107,19 @@ def test_mlflow_receives_the_runs_params_metrics_and_artifacts(class_folder, in_
     assert "plots/confusion_matrix.png" in plots
 
 
+def test_mlflow_logs_to_a_file_store_the_user_names(class_folder, in_tmp, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "unset below; restored after the test")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # MLflow 3 refuses a file store without it
+    for store in (in_tmp / "store", (in_tmp / "by-uri").as_uri()):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", str(store))
+        result = imgclf.train(data=str(class_folder), track="mlflow", verbose=False, **FAST)
+        client = mlflow.tracking.MlflowClient(tracking_uri=str(store))
+        (experiment,) = [e for e in client.search_experiments() if e.name == f"imgclf {class_folder.name}"]
+        (run,) = client.search_runs([experiment.experiment_id], filter_string=f"run_name = '{result.run_dir.name}'")
+        assert run.info.status == "FINISHED"
+
+
 def test_tracking_without_mlflow_installed_is_one_line_before_any_folder(class_folder, in_tmp, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: importing it raises ImportError
     with pytest.raises(imgclf.ImgclfError, match=r"track=mlflow needs MLflow: pip install 'imgclf\[mlflow\]'"):

@@ -88,6 +88,22 @@ def test_export_command_checks_the_runs_test_images_and_predict_can_run_onnx(tra
     )
 
 
+@pytest.mark.parametrize("fmt", [f.name for f in FORMATS])
+def test_a_damaged_exported_model_is_refused_in_one_line(trained_run, tmp_path, capsys, fmt):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export"))
+    image = str(next((trained_run.parent / "stripes").rglob("*.png")))
+    assert main(["predict", str(run), image, "--backend", fmt]) == 0  # exports, then predicts
+    model_file = run / "export" / get_format(fmt).file
+    model_file.write_bytes(model_file.read_bytes()[:200])  # cut short; its .json still says it is current
+    capsys.readouterr()
+    assert main(["predict", str(run), image, "--backend", fmt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(model_file) in err and "export it again" in err, err
+
+
 STANDALONE = textwrap.dedent(
     """
     import sys

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,15 @@ def mounted(path: Path, options: str) -> Iterator[Path]:
 
 def remount(path: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Leave ``disk`` with not one byte free."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        for chunk in (65536, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * chunk)
 
 
 def one_line_error(capsys, *needles: str) -> str:
@@ -97,6 +107,46 @@ def test_a_full_disk_mid_run_fails_in_one_line_keeps_the_last_epoch_and_resumes(
     with mounted(in_tmp / "tiny", "size=256k") as disk:
         assert main(["train", "--data", str(class_folder), "--out", str(disk / "run"), "--epochs", "2"]) == 2
         one_line_error(capsys, "(the disk is full); free some space or choose another disk")
+
+
+def test_an_mlflow_store_in_a_read_only_place_is_one_line(class_folder, in_tmp, capsys, monkeypatch):
+    pytest.importorskip("mlflow")
+    with mounted(in_tmp / "ro", "ro,size=1m") as ro:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", str(ro / "mlruns"))
+        assert main(["train", "--data", str(class_folder), "--track", "mlflow", "--epochs", "1", "--out", "r"]) == 2
+        one_line_error(capsys, str(ro / "mlruns"), "read-only")
+        assert json.loads((in_tmp / "r" / "status.json").read_text())["state"] == "failed"
+
+
+def test_a_disk_with_not_one_byte_left_still_marks_the_run_failed_and_says_why(class_folder, in_tmp):
+    with mounted(in_tmp / "full", "size=16m") as disk:
+        out = disk / "run"
+
+        def fill_the_disk(epoch: int, row: dict) -> None:
+            if epoch == 1:
+                fill(disk)
+
+        with pytest.raises(WriteError, match="the disk is full"):
+            imgclf.train(data=str(class_folder), out=str(out), callbacks=[fill_the_disk], verbose=False, **FAST)
+        status = json.loads((out / "status.json").read_text())
+        assert status["state"] == "failed" and "disk is full" in status["error"]
+
+
+def test_export_and_predict_on_a_full_disk_fail_in_one_line_and_leave_nothing_half_written(trained_run, tmp_path):
+    image = next(Path(trained_run / "../stripes/checker").resolve().glob("*.png"))
+    with mounted(tmp_path / "full", "size=16m") as disk:
+        run = disk / "run"
+        shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "errors", "explain", "inspect"))
+        fill(disk)
+        commands = [  # in a process of their own: torch's C++ writer once aborted the process (SIGABRT)
+            ["export", str(run), "--format", "torchscript"],
+            ["predict", str(run), str(image), "--out", str(disk / "predictions.csv")],
+        ]
+        for command in commands:
+            done = subprocess.run([sys.executable, "-m", "imgclf", *command], capture_output=True, text=True)
+            err = done.stderr.strip()
+            assert done.returncode == 2 and "\n" not in err and "the disk is full" in err, (command, err)
+        assert not list(disk.rglob("*.tmp")) and not list(disk.rglob("*.partial"))
 
 
 def test_every_command_writing_into_a_read_only_place_says_so_in_one_line(trained_run, tmp_path, capsys):

@@ -252,3 +252,16 @@ def test_what_changes_how_a_run_predicts_is_reported_where_it_loads(trained_run,
     with TestClient(create_app(classifier)) as client:
         info = client.get("/model").json()
     assert info["unknown_score"] == "familiarity" and "evaluate --negatives" in info["changed_after_training"]
+
+
+def test_an_unknown_json_of_another_shape_is_left_out_of_the_report_and_of_prediction(trained_run, tmp_path):
+    import numpy as np
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report.html", "errors", "explain", "inspect"))
+    (run / rundir.UNKNOWN).write_text(json.dumps({"auroc": {"probability": 0.9}, "curves": {}}))  # an older shape
+    np.save(run / rundir.UNKNOWN_REFERENCE, np.zeros((4, 8), dtype=np.float16))
+    assert RunDir(run).read_unknown() is None
+    assert main(["report", str(run)]) == 0 and (run / "report.html").is_file()
+    image = next((trained_run.parent / "stripes").rglob("*.png"))
+    assert main(["predict", str(run), str(image), "--min-confidence", "0.5"]) == 0

@@ -427,3 +427,13 @@ def test_a_flip_is_judged_against_the_noise_of_its_measurement():
     assert not keeps_class(0.97, 0.006) and not keeps_class(0.83, 0.012)  # digits', garments' mirrors
     # a few dozen images measure little: above the line but within two standard errors, the flip stays
     assert keeps_class(TOLD_APART + 0.1, 0.06) and not keeps_class(TOLD_APART + 0.1, 0.04)
+
+
+def test_a_learning_curves_range_always_holds_its_own_prediction():
+    from imgclf.doctor.curve import CurveLine, PowerLaw
+
+    # three draws whose fits all predict better than the fit of their means (a noisy small folder's case)
+    line = CurveLine("all", 100, fit=PowerLaw(0.5, 0.1), seed_fits=[PowerLaw(0.3, 0.3), PowerLaw(0.25, 0.2)])
+    for factor in (2, 4):
+        score, low, high = line.predicted(factor)
+        assert low <= score <= high and 0 <= low

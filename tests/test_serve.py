@@ -69,6 +69,12 @@ def test_health_model_and_the_openapi_schema(client, trained_run):
     schema = client.get("/openapi.json").json()
     assert {"/predict", "/explain", "/health", "/model"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    # the schema says what the server takes: at least one file (an empty list is refused, as documented)
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    files = schema["components"]["schemas"][body.rsplit("/", 1)[1]]["properties"]["files"]
+    assert files["minItems"] == 1 and "none empty" in files["description"]
+    # and a client does not learn where the run lies on this machine
+    assert info["checkpoint"] == f"{trained_run.name}/best.pt"
 
 
 def test_every_bad_upload_of_the_corpus_gets_a_4xx_naming_it_then_a_good_one_is_answered(client):

@@ -136,6 +136,11 @@ class DataConfig:
         default_text="$IMGCLF_DATA or ~/.cache/imgclf",
     )
     images: str | None = setting(None, help="folder of the CSV's images", default_text="the CSV's folder")
+    images_outside: bool = setting(
+        False,
+        help="let a CSV name images outside `images` (../ or absolute paths); off, such a row is refused, so a CSV "
+        "from someone else cannot pull any file you can read into a model, its report or its errors",
+    )
     image_size: int | None = setting(
         None,
         help="side in pixels",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CheckpointError, ConfigError, ExportError
+from .errors import CheckpointError, ConfigError, ExportError, ImgclfError
 from .fsutil import atomic_path, atomic_write_json
 from .rundir import EXPORT, RunDir
 from .runtime import Log, imgclf_version, quiet
@@ -98,7 +98,10 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript is deprecated upstream in favour of torch.export
         traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(str(path))
+        # into a file imgclf opened, not traced.save(path): torch's C++ file writer aborts the process (SIGABRT)
+        # on a full disk, where a Python file's write raises an OSError the write helper turns into one line
+        with open(path, "wb") as f:
+            torch.jit.save(traced, f)
 
 
 class TorchScriptBackend:
@@ -318,4 +321,12 @@ def exported_backend(path: str | os.PathLike, fmt: str, log: Log = quiet) -> Bac
     meta_file = model_file.with_name(model_file.name + ".json")
     if not meta_file.is_file() or meta_file.stat().st_mtime < checkpoint.stat().st_mtime:  # written after the model
         log(export(path, fmt, log=log).summary())
-    return row.backend(model_file)
+    try:
+        return row.backend(model_file)
+    except ImgclfError:
+        raise
+    except Exception as exc:  # noqa: BLE001  each runtime has its own errors for a damaged or foreign file
+        raise CheckpointError(
+            f"{model_file}: not a {fmt} model this runtime can load ({exc.__class__.__name__}); export it again "
+            f"(delete it, or run `imgclf export {path} --format {fmt}`)"
+        ) from None

@@ -65,6 +65,21 @@ def atomic_write_json(path: str | os.PathLike, value: object, setting: str | Non
     atomic_write_text(path, json.dumps(value, indent=2) + "\n", setting)
 
 
+def overwrite_in_place(path: str | os.PathLike, text: str) -> bool:
+    """Rewrite an existing small file in the blocks it already holds, where an atomic write (a new file)
+    finds no room on a full disk: not atomic, so only for a last word such as a run's failure; whether done."""
+    data = text.encode("utf-8")
+    try:
+        if len(data) > os.stat(path).st_blocks * 512:  # more than the file's blocks hold: it would end cut short
+            return False
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate(len(data))
+    except OSError:
+        return False
+    return True
+
+
 def append_line(path: str | os.PathLike, line: str) -> None:
     """One line added to a log file (a complete line or none: one write call of a line under 4 KB)."""
     with writing(path), open(path, "a", encoding="utf-8") as f:

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .errors import CheckpointError, ConfigError, name_settings
-from .fsutil import append_line, atomic_path, atomic_write_json, atomic_write_text, make_dir
+from .errors import CheckpointError, ConfigError, WriteError, name_settings
+from .fsutil import append_line, atomic_path, atomic_write_json, atomic_write_text, make_dir, overwrite_in_place
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: `imgclf --help` needs file names only
     import torch
@@ -56,6 +56,9 @@ TEST_PREDICTIONS = "test_predictions.pt"
 SKIPPED = "skipped.txt"
 EVALUATION = "evaluation.json"
 UNKNOWN = "unknown.json"  # evaluate --negatives: per threshold, unrelated images accepted and real ones kept
+# what each reader of unknown.json needs: prediction its choice and distances, the report its curves too
+UNKNOWN_PREDICTS = frozenset({"chosen", "k", "real_distances"})
+UNKNOWN_REPORTS = UNKNOWN_PREDICTS | {"negatives", "unrelated_images", "real_images", "curves", "chosen_at_coverage"}
 UNKNOWN_REFERENCE = "unknown_reference.npy"  # the training images' embeddings, for the distance score
 REPORT = "report.html"
 SEARCH = "search.json"  # what the folder default tried on the validation split, and why it chose
@@ -641,19 +644,25 @@ class RunDir:
             np.save(f, np.asarray(reference, dtype=np.float16))
         atomic_write_json(self.output(command, UNKNOWN), unknown)
 
-    def read_unknown_result(self) -> dict[str, Any] | None:
+    def read_unknown_result(self, needs: frozenset[str] = UNKNOWN_REPORTS) -> dict[str, Any] | None:
+        """unknown.json as `evaluate --negatives` writes it; None where absent, damaged, or without what the
+        reader ``needs`` (an older imgclf's, a foreign file): then the report leaves the section out and
+        "unknown" falls back to the probability, as before the measurement."""
         path = self / UNKNOWN
         try:
-            return json.loads(path.read_text()) if path.is_file() else None
+            result = json.loads(path.read_text()) if path.is_file() else None
         except (OSError, ValueError):
             return None
+        if not isinstance(result, dict) or not needs <= result.keys():
+            return None
+        return result if isinstance(result.get("curves", {}), dict) else None
 
     def read_unknown(self) -> tuple[dict[str, Any], Any] | None:
         """unknown.json and its reference embeddings, or None where `evaluate --negatives` has not run
         (or its files are damaged: then "unknown" falls back to the probability)."""
         import numpy as np
 
-        unknown = self.read_unknown_result()
+        unknown = self.read_unknown_result(UNKNOWN_PREDICTS)
         try:
             reference = np.load(self / UNKNOWN_REFERENCE, allow_pickle=False)  # data only: never code
         except (OSError, ValueError):
@@ -669,9 +678,14 @@ class RunDir:
             predictions.save(self / TEST_PREDICTIONS)
 
     def write_status(self, status: dict[str, Any]) -> None:
-        """status.json, replaced as a whole: a reader never sees half of it."""
+        """status.json, replaced as a whole: a reader never sees half of it; on a disk too full for a new
+        file, rewritten in place (its size barely changes), so a run that failed there still says why."""
         if self.writes:
-            atomic_write_json(self / STATUS, status)
+            try:
+                atomic_write_json(self / STATUS, status)
+            except WriteError:
+                if not overwrite_in_place(self / STATUS, json.dumps(status, indent=2) + "\n"):
+                    raise
 
     def append_event(self, event: dict[str, Any]) -> None:
         if self.writes:

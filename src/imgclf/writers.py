@@ -119,13 +119,15 @@ def prediction_output(out: str | os.PathLike | None, log: Log = quiet) -> Iterat
     partial = Path(f"{out}.partial")
     with writing(out, "out"):
         f = open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115  closed by the with below
-    with f:
-        try:
-            with writing(partial, "out"):
-                yield f
-        except BaseException:
+    try:
+        with writing(partial, "out"), f:  # closed inside the helper: a full disk fails the last flush, too
+            yield f
+    except BaseException:
+        if partial.is_file() and partial.stat().st_size:
             log(f"warning: the predictions made so far are in {partial}")
-            raise
+        else:
+            partial.unlink(missing_ok=True)
+        raise
     with writing(out, "out"):
         os.replace(partial, out)
 

@@ -8,6 +8,7 @@ side, in both cases at most the recipe's cap (a 4,000-pixel photo trains at the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -265,9 +266,11 @@ def _label_rows(csv_path: Path, header: list[str], file_col: str, kind: str, val
     return [[int(c in labels) for c in classes] for labels in values], classes
 
 
-def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
+def csv_parts(cfg: DataConfig, duplicates: list[tuple[str, str]] | None = None) -> tuple[Parts, list[str]]:
     """A CSV's files and labels (one training split) and its classes. One label per row (a `label` column), or
-    several: a `labels` column of names separated by `;` (empty: none), or one 0/1 column per class."""
+    several: a `labels` column of names separated by `;` (empty: none), or one 0/1 column per class. Paths stay
+    inside `images` (unless `images_outside`); a repeated row is read once (listed in ``duplicates``), one image
+    with two different labels is refused."""
     csv_path = Path(cfg.data).expanduser()
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such CSV file; check the path")
@@ -282,21 +285,68 @@ def csv_parts(cfg: DataConfig) -> tuple[Parts, list[str]]:
         )
     kind, read_labels = _label_reader(csv_path, header, file_col)
     files, values, missing = [], [], []
-    for row in rows:
+    first_row: dict[Path, tuple[int, object]] = {}
+    for number, row in enumerate(rows, start=2):  # the header is line 1
         name = (row.get(file_col) or "").strip()
+        if name and not cfg.images_outside and not _inside(folder, name):
+            raise DataError(
+                f"{csv_path}: row {number} names {name!r}, outside `images` {folder}; move the image into that "
+                "folder, or pass `images_outside` (--images-outside) if you trust this CSV"
+            )
         path = _resolve_file(folder, name) if name else None
         if path is None:
             missing.append(name or "<empty>")
             continue
+        value = read_labels(row)
+        key = path.resolve()
+        if key in first_row:  # a second row for one image: it would land in two splits, or teach two answers
+            earlier, earlier_value = first_row[key]
+            if earlier_value != value:
+                raise DataError(
+                    f"{csv_path}: rows {earlier} and {number} give {name!r} different labels; keep one row per image"
+                )
+            if duplicates is not None:
+                duplicates.append((str(path), f"row {number} repeats row {earlier} of {csv_path.name}: read once"))
+            continue
+        first_row[key] = (number, value)
         files.append(path)
-        values.append(read_labels(row))
+        values.append(value)
     if missing:
         raise DataError(
             f"{csv_path}: {len(missing)} of {len(rows)} files are not in {folder} (e.g. {', '.join(missing[:3])}); "
             "fix the paths or pass `images=FOLDER`"
         )
+    _check_separator(csv_path, kind, values)
     labels, classes = _label_rows(csv_path, header, file_col, kind, values)
     return {"train": (files, labels)}, classes
+
+
+def _inside(folder: Path, name: str) -> bool:
+    """Whether ``name`` (a CSV's path) stays in ``folder``, read as written: ``..`` and absolute paths leave it
+    (links inside the folder are the folder owner's and are followed)."""
+    return not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
+LOOKALIKE_SEPARATORS = (",", "|", " ")  # what several labels are written with when ';' was meant
+
+
+def _check_separator(csv_path: Path, kind: str, values: list) -> None:
+    """Refuse labels that read as one compound class but are several joined by another separator than ';'
+    (`plane,cat`): a value is taken as such where its parts are labels other rows give alone."""
+    if kind == "columns":
+        return
+    whole = {v for v in values if isinstance(v, str)} or set().union(*values)
+    never_several = kind == "list" and all(len(v) < 2 for v in values)  # no row uses ';' at all
+    for number, value in enumerate(values, start=2):
+        for label in [value] if isinstance(value, str) else sorted(value):
+            for separator in LOOKALIKE_SEPARATORS:
+                parts = [p.strip() for p in label.split(separator) if p.strip()]
+                joined = all(p in whole for p in parts) or (never_several and separator != " ")
+                if len(parts) > 1 and joined:
+                    raise DataError(
+                        f"{csv_path}: the labels {label!r} (row {number} or so) look like several joined by "
+                        f"{separator!r}; put them in a 'labels' column separated by '{LABEL_SEPARATOR}'"
+                    )
 
 
 def _csv_name(path: Path) -> str:
@@ -313,8 +363,10 @@ def _csv_name(path: Path) -> str:
     searched=True,
 )
 def load_csv(cfg: DataConfig, size_cap: int) -> RawDataset:
-    parts, classes = csv_parts(cfg)
-    return _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
+    duplicates: list[tuple[str, str]] = []
+    parts, classes = csv_parts(cfg, duplicates)
+    raw = _decode_splits(cfg, excluding(cfg, parts), classes, size_cap)
+    return dataclasses.replace(raw, skipped=duplicates + raw.skipped)
 
 
 def task_of_parts(parts: Parts) -> Task:

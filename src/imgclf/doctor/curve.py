@@ -68,11 +68,13 @@ class CurveLine:
         return float(np.mean(self.points[max(self.points)]))
 
     def predicted(self, factor: float) -> tuple[float, float, float]:
-        """(score, low, high) with ``factor`` x today's images: the mean fit, and the seeds' fits' range."""
+        """(score, low, high) with ``factor`` x today's images: the mean fit, and the range of it and the seeds'
+        fits (the mean of the draws' scores can fit a curve outside every single draw's: the range holds it)."""
         assert self.fit is not None
         n = self.images * factor
-        each = [1 - f.error(n) for f in self.seed_fits] or [1 - self.fit.error(n)]
-        return 1 - self.fit.error(n), min(each), max(each)
+        score = 1 - self.fit.error(n)
+        each = [score, *(1 - f.error(n) for f in self.seed_fits)]
+        return score, min(each), max(each)
 
 
 @dataclass

@@ -167,7 +167,8 @@ def _model_info(classifier: Classifier, settings: ServeSettings) -> dict[str, An
         "classes": classifier.classes,
         "image_size": classifier.image_size,
         "channels": classifier.channels,
-        "checkpoint": str(classifier.path) if classifier.path else None,
+        # the run's folder and file, not the absolute path: a client need not learn this machine's layout
+        "checkpoint": f"{classifier.path.parent.name}/{classifier.path.name}" if classifier.path else None,
         "temperature": classifier.spec.temperature,  # the calibration the probabilities include
         "task": classifier.spec.task,  # how a probability becomes an answer: the decision and thresholds below
         **classifier.task.export_metadata(classifier.thresholds),
@@ -240,7 +241,13 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
 
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
     async def predict(
-        files: Annotated[list[UploadFile], File(description="one or more image files")],
+        files: Annotated[
+            list[UploadFile],
+            File(
+                min_length=1,  # the schema says what the server takes: at least one image, each not empty
+                description="one or more image files, none empty (over the server's max_images: 413; see /model)",
+            ),
+        ],
         top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image (default 5)")] = None,
         min_confidence: Annotated[
             float | None,

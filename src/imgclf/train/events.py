@@ -111,8 +111,18 @@ class Events:
         self.sinks = list(sinks)
 
     def emit(self, event: Event) -> None:
+        """Each sink in turn; one that cannot write (a full disk) still lets the others have the event (the
+        failure reaches status.json though events.jsonl could not take it), then its error is raised."""
+        from ..errors import ImgclfError
+
+        failure: ImgclfError | None = None
         for sink in self.sinks:
-            sink(event)
+            try:
+                sink(event)
+            except ImgclfError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 NO_EVENTS = Events()
@@ -245,12 +255,30 @@ class MlflowSink(Sink):
 
     def __init__(self, run: RunDir) -> None:
         self.mlflow, self.run = mlflow_module(), run
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            # a local folder, as MLflow 2 defaulted to: MLflow 3 asks to opt in to its file store (a database or
-            # a server needs the full mlflow package: set MLFLOW_TRACKING_URI to use one)
+        self.uri = os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
+        if "://" not in self.uri or self.uri.startswith("file:"):
+            # a local folder (./mlruns, as MLflow 2 defaulted to, or one the user names): MLflow 3 asks to opt in
+            # to its file store; a database or a server needs the full mlflow package
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            self.mlflow.set_tracking_uri(Path("mlruns").resolve().as_uri())
+        self.mlflow.set_tracking_uri(self.uri)
         self.active: Any = None  # the MLflow run, once started
+
+    def __call__(self, event: Event) -> None:
+        from ..errors import ConfigError, ImgclfError, write_failure
+
+        try:
+            super().__call__(event)
+        except ImgclfError:
+            raise
+        except Exception as exc:  # noqa: BLE001  MLflow raises its own kinds (a read-only store, a refusing server)
+            failure = write_failure(self.uri, exc)
+            if failure is not None:
+                raise failure from None
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+            raise ConfigError(
+                f"MLflow could not log to {self.uri}: {reason}; fix the store or set MLFLOW_TRACKING_URI "
+                "(or leave out --track mlflow)"
+            ) from None
 
     def on_start(self, event: RunStarted) -> None:
         self.mlflow.set_experiment(f"imgclf {event.data}")
