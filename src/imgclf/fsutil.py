@@ -61,8 +61,13 @@ def atomic_write_text(path: str | os.PathLike, text: str, setting: str | None = 
         f.write(text)
 
 
+def json_text(value: object) -> str:
+    """How imgclf writes a JSON file: indented, ending in a newline."""
+    return json.dumps(value, indent=2) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, value: object, setting: str | None = None) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n", setting)
+    atomic_write_text(path, json_text(value), setting)
 
 
 def overwrite_in_place(path: str | os.PathLike, text: str) -> bool:

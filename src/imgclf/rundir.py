@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import CheckpointError, ConfigError, WriteError, name_settings
-from .fsutil import append_line, atomic_path, atomic_write_json, atomic_write_text, make_dir, overwrite_in_place
+from .fsutil import (
+    append_line,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    json_text,
+    make_dir,
+    overwrite_in_place,
+)
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: `imgclf --help` needs file names only
     import torch
@@ -684,7 +692,7 @@ class RunDir:
             try:
                 atomic_write_json(self / STATUS, status)
             except WriteError:
-                if not overwrite_in_place(self / STATUS, json.dumps(status, indent=2) + "\n"):
+                if not overwrite_in_place(self / STATUS, json_text(status)):
                     raise
 
     def append_event(self, event: dict[str, Any]) -> None:

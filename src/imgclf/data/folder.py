@@ -288,7 +288,7 @@ def csv_parts(cfg: DataConfig, duplicates: list[tuple[str, str]] | None = None) 
     first_row: dict[Path, tuple[int, object]] = {}
     for number, row in enumerate(rows, start=2):  # the header is line 1
         name = (row.get(file_col) or "").strip()
-        if name and not cfg.images_outside and not _inside(folder, name):
+        if name and not cfg.images_outside and not _inside(name):
             raise DataError(
                 f"{csv_path}: row {number} names {name!r}, outside `images` {folder}; move the image into that "
                 "folder, or pass `images_outside` (--images-outside) if you trust this CSV"
@@ -321,9 +321,9 @@ def csv_parts(cfg: DataConfig, duplicates: list[tuple[str, str]] | None = None) 
     return {"train": (files, labels)}, classes
 
 
-def _inside(folder: Path, name: str) -> bool:
-    """Whether ``name`` (a CSV's path) stays in ``folder``, read as written: ``..`` and absolute paths leave it
-    (links inside the folder are the folder owner's and are followed)."""
+def _inside(name: str) -> bool:
+    """Whether ``name`` (a CSV's path) stays in the images folder, read as written: ``..`` and absolute paths
+    leave it (links inside the folder are the folder owner's and are followed)."""
     return not Path(name).is_absolute() and ".." not in Path(name).parts
 
 
@@ -335,7 +335,7 @@ def _check_separator(csv_path: Path, kind: str, values: list) -> None:
     (`plane,cat`): a value is taken as such where its parts are labels other rows give alone."""
     if kind == "columns":
         return
-    whole = {v for v in values if isinstance(v, str)} or set().union(*values)
+    whole = set(values) if kind == "single" else set().union(*values)  # the labels rows give
     never_several = kind == "list" and all(len(v) < 2 for v in values)  # no row uses ';' at all
     for number, value in enumerate(values, start=2):
         for label in [value] if isinstance(value, str) else sorted(value):

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import ConfigError, ImgclfError, write_failure
 from ..rundir import BEST, CONFIG, METRICS, PLOTS, TENSORBOARD, RunDir
 from ..runtime import Log
 from .progress import format_epoch
@@ -113,8 +114,6 @@ class Events:
     def emit(self, event: Event) -> None:
         """Each sink in turn; one that cannot write (a full disk) still lets the others have the event (the
         failure reaches status.json though events.jsonl could not take it), then its error is raised."""
-        from ..errors import ImgclfError
-
         failure: ImgclfError | None = None
         for sink in self.sinks:
             try:
@@ -264,8 +263,6 @@ class MlflowSink(Sink):
         self.active: Any = None  # the MLflow run, once started
 
     def __call__(self, event: Event) -> None:
-        from ..errors import ConfigError, ImgclfError, write_failure
-
         try:
             super().__call__(event)
         except ImgclfError:
@@ -313,8 +310,6 @@ class MlflowSink(Sink):
 
 def mlflow_module() -> Any:
     """MLflow, or the one-line error that says how to install it."""
-    from ..errors import ConfigError
-
     try:
         import mlflow
     except ImportError:
