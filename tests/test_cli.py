@@ -82,3 +82,27 @@ def test_the_sdist_carries_what_its_tests_need(tmp_path):
     names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
     assert {"LICENSE", "tests/conftest.py", "tests/bad_images.py", "bench/RESULTS.md"} <= names
     assert any(n.startswith("tests/fixtures/run-v1/") for n in names)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["lr-find", "--data", "NOWHERE", "--steps", "0"], "--steps 0: a sweep needs at least 10 steps"),
+        (["lr-find", "--data", "NOWHERE", "--start-lr", "1", "--end-lr", "0.001"], "--start-lr 1 and --end-lr 0.001"),
+        (["doctor", "NOWHERE", "--folds", "1"], "--folds 1: cross-validation needs at least 2 folds"),
+        (["doctor", "NOWHERE", "--epochs", "0"], "--epochs 0"),
+        (["train", "--data", "NOWHERE", "--devices", "0"], "--devices 0: train on 1 or more processes"),
+        (["runs", "NOWHERE"], "NOWHERE: no such folder"),
+        (["serve", "RUN", "--port", "99999"], "--port 99999: a TCP port is 1 to 65535"),
+        (["predict", "RUN", "RUN", "--batch-size", "0"], "--batch-size 0 must be positive"),
+    ],
+)
+def test_a_flag_value_that_cannot_work_is_one_line_before_any_work(argv, says, trained_run, capsys):
+    """Out-of-range values are refused by name (exit 2), not a traceback after the data has loaded nor
+    silently used (a port over 65535, a sweep that falls instead of rising)."""
+    from imgclf.cli import main
+
+    argv = [str(trained_run) if arg == "RUN" else arg for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err

@@ -329,3 +329,13 @@ def test_confident_learning_finds_planted_flips_without_cleanlab():
     check = check_labels(labels, probs)
     assert sorted(check.flagged.tolist()) == flipped and check.estimated == 3
     assert set(check.order[:3].tolist()) == set(flipped)
+
+
+def test_the_default_doctor_folder_never_overwrites_an_earlier_one(tmp_path):
+    from imgclf.api import _doctor_folder
+
+    (tmp_path / "photos").mkdir()
+    assert _doctor_folder(str(tmp_path / "photos"), "folder") == tmp_path / "doctor"
+    (tmp_path / "doctor").mkdir()
+    (tmp_path / "doctor-2").mkdir()
+    assert _doctor_folder(str(tmp_path / "photos"), "folder") == tmp_path / "doctor-3"

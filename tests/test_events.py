@@ -140,3 +140,30 @@ def test_a_resumed_runs_status_names_the_best_epoch_as_the_trainer_picks_it(tmp_
     StatusSink(run)(RunStarted(str(tmp_path), "d", "cnn", 5, 3, {}, history, monitor))
     status = run.read_status()
     assert status is not None and status["best_epoch"] == best and status["epoch"] == 2
+
+
+def test_a_finished_run_is_not_resumed_and_keeps_every_file(trained_run, tmp_path, capsys):
+    """`train --resume` on a finished run says what to do instead and touches nothing (it used to retrain and
+    rewrite config.yaml, the metrics and the plots)."""
+    import shutil
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "finished" in err and "nothing to resume" in err and f"--init {run}" in err
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_training_piped_into_head_finishes_its_run(class_folder, tmp_path):
+    """A reader that leaves early (`imgclf train | head -2`) costs the messages, not the run."""
+    import subprocess
+
+    imgclf_cli = [sys.executable, "-m", "imgclf", "train", "--data", str(class_folder), "--out", str(tmp_path / "r")]
+    flags = ["--image-size", "16", "--epochs", "3", "--batch-size", "16", "--search", "off"]
+    trainer = subprocess.Popen([*imgclf_cli, *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert trainer.stdout is not None
+    trainer.stdout.readline()
+    trainer.stdout.close()  # as head does after its lines
+    assert trainer.wait(timeout=300) == 0
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "finished"

@@ -4,6 +4,7 @@ classes differ), the backbone learns at a fraction of the head's rate, and the l
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -107,7 +108,10 @@ def test_lr_find_sweeps_plots_and_suggests_where_the_loss_falls(class_folder, tm
         )
         == 0
     )
-    assert "suggested lr" in capsys.readouterr().out and (tmp_path / "cli.png").is_file()
+    out = capsys.readouterr().out
+    assert "suggested lr" in out and (tmp_path / "cli.png").is_file()
+    # the finder's own choices are credited to it, not to "you" who set neither
+    assert re.search(r"^ema +False +lr finder: the plain step$", out, re.M), out
 
 
 # ---------------------------------------------------------------- genuine pretrained weights

@@ -299,12 +299,15 @@ def test_power_law_fit_recovers_a_known_law():
     assert PowerLaw.fit(images, [0.1 + 0.001 * n for n in images]).c == 0.0  # never predicts that images hurt
 
 
-def test_learning_curve_writes_its_plot_and_predictions(photos, tmp_path):
-    curve = imgclf.learning_curve(
-        str(photos), out=tmp_path / "lc", fractions=[0.3, 0.6, 1.0], seeds=2, image_size=64, log=lambda _: None
-    )
-    written = json.loads((tmp_path / "lc" / "learning_curve.json").read_text())
-    assert (tmp_path / "lc" / "learning_curve.png").stat().st_size > 10_000
+def test_learning_curve_writes_its_plot_and_predictions(photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "learning_curve").mkdir()
+    (tmp_path / "learning_curve" / "learning_curve.json").write_text("an earlier curve")
+    curve = imgclf.learning_curve(str(photos), fractions=[0.3, 0.6, 1.0], seeds=2, image_size=64, log=lambda _: None)
+    # the default folder never overwrites an earlier curve
+    assert (tmp_path / "learning_curve" / "learning_curve.json").read_text() == "an earlier curve"
+    written = json.loads((tmp_path / "learning_curve-2" / "learning_curve.json").read_text())
+    assert (tmp_path / "learning_curve-2" / "learning_curve.png").stat().st_size > 10_000
     assert [line["name"] for line in written["lines"]] == ["all", "checker", "horizontal", "vertical"]
     overall = curve.lines[0]
     assert len(overall.points) == 3 and all(len(s) == 2 for s in overall.points.values())

@@ -4,12 +4,14 @@ forward pass, a real ``imgclf serve`` answers over loopback, and its page works 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -201,12 +203,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_run):
+@contextlib.contextmanager
+def serving(run: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real ``imgclf serve RUN FLAGS`` on a free loopback port, its URL once /health answers."""
     port = free_port()
     imgclf = Path(sys.executable).parent / "imgclf"
     process = subprocess.Popen(
-        [imgclf, "serve", str(trained_run), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [imgclf, "serve", str(run), "--port", str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -219,9 +222,17 @@ def server(trained_run):
     else:
         process.kill()
         pytest.fail(f"imgclf serve did not start: {process.communicate()[0].decode()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    with serving(trained_run) as (url, _):
+        yield url
 
 
 def test_imgclf_serve_answers_over_http(server):
@@ -232,6 +243,50 @@ def test_imgclf_serve_answers_over_http(server):
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/json"
     page = httpx.get(server + "/", timeout=30).text
     assert "<script>" in page and "http://" not in page and "https://" not in page  # offline: no external assets
+
+
+def raw_connection(url: str, source: str = "127.0.0.1") -> socket.socket:
+    """A socket to the server from loopback address ``source`` (127.0.0.2 is another client on the same machine)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60, source_address=(source, 0))
+    return sock
+
+
+def answer_of(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    return received
+
+
+def test_slow_and_idle_clients_are_cut_off_and_one_client_cannot_fill_the_server(trained_run):
+    """Unfinished headers and uploads get 408 and lose their socket; connections over one address's cap get 503
+    at once, while another client is still answered; the refusals are lines in the server's log."""
+    flags = ["--header-timeout", "1", "--body-timeout", "1.5", "--max-connections-per-client", "8"]
+    with serving(trained_run, *flags) as (url, process):
+        partial_headers = raw_connection(url)
+        partial_headers.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        partial_upload = raw_connection(url)
+        partial_upload.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 5000\r\n\r\n--b\r\n"
+        )
+        idle = [raw_connection(url) for _ in range(6)]  # with the two above: this address's 8
+        over = [answer_of(raw_connection(url)) for _ in range(20)]
+        assert all(answer.startswith(b"HTTP/1.1 503") and b"127.0.0.1" in answer for answer in over)
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other_client:
+            assert other_client.get(url + "/health", timeout=30).status_code == 200
+        assert answer_of(partial_headers).startswith(b"HTTP/1.1 408")
+        assert b"body did not arrive" in answer_of(partial_upload)
+        assert all(answer_of(sock).startswith(b"HTTP/1.1 408") for sock in idle)  # no byte sent: cut off too
+        assert httpx.get(url + "/health", timeout=30).status_code == 200  # the address's slots are free again
+        process.terminate()
+        log = process.communicate(timeout=20)[0].decode()
+    assert log.count(" - 503: over 8 open connections from 127.0.0.1") == 20
+    assert "408: the request's headers did not arrive within 1 s" in log
+    assert '"GET /health HTTP/1.1" 200' in log  # each answered request is a line
 
 
 def test_the_page_classifies_an_uploaded_image_in_chromium(server, tmp_path):

@@ -18,6 +18,7 @@ from .config import DEFAULT_MAX_IMAGE_PIXELS, DataConfig, TrainConfig, data_conf
 from .errors import ConfigError, name_settings
 from .explain import ERRORS_TOP
 from .export import backend_names
+from .fsutil import untaken
 from .rundir import DOCTOR, ERRORS, EXPLAIN, INSPECT, RunDir
 from .runtime import Log, quiet
 
@@ -68,7 +69,13 @@ def show(message: str) -> None:
     """The default ``log``: the message on standard output (a warning on standard error, as every command's
     warnings are), its settings named for the caller."""
     warning = message.startswith("warning:")
-    print(name_settings(message), file=sys.stderr if warning else sys.stdout)  # noqa: T201  the API's one place that writes to the terminal
+    stream = sys.stderr if warning else sys.stdout
+    try:
+        print(name_settings(message), file=stream, flush=True)  # noqa: T201  the API's one place that writes to the terminal
+    except BrokenPipeError:
+        # the reader left (`imgclf train | head`): the work goes on, its messages to nowhere, rather than a
+        # training run failing for want of an audience
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def train(
@@ -147,6 +154,10 @@ def doctor(
     from .recipes import image_size_cap
     from .runtime import resolve_device
 
+    if folds < 2:
+        raise ConfigError(f"`folds` {folds}: cross-validation needs at least 2 folds (default 5)")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"`epochs` {epochs}: each fold's cnn trains at least 1 epoch")
     log = show if verbose else quiet
     cfg = data_config(data=data, **settings)
     inventory = take_inventory(cfg, image_size_cap(resolve_device(device).type))
@@ -182,8 +193,9 @@ def doctor(
 
 
 def _doctor_folder(data: str, kind: str) -> Path:
+    """doctor/ beside the data (here for a built-in dataset), doctor-2/ ... where an earlier one is."""
     path = Path(data).expanduser()
-    return (path.resolve().parent / "doctor") if kind != "builtin" else Path("doctor")
+    return untaken((path.resolve().parent / "doctor") if kind != "builtin" else Path("doctor"))
 
 
 def pack(
@@ -375,7 +387,7 @@ def errors(
 def learning_curve(
     data: str,
     *,
-    out: str | os.PathLike = "learning_curve",
+    out: str | os.PathLike | None = None,
     fractions: Sequence[float] | None = None,
     seeds: int | None = None,
     device: str = "auto",
@@ -384,7 +396,8 @@ def learning_curve(
 ) -> LearningCurve:
     """How many more images do I need: the shipped lite0's linear probe trained on 10% ... 100% of each class
     (``seeds`` draws each, from the embedding cache), a power law fitted per class and overall, and what 2x and
-    4x the images would likely give; learning_curve.png and .json into ``out``. ``settings``: data settings."""
+    4x the images would likely give; learning_curve.png and .json into ``out`` (default: learning_curve/, or
+    learning_curve-2/ ... where an earlier one is). ``settings``: data settings."""
     from .doctor.curve import FRACTIONS, SEEDS
     from .doctor.curve import learning_curve as curve
 
@@ -395,7 +408,7 @@ def learning_curve(
     if seeds is not None and seeds < 1:
         raise ConfigError(f"`seeds` {seeds}: must be 1 or more")
     config = TrainConfig(data=data, device=device, **settings)
-    return curve(config, Path(out), log, fractions, seeds or SEEDS)
+    return curve(config, Path(out) if out else untaken("learning_curve"), log, fractions, seeds or SEEDS)
 
 
 def embed(

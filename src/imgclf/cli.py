@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import api
 from .config import DEVICES, RECIPE, SECTIONS, PredictOptions, Setting, declared, settings_fields, value_kind
-from .errors import ImgclfError, keyword_name, name_settings, setting_names
+from .errors import ConfigError, ImgclfError, keyword_name, name_settings, setting_names
 from .explain import METHODS
 from .export import format_names
 from .plots.tables import table
@@ -39,6 +39,12 @@ assert set(SECTION_TITLES) == set(SECTIONS)
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default (settings say theirs themselves: their default may be the recipe's)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 and action.default is not argparse.SUPPRESS:
+            # a switch is off until given: argparse would print the value it stores (`--no-near`: "True")
+            return f"{action.help} (default: off)"
+        return super()._get_help_string(action)
 
 
 def _default_text(spec: Setting) -> str:
@@ -137,6 +143,8 @@ def _settings_given(args: argparse.Namespace, *also: str) -> dict[str, Any]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     devices = args.devices
+    if devices < 1:
+        raise ConfigError(f"`devices` {devices}: train on 1 or more processes (default 1)")
     if devices > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it, with this command
         from .runtime import resolve_device
         from .train.distributed import check_sync_bn, launch
@@ -325,7 +333,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from .runs import list_runs, runs_table
 
     runs = list_runs(args.folder)
-    if not runs:
+    if not runs:  # a folder that holds none (a missing one is an error from list_runs)
         print(f"no runs in {args.folder}")
         return 0
     print(runs_table(runs).to_text())
@@ -394,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("doctor", "what is wrong with a dataset: odd files, duplicates, train/test leaks, likely label errors")
     p.add_argument("data", help="a dataset name, a folder of class sub-folders, or a CSV of file,label")
     p.add_argument("--run", help="rank label errors by this run's predictions instead of quick cross-validated models")
-    p.add_argument("--out", help="folder for doctor.json, the grids and doctor.html (default: doctor/ beside the data)")
+    p.add_argument(
+        "--out",
+        help="folder for doctor.json, the grids and doctor.html (default: doctor/ beside the data, doctor-2/ "
+        "... where taken)",
+    )
     p.add_argument("--fix", action="store_true", help="also write moves.csv and exclude.txt (for train --exclude)")
     p.add_argument("--no-labels", dest="labels", action="store_false", help="skip the label-error models")
     p.add_argument("--no-near", dest="near", action="store_false", help="skip the near-duplicate hashes")
@@ -461,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
         "how many more images do I need: accuracy per class against training images, and what 2x and 4x would give",
     )
     p.add_argument("data", help="a folder of class sub-folders, or a CSV")
-    p.add_argument("--out", default="learning_curve", help="folder for learning_curve.png and .json")
+    p.add_argument(
+        "--out", help="folder for learning_curve.png and .json (default: learning_curve, -2, -3, ... where taken)"
+    )
     p.add_argument(
         "--fractions", type=float, nargs="+", help="shares of each class to train on (default: 0.1 0.2 0.3 0.5 0.7 1)"
     )

@@ -68,6 +68,8 @@ def default_data_dir() -> str:
     return os.environ.get("IMGCLF_DATA") or str(Path.home() / ".cache" / "imgclf")
 
 
+IMBALANCE_RATIO = 3.0  # largest class over smallest beyond which the data counts as imbalanced (recipes' rule)
+
 # ---------------------------------------------------------------- declaring a setting
 
 # checks a field's metadata may name: (test, what the value must be)
@@ -234,6 +236,8 @@ class OptimConfig:
         help="weight the loss by class: inverse frequency (auto is its old name), sqrt (inverse square root), "
         "effective (Cui et al. 2019's effective number of samples, beta 0.999)",
         choices=("none", "auto", "inverse", "sqrt", "effective"),
+        default_text=f"none; sqrt where the largest class has over {IMBALANCE_RATIO:g}x the smallest's images, "
+        "unless you chose another treatment",
     )
     logit_adjustment: float = setting(
         0.0,
@@ -277,8 +281,10 @@ class ScheduleConfig:
     monitor: str = setting(
         "val_loss",
         help="what picks the best checkpoint and early stopping: val_loss, or val_balanced_acc (the mean of the "
-        "classes' recalls; the rule for imbalanced classes)",
+        "classes' recalls)",
         choices=("val_loss", "val_balanced_acc"),
+        default_text=f"val_loss; val_balanced_acc where the largest class has over {IMBALANCE_RATIO:g}x the "
+        "smallest's images",
         lr_find=False,
     )
     search: str = setting(
@@ -292,11 +298,10 @@ class ScheduleConfig:
     budget: float | None = setting(
         None,
         help="seconds of training: the recipe variant (and epochs) that fits, timed on this machine; the "
-        "search's work, each part charged what this machine measured for it once (default 1200 on a CPU, "
-        "300 on a GPU)",
+        "search's work, each part charged what this machine measured for it once",
         check="positive",
         metavar="SECONDS",
-        default_text="none",
+        default_text="none for a recipe; the search's 1200 on a CPU, 300 on a GPU",
         lr_find=False,
     )
     target_accuracy: float | None = setting(

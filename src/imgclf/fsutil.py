@@ -24,6 +24,16 @@ def _read_umask() -> int:
 UMASK = _read_umask()  # read once: os.umask can only be read by setting it, which is not thread-safe
 
 
+def untaken(path: str | os.PathLike) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... where it is taken: a default folder never overwrites earlier results."""
+    base = candidate = Path(path)
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def make_dir(path: str | os.PathLike, setting: str | None = None, exist_ok: bool = True) -> Path:
     """``path`` as a folder (with its parents); ``setting``: the setting that named it, for the fix."""
     path = Path(path)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MODEL, SETTINGS, RunConfig, TrainConfig
+from .config import DEFAULT_MODEL, IMBALANCE_RATIO, SETTINGS, RunConfig, TrainConfig
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -356,7 +356,6 @@ class DataFacts:
 # 0.645, logit adjustment 0.649, effective number 0.649, balanced sampler 0.644, none 0.611); and the best
 # epoch chosen on balanced accuracy.
 IMBALANCED: dict[str, Any] = {"class_weights": "sqrt", "monitor": "val_balanced_acc"}
-IMBALANCE_RATIO = 3.0  # largest class over smallest beyond which the data counts as imbalanced
 
 
 def is_imbalanced(counts: Sequence[int]) -> bool:

@@ -48,6 +48,7 @@ from .fsutil import (
     json_text,
     make_dir,
     overwrite_in_place,
+    untaken,
 )
 
 if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: `imgclf --help` needs file names only
@@ -561,12 +562,7 @@ class RunDir:
     @staticmethod
     def new_path(default_name: str) -> Path:
         """``runs/<default_name>``, or with -2, -3, ... where a run has taken it: a run never overwrites another."""
-        base = Path("runs") / default_name.replace(" ", "_")
-        candidate, n = base, 1
-        while candidate.exists():
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
-        return candidate
+        return untaken(Path("runs") / default_name.replace(" ", "_"))
 
     @staticmethod
     def check_new(out: str | os.PathLike) -> None:
@@ -749,6 +745,12 @@ class RunDir:
         resumed and what to do."""
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: no such run directory; pass the folder a training run wrote")
+        status = self.read_status() or {}
+        if status.get("state") == "finished" and (self / METRICS).is_file():
+            raise CheckpointError(
+                f"{self.path}: finished (epoch {status.get('epoch')} of {status.get('epochs')}), nothing to resume; "
+                f"evaluate, report or export it, or train a new run from its weights with `init={self.path}`"
+            )
         if not (self / LAST).is_file():
             if (self / CONFIG).is_file():
                 return None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import flatten
+from .errors import DataError
 from .plots.tables import Table
 from .rundir import BEST, CONFIG, LAST, METRICS, RunDir
 
@@ -91,15 +92,18 @@ def run_info(run: RunDir) -> RunInfo:
 
 
 def list_runs(folder: str | os.PathLike = "runs") -> list[RunInfo]:
-    """Every run directory directly in ``folder`` (or ``folder`` itself when it is one), newest first."""
+    """Every run directory directly in ``folder`` (or ``folder`` itself when it is one), newest first; a
+    folder that does not exist is an error, not an empty list (a typo would otherwise read as "no runs")."""
     root = Path(folder)
     marks = (CONFIG, BEST, LAST)
     if any((root / mark).is_file() for mark in marks):
         candidates = [root]
     elif root.is_dir():
         candidates = [p for p in root.iterdir() if p.is_dir() and any((p / mark).is_file() for mark in marks)]
+    elif root.exists():
+        raise DataError(f"{folder}: not a folder of runs nor a run directory; name one (default: runs)")
     else:
-        return []
+        raise DataError(f"{folder}: no such folder; name a folder of runs (default: runs) or train first")
     runs = [run_info(RunDir(path)) for path in candidates]
     return sorted(runs, key=lambda r: (r.updated or "", str(r.path)), reverse=True)
 

@@ -6,6 +6,7 @@ Needs the ``[serve]`` extra (``pip install 'imgclf[serve]'``); nothing here is i
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 
@@ -31,6 +32,7 @@ def run_server(
         import uvicorn
 
         from .app import create_app
+        from .guard import guarded_protocol
     except ImportError:
         raise ConfigError("imgclf serve needs FastAPI and uvicorn: pip install 'imgclf[serve]'") from None
     settings = settings or ServeSettings()
@@ -40,12 +42,32 @@ def run_server(
     sock = bind(host, port)  # before saying "serving": a busy port is one line, not a message and an exit
     log(f"serving {classifier!r} from {classifier.path}")
     log(f"page: http://{host}:{port}/   API: POST /predict, GET /model, GET /health   docs: http://{host}:{port}/docs")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    server.run(sockets=[sock])
+    open_files_for(settings.max_connections, log)
+    config = uvicorn.Config(app, http=guarded_protocol(settings), log_level="warning")
+    logging.getLogger("uvicorn.access").setLevel(logging.INFO)  # a line per request; uvicorn's own chatter stays off
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def open_files_for(connections: int, log: Log) -> None:
+    """Raise this process's open-files limit to hold ``connections`` sockets beside the model's own files, as
+    far as the hard limit allows (Linux's usual soft limit is 1,024); say so where it cannot."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return
+    needed = connections + 128  # the model, its libraries, the log, uvicorn's own
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        if raised < needed:
+            log(f"warning: the open-files limit ({hard}) is below `max_connections` {connections} + 128; lower it")
 
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host``:``port``, or a one-line error naming the setting to change."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"`port` {port}: a TCP port is 1 to 65535 (above 1023 without privileges)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:

@@ -42,5 +42,20 @@ class ServeSettings:
         default_text="the run's own per-class thresholds",
     )
 
+    header_timeout: float = setting(
+        10.0,
+        help="seconds a request's headers may take to arrive (else 408 and the connection closes)",
+        check="positive",
+    )
+    body_timeout: float = setting(
+        60.0, help="seconds a request's upload may take after its headers (else 408)", check="positive"
+    )
+    max_connections: int = setting(
+        512, help="connections open at once; the next gets 503 (keep under the open-files limit)", check="positive"
+    )
+    max_connections_per_client: int = setting(
+        64, help="connections open at once from one address; the next gets 503", check="positive"
+    )
+
     def __post_init__(self) -> None:
         check_declared(self)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 from ..plots.figures import plot_lr_sweep
 from ..runtime import Log, resolve_device, seed_everything
 from .build import build, from_init, load, resolved, trainer_for
@@ -71,6 +72,20 @@ def valley(lrs: list[float], losses: list[float]) -> tuple[float, str]:
     return lrs[tenth], "the lowest loss's lr / 10 (the valley did not lie on the fall of the curve)"
 
 
+MIN_SWEEP_STEPS = 10  # the valley rule reads a fall of the smoothed loss: fewer steps leave no curve to read
+
+
+def check_sweep(start_lr: float, end_lr: float, steps: int) -> None:
+    """A sweep that can be read, before any data is loaded, or a one-line error naming the flag."""
+    if steps < MIN_SWEEP_STEPS:
+        raise ConfigError(f"`steps` {steps}: a sweep needs at least {MIN_SWEEP_STEPS} steps (default 100)")
+    if not 0 < start_lr < end_lr:
+        raise ConfigError(
+            f"`start_lr` {start_lr:g} and `end_lr` {end_lr:g}: the sweep rises from a positive start to a larger "
+            "end (default 1e-06 to 10)"
+        )
+
+
 def lr_find(
     settings: TrainConfig,
     out: str | Path,
@@ -80,9 +95,10 @@ def lr_find(
     steps: int = 100,
 ) -> LrFindResult:
     """Sweep the learning rate over ``steps`` training steps and plot the loss into ``out``."""
+    check_sweep(start_lr, end_lr, steps)
     seed_everything(settings.seed)
     # the plain step, as the sweep's lr moves; the model you name, or the cnn's recipe (the search trains, not sweeps)
-    settings, init = from_init(settings.replace(ema=False, compile=False))
+    settings, init = from_init(settings.replace(_origin="lr finder: the plain step", ema=False, compile=False))
     device = resolve_device(settings.device)
     prepared = resolved(settings, load(settings, device, log), device, log, init=init)
     cfg = prepared.cfg
