@@ -56,6 +56,8 @@ def test_the_decoder_uses_or_skips_every_kind(tmp_path):
     assert reasons["bomb.jpg"].startswith("claims 65000x65000")
     assert reasons["bomb.gif"].startswith("claims more than")
     assert reasons["empty.png"] == "empty file"
+    assert reasons["truncated.jpg"].startswith("damaged image: image file is truncated")
+    assert not any("Error" in reason for reason in reasons.values()), reasons  # words, not exception classes
     decoded = {paths[i].name: images[k] for k, i in enumerate(kept)}
     assert set(decoded) == set(USABLE)
     red, blue = torch.tensor(RED).view(3, 1), torch.tensor(BLUE).view(3, 1)

@@ -66,3 +66,29 @@ def test_feature_maps_follow_each_block_and_pooling():
     maps = feature_maps(model, torch.rand(1, 3, 32, 32))
     # conv -> ReLU -> pool, twice: the maps after each activation and each pooling, at their sizes
     assert [tuple(m.shape) for _, m in maps] == [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5)]
+
+
+def test_names_in_other_scripts_draw_without_matplotlib_warnings(tmp_path):
+    """Class and file names in Chinese or Japanese reach the plots; a missing glyph is never a raw warning."""
+    import warnings
+
+    from imgclf.plots.figures import plot_confusion_matrix
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_confusion_matrix([[3, 1], [0, 4]], ["猫 cat", "犬 dog"], tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+
+
+def test_test_images_are_named_below_their_shared_folder_and_long_names_keep_their_end():
+    """Captions and mistake lists name `cat/003.png`, not a bare `003.png` that every class may hold."""
+    import types
+
+    from imgclf.explain.errors import NAME_CHARS, test_image_names
+
+    long = "/data/pets/dog/" + "a_very_long_photo_name_from_a_phone_camera_20261203_0001.jpg"
+    split = types.SimpleNamespace(sources=["/data/pets/cat/003.png", "/data/pets/dog/003.png", long])
+    names = test_image_names(split, [0, 1, 2])
+    assert names[:2] == ["cat/003.png", "dog/003.png"]
+    assert len(names[2]) == NAME_CHARS and names[2].startswith("dog/") and names[2].endswith("0001.jpg")
+    assert test_image_names(types.SimpleNamespace(sources=None), [7]) == ["#7"]  # built-in data: its test index

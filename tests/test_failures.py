@@ -84,6 +84,15 @@ def test_out_naming_a_file_or_a_read_only_place_is_one_line(class_folder, in_tmp
         one_line_error(capsys, str(ro / "run"), "read-only", "choose a writable place (--out)")
 
 
+def test_a_read_only_data_dir_trains_from_memory_and_says_so(class_folder, in_tmp, capsys):
+    with mounted(in_tmp / "cache_ro", "ro,size=1m") as ro:
+        flags = ["--data-dir", str(ro), "--out", "run", "--search", "off"]
+        assert main(["train", "--data", str(class_folder), *flags, "--epochs", "1", "--image-size", "16"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: the cache in {ro}/cache" in err and "cannot be written (Read-only file system)" in err, err
+    assert "set --data-dir to a folder you can write" in err
+
+
 def test_a_full_disk_mid_run_fails_in_one_line_keeps_the_last_epoch_and_resumes(class_folder, in_tmp, capsys):
     with mounted(in_tmp / "small", "size=16m") as disk:
         out = disk / "run"

@@ -181,3 +181,15 @@ def test_cnn_adapts_to_tiny_and_large_images():
         assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
     frozen = [name for name, p in create_model("cnn", 3, 10, 32).named_parameters() if not p.requires_grad]
     assert "stem.0.weight" in frozen and all(n.endswith("weight") for n in frozen)  # whitening and norm scales
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_the_layer_table_of_every_model_holds_all_its_weights_and_no_identity_rows(name):
+    """The report's "Inside the model" adds up to the summary's parameter count (timm's norm+activation
+    modules hold weights beside children) and lists no layer that does nothing."""
+    from imgclf.explain.inspect import inspect_model
+
+    model = create_model(name, 3, 5, 32)
+    layers = inspect_model(model, 3, 32)
+    assert sum(layer.parameters for layer in layers) == count_parameters(model)
+    assert not [layer.name for layer in layers if layer.kind == "Identity"]

@@ -230,8 +230,8 @@ def decode_cached(
     """Decode ``paths`` through the cache and keep the images in memory or memory-mapped (``storage``).
 
     ``cache_dir=None`` decodes without keeping a file: into memory, or, when the images would not fit,
-    into a temporary file in ``scratch_dir`` (not /tmp, often memory itself) that is unlinked once mapped. A cache that cannot be written
-    (read-only data dir) decodes into memory, costing the next run its decode.
+    into a temporary file in ``scratch_dir`` (not /tmp, often memory itself) that is unlinked once mapped. A cache
+    that cannot be written (read-only data dir) decodes into memory with a warning: the next run decodes again.
     """
     if storage not in STORAGES:
         raise DataError(f"`storage` {storage!r}: use one of {', '.join(STORAGES)}")
@@ -242,8 +242,13 @@ def decode_cached(
     fill = lambda file: decode_to_file(paths, spec, file)  # noqa: E731
     try:
         return cached_images(pixels, upper_bound, fill, storage)
-    except OSError:
-        return _in_memory(paths, spec)
+    except OSError as exc:  # read-only or not ours: the images still fit a run, said out loud
+        decoded = _in_memory(paths, spec)
+        decoded.note = (
+            f"warning: the cache in {pixels.parent} cannot be written ({exc.strerror or exc}): {decoded.note}, "
+            "decoded again by every run; make it writable or set `data_dir` to a folder you can write"
+        )
+        return decoded
 
 
 Fill = Callable[[Path], tuple[tuple[int, ...], list[int], list[tuple[str, str]]]]

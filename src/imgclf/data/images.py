@@ -240,8 +240,9 @@ _SOURCE_LOCATION = re.compile(r"(?:\w+, )?\S+\.(?:cpp|cc|cu|c|h|hpp):\d+,?\s*")
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, Image.UnidentifiedImageError):  # its text names a BytesIO object's address
         return "not an image file in a format imgclf reads"
-    first = str(exc).splitlines()[0] if str(exc) else "unreadable"
-    return f"{exc.__class__.__name__}: {_SOURCE_LOCATION.sub('', first)[:200]}"
+    first = _SOURCE_LOCATION.sub("", str(exc).splitlines()[0] if str(exc) else "")[:200]
+    # what the decoder said, without its exception's class name (a user cannot act on "OSError")
+    return f"damaged image: {first}" if first else "damaged image: the decoder stopped in it"
 
 
 def _raise_pillow_limit(max_pixels: int) -> None:

@@ -26,7 +26,7 @@ _LAZY = {  # name -> submodule, imported on first use (captum, matplotlib)
         ".attribution",
     ),
     **dict.fromkeys(
-        ["ErrorAnalysis", "ErrorsResult", "Mistake", "analyse_errors", "test_image_name", "write_errors"], ".errors"
+        ["ErrorAnalysis", "ErrorsResult", "Mistake", "analyse_errors", "test_image_names", "write_errors"], ".errors"
     ),
     **dict.fromkeys(
         [
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
         plot_explanation_pages,
         spatial_layers,
     )
-    from .errors import ErrorAnalysis, ErrorsResult, Mistake, analyse_errors, test_image_name, write_errors
+    from .errors import ErrorAnalysis, ErrorsResult, Mistake, analyse_errors, test_image_names, write_errors
     from .inspect import (
         InspectResult,
         LayerInfo,
@@ -93,6 +93,6 @@ __all__ = [
     "mlp_parameters_for",
     "plot_explanation_pages",
     "spatial_layers",
-    "test_image_name",
+    "test_image_names",
     "write_errors",
 ]

@@ -7,6 +7,7 @@ image's size, ready to overlay.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,10 +228,13 @@ def explain_batch(
     return explanations
 
 
+CAPTION_CHARS = 48  # characters a caption line holds over an image and its heat map at fontsize 7
+
+
 def _titles(labels: Sequence[str], explanations: Sequence[Explanation], classes: Sequence[str]) -> list[str]:
+    # wrapped, not cut: the true class is at the caption's end ("... (true automobile)")
     return [
-        f"{label[:28]}"
-        + (f" -> {classes[e.target]}" if e.target != e.top_k[0][0] else "")
+        textwrap.fill(label + (f" -> {classes[e.target]}" if e.target != e.top_k[0][0] else ""), CAPTION_CHARS)
         + "\n"
         + ", ".join(f"{classes[c]} {p:.2f}" for c, p in e.top_k[:3])
         for label, e in zip(labels, explanations)

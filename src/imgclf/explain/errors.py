@@ -3,7 +3,8 @@ multi-label run, the labels it misses and the ones it adds (spurious), per image
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from ..plots.figures import plot_image_grid
 from ..rundir import SplitPredictions
 from ..tasks import ErrorAnalysis, Mistake, get_task
 
-__all__ = ["ErrorAnalysis", "ErrorsResult", "Mistake", "analyse_errors", "test_image_name", "write_errors"]
+__all__ = ["ErrorAnalysis", "ErrorsResult", "Mistake", "analyse_errors", "test_image_names", "write_errors"]
 
 
 def analyse_errors(predictions: SplitPredictions, classes: list[str]) -> ErrorAnalysis:
@@ -29,9 +30,31 @@ class ErrorsResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def test_image_name(predictions: SplitPredictions, index: int) -> str:
-    """A test image as the user knows it: its file name for folders and CSVs, else its test index."""
-    return Path(predictions.sources[index]).name[:20] if predictions.sources else f"#{index}"
+def test_image_names(predictions: SplitPredictions, indices: Sequence[int]) -> list[str]:
+    """Test images as the user knows them: their paths below the folder all of them share (``cat/003.png``:
+    a bare ``003.png`` may be in every class), the middle elided past ``NAME_CHARS``; test indices for built-in
+    data, which has no files."""
+    sources = predictions.sources
+    if not sources:
+        return [f"#{index}" for index in indices]
+    try:
+        root = os.path.commonpath(sources)
+    except ValueError:  # absolute and relative paths mixed, or other drives: each file's own folder
+        root = ""
+    if root in sources:  # a single file: its folder
+        root = os.path.dirname(root)
+    return [_elided(os.path.relpath(sources[i], root) if root else Path(sources[i]).name) for i in indices]
+
+
+NAME_CHARS = 32  # a caption's width in a grid of small images at fontsize 7
+
+
+def _elided(name: str) -> str:
+    """``name`` within ``NAME_CHARS``, its end (the file name) kept: the start and the end around an ellipsis."""
+    if len(name) <= NAME_CHARS:
+        return name
+    tail = NAME_CHARS * 2 // 3
+    return f"{name[: NAME_CHARS - tail - 1]}…{name[-tail:]}"
 
 
 def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: int, path: Path) -> bool:
@@ -41,7 +64,8 @@ def _plot_mistakes(analysis: ErrorAnalysis, predictions: SplitPredictions, top: 
     if not shown:
         return False
     images = predictions.example_images[[position[m.index] for m in shown]]
-    titles = [analysis.grid_title(m, test_image_name(predictions, m.index)) for m in shown]
+    names = test_image_names(predictions, [m.index for m in shown])
+    titles = [analysis.grid_title(m, name) for m, name in zip(shown, names)]
     what = analysis.grid_words
     plot_image_grid(images, titles, path, ["red"] * len(shown), f"the {len(shown)} {what} on the test set")
     return True

@@ -76,7 +76,8 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
 
 
 def inspect_model(model: nn.Module, channels: int, image_size: int) -> list[LayerInfo]:
-    """Per leaf layer, in execution order, for one ``channels`` x ``image_size`` x ``image_size`` image."""
+    """Per layer (each leaf, and each module with weights of its own), in execution order, for one ``channels``
+    x ``image_size`` x ``image_size`` image."""
     fields: dict[int, tuple[int, int, int]] = {}  # id(tensor) -> (receptive field, jump, spatial size)
     layers: list[LayerInfo] = []
     names = {module: name for name, module in model.named_modules()}
@@ -117,8 +118,15 @@ def inspect_model(model: nn.Module, channels: int, image_size: int) -> list[Laye
             )
         )
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    # the leaves, and modules that hold weights of their own beside children (timm's BatchNormAct2d: a batch norm
+    # with its activation inside), whose weights a table of leaves would leave out; an Identity does nothing
+    layered = [
+        m
+        for m in model.modules()
+        if not isinstance(m, nn.Identity)
+        and (not list(m.children()) or next(m.parameters(recurse=False), None) is not None)
+    ]
+    handles = [m.register_forward_hook(hook) for m in layered]
     x = torch.zeros(1, channels, image_size, image_size, device=next(model.parameters()).device)
     fields[id(x)] = (1, 1, image_size)
     try:
@@ -231,7 +239,7 @@ def inspect_classifier(
     layers = inspect_model(model, channels, size)
     result = InspectResult(
         layers,
-        sum(la.parameters for la in layers),
+        sum(p.numel() for p in model.parameters()),  # the model's own count, as the report's summary gives it
         sum(la.macs for la in layers),
         mlp_parameters_for(channels, size, len(classifier.classes)),
         channels,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,9 +17,24 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..fsutil import atomic_path  # noqa: E402
 
+# class and file names in other scripts (Chinese, Japanese, Arabic...): matplotlib falls back through this list
+# to the first installed font that has the glyph (3.6+); with none installed the glyph is a box, not a warning
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Droid Sans Fallback", "Noto Sans")
+
+
+def _font_families() -> list[str]:
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed)]
+
+
+plt.rcParams["font.family"] = _font_families()
+
 
 def _save(fig, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -23,7 +23,7 @@ from ..explain import (
     inspect_classifier,
     plot_explanation_pages,
     spatial_layers,
-    test_image_name,
+    test_image_names,
     write_errors,
 )
 from ..plots.html import HtmlReport
@@ -42,10 +42,8 @@ def _examples(predictions: SplitPredictions, classes: Sequence[str]) -> tuple[to
     wrong = predictions.wrong[index]
     picked = torch.cat([torch.nonzero(wrong).flatten()[:REPORT_WRONG], torch.nonzero(~wrong).flatten()[:REPORT_RIGHT]])
     truth = label_names(predictions.labels[index], classes)
-    labels = [
-        f"{test_image_name(predictions, int(index[k]))} {'wrong' if wrong[k] else 'right'} (true {truth[k]})"
-        for k in picked.tolist()
-    ]
+    names = test_image_names(predictions, [int(index[k]) for k in picked.tolist()])
+    labels = [f"{name} {'wrong' if wrong[k] else 'right'} (true {truth[k]})" for name, k in zip(names, picked.tolist())]
     return predictions.example_images[picked], labels
 
 
