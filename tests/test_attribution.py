@@ -88,8 +88,11 @@ def test_gradcam_picks_the_last_conv_block_of_torchvision_and_registry_models():
 
 def test_explain_errors_name_the_fix(trained_run, class_folder):
     image = next((class_folder / "vertical").iterdir())
-    with pytest.raises(imgclf.ImgclfError, match="^layer nope: .*choose one of .*groups"):
+    with pytest.raises(imgclf.ImgclfError, match="^layer nope: not one of .* the default is groups") as refused:
         imgclf.explain(trained_run, [image], layer="nope", log=lambda _: None)
+    assert len(str(refused.value)) < 300  # not every layer of the network in one line
+    with pytest.raises(imgclf.ImgclfError, match="closest: groups.1"):
+        imgclf.explain(trained_run, [image], layer="groups.1.x", log=lambda _: None)
     with pytest.raises(imgclf.ImgclfError, match="^target dog: not a class"):
         imgclf.explain(trained_run, [image], target="dog", log=lambda _: None)
 

@@ -155,6 +155,10 @@ def test_the_command_line_reports_and_names_a_missing_folder(examined, capsys):
     assert code == 0 and "leaks" in out and "duplicates: 3 exact and 1 near group(s)" in out
     assert json.loads((root / "cli" / "doctor.json").read_text())["label_issues"] is None
     assert main(["doctor", str(root / "missing")]) == 2
+    flags = ["--no-labels", "--no-near", "--data-dir", str(root / "cache"), "--out", str(root / "cli-2")]
+    assert main(["doctor", str(root / "photos"), *flags]) == 0
+    out = capsys.readouterr().out  # near duplicates not looked for are not "0 near groups"
+    assert "duplicates: 3 exact and near ones not looked for" in out and "hashed" not in out
 
 
 def test_a_csv_dataset_and_a_builtin_one_are_examined_too(examined, tmp_path):

@@ -124,3 +124,24 @@ def test_two_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterr
 @pytest.mark.slow
 def test_four_more_kills_at_random_moments_resume_to_the_uninterrupted_result(uninterrupted, tmp_path):
     trials(uninterrupted, tmp_path, count=4, seed=12)
+
+
+def test_sigterm_stops_the_run_cleanly_and_resume_finishes_it(uninterrupted, tmp_path):
+    """`kill PID` (a scheduler, a container stop) ends training as Ctrl-C does: exit 143, the run `stopped`
+    with its last finished epoch, and --resume reaches the uninterrupted run's metrics."""
+    run = tmp_path / "run"
+    process, _ = start_training(uninterrupted.data, run)
+    while process.poll() is None and not (run / rundir.LAST).exists():  # after an epoch: something to keep
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    exit_code = process.wait(timeout=120)
+    status = rundir.RunDir(run).read_status()
+    assert status is not None
+    if exit_code == 0:  # the signal came as the last epoch ended: nothing left to stop
+        assert status["state"] == "finished"
+        return
+    assert exit_code == 128 + signal.SIGTERM and status["state"] == "stopped"
+    assert run_info(rundir.RunDir(run)).state == "stopped"
+    resumed = imgclf("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / rundir.METRICS).read_text())["test"] == uninterrupted.metrics

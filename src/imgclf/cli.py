@@ -6,8 +6,11 @@ Every user error (:class:`imgclf.errors.ImgclfError`) prints ``imgclf: error: ..
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -555,6 +558,28 @@ def flag_namer(parser: argparse.ArgumentParser) -> Callable[[str, str | None], s
     return name
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so a training run ends `stopped` (resumable), not `died`."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def stopped_cleanly_by_sigterm() -> Iterator[None]:
+    """`kill`, a scheduler or a container stop ends a command as Ctrl-C does (a run `stopped`, resumable), not
+    mid-write with its status saying `running`; the caller's own handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's alone
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -563,12 +588,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    with setting_names(flag_namer(parser)):  # messages printed inside name settings by their flags
+    with setting_names(flag_namer(parser)), stopped_cleanly_by_sigterm():  # messages name settings by their flags
         try:
             return COMMANDS[args.command](args)
         except ImgclfError as exc:
             print(f"imgclf: error: {exc}", file=sys.stderr)
             return 2
+        except Terminated:
+            print("imgclf: stopped by SIGTERM", file=sys.stderr)
+            return 128 + signal.SIGTERM
         except KeyboardInterrupt:
             print("imgclf: interrupted", file=sys.stderr)
             return 130

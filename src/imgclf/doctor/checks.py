@@ -357,6 +357,7 @@ class Findings:
     duplicates: list[DuplicateGroup]
     labels: LabelFindings | None  # None: not looked for
     notes: list[str] = field(default_factory=list)  # what was left out and why
+    near_checked: bool = True  # False: near duplicates not looked for (turned off, or imagehash missing)
 
     @property
     def issues(self) -> list[LabelIssue] | None:
@@ -457,7 +458,8 @@ def examine(
             hashes = perceptual_hashes(inventory.images)
         except ConfigError as exc:
             notes.append(f"near duplicates not looked for: {exc}")
-    log(f"hashed {len(inventory):,} images")
+        else:
+            log(f"hashed {len(inventory):,} images")
     duplicates = duplicate_groups(inventory, hashes)
     labels = None if probs is None else label_issues(inventory, probs, features, model, trusted)
-    return Findings(inventory, odd_files(inventory), duplicates, labels, notes)
+    return Findings(inventory, odd_files(inventory), duplicates, labels, notes, near_checked=hashes is not None)

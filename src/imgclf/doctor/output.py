@@ -71,7 +71,9 @@ def summary(findings: Findings) -> str:
     lines.append("odd files: " + (", ".join(f"{n} {kind}" for kind, n in odd.most_common()) or "none"))
     kinds = Counter(g.kind for g in findings.duplicates)
     lines.append(
-        f"duplicates: {kinds['exact']} exact and {kinds['near']} near group(s); {len(findings.leaks)} across splits "
+        f"duplicates: {kinds['exact']} exact and "
+        + (f"{kinds['near']} near group(s)" if findings.near_checked else "near ones not looked for")
+        + f"; {len(findings.leaks)} across splits "
         f"(leaks), {len(findings.cross_class)} across classes"
     )
     for group in _ordered(findings)[:SHOWN]:

@@ -7,6 +7,7 @@ image's size, ready to overlay.
 
 from __future__ import annotations
 
+import difflib
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -199,11 +200,16 @@ def explain_batch(
             raise ConfigError(
                 f"model {classifier.model_name} has no convolution layer for Grad-CAM; use `method=saliency`"
             )
+        default = last_conv_block(model, probe)
         if layer is not None and layer not in names:
+            # a backbone has hundreds of such layers: the closest names, else the default, not all of them
+            near = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+            closest = f"closest: {', '.join(near)}; " if near else ""
             raise ConfigError(
-                f"`layer` {layer}: not a layer with an image-shaped output; choose one of {', '.join(names)}"
+                f"`layer` {layer}: not one of the model's {len(names)} layers with an image-shaped output; {closest}"
+                f"the default is {default}; `imgclf inspect RUN` lists the layers"
             )
-        layer = layer or last_conv_block(model, probe)
+        layer = layer or default
     target_index = classifier.classes.index(target) if target is not None else None
     explanations: list[Explanation] = []
     for start in range(0, len(images), EXPLAIN_BATCH):
