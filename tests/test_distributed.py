@@ -4,6 +4,7 @@ under torchrun to the uninterrupted result."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -101,6 +102,21 @@ def test_only_the_first_process_writes(runs):
     assert len(list(csv.DictReader(open(runs / "two" / rundir.HISTORY)))) == EPOCHS
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def test_a_distributed_run_killed_mid_way_resumes_under_torchrun(runs):
     cut = runs / "cut"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -111,7 +127,11 @@ def test_a_distributed_run_killed_mid_way_resumes_under_torchrun(runs):
     deadline = time.monotonic() + 240
     while not (cut / rundir.LAST).exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers, at once
+    # torchrun and both workers at once: the workers run in sessions of their own (torch's elastic agent starts
+    # them with start_new_session), so killing torchrun's group alone would leave them training to the end
+    for pid in [process.pid, *descendants(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
     history = read_checkpoint(cut / rundir.LAST).training["history"]
     assert 1 <= len(history) < EPOCHS, "the kill came too late to test a resume"

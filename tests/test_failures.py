@@ -202,7 +202,8 @@ def test_resumes_count_every_epochs_images_and_seconds(in_tmp):
     seconds = sum(r["train_seconds"] for r in rows)
     assert resumed.metrics["images_per_second"] == pytest.approx(images / seconds, rel=0.01)
     assert resumed.metrics["train_seconds"] == pytest.approx(seconds, abs=0.01)
-    # a resume with nothing left to train reports the run's figures, not zero
-    again = imgclf.train(resume="run", verbose=False)
-    assert again.metrics["images_per_second"] == pytest.approx(resumed.metrics["images_per_second"])
-    assert again.metrics["train_seconds"] == pytest.approx(resumed.metrics["train_seconds"])
+    # a finished run has nothing to resume: refused in one line, its figures kept as they were
+    with pytest.raises(imgclf.ImgclfError, match="finished .*nothing to resume"):
+        imgclf.train(resume="run", verbose=False)
+    kept = json.loads((in_tmp / "run" / "metrics.json").read_text())
+    assert kept["images_per_second"] == pytest.approx(resumed.metrics["images_per_second"])

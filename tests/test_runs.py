@@ -245,7 +245,7 @@ def _every_run_command(run: Path, tmp_path: Path, capsys) -> None:
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("dataset", ["mnist"])  # a built-in dataset's paths; Fashion-MNIST's are the same code
 def test_every_run_command_on_a_builtin_dataset(dataset, shared_data, tmp_path, capsys):
     run = tmp_path / "run"
     assert (

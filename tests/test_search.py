@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -332,6 +333,15 @@ def test_embed_and_similar_find_a_training_image_itself(trained_run, tmp_path, c
     assert main(["embed", first, "--run", str(trained_run), "--out", str(tmp_path / "e.npz")]) == 0
     saved = np.load(tmp_path / "e.npz")
     assert list(saved["files"]) == [first] and saved["features"].shape[0] == 1
+    assert list(saved["labels"]) == [""]  # a file named alone has no class folder
+    assert main(["embed", data, "--run", str(trained_run), "--out", str(tmp_path / "folder.npz")]) == 0
+    folder = np.load(tmp_path / "folder.npz")
+    assert len(folder["labels"]) == len(folder["files"]) and set(folder["labels"]) == {
+        "checker",
+        "horizontal",
+        "vertical",
+    }
+    assert all(os.path.basename(os.path.dirname(f)) == label for f, label in zip(folder["files"], folder["labels"]))
     (tmp_path / "notes.png").write_text("not an image")
     assert main(["embed", str(tmp_path / "notes.png"), "--out", str(tmp_path / "bad.npz")]) == 2
     assert "notes.png: not a readable image" in capsys.readouterr().err and not (tmp_path / "bad.npz").exists()

@@ -420,7 +420,8 @@ def embed(
     log: Log = show,
 ) -> Embeddings:
     """Embeddings of image files and folders (what the class layer sees): the run's network, or without a run
-    the shipped lite0's ImageNet features at 224 px; written to ``out`` (.npz: files, features, model)."""
+    the shipped lite0's ImageNet features at 224 px; written to ``out`` (.npz: files, their class sub-folders as
+    labels, features, model)."""
     from .explain.similar import embed_images
     from .predict import load
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +41,33 @@ class Embeddings:
     model: str
     image_size: int
     skipped: list[tuple[str, str]]
+    labels: list[str] = field(default_factory=list)  # per file: its class sub-folder (see folder_labels)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """An .npz of ``files``, ``features``, ``model`` and ``image_size`` (numpy.load reads it)."""
+        """An .npz of ``files``, ``labels``, ``features``, ``model`` and ``image_size`` (numpy.load reads it)."""
         path = Path(path)
         with atomic_path(path, "out") as tmp, open(tmp, "wb") as f:
             np.savez(
-                f, files=np.asarray(self.files), features=self.features, model=self.model, image_size=self.image_size
+                f,
+                files=np.asarray(self.files),
+                labels=np.asarray(self.labels, dtype=str),
+                features=self.features,
+                model=self.model,
+                image_size=self.image_size,
             )
         return path
+
+
+def folder_labels(files: Sequence[str], given: Sequence[str | os.PathLike]) -> list[str]:
+    """Each file's sub-folder below the folder it was found in (its class, in a folder of class sub-folders, as
+    training reads one); "" for a file named alone or lying at a folder's top."""
+    roots = [Path(p).resolve() for p in given if Path(p).is_dir()]
+    labels = []
+    for file in files:
+        path = Path(file).resolve()
+        below = next((path.relative_to(root).parts for root in roots if path.is_relative_to(root)), ())
+        labels.append(below[0] if len(below) > 1 else "")
+    return labels
 
 
 def embed_images(
@@ -59,7 +77,8 @@ def embed_images(
     if classifier is not None:
         sources, batch, skipped = classifier.read_images(list(images))
         values = compute_features(classifier.model, batch, classifier.spec.mean, classifier.spec.std, classifier.device)
-        return Embeddings(sources, values.numpy(), classifier.model_name, classifier.image_size, skipped)
+        labels = folder_labels(sources, images)
+        return Embeddings(sources, values.numpy(), classifier.model_name, classifier.image_size, skipped, labels)
     from ..runtime import resolve_device
 
     files = find_images(images)
@@ -82,7 +101,7 @@ def embed_images(
     if not parts:
         raise DataError(f"none of the files in {', '.join(map(str, images))} is a readable image")
     values = torch.cat(parts)
-    return Embeddings(kept, values.numpy(), "lite0 (ImageNet)", EMBED_SIZE, skipped)
+    return Embeddings(kept, values.numpy(), "lite0 (ImageNet)", EMBED_SIZE, skipped, folder_labels(kept, images))
 
 
 @dataclass
