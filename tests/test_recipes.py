@@ -145,6 +145,9 @@ def test_recipes_command_shows_what_training_ran(trained_run, capsys):
     assert (int(epochs), int(batch)) == (schedule["epochs"], optim["batch_size"]) == (60, 16)
     assert float(lr) == pytest.approx(optim["lr"], rel=1e-3) and widths == str(config["model"]["model_args"]["widths"])
     assert not any(r[:1] == ["mnist"] for r in rows)  # only the data asked about
+    # with no --model, a folder's train searches first: said before the cnn's sources, with today's budget
+    search_note = out.index("train first tries the shipped lite0, lite1, lite2")
+    assert search_note < out.index("where each value comes from") and "default 1200 s on a CPU" in out
     # and where each value comes from, as the first lines of train say it
     sources = {r[0]: " ".join(r[2:]) for r in rows if r and r[0] in ("epochs", "batch_size", "lr", "optimizer")}
     for name in ("batch_size", "epochs"):  # the folder's count is estimated before the stratified split: +-1

@@ -347,8 +347,18 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
+    from .models.lite import LITE
+    from .recipes import SEARCH_BUDGET
+
     train_images = api.recipe_train_images(args.data)
     print(table(RECIPE_COLUMNS, describe_recipes(train_images)))
+    if "folder" in train_images:  # before the cnn's sources: with no --model this is not all train does
+        print(
+            f"\na folder or CSV with no --model: train first tries the shipped {', '.join(LITE)} (linear probes at the "
+            "photos' sizes) and this cnn recipe on held-out images, within --budget (default "
+            f"{SEARCH_BUDGET['cpu']:g} s on a CPU, {SEARCH_BUDGET['gpu']:g} on a GPU), then trains the best: a "
+            "fine-tune from its probe, or this recipe; --model cnn (or --search off) trains exactly this recipe"
+        )
     if args.data:  # one dataset: where each value of its default comes from, as train's first lines say
         for dataset, n_train in train_images.items():
             print(f"\n{dataset}, cpu, default: where each value comes from")
@@ -357,11 +367,6 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         print(
             f"'folder' rows: a folder or CSV of {SMALL_DATA:,}+ training images; smaller ones get smaller batches and "
             "more epochs (imgclf recipes --data PATH shows them)"
-        )
-    if "folder" in train_images:
-        print(
-            "a folder or CSV with no --model: train first tries the shipped lite0 (probes at several sizes) and this "
-            "cnn recipe on the validation split, within --budget (default 600 s on a CPU), and trains the best"
         )
     return 0
 
