@@ -204,6 +204,8 @@ def test_with_a_run_the_labels_come_from_it_and_its_report_shows_the_data_health
     assert _resolved(planted["leak"]) in _sets(result.leaks)
     page = imgclf.report(run, log=lambda _: None).read_text()
     assert ">Data health</h2>" in page and "leaked_003.png" in page
+    card = imgclf.export(run, format="torchscript", log=lambda _: None).card  # an export's card says it too
+    assert card is not None and f"{len(result.leaks)} across the splits (leaks)" in card.read_text()
 
 
 def test_every_image_is_ranked_and_the_model_behind_the_ranking_is_measured(examined):

@@ -70,6 +70,34 @@ def test_an_export_that_computes_something_else_fails_and_leaves_nothing(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def assert_model_card(card: Path, run: Path) -> None:
+    """The card beside an export says what the run measured, and what it did not, from the run itself."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    text = card.read_text()
+    for heading in ("Input and output", "Test metrics", "Calibration", "Data health", "Images of none of the classes"):
+        assert f"## {heading}" in text, heading
+    assert all(f"`{name}`" in text for name in metrics["data"]["classes"])
+    assert f"{metrics['data']['test']:,} images never used for training" in text
+    assert "95% interval" in text and "Wilson" in text
+    assert (
+        "Not checked: `imgclf doctor" in text and "Not measured: the model gives every image one of its classes" in text
+    )
+    assert "none: trained from scratch" in text  # the shared run is a cnn: no pretrained weights, no licence to carry
+    assert "| `model.onnx` | onnx |" in text
+
+
+def test_a_cards_interval_is_wilsons_and_a_pretrained_run_names_its_weights_licence():
+    from imgclf.modelcard import weights_licence, wilson_interval
+
+    low, high = wilson_interval(1.0, 18)  # 18 of 18 right: not "1.000 +- 0"
+    assert high == 1.0 and low == pytest.approx(0.8241, abs=1e-4)
+    low, high = wilson_interval(0.9, 100)
+    assert (low, high) == (pytest.approx(0.8256, abs=1e-4), pytest.approx(0.9448, abs=1e-4))
+    assert "Apache-2.0" in weights_licence("lite0", {"pretrained": True})
+    assert "BSD-3-Clause" in weights_licence("resnet18", {"pretrained": True})
+    assert "your weights file" in weights_licence("resnet18", {"pretrained": True, "weights": "w.pt"})
+
+
 def test_export_command_checks_the_runs_test_images_and_predict_can_run_onnx(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "x")]) == 0
     out = capsys.readouterr().out
@@ -77,6 +105,7 @@ def test_export_command_checks_the_runs_test_images_and_predict_can_run_onnx(tra
     tested = int(out.split("PyTorch on ")[1].split(" test")[0])
     assert tested > 0  # the run's kept test images, not only random ones
     assert (tmp_path / "x" / "model.onnx").is_file() and (tmp_path / "x" / "model.onnx.json").is_file()
+    assert_model_card(tmp_path / "x" / "model_card.md", trained_run)
 
     images = sorted((trained_run.parent / "stripes").rglob("*.png"))[:12]
     torch_preds = imgclf.predict(trained_run, images, top_k=3)

@@ -71,6 +71,10 @@ def test_negatives_are_measured_written_reported_and_then_decide_unknown(trained
     assert rejected == pytest.approx(1 - at[result["chosen"]]["unrelated_accepted"], abs=1e-6)
     page = imgclf.report(run, log=lambda _: None).read_text()
     assert ">None of these</h2>" in page and "unrelated images accepted" in page
+    # an export's model card carries the measured rule, with its threshold
+    card = imgclf.export(run, format="torchscript", log=lambda _: None).card
+    assert card is not None and f"score is below {threshold:.3f}" in card.read_text()
+    assert f"on 40 images of none of the classes ({negatives})" in card.read_text()
 
 
 def test_familiarity_decides_unknown_when_chosen_and_the_command_line_names_a_missing_folder(

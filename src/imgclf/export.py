@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ConfigError, ExportError, ImgclfError
 from .fsutil import atomic_path, atomic_write_json
+from .modelcard import write_model_card
 from .rundir import EXPORT, RunDir
 from .runtime import Log, imgclf_version, quiet
 
@@ -184,11 +185,13 @@ class ExportResult:
     test_images: int  # of the run's test images checked (0 for a bare checkpoint)
     random_images: int
     tolerance: float = 1e-4
+    card: Path | None = None  # model_card.md beside it (None: a classifier that came from no file)
 
     def summary(self) -> str:
         checked = f"{self.test_images} test + {self.random_images} random images"
+        card = f", {self.card.name}" if self.card is not None else ""
         return (
-            f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB) and {self.metadata.name}; "
+            f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB), {self.metadata.name}{card}; "
             f"{self.format} vs PyTorch on {checked}: largest probability difference {self.max_difference:.1e} "
             f"(limit {self.tolerance:.0e})"
         )
@@ -267,6 +270,7 @@ def export_classifier(
     from .predict import Classifier
 
     row = get_format(fmt)
+    source = classifier.path  # the run's checkpoint: the model card reads the run beside it
     classifier = Classifier(classifier.spec, classifier.model, torch.device("cpu"), config=classifier.config)
     path = Path(out) / row.file
     images = _check_images(classifier, test_images)
@@ -280,9 +284,11 @@ def export_classifier(
                 f"limit of {row.tolerance:.0e}; nothing was written (report it with the model name)"
             )
     meta_path = path.with_name(path.name + ".json")
-    atomic_write_json(meta_path, {**metadata(classifier, fmt, path.name), "max_difference": difference})
+    meta = {**metadata(classifier, fmt, path.name), "max_difference": difference}
+    atomic_write_json(meta_path, meta)
     n_test = 0 if test_images is None else len(test_images)
-    return ExportResult(path, meta_path, fmt, difference, n_test, RANDOM_IMAGES, row.tolerance)
+    card = write_model_card(source, Path(out), meta) if source is not None else None
+    return ExportResult(path, meta_path, fmt, difference, n_test, RANDOM_IMAGES, row.tolerance, card)
 
 
 def run_test_images(path: str | os.PathLike) -> torch.Tensor | None:
