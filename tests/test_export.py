@@ -34,7 +34,8 @@ def random_classifier(name: str, channels: int = 3, size: int = 32) -> Classifie
     return Classifier(spec, network, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("fmt", [f.name for f in FORMATS])  # the format table: a new format is tested here
+# the format table: a new format is tested here (quantized ones need a run's data: tested on a run below)
+@pytest.mark.parametrize("fmt", [f.name for f in FORMATS if not f.quantized])
 @pytest.mark.parametrize("name", [spec.name for spec in list_models()])  # the registry: a new model is tested here
 def test_every_registered_model_exports_and_matches_pytorch(name, fmt, tmp_path):
     classifier = random_classifier(name)
@@ -96,6 +97,34 @@ def test_a_cards_interval_is_wilsons_and_a_pretrained_run_names_its_weights_lice
     assert "Apache-2.0" in weights_licence("lite0", {"pretrained": True})
     assert "BSD-3-Clause" in weights_licence("resnet18", {"pretrained": True})
     assert "your weights file" in weights_licence("resnet18", {"pretrained": True, "weights": "w.pt"})
+
+
+@pytest.mark.parametrize("fmt", [f.name for f in FORMATS if f.quantized])
+def test_a_quantized_export_is_calibrated_judged_on_the_test_split_and_refused_past_its_limit(
+    fmt, trained_run, tmp_path, capsys, monkeypatch
+):
+    row = get_format(fmt)
+    assert main(["export", str(trained_run), "--format", fmt, "--out", str(tmp_path / "q")]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert f"on the {metrics['data']['test']:,} test images: the same answer for" in out
+    meta = json.loads((tmp_path / "q" / row.file).with_name(row.file + ".json").read_text())
+    quantized = meta["quantization"]
+    assert quantized["images"] == metrics["data"]["test"] and quantized["calibration_images"] == metrics["data"]["val"]
+    assert (
+        quantized["agreement"] >= 0.9 and quantized["accuracy_pytorch"] - quantized["accuracy"] <= row.max_accuracy_drop
+    )
+    assert quantized["accuracy_pytorch"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)  # the run's own figure
+    assert "same answer on" in (tmp_path / "q" / "model_card.md").read_text()
+    # a model it could not keep within the limit: refused, nothing written; --force writes it with a warning
+    strict = tuple(dataclasses.replace(f, max_accuracy_drop=-1.0) if f is row else f for f in FORMATS)
+    monkeypatch.setattr(importlib.import_module("imgclf.export"), "FORMATS", strict)
+    assert main(["export", str(trained_run), "--format", fmt, "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    assert "points of test accuracy" in err and "nothing was written (--force writes it anyway)" in err
+    assert not (tmp_path / "strict" / row.file).exists()
+    assert main(["export", str(trained_run), "--format", fmt, "--out", str(tmp_path / "strict"), "--force"]) == 0
+    assert "written because of --force" in capsys.readouterr().err and (tmp_path / "strict" / row.file).is_file()
 
 
 def test_export_command_checks_the_runs_test_images_and_predict_can_run_onnx(trained_run, tmp_path, capsys):

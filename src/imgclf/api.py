@@ -296,14 +296,20 @@ def predict(
 
 
 def export(
-    run: str | os.PathLike, *, format: str = "onnx", out: str | os.PathLike | None = None, log: Log = show
+    run: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    log: Log = show,
 ) -> ExportResult:
-    """Export a run's model in ``format`` (:data:`imgclf.export.FORMATS`: onnx, torchscript) with its
+    """Export a run's model in ``format`` (:data:`imgclf.export.FORMATS`: onnx, torchscript, onnx-int8) with its
     preprocessing, class names and how to decide, checked against PyTorch on the run's test images; written to
-    ``out`` (default RUN/export)."""
+    ``out`` (default RUN/export) with a model card. INT8 is calibrated on the run's validation images and
+    judged on its test split: past its accuracy limit it is written only with ``force``."""
     from .export import export as export_run  # deferred: torch.onnx loads onnxscript
 
-    result = export_run(run, format, out, log)
+    result = export_run(run, format, out, log, force)
     log(result.summary())
     return result
 

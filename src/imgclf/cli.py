@@ -268,7 +268,7 @@ def _given(args: argparse.Namespace, declaration: type) -> dict[str, Any]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    api.export(args.run, format=args.format, out=args.out)
+    api.export(args.run, format=args.format, out=args.out, force=args.force)
     return 0
 
 
@@ -443,10 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--jpeg-quality", type=int, metavar="Q", help="store JPEG at this quality (default None: PNG, lossless)"
     )
     _data_as_training_sees_it(p)
-    p = command("export", "write the model as ONNX or TorchScript, checked against PyTorch")
+    p = command("export", "write the model as ONNX (fp32 or INT8) or TorchScript, checked against PyTorch")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--format", choices=format_names(), default="onnx", help="the exported model's format")
     p.add_argument("--out", help="folder for the model and its JSON (default: RUN/export)")
+    p.add_argument(
+        "--force", action="store_true", help="write a quantized model that loses more test accuracy than its limit"
+    )
     p = command("serve", "a web page and JSON API for the model (pip install 'imgclf[serve]')")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

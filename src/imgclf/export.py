@@ -15,10 +15,12 @@ lists the formats from it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,61 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     if program is None:
         raise ExportError("torch.onnx.export returned no program; update PyTorch (2.5 or newer)")
     program.save(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantization tools log their notes (a bias's "axis out of range") to the root logger."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+CALIBRATION_IMAGES = 500  # validation images INT8's activation ranges are calibrated on (ORT's MinMax), at most
+CALIBRATION_BATCH = 32
+
+
+def _export_onnx_int8(model: torch.nn.Module, example: torch.Tensor, path: Path, calibration: torch.Tensor) -> None:
+    """ONNX with INT8 weights (per channel) and activations (static: their ranges calibrated on ``calibration``,
+    the run's validation images), in QDQ form, by ONNX Runtime's quantization tools."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise ExportError("INT8 ONNX export needs onnxruntime: pip install 'imgclf[export]'") from None
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            images = calibration[:CALIBRATION_IMAGES].numpy()
+            self.batches = iter(
+                {"images": images[i : i + CALIBRATION_BATCH]} for i in range(0, len(images), CALIBRATION_BATCH)
+            )
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.batches, None)
+
+    fp32, prepared = path.with_name(path.name + ".fp32"), path.with_name(path.name + ".pre")
+    try:
+        _export_onnx(model, example, fp32)
+        with warnings.catch_warnings(), _quiet_root_logger():
+            warnings.simplefilter("ignore")  # the tools' advice on pre-processing, which is done here
+            # ONNX's own shape inference and graph optimisation; ORT's symbolic shape pass is for dynamic shapes
+            # of transformers, and fails on some convolution graphs (the cnn's)
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared),
+                str(path),
+                Batches(),
+                quant_format=QuantFormat.QDQ,  # quantize/dequantize pairs: any runtime reads them, ORT fuses them
+                per_channel=True,  # a scale per output channel: depthwise convolutions lose far less
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+            )
+    finally:
+        fp32.unlink(missing_ok=True)
+        prepared.unlink(missing_ok=True)
 
 
 class OnnxBackend:
@@ -129,11 +186,19 @@ class TorchScriptBackend:
 class ExportFormat:
     name: str  # `imgclf export --format NAME`, `predict --backend NAME`
     file: str  # the model file written into the export folder; its metadata is FILE.json beside it
-    exporter: Callable[[Any, Any, Path], None]  # (InferenceModel, example uint8 batch, path) -> writes the file
+    # (InferenceModel, example uint8 batch, path[, calibration=uint8 validation images]) -> writes the file
+    exporter: Callable[..., None]
     backend: Callable[[Path], Backend]  # loads the file for inference: uint8 batch in, probabilities out
     extra: str  # `pip install 'imgclf[EXTRA]'` brings the exporter and the runtime
     tolerance: float  # largest |probability difference| against PyTorch a written model may show
     description: str
+    # quantized: calibrated on the run's validation images and judged on its test split instead of by
+    # `tolerance`: written only where the test accuracy falls by at most this much (or with --force)
+    max_accuracy_drop: float | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.max_accuracy_drop is not None
 
 
 FORMATS: tuple[ExportFormat, ...] = (
@@ -148,6 +213,16 @@ FORMATS: tuple[ExportFormat, ...] = (
         "",  # PyTorch itself
         1e-4,
         "TorchScript, loaded by torch.jit.load (C++ or Python) without imgclf",
+    ),
+    ExportFormat(
+        "onnx-int8",
+        "model.int8.onnx",
+        _export_onnx_int8,
+        OnnxBackend,
+        "export",
+        1.0,  # probabilities move under INT8: judged by agreement and test accuracy instead
+        "ONNX with INT8 weights and activations (static, calibrated on the run's validation images), ONNX Runtime",
+        max_accuracy_drop=0.01,  # 1 point of test accuracy
     ),
 )
 
@@ -186,15 +261,64 @@ class ExportResult:
     random_images: int
     tolerance: float = 1e-4
     card: Path | None = None  # model_card.md beside it (None: a classifier that came from no file)
+    quantization: dict[str, Any] | None = None  # a quantized format's check on the test split (QuantizedCheck)
 
     def summary(self) -> str:
-        checked = f"{self.test_images} test + {self.random_images} random images"
         card = f", {self.card.name}" if self.card is not None else ""
-        return (
-            f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB), {self.metadata.name}{card}; "
+        wrote = f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB), {self.metadata.name}{card}; "
+        if self.quantization is not None:
+            return wrote + QuantizedCheck(**self.quantization).summary(self.format)
+        checked = f"{self.test_images} test + {self.random_images} random images"
+        return wrote + (
             f"{self.format} vs PyTorch on {checked}: largest probability difference {self.max_difference:.1e} "
             f"(limit {self.tolerance:.0e})"
         )
+
+
+@dataclass
+class QuantizedCheck:
+    """A quantized model against PyTorch on the run's test split: the share of images given the same answer,
+    and the test accuracy and macro F1 of each."""
+
+    images: int
+    agreement: float
+    accuracy: float
+    accuracy_pytorch: float
+    macro_f1: float
+    macro_f1_pytorch: float
+    calibration_images: int
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.accuracy_pytorch - self.accuracy
+
+    def summary(self, fmt: str) -> str:
+        return (
+            f"{fmt} vs PyTorch on the {self.images:,} test images: the same answer for {self.agreement:.2%}; test "
+            f"accuracy {self.accuracy:.4f} (PyTorch {self.accuracy_pytorch:.4f}), macro F1 {self.macro_f1:.4f} "
+            f"(PyTorch {self.macro_f1_pytorch:.4f}); calibrated on {self.calibration_images:,} validation images"
+        )
+
+
+def quantized_check(
+    backend: Backend, classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, calibration_images: int
+) -> QuantizedCheck:
+    import torch
+
+    task, thresholds, classes = classifier.task, classifier.thresholds, list(classifier.classes)
+    expected = classifier.predict_proba(images)
+    got = torch.cat([backend(images[i : i + 256]) for i in range(0, len(images), 256)]).float()
+    same = ~task.wrong(task.decide(got, thresholds), task.decide(expected, thresholds))
+    mine, theirs = task.metrics(got, labels, classes, thresholds), task.metrics(expected, labels, classes, thresholds)
+    return QuantizedCheck(
+        len(images),
+        float(same.float().mean()),
+        float(mine["accuracy"]),
+        float(theirs["accuracy"]),
+        float(mine["macro_f1"]),
+        float(theirs["macro_f1"]),
+        calibration_images,
+    )
 
 
 def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
@@ -256,39 +380,86 @@ def largest_difference(backend: Backend, classifier: Classifier, images: torch.T
     return float((got.float() - expected).abs().max())
 
 
+@dataclass
+class RunData:
+    """What a quantized export needs of the run's data: validation images to calibrate on, the test split to
+    judge by (uint8 at the model's size, with labels)."""
+
+    calibration: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
 def export_classifier(
     classifier: Classifier,
     fmt: str,
     out: str | os.PathLike,
     test_images: torch.Tensor | None = None,
     log: Log = quiet,
+    run_data: RunData | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Export ``classifier`` as ``fmt`` into the folder ``out``, then check it against PyTorch on
-    ``test_images`` (uint8, the model's size) and random images."""
+    ``test_images`` (uint8, the model's size) and random images; a quantized format is calibrated on and
+    judged by ``run_data`` instead, and written past its accuracy limit only with ``force``."""
     import torch
 
     from .predict import Classifier
 
     row = get_format(fmt)
+    if row.quantized and run_data is None:
+        raise ExportError(
+            f"`format` {fmt}: calibrated on the run's validation images and checked on its test split: export a run "
+            "whose data is at hand, not a bare checkpoint"
+        )
     source = classifier.path  # the run's checkpoint: the model card reads the run beside it
     classifier = Classifier(classifier.spec, classifier.model, torch.device("cpu"), config=classifier.config)
     path = Path(out) / row.file
     images = _check_images(classifier, test_images)
     log(f"exporting {classifier.model_name} to {fmt}")
+    check = None
     with atomic_path(path) as tmp:  # the model file appears only once it has passed the check
-        row.exporter(classifier.inference_model(), images[:2], tmp)
-        difference = largest_difference(row.backend(tmp), classifier, images)
+        if run_data is not None and row.quantized:
+            row.exporter(classifier.inference_model(), images[:2], tmp, calibration=run_data.calibration)
+            backend = row.backend(tmp)
+            check = quantized_check(
+                backend,
+                classifier,
+                run_data.test_images,
+                run_data.test_labels,
+                min(len(run_data.calibration), CALIBRATION_IMAGES),
+            )
+            _judge(check, row, path, force, log)
+        else:
+            row.exporter(classifier.inference_model(), images[:2], tmp)
+            backend = row.backend(tmp)
+        difference = largest_difference(backend, classifier, images)
         if not difference <= row.tolerance:  # NaN fails too
             raise ExportError(
                 f"{path}: the {fmt} model's probabilities differ from PyTorch's by up to {difference:.1e}, over the "
                 f"limit of {row.tolerance:.0e}; nothing was written (report it with the model name)"
             )
     meta_path = path.with_name(path.name + ".json")
-    meta = {**metadata(classifier, fmt, path.name), "max_difference": difference}
+    quantization = None if check is None else asdict(check)
+    meta = {**metadata(classifier, fmt, path.name), "max_difference": difference, "quantization": quantization}
     atomic_write_json(meta_path, meta)
     n_test = 0 if test_images is None else len(test_images)
     card = write_model_card(source, Path(out), meta) if source is not None else None
-    return ExportResult(path, meta_path, fmt, difference, n_test, RANDOM_IMAGES, row.tolerance, card)
+    return ExportResult(path, meta_path, fmt, difference, n_test, RANDOM_IMAGES, row.tolerance, card, quantization)
+
+
+def _judge(check: QuantizedCheck, row: ExportFormat, path: Path, force: bool, log: Log) -> None:
+    """A quantized model that loses more test accuracy than its format allows is not written, unless forced."""
+    assert row.max_accuracy_drop is not None
+    if check.accuracy_drop <= row.max_accuracy_drop:
+        return
+    loss = (
+        f"{path}: {row.name} loses {100 * check.accuracy_drop:.1f} points of test accuracy ({check.accuracy_pytorch:.4f} "
+        f"-> {check.accuracy:.4f}, {check.images:,} test images), over the limit of {100 * row.max_accuracy_drop:g}"
+    )
+    if not force:
+        raise ExportError(f"{loss}; nothing was written (`force` writes it anyway)")
+    log(f"warning: {loss}; written because of `force`")
 
 
 def run_test_images(path: str | os.PathLike) -> torch.Tensor | None:
@@ -306,16 +477,33 @@ def export_folder(path: str | os.PathLike) -> Path:
 
 
 def export(
-    path: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None, log: Log = quiet
+    path: str | os.PathLike,
+    fmt: str = "onnx",
+    out: str | os.PathLike | None = None,
+    log: Log = quiet,
+    force: bool = False,
 ) -> ExportResult:
-    """Export a run (its best.pt) or a checkpoint; ``out`` defaults to the run's ``export/`` folder."""
+    """Export a run (its best.pt) or a checkpoint; ``out`` defaults to the run's ``export/`` folder. A quantized
+    format loads the run's data: its validation images calibrate, its test split judges."""
     from .predict import load
 
-    get_format(fmt)  # an unknown format is one line before the model loads
+    row = get_format(fmt)  # an unknown format is one line before the model loads
     classifier = load(path, device="cpu")
     folder = Path(out) if out else export_folder(path)
     test_images = run_test_images(path) if Path(path).is_dir() else None
-    return export_classifier(classifier, fmt, folder, test_images, log)
+    run_data = _run_data(classifier, path, log) if row.quantized else None
+    return export_classifier(classifier, fmt, folder, test_images, log, run_data, force)
+
+
+def _run_data(classifier: Classifier, path: str | os.PathLike, log: Log) -> RunData:
+    from .evaluate import checkpoint_data  # deferred: the data loaders, for quantized formats alone
+
+    _, dataset = checkpoint_data(classifier, classifier.path or path)
+    calibration = dataset.val.images if len(dataset.val) else dataset.train.images
+    log(
+        f"calibrating on {min(len(calibration), CALIBRATION_IMAGES):,} validation images, judging on {len(dataset.test):,} test images"
+    )
+    return RunData(calibration, dataset.test.images, dataset.test.labels)
 
 
 def exported_backend(path: str | os.PathLike, fmt: str, log: Log = quiet) -> Backend:

@@ -218,11 +218,20 @@ def _files(folder: Path) -> str:
         try:
             meta = json.loads(meta_file.read_text())
             model_file = folder / meta["file"]
+            quantized = meta.get("quantization")
+            checked = (
+                f"{float(meta['max_difference']):.1e}"
+                if not quantized
+                else f"same answer on {quantized['agreement']:.1%} of {quantized['images']:,} test images; test "
+                f"accuracy {quantized['accuracy']:.4f} (PyTorch {quantized['accuracy_pytorch']:.4f})"
+            )
             rows.append(
-                f"| `{meta['file']}` | {meta['format']} | {model_file.stat().st_size / 1e6:.1f} MB | "
-                f"{float(meta['max_difference']):.1e} |"
+                f"| `{meta['file']}` | {meta['format']} | {model_file.stat().st_size / 1e6:.1f} MB | {checked} |"
             )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not an export's metadata (or one being replaced)
-    table = ["| file | format | size | largest probability difference from PyTorch |", "|---|---|---|---|", *rows]
+    header = (
+        "| file | format | size | against PyTorch: largest probability difference, or (INT8) answers and accuracy |"
+    )
+    table = [header, "|---|---|---|---|", *rows]
     return "## Files\n\n" + "\n".join(table) + "\n"
