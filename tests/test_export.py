@@ -224,3 +224,30 @@ def test_a_checkpoint_that_runs_code_is_refused_by_every_loader(command, tmp_pat
     assert main(argv) == 2
     assert "not a readable imgclf checkpoint (UnpicklingError)" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_benchmark_tables_every_format_beside_pytorch_and_the_report_shows_it(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    from imgclf.export import format_names
+
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("export", "report.html"))
+    monkeypatch.setattr("imgclf.shipping.TIMED_SECONDS", 0.05)  # speeds are bench/'s business; the table is this test's
+    assert main(["benchmark", str(run)]) == 0
+    out = capsys.readouterr().out
+    measured = json.loads((run / "benchmark" / "benchmark.json").read_text())
+    rows = {r["format"]: r for r in measured["rows"]}
+    assert list(rows) == ["pytorch", *format_names()]  # the export table, every row
+    accuracy = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+    assert rows["pytorch"]["accuracy"] == pytest.approx(accuracy, abs=1e-6) and rows["pytorch"]["agreement"] == 1.0
+    for name in format_names():
+        row = rows[name]
+        assert row["images_per_second"]["1"] > 0 and row["images_per_second"]["32"] > 0 and row["file_mb"] > 0
+        if not get_format(name).quantized:
+            assert row["agreement"] == 1.0 and row["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+        assert name in out
+    assert (run / "benchmark" / "benchmark.png").stat().st_size > 5_000
+    page = imgclf.report(run, log=lambda _: None).read_text()
+    assert ">Shipping</h2>" in page and "onnx-int8" in page

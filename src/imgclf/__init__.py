@@ -61,6 +61,7 @@ _LAZY = {  # name -> module that defines it, imported on first use
             "compare",
             "report",
             "export",
+            "benchmark",
             "serve",
             "classifier",
             "lr_find",
@@ -87,6 +88,7 @@ _LAZY = {  # name -> module that defines it, imported on first use
 
 if TYPE_CHECKING:
     from .api import (
+        benchmark,
         classifier,
         compare,
         doctor,
@@ -140,6 +142,7 @@ __all__ = [
     "ServeSettings",
     "TrainConfig",
     "TrainResult",
+    "benchmark",
     "classifier",
     "compare",
     "create_model",

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .report.compare import CompareResult
     from .rundir import SplitMetrics
     from .serve import ServeSettings
+    from .shipping import FormatRow
     from .train import TrainResult
     from .train.lr_find import LrFindResult
 
@@ -52,6 +53,7 @@ __all__ = [
     "evaluate",
     "explain",
     "export",
+    "benchmark",
     "inspect",
     "learning_curve",
     "lr_find",
@@ -459,6 +461,19 @@ def similar(
         log(result.table().to_text())
         log(f"grid: {result.plot}")
     return results
+
+
+def benchmark(run: str | os.PathLike, *, formats: Sequence[str] | None = None, log: Log = show) -> list[FormatRow]:
+    """Every format of the export table that runs here beside eager PyTorch, on the run's test split: file size,
+    test accuracy, answers shared with PyTorch, images/s at batch 1 and 32, start-up seconds; each format exported
+    first where missing; ``formats``: those of the table to time (default all). Written to RUN/benchmark/ (JSON,
+    table, plot); the report shows it."""
+    from .shipping import benchmark as measure
+    from .shipping import benchmark_table
+
+    rows = measure(run, log, formats)
+    log(benchmark_table(rows).to_text())
+    return rows
 
 
 def compare(

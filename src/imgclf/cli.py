@@ -272,6 +272,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    api.benchmark(args.run, formats=args.formats)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     api.serve(args.run, host=args.host, port=args.port, settings=ServeSettings(**_given(args, ServeSettings)))
     return 0
@@ -450,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="write a quantized model that loses more test accuracy than its limit"
     )
+    p = command(
+        "benchmark",
+        "every export format that runs here beside PyTorch on the run's test split: size, accuracy, images/s",
+    )
+    p.add_argument("run", help="run directory (its data must be at hand: the test split is measured)")
+    p.add_argument(
+        "--formats", nargs="+", choices=format_names(), default=list(format_names()), help="the export formats to time"
+    )
     p = command("serve", "a web page and JSON API for the model (pip install 'imgclf[serve]')")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -530,6 +543,7 @@ COMMANDS = {
     "report": _cmd_report,
     "recipes": _cmd_recipes,
     "export": _cmd_export,
+    "benchmark": _cmd_benchmark,
     "lr-find": _cmd_lr_find,
     "pack": _cmd_pack,
     "doctor": _cmd_doctor,

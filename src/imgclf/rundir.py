@@ -88,6 +88,7 @@ EXPLAIN = "explain"
 ERRORS = "errors"
 DOCTOR = "doctor"  # imgclf doctor --run RUN: the data's health, which the run's report shows
 SIMILAR = "similar"
+BENCHMARK = "benchmark"  # imgclf benchmark RUN: every export format's size, accuracy and speed here
 
 HISTORY_COLUMNS = [
     "epoch",
@@ -534,6 +535,7 @@ WRITTEN_AFTER_TRAINING: dict[str, tuple[str, ...]] = {
     "report": (REPORT, ERRORS, EXPLAIN, INSPECT, TEST_PREDICTIONS),
     "doctor --run": (DOCTOR,),
     "export": (EXPORT,),
+    "benchmark": (BENCHMARK, EXPORT),  # the formats it times are exported first where missing
 }
 CHANGES_INFERENCE = {"evaluate --negatives": "`unknown` by familiarity"}
 

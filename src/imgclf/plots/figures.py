@@ -372,3 +372,20 @@ def plot_unknown_curve(result: dict[str, Any], path: str | os.PathLike) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     _save(fig, path)
+
+
+def plot_benchmark(formats: Sequence[str], speeds: Sequence[dict[int, float]], path: str | os.PathLike) -> None:
+    """Images per second per format, a bar per batch size (``imgclf benchmark``)."""
+    batches = sorted({b for speed in speeds for b in speed})
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(formats) * len(batches) + 1.2))
+    height = 0.8 / max(len(batches), 1)
+    for k, batch in enumerate(batches):
+        values = [speed.get(batch, 0.0) for speed in speeds]
+        bars = ax.barh([i + k * height for i in range(len(formats))], values, height, label=f"batch {batch}")
+        ax.bar_label(bars, [f"{v:,.0f}" for v in values], padding=3, fontsize=8)
+    ax.set_yticks([i + height * (len(batches) - 1) / 2 for i in range(len(formats))], formats)
+    ax.invert_yaxis()
+    ax.set_xlabel("images per second on this machine")
+    ax.set_title("the run's model in each format, on its test split")
+    ax.legend(loc="lower right")
+    _save(fig, path)

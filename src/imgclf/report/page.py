@@ -89,6 +89,28 @@ def _section_errors(page: HtmlReport, result: ErrorsResult) -> None:
         page.figure(result.paths["mistakes"], analysis.mistakes_caption)
 
 
+def _section_shipping(page: HtmlReport, run: RunDir) -> None:
+    """`imgclf benchmark`'s table and plot, where it was run."""
+    from ..shipping import PLOT, RESULTS, FormatRow, benchmark_table
+
+    path = run / rundir.BENCHMARK / RESULTS
+    try:
+        measured = json.loads(path.read_text())
+        rows = [
+            FormatRow(**{**r, "images_per_second": {int(b): v for b, v in r["images_per_second"].items()}})
+            for r in measured["rows"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError):  # not benchmarked (or by another version): no section
+        return
+    page.section("Shipping")
+    page.text(
+        f"The model in each export format that runs here, beside eager PyTorch, on the {measured['test_images']:,} "
+        f"test images ({measured['machine']['cpu']}, {measured['machine']['threads']} threads): `imgclf benchmark`."
+    )
+    page.table(benchmark_table(rows))
+    page.figure(run / rundir.BENCHMARK / PLOT, "images per second per format and batch size")
+
+
 def _section_search(page: HtmlReport, search: dict[str, Any]) -> None:
     """What the folder default tried on held-out images, what it cost, and why it chose (search.json)."""
     page.section("How the model was chosen")
@@ -191,6 +213,7 @@ def write_report(path: str | os.PathLike, out: str | os.PathLike | None, log: Ca
         from ..doctor.output import add_section
 
         add_section(page, json.loads((doctor / "doctor.json").read_text()), doctor)
+    _section_shipping(page, run)
     if explained is not None:
         page.section("Explanations")
         page.text(
