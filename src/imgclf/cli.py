@@ -273,7 +273,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    api.benchmark(args.run, formats=args.formats)
+    api.benchmark(args.run, formats=getattr(args, "formats", None))
     return 0
 
 
@@ -461,7 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run directory (its data must be at hand: the test split is measured)")
     p.add_argument(
-        "--formats", nargs="+", choices=format_names(), default=list(format_names()), help="the export formats to time"
+        "--formats",
+        nargs="+",
+        choices=format_names(),
+        default=argparse.SUPPRESS,
+        help="the export formats to time (default: every one of the table)",
     )
     p = command("serve", "a web page and JSON API for the model (pip install 'imgclf[serve]')")
     p.add_argument("run", help="run directory or checkpoint file")

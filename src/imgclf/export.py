@@ -195,6 +195,7 @@ class ExportFormat:
     # quantized: calibrated on the run's validation images and judged on its test split instead of by
     # `tolerance`: written only where the test accuracy falls by at most this much (or with --force)
     max_accuracy_drop: float | None = None
+    runtime: str = ""  # the module its backend imports ("" for PyTorch): a missing one is said before any export
 
     @property
     def quantized(self) -> bool:
@@ -203,7 +204,14 @@ class ExportFormat:
 
 FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat(
-        "onnx", "model.onnx", _export_onnx, OnnxBackend, "export", 1e-4, "ONNX, run by ONNX Runtime without PyTorch"
+        "onnx",
+        "model.onnx",
+        _export_onnx,
+        OnnxBackend,
+        "export",
+        1e-4,
+        "ONNX, run by ONNX Runtime without PyTorch",
+        runtime="onnxruntime",
     ),
     ExportFormat(
         "torchscript",
@@ -223,6 +231,7 @@ FORMATS: tuple[ExportFormat, ...] = (
         1.0,  # probabilities move under INT8: judged by agreement and test accuracy instead
         "ONNX with INT8 weights and activations (static, calibrated on the run's validation images), ONNX Runtime",
         max_accuracy_drop=0.01,  # 1 point of test accuracy
+        runtime="onnxruntime",
     ),
 )
 

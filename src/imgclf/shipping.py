@@ -6,6 +6,7 @@ and 32 on this machine, and start-up time (as Ultralytics' ``yolo benchmark`` ta
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Sequence
@@ -97,6 +98,13 @@ def benchmark(path: str | os.PathLike, log: Log = quiet, formats: Sequence[str] 
     reference = torch.cat([eager(split.images[i : i + 256]) for i in range(0, len(split), 256)]).float()
     rows = [_measure("pytorch", eager, startup, classifier.path, classifier, split, reference)]
     for row in FORMATS if formats is None else [get_format(name) for name in formats]:
+        if row.runtime and importlib.util.find_spec(row.runtime) is None:  # before exporting what cannot run
+            rows.append(
+                FormatRow(
+                    row.name, None, None, None, {}, None, f"needs {row.runtime}: pip install 'imgclf[{row.extra}]'"
+                )
+            )
+            continue
         try:
             exported_backend(path, row.name, log)  # exported (and checked) where missing or stale
             started = time.perf_counter()
