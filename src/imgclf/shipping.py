@@ -24,6 +24,7 @@ from .plots.tables import Table
 from .predict import Classifier, load
 from .rundir import BENCHMARK, RunDir
 from .runtime import Log, quiet
+from .speeds import processor_name
 
 TIMED_SECONDS = 1.0  # each speed is timed over at least this long (and at least one batch), after a warm-up
 BATCHES = (1, 32)
@@ -153,20 +154,10 @@ def benchmark_table(rows: list[FormatRow]) -> Table:
 def _write(run: RunDir, rows: list[FormatRow], test_images: int) -> None:
     folder = run.output("benchmark", BENCHMARK)
     folder.mkdir(exist_ok=True)
-    machine = {"threads": torch.get_num_threads(), "cpu": _cpu_name()}
+    machine = {"threads": torch.get_num_threads(), "cpu": processor_name()}
     atomic_write_json(
         folder / RESULTS, {"test_images": test_images, "machine": machine, "rows": [asdict(r) for r in rows]}
     )
     atomic_write_text(folder / TABLE, benchmark_table(rows).to_text() + "\n")
     measured = [r for r in rows if r.images_per_second]
     plot_benchmark([r.format for r in measured], [r.images_per_second for r in measured], folder / PLOT)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"

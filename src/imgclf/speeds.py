@@ -29,7 +29,8 @@ def cache_root() -> Path:
     return Path(default_data_dir())
 
 
-def _processor() -> str:
+def processor_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -44,7 +45,7 @@ def machine_key(device: torch.device) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"{_processor()} x{torch.get_num_threads()} threads"
+        where = f"{processor_name()} x{torch.get_num_threads()} threads"
     return f"{where}, torch {torch.__version__}, {device.type}"
 
 
