@@ -44,6 +44,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default (settings say theirs themselves: their default may be the recipe's)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "(default:" in action.help:  # it says its default in words ("RUN/export"), not None
+            return action.help
         if action.nargs == 0 and action.default is not argparse.SUPPRESS:
             # a switch is off until given: argparse would print the value it stores (`--no-near`: "True")
             return f"{action.help} (default: off)"
