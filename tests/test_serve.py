@@ -265,7 +265,12 @@ def test_slow_and_idle_clients_are_cut_off_and_one_client_cannot_fill_the_server
     """Unfinished headers and uploads get 408 and lose their socket; connections over one address's cap get 503
     at once, while another client is still answered; the refusals are lines in the server's log."""
     flags = ["--header-timeout", "1", "--body-timeout", "1.5", "--max-connections-per-client", "8"]
+    flags += ["--backend", "torchscript"]  # and the forward pass on an exported format's runtime
     with serving(trained_run, *flags) as (url, process):
+        assert httpx.get(url + "/model", timeout=30).json()["backend"] == "torchscript"
+        answer = httpx.post(url + "/predict", files=uploads(("a.png", png(1))), timeout=30).json()["predictions"]
+        expected = load(trained_run, device="cpu").predict([Image.open(io.BytesIO(png(1)))], top_k=5)[0]
+        assert answer[0]["label"] == expected.label and abs(answer[0]["probability"] - expected.probability) < 1e-4
         partial_headers = raw_connection(url)
         partial_headers.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         partial_upload = raw_connection(url)

@@ -38,9 +38,13 @@ def run_server(
     settings = settings or ServeSettings()
     classifier = load(run, max_image_pixels=settings.max_image_pixels)
     classifier.set_threshold(settings.threshold)  # multi-label: the server's one threshold, where given
+    if settings.backend != "torch":  # /explain's Grad-CAM still runs on the PyTorch model, which stays loaded
+        from ..export import exported_backend
+
+        classifier.backend = exported_backend(run, settings.backend, log)
     app = create_app(classifier, settings)
     sock = bind(host, port)  # before saying "serving": a busy port is one line, not a message and an exit
-    log(f"serving {classifier!r} from {classifier.path}")
+    log(f"serving {classifier!r} from {classifier.path} on {settings.backend}")
     log(f"page: http://{host}:{port}/   API: POST /predict, GET /model, GET /health   docs: http://{host}:{port}/docs")
     open_files_for(settings.max_connections, log)
     config = uvicorn.Config(app, http=guarded_protocol(settings), log_level="warning")

@@ -175,7 +175,8 @@ def _model_info(classifier: Classifier, settings: ServeSettings) -> dict[str, An
         "unknown_score": classifier.unknown_score,  # what min_confidence is compared with
         "changed_after_training": classifier.changed_by,  # e.g. `unknown` by familiarity (evaluate --negatives)
         "test_metrics": summary or None,
-        "limits": asdict(settings),
+        "backend": settings.backend,  # where /predict's forward pass runs (/explain's is PyTorch's)
+        "limits": {k: v for k, v in asdict(settings).items() if k != "backend"},
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import DEFAULT_MAX_IMAGE_PIXELS, check_declared, setting
+from ..export import backend_names
 
 
 @dataclass(kw_only=True)
@@ -42,6 +43,12 @@ class ServeSettings:
         default_text="the run's own per-class thresholds",
     )
 
+    backend: str = setting(
+        "torch",
+        help="where the forward pass runs: PyTorch, or an exported format's runtime (exported and checked first "
+        "where missing; `imgclf benchmark RUN` says which is fastest here)",
+        choices=backend_names(),
+    )
     header_timeout: float = setting(
         10.0,
         help="seconds a request's headers may take to arrive (else 408 and the connection closes)",
