@@ -309,19 +309,29 @@ class QuantizedCheck:
         )
 
 
+def forward_in_batches(backend: Backend, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``backend``'s probabilities for a whole split, ``batch`` images a call (memory stays bounded)."""
+    import torch
+
+    return torch.cat([backend(images[i : i + batch]) for i in range(0, len(images), batch)]).float()
+
+
+def same_answers(classifier: Classifier, got: torch.Tensor, expected: torch.Tensor) -> float:
+    """The share of images whose answer, as the run's task decides it, is the same from both probabilities."""
+    task, thresholds = classifier.task, classifier.thresholds
+    return float((~task.wrong(task.decide(got, thresholds), task.decide(expected, thresholds))).float().mean())
+
+
 def quantized_check(
     backend: Backend, classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, calibration_images: int
 ) -> QuantizedCheck:
-    import torch
-
     task, thresholds, classes = classifier.task, classifier.thresholds, list(classifier.classes)
     expected = classifier.predict_proba(images)
-    got = torch.cat([backend(images[i : i + 256]) for i in range(0, len(images), 256)]).float()
-    same = ~task.wrong(task.decide(got, thresholds), task.decide(expected, thresholds))
+    got = forward_in_batches(backend, images)
     mine, theirs = task.metrics(got, labels, classes, thresholds), task.metrics(expected, labels, classes, thresholds)
     return QuantizedCheck(
         len(images),
-        float(same.float().mean()),
+        same_answers(classifier, got, expected),
         float(mine["accuracy"]),
         float(theirs["accuracy"]),
         float(mine["macro_f1"]),

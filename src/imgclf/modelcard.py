@@ -46,12 +46,8 @@ def write_model_card(run_path: str | os.PathLike, folder: Path, metadata: dict[s
         _licence(metadata["model"], config.get("model", {})),
         _files(folder),
     ]
-    return _write(folder / CARD, "\n".join(sections))
-
-
-def _write(path: Path, text: str) -> Path:
-    atomic_write_text(path, text, "out")
-    return path
+    atomic_write_text(folder / CARD, "\n".join(sections), "out")
+    return folder / CARD
 
 
 def _title(meta: dict[str, Any], metrics: Any, checkpoint: Path) -> str:

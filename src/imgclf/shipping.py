@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import ImgclfError
-from .export import FORMATS, Backend, export_folder, exported_backend, get_format
+from .export import FORMATS, Backend, export_folder, exported_backend, forward_in_batches, get_format, same_answers
 from .fsutil import atomic_write_json, atomic_write_text
 from .plots.figures import plot_benchmark
 from .plots.tables import Table
@@ -68,11 +68,11 @@ def _measure(
     split: Any,
     reference: torch.Tensor,
 ) -> FormatRow:
-    task, thresholds = classifier.task, classifier.thresholds
-    probs = torch.cat([backend(split.images[i : i + 256]) for i in range(0, len(split), 256)]).float()
-    decided = task.decide(probs, thresholds)
-    accuracy = float(task.metrics(probs, split.labels, list(classifier.classes), thresholds)["accuracy"])
-    agreement = float((~task.wrong(decided, task.decide(reference, thresholds))).float().mean())
+    probs = forward_in_batches(backend, split.images)
+    accuracy = float(
+        classifier.task.metrics(probs, split.labels, list(classifier.classes), classifier.thresholds)["accuracy"]
+    )
+    agreement = same_answers(classifier, probs, reference)
     speeds = {batch: timed_throughput(backend, split.images, batch) for batch in BATCHES}
     size = file.stat().st_size / 1e6 if file is not None else None
     return FormatRow(name, size, accuracy, agreement, speeds, startup)
@@ -96,7 +96,7 @@ def benchmark(path: str | os.PathLike, log: Log = quiet, formats: Sequence[str] 
     _, dataset = checkpoint_data(classifier, classifier.path or path)
     split = dataset.test
     log(f"benchmarking on {len(split):,} test images, {torch.get_num_threads()} threads")
-    reference = torch.cat([eager(split.images[i : i + 256]) for i in range(0, len(split), 256)]).float()
+    reference = forward_in_batches(eager, split.images)
     rows = [_measure("pytorch", eager, startup, classifier.path, classifier, split, reference)]
     for row in FORMATS if formats is None else [get_format(name) for name in formats]:
         if row.runtime and importlib.util.find_spec(row.runtime) is None:  # before exporting what cannot run
