@@ -3,7 +3,7 @@
 PyTorch, images/s at batch 1 and 32 (``imgclf benchmark``), and the share of this CPU's measured fp32 matmul
 peak those images/s reach (the model's multiply-adds per image x images/s / peak).
 
-    python -m bench.formats [--epochs 2]
+    python -m bench.formats [--epochs 2] [--reuse]
 
 Time it alone: a test suite beside it starves its threads.
 """
@@ -20,7 +20,12 @@ from bench.ship import macs_per_image, matmul_peak
 DATA = Path(__file__).resolve().parents[1] / ".data"
 
 
-def runs(epochs: int, out: Path) -> dict[str, Path]:
+TASKS = {"CIFAR-10 cnn": "cnn", "CIFAR-10 100/class lite0 96 px": "lite0"}  # the runs' folders under --out
+
+
+def runs(epochs: int, out: Path, reuse: bool) -> dict[str, Path]:
+    if reuse and all((out / folder / "best.pt").is_file() for folder in TASKS.values()):
+        return {task: out / folder for task, folder in TASKS.items()}  # formats measured again, training not
     common = {"search": "off", "epochs": epochs, "verbose": False}
     made = {}
     started = time.perf_counter()
@@ -44,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default=str(DATA / "formats-runs"))
+    parser.add_argument("--reuse", action="store_true", help="benchmark the runs already in --out, if both are there")
     args = parser.parse_args(argv)
     peak = max(matmul_peak(), matmul_peak())
     print(f"matmul peak (fp32 torch.mm 2048, best of 40): {peak / 1e9:.1f} G multiply-adds/s", flush=True)
     table = []
-    for task, run in runs(args.epochs, Path(args.out)).items():
+    for task, run in runs(args.epochs, Path(args.out), args.reuse).items():
         macs = macs_per_image(imgclf.load(run, device="cpu"))
         for row in imgclf.benchmark(run, log=lambda _: None):
             table.append((task, row, macs))

@@ -156,3 +156,27 @@ def _task_names() -> list[str]:
 def task_run(request) -> Path:
     """The shared run of each registered task: tests taking it loop over the task registry."""
     return request.getfixturevalue(RUN_OF_TASK[request.param])
+
+
+# converters that take 3-30 s a model (measured: tflite 3-15, executorch 8-27, coreml 3-5 and only its spec
+# checked here, openvino 2-5): CI runs them on the default model, `python -m pytest` on every model
+DEFAULT_MODEL_ONLY_IN_CI = {"tflite", "executorch", "coreml", "openvino"}
+SLOW_CONVERTERS = {"tflite", "tflite-int8", "executorch"}
+slow = pytest.mark.slow
+
+
+def formats_for_the_shared_runs(quantized: bool | None = None, slow_too: frozenset[str] = frozenset()) -> list:
+    """The formats that run here on the shared runs' 16 px cnn, the slow converters (and ``slow_too``) marked
+    slow; not ExecuTorch, whose XNNPACK backend cannot plan that model's shapes (a one-line refusal, tested in
+    test_export), nor CoreML off macOS."""
+    from imgclf.export import FORMATS
+
+    return [
+        pytest.param(f.name, marks=[slow] if f.name in SLOW_CONVERTERS | slow_too else [])
+        for f in FORMATS
+        if f.runs_here and f.name != "executorch" and quantized in (None, f.quantized)
+    ]
+
+
+# a runtime's second INT8 format adds nothing to a test of what every format shares (CI keeps onnx-int8)
+SAME_RUNTIME_AS_ANOTHER = frozenset({"openvino-int8"})

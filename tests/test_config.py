@@ -30,8 +30,8 @@ def test_predict_and_serve_options_are_declared_as_settings_and_checked():
     assert PredictOptions().top_k == 1 and PredictOptions(threshold=0.3).threshold == 0.3
     with pytest.raises(ConfigError, match="min_confidence 1.5 must be a probability between 0 and 1"):
         PredictOptions(min_confidence=1.5)
-    with pytest.raises(ConfigError, match="backend 'tflite' is not one of"):
-        PredictOptions(backend="tflite")
+    with pytest.raises(ConfigError, match="backend 'ncnn' is not one of"):
+        PredictOptions(backend="ncnn")
     with pytest.raises(ConfigError, match="max_images 0 must be positive"):
         ServeSettings(max_images=0)
     assert {s.name for s in declared(PredictOptions)} >= {"top_k", "min_confidence", "threshold", "backend", "out"}

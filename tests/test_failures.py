@@ -75,6 +75,23 @@ def test_the_message_names_the_path_the_cause_and_the_fix(tmp_path):
     assert write_failure(tmp_path / "x.pt", RuntimeError("a bug")) is None
 
 
+def test_a_folder_output_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+    from imgclf.fsutil import atomic_output
+
+    target = tmp_path / "model_openvino"  # exports that are folders: an OpenVINO IR, a CoreML .mlpackage
+    for version in ("old", "new"):
+        with atomic_output(target) as staging:
+            assert staging.name == target.name and not staging.exists()  # the name, extension kept, not yet made
+            staging.mkdir()
+            (staging / "model.xml").write_text(version)
+    assert (target / "model.xml").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    with pytest.raises(RuntimeError), atomic_output(target) as staging:  # a converter failing half-way
+        staging.mkdir()
+        (staging / "model.xml").write_text("half")
+        raise RuntimeError("conversion failed")
+    assert (target / "model.xml").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
 def test_out_naming_a_file_or_a_read_only_place_is_one_line(class_folder, in_tmp, capsys):
     (in_tmp / "a_file").write_text("x")
     assert main(["train", "--data", str(class_folder), "--out", "a_file", "--epochs", "1"]) == 2

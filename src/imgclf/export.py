@@ -5,27 +5,35 @@ pixels N x C x H x W in (any N), class probabilities out, the normalisation, the
 run's test-time augmentation (where it has one) inside. What a consumer must do before it (decode, fit
 the image to the square, channels), the class names and how to decide are in a JSON file beside the
 model. After writing, the exported model is run on the run's test images and on random images and
-compared with PyTorch: above the format's tolerance the export fails and nothing is left on disk.
+compared with PyTorch: above the format's tolerance the export fails and nothing is left on disk. An INT8
+format is calibrated on the run's images and judged on its whole test split instead; a format whose runtime
+does not exist on this system (CoreML off macOS) has its written spec checked and says it was not run.
 
-A format is one row of :data:`FORMATS` (name, file, exporter, the runtime that loads it, the extra that
-installs them, the parity tolerance); ``imgclf export --format``, ``predict --backend``, the API and the
-tests read the table. This module imports no torch until a model is exported or loaded: the command line
-lists the formats from it.
+A format is one row of :data:`FORMATS` (name, file or folder, exporter, the runtime that loads it, the extra
+that installs them, the parity tolerance); the exporters live in :mod:`imgclf.exporters`, one module per
+runtime. ``imgclf export --format``, ``predict --backend``, ``benchmark``, the API and the tests read the
+table. This module imports no torch until a model is exported or loaded: the command line lists the formats
+from it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import CheckpointError, ConfigError, ExportError, ImgclfError
-from .fsutil import atomic_path, atomic_write_json
+from .exporters import CALIBRATION_IMAGES, converters_output_silenced, quiet_converter
+from .exporters.coreml import CoreMLBackend, export_coreml
+from .exporters.executorch import ExecuTorchBackend, export_executorch
+from .exporters.litert import TfliteBackend, export_tflite, export_tflite_int8
+from .exporters.onnx import OnnxBackend, export_onnx, export_onnx_int8
+from .exporters.openvino import OpenVinoBackend, export_openvino, export_openvino_int8
+from .exporters.torchscript import TorchScriptBackend, export_torchscript
+from .fsutil import atomic_output, atomic_write_json, size_on_disk
 from .modelcard import write_model_card
 from .rundir import EXPORT, RunDir
 from .runtime import Log, imgclf_version, quiet
@@ -36,8 +44,8 @@ if TYPE_CHECKING:
     from .predict import Classifier
 
 Backend = Callable[["torch.Tensor"], "torch.Tensor"]
+T = TypeVar("T")
 RANDOM_IMAGES = 16  # random uint8 images checked besides the run's test images
-ONNX_OPSET = 18
 
 # how predict, serve and the run's own test metrics fitted an image to the square, for a user of the export
 RESIZE_TEXT = {
@@ -47,146 +55,14 @@ RESIZE_TEXT = {
 }
 
 
-# ---------------------------------------------------------------- exporters and the runtimes that load them
-
-
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    import torch
-
-    try:
-        import onnxscript  # noqa: F401  torch's ONNX exporter needs it; checked first for a clear message
-    except ImportError:
-        raise ExportError("ONNX export needs onnx and onnxscript: pip install 'imgclf[export]'") from None
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's progress notes and upstream deprecations
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=["images"],
-            output_names=["probabilities"],
-            dynamic_shapes={"images": {0: batch}},
-            opset_version=ONNX_OPSET,
-            verbose=False,
-        )
-    if program is None:
-        raise ExportError("torch.onnx.export returned no program; update PyTorch (2.5 or newer)")
-    program.save(str(path))
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantization tools log their notes (a bias's "axis out of range") to the root logger."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-CALIBRATION_IMAGES = 500  # validation images INT8's activation ranges are calibrated on (ORT's MinMax), at most
-CALIBRATION_BATCH = 32
-
-
-def _export_onnx_int8(model: torch.nn.Module, example: torch.Tensor, path: Path, calibration: torch.Tensor) -> None:
-    """ONNX with INT8 weights (per channel) and activations (static: their ranges calibrated on ``calibration``,
-    the run's validation images), in QDQ form, by ONNX Runtime's quantization tools."""
-    try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise ExportError("INT8 ONNX export needs onnxruntime: pip install 'imgclf[export]'") from None
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            images = calibration[:CALIBRATION_IMAGES].numpy()
-            self.batches = iter(
-                {"images": images[i : i + CALIBRATION_BATCH]} for i in range(0, len(images), CALIBRATION_BATCH)
-            )
-
-        def get_next(self) -> dict[str, Any] | None:
-            return next(self.batches, None)
-
-    fp32, prepared = path.with_name(path.name + ".fp32"), path.with_name(path.name + ".pre")
-    try:
-        _export_onnx(model, example, fp32)
-        with warnings.catch_warnings(), _quiet_root_logger():
-            warnings.simplefilter("ignore")  # the tools' advice on pre-processing, which is done here
-            # ONNX's own shape inference and graph optimisation; ORT's symbolic shape pass is for dynamic shapes
-            # of transformers, and fails on some convolution graphs (the cnn's)
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared),
-                str(path),
-                Batches(),
-                quant_format=QuantFormat.QDQ,  # quantize/dequantize pairs: any runtime reads them, ORT fuses them
-                per_channel=True,  # a scale per output channel: depthwise convolutions lose far less
-                weight_type=QuantType.QInt8,
-                activation_type=QuantType.QUInt8,
-            )
-    finally:
-        fp32.unlink(missing_ok=True)
-        prepared.unlink(missing_ok=True)
-
-
-class OnnxBackend:
-    """An exported ONNX model run by ONNX Runtime: uint8 N x C x H x W in, probabilities out."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        import torch
-
-        try:
-            import onnxruntime
-        except ImportError:
-            raise CheckpointError("the ONNX backend needs onnxruntime: pip install 'imgclf[export]'") from None
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        return torch.from_numpy(self.session.run(None, {"images": images.cpu().numpy()})[0])
-
-
-def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated upstream in favour of torch.export
-        traced = torch.jit.trace(model, example, check_trace=False)
-        # into a file imgclf opened, not traced.save(path): torch's C++ file writer aborts the process (SIGABRT)
-        # on a full disk, where a Python file's write raises an OSError the write helper turns into one line
-        with open(path, "wb") as f:
-            torch.jit.save(traced, f)
-
-
-class TorchScriptBackend:
-    """A TorchScript file loaded for inference: uint8 batch in, probabilities out."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        import torch
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        with torch.inference_mode():
-            return self.module(images)
-
-
 # ---------------------------------------------------------------- the table
 
 
 @dataclass(frozen=True)
 class ExportFormat:
     name: str  # `imgclf export --format NAME`, `predict --backend NAME`
-    file: str  # the model file written into the export folder; its metadata is FILE.json beside it
-    # (InferenceModel, example uint8 batch, path[, calibration=uint8 validation images]) -> writes the file
+    file: str  # the model file (or folder) written into the export folder; its metadata is FILE.json beside it
+    # (InferenceModel, example uint8 batch, path, classes=, activation=[, calibration=uint8 validation images])
     exporter: Callable[..., None]
     backend: Callable[[Path], Backend]  # loads the file for inference: uint8 batch in, probabilities out
     extra: str  # `pip install 'imgclf[EXTRA]'` brings the exporter and the runtime
@@ -196,44 +72,68 @@ class ExportFormat:
     # `tolerance`: written only where the test accuracy falls by at most this much (or with --force)
     max_accuracy_drop: float | None = None
     runtime: str = ""  # the module its backend imports ("" for PyTorch): a missing one is said before any export
+    runs_on: str = ""  # the only platform (sys.platform) its runtime exists on; "" for any
+    batch: int | None = None  # the batch size fixed in the file (None: any)
+    input: str = "uint8"  # what the file takes (its JSON's input dtype)
+    keeps_tta: bool = True  # the run's test-time augmentation is inside the file
+    names: tuple[str, str] = ("images", "probabilities")  # the file's input and output names
 
     @property
     def quantized(self) -> bool:
         return self.max_accuracy_drop is not None
 
+    @property
+    def runs_here(self) -> bool:
+        return not self.runs_on or sys.platform == self.runs_on
+
+
+PLATFORMS = {"darwin": "Apple's systems (macOS, iOS)"}  # sys.platform's names, for people
+INT8_DROP = 0.01  # an INT8 model losing more than 1 point of test accuracy is written only with --force
+INT8 = 1.0  # probabilities move under INT8: judged by same answers and test accuracy instead of a tolerance
+CALIBRATED = "INT8 weights and activations (static, calibrated on the run's validation images)"
 
 FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat(
-        "onnx",
-        "model.onnx",
-        _export_onnx,
-        OnnxBackend,
-        "export",
-        1e-4,
-        "ONNX, run by ONNX Runtime without PyTorch",
-        runtime="onnxruntime",
+        "onnx", "model.onnx", export_onnx, OnnxBackend, "export", 1e-4,
+        "ONNX, run by ONNX Runtime without PyTorch", runtime="onnxruntime",
     ),
     ExportFormat(
-        "torchscript",
-        "model.torchscript.pt",
-        _export_torchscript,
-        TorchScriptBackend,
-        "",  # PyTorch itself
-        1e-4,
+        "torchscript", "model.torchscript.pt", export_torchscript, TorchScriptBackend, "", 1e-4,
         "TorchScript, loaded by torch.jit.load (C++ or Python) without imgclf",
     ),
     ExportFormat(
-        "onnx-int8",
-        "model.int8.onnx",
-        _export_onnx_int8,
-        OnnxBackend,
-        "export",
-        1.0,  # probabilities move under INT8: judged by agreement and test accuracy instead
-        "ONNX with INT8 weights and activations (static, calibrated on the run's validation images), ONNX Runtime",
-        max_accuracy_drop=0.01,  # 1 point of test accuracy
-        runtime="onnxruntime",
+        "onnx-int8", "model.int8.onnx", export_onnx_int8, OnnxBackend, "export", INT8,
+        f"ONNX with {CALIBRATED}, ONNX Runtime", max_accuracy_drop=INT8_DROP, runtime="onnxruntime",
     ),
-)
+    ExportFormat(
+        "openvino", "model_openvino", export_openvino, OpenVinoBackend, "openvino", 1e-4,
+        "OpenVINO IR (model.xml + model.bin), Intel's runtime for CPUs, GPUs and NPUs", runtime="openvino",
+    ),
+    ExportFormat(
+        "openvino-int8", "model_openvino_int8", export_openvino_int8, OpenVinoBackend, "openvino", INT8,
+        f"OpenVINO IR with {CALIBRATED} by NNCF", max_accuracy_drop=INT8_DROP, runtime="openvino",
+    ),
+    ExportFormat(
+        "tflite", "model.tflite", export_tflite, TfliteBackend, "tflite", 1e-4,
+        "TFLite (LiteRT) for Android and embedded Linux, converted by litert-torch", runtime="ai_edge_litert",
+    ),
+    ExportFormat(
+        "tflite-int8", "model.int8.tflite", export_tflite_int8, TfliteBackend, "tflite", INT8,
+        f"TFLite (LiteRT) with {CALIBRATED}; without test-time augmentation", max_accuracy_drop=INT8_DROP,
+        runtime="ai_edge_litert", keeps_tta=False,
+    ),
+    ExportFormat(
+        "executorch", "model.pte", export_executorch, ExecuTorchBackend, "executorch", 1e-4,
+        "ExecuTorch program on its XNNPACK backend, PyTorch's runtime for phones and embedded devices",
+        runtime="executorch", batch=1,
+    ),
+    ExportFormat(
+        "coreml", "model.mlpackage", export_coreml, CoreMLBackend, "coreml", 1e-4,
+        "CoreML ML Program for iOS and macOS apps (spec checked here; it runs on Apple's systems only)",
+        runtime="coremltools", runs_on="darwin", batch=1, input="image (Core ML's image type: 0-255 pixels)",
+        names=("image", "classLabel_probs (a dictionary by class), or probabilities for several labels per image"),
+    ),
+)  # fmt: skip
 
 
 def export_formats() -> dict[str, ExportFormat]:
@@ -265,7 +165,7 @@ class ExportResult:
     path: Path  # the model file
     metadata: Path  # the JSON beside it: classes, input, preprocessing, how to decide
     format: str
-    max_difference: float  # largest |probability difference| against PyTorch over the checked images
+    max_difference: float | None  # largest |probability difference| against PyTorch (None: not run here)
     test_images: int  # of the run's test images checked (0 for a bare checkpoint)
     random_images: int
     tolerance: float = 1e-4
@@ -274,9 +174,11 @@ class ExportResult:
 
     def summary(self) -> str:
         card = f", {self.card.name}" if self.card is not None else ""
-        wrote = f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB), {self.metadata.name}{card}; "
+        wrote = f"wrote {self.path} ({size_on_disk(self.path) / 1e6:.1f} MB), {self.metadata.name}{card}; "
         if self.quantization is not None:
             return wrote + QuantizedCheck(**self.quantization).summary(self.format)
+        if self.max_difference is None:
+            return wrote + not_run_here(get_format(self.format))
         checked = f"{self.test_images} test + {self.random_images} random images"
         return wrote + (
             f"{self.format} vs PyTorch on {checked}: largest probability difference {self.max_difference:.1e} "
@@ -296,6 +198,8 @@ class QuantizedCheck:
     macro_f1: float
     macro_f1_pytorch: float
     calibration_images: int
+    mean_ap: float | None = None  # several labels per image: the threshold-free mAP of each
+    mean_ap_pytorch: float | None = None
 
     @property
     def accuracy_drop(self) -> float:
@@ -305,7 +209,9 @@ class QuantizedCheck:
         return (
             f"{fmt} vs PyTorch on the {self.images:,} test images: the same answer for {self.agreement:.2%}; test "
             f"accuracy {self.accuracy:.4f} (PyTorch {self.accuracy_pytorch:.4f}), macro F1 {self.macro_f1:.4f} "
-            f"(PyTorch {self.macro_f1_pytorch:.4f}); calibrated on {self.calibration_images:,} validation images"
+            f"(PyTorch {self.macro_f1_pytorch:.4f})"
+            + (f", mAP {self.mean_ap:.4f} (PyTorch {self.mean_ap_pytorch:.4f})" if self.mean_ap is not None else "")
+            + f"; calibrated on {self.calibration_images:,} validation images"
         )
 
 
@@ -337,12 +243,22 @@ def quantized_check(
         float(mine["macro_f1"]),
         float(theirs["macro_f1"]),
         calibration_images,
+        float(mine["mAP"]) if "mAP" in mine else None,
+        float(theirs["mAP"]) if "mAP" in theirs else None,
     )
 
 
-def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
+def not_run_here(row: ExportFormat) -> str:
+    return (
+        f"{row.name}: the converted spec checked; not run against PyTorch here: its runtime exists on "
+        f"{PLATFORMS.get(row.runs_on, row.runs_on)} only"
+    )
+
+
+def metadata(classifier: Classifier, row: ExportFormat) -> dict[str, Any]:
     """What a program needs to feed the exported model and read its output, without imgclf."""
     spec = classifier.spec
+    fmt, file = row.name, row.file
     decision = classifier.task.export_metadata(classifier.thresholds)
     return {
         "format": fmt,
@@ -350,14 +266,14 @@ def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
         "model": spec.model,
         "classes": list(spec.classes),
         "input": {
-            "name": "images",
-            "dtype": "uint8",
-            "shape": ["batch", spec.channels, spec.image_size, spec.image_size],
+            "name": row.names[0],
+            "dtype": row.input,
+            "shape": [row.batch or "batch", spec.channels, spec.image_size, spec.image_size],
             "channels": "RGB" if spec.channels == 3 else "L (luma: 0.299 R + 0.587 G + 0.114 B)",
         },
         "output": {
-            "name": "probabilities",
-            "shape": ["batch", len(spec.classes)],
+            "name": row.names[1],
+            "shape": [row.batch or "batch", len(spec.classes)],
             "activation": decision["activation"],
             "decision": decision["decision"],
         },
@@ -371,7 +287,7 @@ def metadata(classifier: Classifier, fmt: str, file: str) -> dict[str, Any]:
             "std": list(spec.std),
         },
         # inside the model too, as predict, evaluate, serve and the run's test metrics apply them
-        "test_time_augmentation": spec.tta,
+        "test_time_augmentation": spec.tta and row.keeps_tta,
         "temperature": spec.temperature,
         "imgclf_version": imgclf_version(),
     }
@@ -436,35 +352,57 @@ def export_classifier(
     path = Path(out) / row.file
     images = _check_images(classifier, test_images)
     log(f"exporting {classifier.model_name} to {fmt}")
-    check = None
-    with atomic_path(path) as tmp:  # the model file appears only once it has passed the check
-        if run_data is not None and row.quantized:
-            row.exporter(classifier.inference_model(), images[:2], tmp, calibration=run_data.calibration)
-            backend = row.backend(tmp)
-            check = quantized_check(
-                backend,
-                classifier,
-                run_data.test_images,
-                run_data.test_labels,
-                min(len(run_data.calibration), CALIBRATION_IMAGES),
+    check, difference = None, None
+    converting: dict[str, Any] = {"classes": list(classifier.classes), "activation": classifier.task.activation}
+    model = classifier.inference_model()
+    if row.quantized and run_data is not None:
+        converting["calibration"] = run_data.calibration
+    with atomic_output(path) as tmp:  # the model appears only once it has passed the check
+        _failing_in_one_line(row, classifier, "convert", lambda: row.exporter(model, images[:2], tmp, **converting))
+        if row.runs_here:
+            backend = _failing_in_one_line(row, classifier, "load", lambda: row.backend(tmp))
+            if run_data is not None and row.quantized:
+                calibrated = min(len(run_data.calibration), CALIBRATION_IMAGES)
+                check = _failing_in_one_line(
+                    row,
+                    classifier,
+                    "run",
+                    lambda: quantized_check(
+                        backend, classifier, run_data.test_images, run_data.test_labels, calibrated
+                    ),
+                )
+                _judge(check, row, path, force, log)
+            difference = _failing_in_one_line(
+                row, classifier, "run", lambda: largest_difference(backend, classifier, images)
             )
-            _judge(check, row, path, force, log)
-        else:
-            row.exporter(classifier.inference_model(), images[:2], tmp)
-            backend = row.backend(tmp)
-        difference = largest_difference(backend, classifier, images)
-        if not difference <= row.tolerance:  # NaN fails too
-            raise ExportError(
-                f"{path}: the {fmt} model's probabilities differ from PyTorch's by up to {difference:.1e}, over the "
-                f"limit of {row.tolerance:.0e}; nothing was written (report it with the model name)"
-            )
+            if not difference <= row.tolerance:  # NaN fails too
+                raise ExportError(
+                    f"{path}: the {fmt} model's probabilities differ from PyTorch's by up to {difference:.1e}, over "
+                    f"the limit of {row.tolerance:.0e}; nothing was written (report it with the model name)"
+                )
     meta_path = path.with_name(path.name + ".json")
     quantization = None if check is None else asdict(check)
-    meta = {**metadata(classifier, fmt, path.name), "max_difference": difference, "quantization": quantization}
+    meta = {**metadata(classifier, row), "max_difference": difference, "quantization": quantization}
     atomic_write_json(meta_path, meta)
-    n_test = 0 if test_images is None else len(test_images)
+    n_test = 0 if test_images is None or difference is None else len(test_images)
     card = write_model_card(source, Path(out), meta) if source is not None else None
     return ExportResult(path, meta_path, fmt, difference, n_test, RANDOM_IMAGES, row.tolerance, card, quantization)
+
+
+def _failing_in_one_line(row: ExportFormat, classifier: Classifier, step: str, work: Callable[[], T]) -> T:
+    """``work`` (a converter's conversion, or the converted model's first run); its own failure (an operator it
+    lacks, shapes its runtime cannot plan) is one line, not a converter's traceback."""
+    try:
+        with converters_output_silenced(), quiet_converter():
+            return work()
+    except (ImgclfError, OSError):  # an OSError is the disk's: the write helper names the path and the fix
+        raise
+    except Exception as exc:  # noqa: BLE001  every converter and runtime fails in its own way
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ExportError(
+            f"{row.file}: {row.name} could not {step} {classifier.model_name} ({exc.__class__.__name__}: {detail}); "
+            "nothing was written; export to onnx instead, and report it with the model name"
+        ) from None
 
 
 def _judge(check: QuantizedCheck, row: ExportFormat, path: Path, force: bool, log: Log) -> None:
@@ -514,13 +452,25 @@ def export(
     return export_classifier(classifier, fmt, folder, test_images, log, run_data, force)
 
 
+def calibration_images(dataset: Any) -> torch.Tensor:
+    """What an INT8 export calibrates on: the validation images, filled up to CALIBRATION_IMAGES with training
+    images spread evenly over that split (never the test split, which judges it)."""
+    import torch
+
+    wanted = max(CALIBRATION_IMAGES - len(dataset.val), 0)
+    train = dataset.train.images
+    step = max(len(train) // wanted, 1) if wanted else len(train) + 1
+    return torch.cat([dataset.val.images, train[::step][:wanted]])
+
+
 def _run_data(classifier: Classifier, path: str | os.PathLike, log: Log) -> RunData:
     from .evaluate import checkpoint_data  # deferred: the data loaders, for quantized formats alone
 
     _, dataset = checkpoint_data(classifier, classifier.path or path)
-    calibration = dataset.val.images if len(dataset.val) else dataset.train.images
+    calibration = calibration_images(dataset)
     log(
-        f"calibrating on {min(len(calibration), CALIBRATION_IMAGES):,} validation images, judging on {len(dataset.test):,} test images"
+        f"calibrating on {len(calibration):,} images ({min(len(dataset.val), len(calibration)):,} validation, the rest "
+        f"training), judging on {len(dataset.test):,} test images"
     )
     return RunData(calibration, dataset.test.images, dataset.test.labels)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,34 @@ def atomic_path(path: str | os.PathLike, setting: str | None = None) -> Iterator
             os.replace(tmp_path, path)
         finally:
             tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, setting: str | None = None) -> Iterator[Path]:
+    """Yield a path of the same name in a hidden folder beside ``path``, for a writer that makes a file or a
+    folder there (an OpenVINO IR, a CoreML .mlpackage) and may need the name's extension; moved onto ``path``
+    only if the block succeeds. A folder already at ``path`` is swapped out and removed after the move."""
+    path = Path(path)
+    make_dir(path.parent, setting)
+    with writing(path, setting):
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            os.chmod(staging, 0o777 & ~UMASK)
+            yield staging / path.name
+            old = staging / ".replaced"
+            if path.is_dir() and not path.is_symlink():
+                os.replace(path, old)  # a folder cannot be replaced in one rename: the old one steps aside first
+            os.replace(staging / path.name, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file in a folder (an OpenVINO IR, a CoreML .mlpackage)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
 
 
 @contextlib.contextmanager

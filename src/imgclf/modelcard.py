@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, size_on_disk
 from .rundir import DOCTOR, RunDir
 from .runtime import imgclf_version
 
@@ -216,13 +216,15 @@ def _files(folder: Path) -> str:
             model_file = folder / meta["file"]
             quantized = meta.get("quantization")
             checked = (
-                f"{float(meta['max_difference']):.1e}"
+                "spec checked; not run here (its runtime is not on this system)"
+                if meta["max_difference"] is None
+                else f"{float(meta['max_difference']):.1e}"
                 if not quantized
                 else f"same answer on {quantized['agreement']:.1%} of {quantized['images']:,} test images; test "
                 f"accuracy {quantized['accuracy']:.4f} (PyTorch {quantized['accuracy_pytorch']:.4f})"
             )
             rows.append(
-                f"| `{meta['file']}` | {meta['format']} | {model_file.stat().st_size / 1e6:.1f} MB | {checked} |"
+                f"| `{meta['file']}` | {meta['format']} | {size_on_disk(model_file) / 1e6:.1f} MB | {checked} |"
             )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not an export's metadata (or one being replaced)

@@ -38,12 +38,18 @@ def _mirrored_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.
     return 0.5 * (logits + network(x.flip(-1)).float()) if hflip else logits
 
 
+def _reflect_pad_1(x: torch.Tensor) -> torch.Tensor:
+    """F.pad(x, (1, 1, 1, 1), mode="reflect") from slices and concatenations: the same numbers, and ops every
+    export runtime has (ExecuTorch's runtime fails on the gather that reflection padding is lowered to)."""
+    x = torch.cat([x[..., 1:2, :], x, x[..., -2:-1, :]], dim=-2)
+    return torch.cat([x[..., 1:2], x, x[..., -2:-1]], dim=-1)
+
+
 def tta_logits(network: nn.Module, x: torch.Tensor, hflip: bool) -> torch.Tensor:
     """Test-time augmentation as in the airbench recipes: the image (and its mirror, where a flip keeps
     the label) weighs half; the two 1-pixel diagonal shifts (mirrored borders) a quarter each."""
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    h, w = x.shape[-2:]
-    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+    padded = _reflect_pad_1(x)
+    shifted = [padded[..., :-2, :-2], padded[..., 2:, 2:]]  # no shape read: a traced size is an op CoreML lacks
     shifted_logits = sum(
         _mirrored_logits(network, s.contiguous(memory_format=torch.channels_last), hflip) for s in shifted
     )

@@ -17,8 +17,17 @@ from typing import Any
 import torch
 
 from .errors import ImgclfError
-from .export import FORMATS, Backend, export_folder, exported_backend, forward_in_batches, get_format, same_answers
-from .fsutil import atomic_write_json, atomic_write_text
+from .export import (
+    FORMATS,
+    Backend,
+    export_folder,
+    exported_backend,
+    forward_in_batches,
+    get_format,
+    not_run_here,
+    same_answers,
+)
+from .fsutil import atomic_write_json, atomic_write_text, size_on_disk
 from .plots.figures import plot_benchmark
 from .plots.tables import Table
 from .predict import Classifier, load
@@ -74,7 +83,7 @@ def _measure(
     )
     agreement = same_answers(classifier, probs, reference)
     speeds = {batch: timed_throughput(backend, split.images, batch) for batch in BATCHES}
-    size = file.stat().st_size / 1e6 if file is not None else None
+    size = size_on_disk(file) / 1e6 if file is not None else None
     return FormatRow(name, size, accuracy, agreement, speeds, startup)
 
 
@@ -99,6 +108,9 @@ def benchmark(path: str | os.PathLike, log: Log = quiet, formats: Sequence[str] 
     reference = forward_in_batches(eager, split.images)
     rows = [_measure("pytorch", eager, startup, classifier.path, classifier, split, reference)]
     for row in FORMATS if formats is None else [get_format(name) for name in formats]:
+        if not row.runs_here:  # exported and its spec checked by `imgclf export`; nothing to time here
+            rows.append(FormatRow(row.name, None, None, None, {}, None, not_run_here(row)))
+            continue
         if row.runtime and importlib.util.find_spec(row.runtime) is None:  # before exporting what cannot run
             rows.append(
                 FormatRow(

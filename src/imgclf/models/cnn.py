@@ -23,6 +23,17 @@ from torch import nn
 from .registry import register_model
 
 
+class GlobalMaxPool(nn.AdaptiveMaxPool2d):
+    """AdaptiveMaxPool2d(1) computed as a max over the height and width: the same numbers, and an operator every
+    export runtime has (TFLite's converter and ExecuTorch's kernels have no adaptive max pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(-2).amax(-1, keepdim=True).unsqueeze(-1)  # one axis: ExecuTorch fails on a two-axis amax
+
+
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
     def __init__(self, channels: int) -> None:
         super().__init__(channels, eps=1e-12, momentum=0.4)
@@ -92,7 +103,7 @@ class FastCNN(nn.Module):
             groups.append(ConvGroup(previous, width, pool=size >= 2))
             previous, size = width, max(size // 2, 1)
         self.groups = nn.Sequential(*groups)
-        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.pool = nn.Sequential(GlobalMaxPool(), nn.Flatten())
         self.classifier = nn.Linear(previous, num_classes, bias=False)
         self.logit_scale = logit_scale
 
