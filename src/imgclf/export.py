@@ -211,7 +211,7 @@ class QuantizedCheck:
             f"accuracy {self.accuracy:.4f} (PyTorch {self.accuracy_pytorch:.4f}), macro F1 {self.macro_f1:.4f} "
             f"(PyTorch {self.macro_f1_pytorch:.4f})"
             + (f", mAP {self.mean_ap:.4f} (PyTorch {self.mean_ap_pytorch:.4f})" if self.mean_ap is not None else "")
-            + f"; calibrated on {self.calibration_images:,} validation images"
+            + f"; calibrated on {self.calibration_images:,} validation and training images"
         )
 
 
