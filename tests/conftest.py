@@ -172,10 +172,23 @@ def formats_for_the_shared_runs(quantized: bool | None = None, slow_too: frozens
     from imgclf.export import FORMATS
 
     return [
-        pytest.param(f.name, marks=[slow] if f.name in SLOW_CONVERTERS | slow_too else [])
+        pytest.param(
+            f.name, marks=[*format_installed(f.name), *([slow] if f.name in SLOW_CONVERTERS | slow_too else [])]
+        )
         for f in FORMATS
         if f.runs_here and f.name != "executorch" and quantized in (None, f.quantized)
     ]
+
+
+def format_installed(fmt: str) -> list:
+    """A skip where the format's extra is not installed (CI leaves out [tflite]: see pyproject's test extra)."""
+    import importlib.util
+
+    from imgclf.export import get_format
+
+    row = get_format(fmt)
+    missing = bool(row.runtime) and importlib.util.find_spec(row.runtime) is None
+    return [pytest.mark.skipif(missing, reason=f"{row.runtime} is not installed: pip install 'imgclf[{row.extra}]'")]
 
 
 # a runtime's second INT8 format adds nothing to a test of what every format shares (CI keeps onnx-int8)

@@ -17,7 +17,13 @@ import torch
 from PIL import Image
 
 import imgclf
-from conftest import DEFAULT_MODEL_ONLY_IN_CI, SAME_RUNTIME_AS_ANOTHER, formats_for_the_shared_runs, slow
+from conftest import (
+    DEFAULT_MODEL_ONLY_IN_CI,
+    SAME_RUNTIME_AS_ANOTHER,
+    format_installed,
+    formats_for_the_shared_runs,
+    slow,
+)
 from imgclf.cli import main
 from imgclf.errors import CheckpointError, ExportError
 from imgclf.export import FORMATS, export_classifier, get_format
@@ -38,7 +44,12 @@ def random_classifier(name: str, channels: int = 3, size: int = 32) -> Classifie
 def every_model_and_format() -> list:
     return [
         pytest.param(
-            spec.name, f.name, marks=[slow] if f.name in DEFAULT_MODEL_ONLY_IN_CI and spec.name != "cnn" else []
+            spec.name,
+            f.name,
+            marks=[
+                *format_installed(f.name),
+                *([slow] if f.name in DEFAULT_MODEL_ONLY_IN_CI and spec.name != "cnn" else []),
+            ],
         )
         for f in FORMATS
         if not f.quantized  # they need a run's data: tested on a run below

@@ -147,7 +147,8 @@ def benchmark_table(rows: list[FormatRow]) -> Table:
     body = []
     for r in rows:
         if not r.images_per_second:
-            body.append([r.format, "-", "-", "-", *("-" for _ in BATCHES), "-", r.note[:60]])
+            # the whole reason, not cut: a refusal names its file first
+            body.append([r.format, "-", "-", "-", *("-" for _ in BATCHES), "-", r.note])
             continue
         body.append(
             [
