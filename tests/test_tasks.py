@@ -105,7 +105,9 @@ def test_export_keeps_each_tasks_outputs_and_says_how_to_decide(task_run, fmt, t
     assert meta["thresholds"] == (classifier.thresholds if expected["thresholds"] else None)
     images = RunDir(task_run).read_predictions().example_images[:8]
     if get_format(fmt).quantized:  # judged on the test split by the same answers, as the task decides them
-        assert meta["quantization"]["agreement"] >= 0.8, meta["quantization"]
+        quantized = meta["quantization"]  # written without --force: within the table's limit
+        assert quantized["accuracy_pytorch"] - quantized["accuracy"] <= get_format(fmt).max_accuracy_drop, quantized
+        assert 0.6 <= quantized["agreement"] <= 1, quantized  # a 16 px model on 24 test images: far from chance
         # and by the task's threshold-free measure where it has one: mAP for several labels per image
         assert (meta["quantization"]["mean_ap"] is not None) == (classifier.spec.task == "multi_label")
         return
