@@ -251,6 +251,7 @@ def test_a_converter_that_fails_is_one_line_and_writes_nothing(trained_run, tmp_
 
 @slow  # ExecuTorch's conversion of the augmented 16 px cnn takes ~40 s
 def test_a_format_that_cannot_run_a_model_is_one_line_and_writes_nothing(trained_run, tmp_path, capsys):
+    pytest.importorskip("executorch", reason="needs imgclf[executorch]")
     # ExecuTorch converts the shared run's 16 px cnn, and its XNNPACK backend then cannot plan its shapes
     assert main(["export", str(trained_run), "--format", "executorch", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
@@ -262,6 +263,7 @@ def test_a_format_that_cannot_run_a_model_is_one_line_and_writes_nothing(trained
     sys.platform == "darwin", reason="Core ML runs there: the exported model is checked against PyTorch"
 )
 def test_coreml_is_exported_and_checked_here_and_says_where_it_runs(trained_run, tmp_path, capsys):
+    pytest.importorskip("coremltools", reason="needs imgclf[coreml]")
     import shutil
 
     run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("export", "report.html"))
