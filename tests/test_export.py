@@ -353,3 +353,14 @@ def test_benchmark_tables_every_format_beside_pytorch_and_the_report_shows_it(
     assert (run / "benchmark" / "benchmark.png").stat().st_size > 5_000
     page = imgclf.report(run, log=lambda _: None).read_text()
     assert ">Shipping</h2>" in page and "torchscript" in page
+
+
+def test_the_ops_rewritten_for_export_runtimes_compute_the_same_numbers():
+    import torch.nn.functional as F
+
+    from imgclf.models.cnn import GlobalMaxPool
+    from imgclf.predict import _reflect_pad_1
+
+    x = torch.randn(3, 4, 7, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_reflect_pad_1(x), F.pad(x, (1, 1, 1, 1), mode="reflect"))  # the TTA's shifted views
+    assert torch.equal(GlobalMaxPool()(x), F.adaptive_max_pool2d(x, 1))  # the cnn's head
