@@ -73,6 +73,14 @@ def test_arrows_run_one_way():
     assert not [m for m, deps in doctor.items() if deps & {"imgclf.train.pipeline", "imgclf.train.search"}]
     for inference in ("imgclf.predict", "imgclf.export", "imgclf.serve.app", "imgclf.rundir", "imgclf.tasks.base"):
         assert not [m for m in graph[inference] if m.startswith("imgclf.train")], inference
+    # the studio's process runs training in children: nothing it imports, however deep, is training's
+    studio = [m for m in graph if m.startswith("imgclf.studio")]
+    reached, todo = set(studio), list(studio)
+    while todo:
+        for dep in graph[todo.pop()] - reached:
+            reached.add(dep)
+            todo.append(dep)
+    assert studio and not [m for m in reached if m.startswith("imgclf.train")]
     # the build layer knows nothing of the search or the pipeline that uses it
     assert not graph["imgclf.train.build"] & {"imgclf.train.search", "imgclf.train.pipeline", "imgclf.train.finish"}
 

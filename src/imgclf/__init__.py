@@ -17,7 +17,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-# Nine API functions share their name with a submodule (imgclf.train, imgclf.predict, ...). Python binds a
+# Ten API functions share their name with a submodule (imgclf.train, imgclf.predict, ...). Python binds a
 # submodule onto its package when it is first imported, which would replace the function; this keeps
 # the function, while `from imgclf.train import ...` still finds the module in sys.modules.
 _FUNCTIONS_NAMED_LIKE_MODULES = {
@@ -30,6 +30,7 @@ _FUNCTIONS_NAMED_LIKE_MODULES = {
     "export",
     "serve",
     "doctor",
+    "studio",
 }
 
 
@@ -63,6 +64,7 @@ _LAZY = {  # name -> module that defines it, imported on first use
             "export",
             "benchmark",
             "serve",
+            "studio",
             "classifier",
             "lr_find",
             "pack",
@@ -165,5 +167,6 @@ __all__ = [
     "report",
     "serve",
     "similar",
+    "studio",
     "train",
 ]

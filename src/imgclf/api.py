@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .rundir import SplitMetrics
     from .serve import ServeSettings
     from .shipping import FormatRow
+    from .studio import StudioSettings
     from .train import TrainResult
     from .train.lr_find import LrFindResult
 
@@ -62,6 +63,7 @@ __all__ = [
     "recipe_train_images",
     "report",
     "serve",
+    "studio",
     "similar",
     "train",
 ]
@@ -329,6 +331,22 @@ def serve(
     from .serve import run_server  # deferred: FastAPI and uvicorn are the [serve] extra
 
     run_server(run, host=host, port=port, settings=settings, log=log)
+
+
+def studio(
+    folder: str | os.PathLike = ".",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8500,
+    settings: StudioSettings | None = None,
+    log: Log = show,
+) -> None:
+    """The studio: the runs and data folders in ``folder`` in a local web page at http://HOST:PORT/, live (start,
+    stop and resume training, compare runs, review the doctor's findings, try a model, make a dataset), its JSON
+    API under /api/ (docs at /docs), until interrupted. Needs ``pip install 'imgclf[serve]'``."""
+    from .studio import run_studio  # deferred: FastAPI and uvicorn are the [serve] extra
+
+    run_studio(folder, host=host, port=port, settings=settings, log=log)
 
 
 def inspect(

@@ -24,6 +24,7 @@ from .recipes import RECIPE_COLUMNS, SMALL_DATA, default_config, describe_recipe
 from .rundir import SplitMetrics
 from .runtime import imgclf_version
 from .serve.settings import ServeSettings
+from .studio.settings import StudioSettings
 
 if TYPE_CHECKING:
     from .tasks import Prediction
@@ -284,6 +285,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_studio(args: argparse.Namespace) -> int:
+    settings = StudioSettings(**_given(args, StudioSettings))
+    api.studio(args.folder, host=args.host, port=args.port, settings=settings)
+    return 0
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     print(table(["dataset", "description"], [list(r) for r in api.describe_dataset_sources()]))
     return 0
@@ -475,6 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     for spec in declared(ServeSettings, "serve"):
         add_setting(p, spec)
+    p = command(
+        "studio",
+        "the runs and data of a folder in a local web page, live: train, stop, resume, compare, review the "
+        "doctor's findings, try a model, make a dataset (pip install 'imgclf[serve]')",
+    )
+    p.add_argument("folder", nargs="?", default=".", help="the folder of runs and data folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (elsewhere than here: a token is needed)")
+    p.add_argument("--port", type=int, default=8500, help="port to listen on")
+    for spec in declared(StudioSettings, "studio"):
+        add_setting(p, spec)
     command("datasets", "list the datasets")
     command("models", "list the models with their parameter counts")
     p = command("runs", "the runs in a folder: state (running, finished, failed, stopped, died), data, model, accuracy")
@@ -554,6 +571,7 @@ COMMANDS = {
     "pack": _cmd_pack,
     "doctor": _cmd_doctor,
     "serve": _cmd_serve,
+    "studio": _cmd_studio,
     "runs": _cmd_runs,
     "learning-curve": _cmd_learning_curve,
     "embed": _cmd_embed,

@@ -188,7 +188,11 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    model: str = setting(DEFAULT_MODEL, help="model name (imgclf models)")
+    model: str = setting(
+        DEFAULT_MODEL,
+        help="model name (imgclf models)",
+        default_text=f"{DEFAULT_MODEL}; for a folder or CSV, what the search picks (`search`)",
+    )
     model_args: dict[str, Any] = setting(
         factory=dict,
         help="the model function's keyword arguments, e.g. {widths: [16, 32, 64]} (the cnn's recipe sets widths)",

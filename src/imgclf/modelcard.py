@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import CheckpointError
 from .fsutil import atomic_write_text, size_on_disk
-from .rundir import DOCTOR, RunDir
+from .rundir import DOCTOR, RunDir, unknown_operating_points
 from .runtime import imgclf_version
 
 CARD = "model_card.md"
@@ -160,10 +160,7 @@ def _unknown(run: RunDir) -> str:
             "`imgclf evaluate RUN --negatives FOLDER` measures, on your own unrelated images, a confidence below which "
             "to answer `unknown`.\n"
         )
-    at = {
-        name: min(rows, key=lambda r: abs(r["coverage"] - measured["chosen_at_coverage"]))
-        for name, rows in measured["curves"].items()
-    }
+    at = unknown_operating_points(measured)
     accepted = ", ".join(f"{name} accepts {row['unrelated_accepted']:.1%} of them" for name, row in at.items())
     return (
         "## Images of none of the classes\n\n"

@@ -242,6 +242,13 @@ UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
 INFERENCE_KEYS = ("model", "state_dict", "classes", "image_size", "channels", "mean", "std")
 
 
+def unknown_operating_points(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per score of unknown.json (probability, familiarity), the row of its curve nearest the share of real
+    images kept that `evaluate --negatives` chose at: its threshold, coverage and unrelated images accepted."""
+    share = result["chosen_at_coverage"]
+    return {name: min(rows, key=lambda r: abs(r["coverage"] - share)) for name, rows in result["curves"].items()}
+
+
 def upgrade(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -> dict[str, Any]:
     """A checkpoint payload of any earlier version in the current layout."""
     version = payload.get("version", 1)

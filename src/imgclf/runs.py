@@ -33,9 +33,10 @@ class RunInfo:
     seconds: float | None  # training seconds
     updated: str
     error: str = ""
+    eta_seconds: float | None = None  # a running run's estimate of the time its epochs left take
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,14 +46,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _state(status: dict[str, Any]) -> str:
+def state_of(status: dict[str, Any]) -> str:
+    """A status.json's state, `running` checked against its process (gone: `died`)."""
     state = str(status.get("state", "unknown"))
     if state != "running":
         return state
     if status.get("host") != socket.gethostname():
         return f"running on {status.get('host')}"  # another machine's process cannot be checked from here
     pid = status.get("pid")
-    return "running" if isinstance(pid, int) and _alive(pid) else "died"
+    return "running" if isinstance(pid, int) and alive(pid) else "died"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -69,12 +71,12 @@ def run_info(run: RunDir) -> RunInfo:
     status = run.read_status()
     history = metrics.get("epochs_run")
     if status is not None:
-        state, epoch, epochs = _state(status), status.get("epoch"), status.get("epochs")
+        state, epoch, epochs = state_of(status), status.get("epoch"), status.get("epochs")
         accuracy = status.get("test_accuracy", status.get("best_val_acc"))
-        updated, error = status.get("updated", ""), status.get("error", "")
+        updated, error, eta = status.get("updated", ""), status.get("error", ""), status.get("eta_seconds")
     else:
         state = "finished" if metrics else "stopped"
-        epoch, epochs, accuracy, updated, error = history, config.get("epochs"), None, "", ""
+        epoch, epochs, accuracy, updated, error, eta = history, config.get("epochs"), None, "", "", None
     tested = metrics.get("test", {}).get("accuracy")
     return RunInfo(
         run.path,
@@ -88,6 +90,7 @@ def run_info(run: RunDir) -> RunInfo:
         metrics.get("train_seconds"),
         updated,
         error,
+        eta if state == "running" else None,
     )
 
 

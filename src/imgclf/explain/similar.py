@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,6 +139,46 @@ def _training_data(classifier: Classifier, run: RunDir) -> tuple[DataConfig, Spl
     return cfg, data.train, data.classes
 
 
+@dataclass
+class TrainingIndex:
+    """A run's training images by their embeddings under the run's network, to ask for the nearest (the
+    ``similar`` command, the studio's "try the model")."""
+
+    classifier: Classifier
+    images: torch.Tensor  # the training split's pixels, as trained on
+    labels: torch.Tensor
+    files: list[str]
+    classes: list[str]
+    index: Any  # scikit-learn's NearestNeighbors over the embeddings (cosine)
+
+    @classmethod
+    def of_run(cls, classifier: Classifier, run: RunDir) -> TrainingIndex:
+        from sklearn.neighbors import NearestNeighbors
+
+        cfg, train, classes = _training_data(classifier, run)
+        spec = classifier.spec
+        features = cached_features(
+            classifier.model, train.images, spec.mean, spec.std, classifier.device, cfg.cache_dir, "similar"
+        ).values.float()
+        index = NearestNeighbors(metric="cosine").fit(features.numpy())
+        return cls(classifier, train.images, train.labels, list(train.sources or []), classes, index)
+
+    def nearest(self, features: np.ndarray, k: int) -> list[list[tuple[int, Neighbour]]]:
+        """For each row of ``features`` (embeddings by the same network), its ``k`` nearest training images:
+        (their index in the split, the neighbour), the nearest first."""
+        distances, found = self.index.kneighbors(features, n_neighbors=min(k, len(self.images)))
+        return [
+            [(int(j), Neighbour(self._file(int(j)), self._label(int(j)), 1 - float(d))) for d, j in zip(row_d, row_j)]
+            for row_d, row_j in zip(distances, found)
+        ]
+
+    def _file(self, j: int) -> str:
+        return self.files[j] if j < len(self.files) else f"#{j}"
+
+    def _label(self, j: int) -> str:
+        return label_names(self.labels[j : j + 1], self.classes)[0]
+
+
 def similar(
     run: str | os.PathLike,
     images: Sequence[str | os.PathLike],
@@ -147,36 +188,19 @@ def similar(
 ) -> list[SimilarResult]:
     """For each image, the ``k`` training images of ``run`` nearest to it by the run's embeddings, drawn into
     ``out`` (default RUN/similar) as one grid per image."""
-    from sklearn.neighbors import NearestNeighbors
-
     from ..predict import load
 
     classifier = load(run, device=device)
     run_dir = RunDir(Path(run) if Path(run).is_dir() else Path(run).parent)
-    cfg, train, classes = _training_data(classifier, run_dir)
-    train_images, labels, files = train.images, train.labels, list(train.sources or [])
-    features = cached_features(
-        classifier.model,
-        train_images,
-        classifier.spec.mean,
-        classifier.spec.std,
-        classifier.device,
-        cfg.cache_dir,
-        "similar",
-    ).values.float()
-    index = NearestNeighbors(n_neighbors=min(k, len(features)), metric="cosine").fit(features.numpy())
+    training = TrainingIndex.of_run(classifier, run_dir)
     query = embed_images(images, classifier)
     folder = Path(out) if out is not None else run_dir.path / "similar"
     results = []
-    distances, found = index.kneighbors(query.features)
     decoded = classifier.read_images(list(images))[1]
-    for i, source in enumerate(query.files):
-        neighbours = [
-            Neighbour(files[j] if j < len(files) else f"#{j}", label_names(labels[j : j + 1], classes)[0], 1 - float(d))
-            for d, j in zip(distances[i], found[i])
-        ]
+    for i, (source, found) in enumerate(zip(query.files, training.nearest(query.features, k))):
+        neighbours = [n for _, n in found]
         plot = folder / f"similar_{i + 1:03d}_{Path(source).stem[:40]}.png"
-        grid = torch.cat([decoded[i : i + 1], torch.as_tensor(train_images[torch.as_tensor(found[i])])])
+        grid = torch.cat([decoded[i : i + 1], torch.as_tensor(training.images[torch.as_tensor([j for j, _ in found])])])
         titles = ["your image", *(f"{n.label}\n{n.similarity:.2f}" for n in neighbours)]
         plot_image_grid(grid, titles, plot, suptitle=f"{Path(source).name}: the nearest training images (cosine)")
         results.append(SimilarResult(source, neighbours, plot))

@@ -29,7 +29,7 @@ from ..explain import (
 from ..plots.html import HtmlReport
 from ..plots.tables import Table
 from ..predict import Classifier, load
-from ..rundir import RunDir, RunMetrics, SplitPredictions
+from ..rundir import RunDir, RunMetrics, SplitPredictions, unknown_operating_points
 from ..runtime import quiet
 from ..tasks import label_names
 
@@ -61,10 +61,7 @@ def _explanations(
 
 def _section_unknown(page: HtmlReport, unknown: dict[str, Any], run: RunDir) -> None:
     """How well `unknown` turns away images of none of the classes (evaluate --negatives)."""
-    at = {
-        name: min(rows, key=lambda r: abs(r["coverage"] - unknown["chosen_at_coverage"]))
-        for name, rows in unknown["curves"].items()
-    }
+    at = unknown_operating_points(unknown)
     page.section("None of these")
     page.text(
         f"Measured on {unknown['unrelated_images']:,} images of none of the classes ({unknown['negatives']}) against "

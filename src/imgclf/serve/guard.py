@@ -24,7 +24,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from .settings import ServeSettings
+from .settings import ServerLimits
 
 log = logging.getLogger("uvicorn.error")
 
@@ -42,7 +42,7 @@ def raw_answer(status: int, error: str) -> bytes:
     return head.encode() + body
 
 
-def guarded_protocol(settings: ServeSettings) -> type[H11Protocol]:
+def guarded_protocol(settings: ServerLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol bound by ``settings``' deadlines and caps (pass it as ``Config(http=...)``)."""
 
     class GuardedH11(H11Protocol):
