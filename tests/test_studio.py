@@ -357,3 +357,14 @@ def test_trying_a_model_says_unknown_as_the_run_measured_it(folder, client):
         assert tried["unknown"]["measured"] and tried["unknown"]["score"] == measured["chosen"]
         assert tried["unknown"]["threshold"] == pytest.approx(point["threshold"])
         assert tried["label"] == want.label  # `unknown` exactly where `predict` says it
+
+
+def test_the_report_is_written_by_a_child_process_and_served_sandboxed(folder, client):
+    started = client.post("/api/run/report", json={"run": "runs/a"}, headers=CHANGE)
+    assert started.status_code == 200 and started.json()["kind"] == "report"
+    wait_for(lambda: client.get("/api/jobs").json()["jobs"][0]["state"] != "running")
+    assert client.get("/api/jobs").json()["jobs"][0]["state"] == "finished"
+    assert client.get("/api/run", params={"run": "runs/a"}).json()["report"] == "runs/a/report.html"
+    report = client.get("/api/file", params={"path": "runs/a/report.html"})
+    assert report.status_code == 200 and "<html" in report.text
+    assert report.headers["content-security-policy"].startswith("sandbox")  # it cannot call the API as the user

@@ -5,6 +5,7 @@ making a two-class dataset from uploads and the webcam, then training on it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,7 +134,21 @@ def test_runs_live_curves_stop_and_resume(studio, page, tmp_path):
     assert (tmp_path / "run.png").stat().st_size > 20_000
 
 
-def test_compare_two_runs(page):
+SEARCH = {  # search.json as the folder default writes it (shortened)
+    "metric": "accuracy",
+    "chosen": "lite0",
+    "reason": "lite0's probe at 64 px (0.9500) beat the cnn (0.6667)",
+    "sure": "clear: +0.2833 over the cnn (5.1 standard errors)",
+    "trials": [
+        {"candidate": "lite0 probe", "image_size": 64, "score": 0.95, "seconds": 0.1, "how": "linear probe"},
+        {"candidate": "cnn", "image_size": 16, "score": 0.6667, "seconds": 0.2, "how": "3 epochs"},
+    ],
+}
+
+
+def test_compare_two_runs_and_read_one_s_search(studio, page):
+    _, folder = studio
+    (folder / "runs" / "b" / "search.json").write_text(json.dumps(SEARCH))
     go(page, "")
     page.wait_for_selector("#runs tr[data-run='runs/b']")
     page.check("#runs tr[data-run='runs/a'] .pick")
@@ -142,6 +157,11 @@ def test_compare_two_runs(page):
     page.wait_for_selector("#compare-table")
     assert page.locator("#compare-table tr").count() == 3  # a header and the two runs
     assert page.locator("#compare-acc polyline").count() == 2  # their validation curves overlaid
+    page.click("#compare-table a:text('runs/b')")
+    page.wait_for_selector("#search")
+    assert page.locator("#search tr").count() == 3 and "beat the cnn" in page.text_content("main")
+    page.click("text=Config, with where each value came from")
+    assert page.locator("#config tr").count() > 40  # every setting, with its source
 
 
 def test_review_the_doctors_findings_and_exclude_an_image(studio, page):

@@ -36,11 +36,19 @@ class Review:
         return self.folder / EXCLUDE
 
     def findings(self) -> dict[str, Any] | None:
-        try:
-            found = json.loads((self.folder / DOCTOR_JSON).read_text())
-        except (OSError, ValueError):
-            return None
-        return found if isinstance(found, dict) else None
+        """doctor.json of the studio's own check, else the newest `imgclf doctor` wrote beside the data (doctor/,
+        doctor-2/ ...) about this very folder."""
+        candidates = [self.folder / DOCTOR_JSON] + sorted(
+            self.root.parent.glob(f"doctor*/{DOCTOR_JSON}"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
+        for path in candidates:
+            try:
+                found = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(found, dict) and (path.parent == self.folder or found.get("root") == str(self.root)):
+                return found
+        return None
 
     def _state(self) -> dict[str, Any]:
         try:
