@@ -199,9 +199,17 @@ def test_a_training_request_is_checked_before_any_process_starts(folder, client)
 
 
 def test_trying_a_model_answers_with_overlay_and_nearest_training_images(client, trained_run):
-    answer = client.post("/api/try", params={"run": "runs/a"}, files={"file": ("x.png", png(4, 32))}, headers=CHANGE)
-    assert answer.status_code == 200
-    found = answer.json()
+    def ask() -> dict:
+        answer = client.post(
+            "/api/try", params={"run": "runs/a"}, files={"file": ("x.png", png(4, 32))}, headers=CHANGE
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    first = ask()  # the training images are embedded in the background the first time: the answer comes at once
+    assert first["nearest_pending"] or first["nearest"]
+    found = wait_for(lambda: (lambda a: a if a["nearest"] else None)(ask()), seconds=120, every=0.5)
+    assert found["label"] == first["label"] and found["top_k"] == first["top_k"]
     assert [c["label"] for c in found["top_k"]][0] == found["label"]
     assert sum(c["probability"] for c in found["top_k"]) == pytest.approx(1, abs=1e-4)  # every class of three
     assert found["overlay"].startswith("data:image/png;base64,")
@@ -368,3 +376,20 @@ def test_the_report_is_written_by_a_child_process_and_served_sandboxed(folder, c
     report = client.get("/api/file", params={"path": "runs/a/report.html"})
     assert report.status_code == 200 and "<html" in report.text
     assert report.headers["content-security-policy"].startswith("sandbox")  # it cannot call the API as the user
+
+
+def test_the_command_names_a_missing_folder_in_one_line(tmp_path, capsys):
+    from imgclf.cli import main
+
+    assert main(["studio", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("imgclf: error:") and "no such folder" in error and len(error.splitlines()) == 1
+
+
+def test_training_settings_that_name_paths_stay_inside_the_folder(client):
+    for name, value in (("weights", "/etc/passwd"), ("data_dir", "../cache"), ("init", "../../run"), ("images", "/")):
+        refused = client.post("/api/train", json={"settings": {"data": "stripes", name: value}}, headers=CHANGE)
+        assert refused.status_code == 404, name
+    outside = client.post("/api/train", json={"settings": {"data": "stripes", "images_outside": True}}, headers=CHANGE)
+    assert outside.status_code == 422 and "images_outside" in outside.json()["error"]
+    assert client.get("/api/jobs").json()["jobs"] == []

@@ -37,6 +37,7 @@ from .workspace import IMAGE_SUFFIXES, OutsideFolder, Workspace, check_name
 
 FOLLOW_SECONDS = 0.5  # how often the server looks at the runs' files for the live views
 KEEP_ALIVE_SECONDS = 15  # a comment line on a quiet stream, so proxies and browsers keep it open
+PATH_SETTINGS = ("images", "exclude", "weights", "init", "data_dir")  # besides `data`, which may name a dataset
 MAIN_SETTINGS = ("data", "model", "budget", "epochs", "image_size", "exclude")  # the form's first fields
 SERVED = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
           ".webp": "image/webp", ".bmp": "image/bmp", ".html": "text/html", ".json": "application/json",
@@ -91,7 +92,9 @@ def form_settings() -> list[dict[str, Any]]:
     return sorted(fields, key=lambda f: (not f["main"], order.get(f["name"], 0)))
 
 
-def create_app(folder: str | os.PathLike, settings: StudioSettings | None = None, *, loopback_only: bool = True) -> FastAPI:
+def create_app(
+    folder: str | os.PathLike, settings: StudioSettings | None = None, *, loopback_only: bool = True
+) -> FastAPI:
     """The studio over ``folder`` (see the module's docstring); ``uvicorn.run(app)`` runs it."""
     settings = settings or StudioSettings()
     workspace = Workspace(folder)
@@ -332,10 +335,13 @@ def create_app(folder: str | os.PathLike, settings: StudioSettings | None = None
         data = str(given.get("data", ""))
         if not data:
             raise RequestProblem(422, "`data`: pick a data folder (or name a built-in dataset)")
-        if "/" in data or (workspace.root / data).exists():
+        if "/" in data or (workspace.root / data).exists():  # else a built-in dataset's name
             given["data"] = str(inside(data))
-        if given.get("exclude"):
-            given["exclude"] = str(inside(str(given["exclude"])))
+        for setting in PATH_SETTINGS:  # read or written by the run: inside the studio's folder, like every path here
+            if given.get(setting):
+                given[setting] = str(inside(str(given[setting]), must_exist=setting != "data_dir"))
+        if given.get("images_outside"):
+            raise RequestProblem(422, "`images_outside`: the studio reads no image outside its folder; leave it off")
         try:
             run_name = check_name(name or f"{Path(data).name}-{given.get('model', 'auto')}", "run name")
             TrainConfig(**given)  # every value checked here: a mistake is a message now, not a failed job

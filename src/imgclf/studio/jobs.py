@@ -41,9 +41,10 @@ class Job:
 
     @property
     def state(self) -> str:
-        """running, finished, stopped, failed (an error it reported) or died (killed, or crashed)."""
-        if self.returncode is None:
-            return "running" if alive(self.pid) else "died"
+        """running, finished, stopped, failed (an error it reported), died (killed, or crashed), or ended (started
+        by an earlier studio, gone since: how it ended is its run's status.json's to say)."""
+        if self.returncode is None:  # a job of an earlier studio (or one this one has not reaped yet)
+            return "running" if alive(self.pid) and is_imgclf(self.pid) else "ended"
         if self.returncode == 0:
             return "finished"
         if self.returncode in STOPPED:
@@ -111,6 +112,17 @@ class Jobs:
     def latest(self, target: str, kinds: tuple[str, ...] = ("train", "resume")) -> Job | None:
         return next((job for job in self.all() if job.target == target and job.kind in kinds), None)
 
+    def state(self, job: Job) -> str:
+        """The job's state, this process's own children asked directly (one that just ended is a zombie until
+        reaped, and a zombie looks alive)."""
+        child = self.children.get(job.id)
+        if child is not None:
+            if child.poll() is None:
+                return "running"
+            self.poll()
+            job.returncode = child.returncode
+        return job.state
+
     def log_tail(self, job: Job, lines: int = LOG_LINES) -> list[str]:
         try:
             with open(self.folder / f"{job.id}.log", encoding="utf-8", errors="replace") as log:
@@ -120,7 +132,7 @@ class Jobs:
 
     def stop(self, job: Job) -> bool:
         """SIGTERM to a running job (its command stops cleanly); False where it is not running."""
-        if job.state != "running" or not is_imgclf(job.pid):
+        if self.state(job) != "running" or not is_imgclf(job.pid):
             return False
         job.stop_requested = True
         self._save(job)
@@ -128,8 +140,9 @@ class Jobs:
 
     def describe(self, job: Job) -> dict[str, Any]:
         """A job as the API shows it: its record, its state, and the end of its log where it did not finish."""
-        described = {**asdict(job), "state": job.state}
-        if job.state in ("failed", "died"):
+        state = self.state(job)
+        described = {**asdict(job), "state": state}
+        if state in ("failed", "died"):
             described["log"] = self.log_tail(job)
         return described
 

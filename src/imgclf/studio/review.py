@@ -163,11 +163,14 @@ class Review:
             if d["action"] != "relabel":
                 continue
             source = self.workspace.root / rel
+            del state["decisions"][rel]
+            if not source.is_file():  # moved or deleted since it was decided: nothing to move
+                continue
+            (self.root / d["label"]).mkdir(exist_ok=True)
             target = _free(self.root / d["label"] / source.name)
             source.rename(target)
             moved = target.relative_to(self.workspace.root).as_posix()
             moves.append({"from": rel, "to": moved})
-            del state["decisions"][rel]
         state["applied"].append(moves)
         state["history"] = [h for h in state["history"] if h[0] in state["decisions"]]
         self._write(state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from ..rundir import RunDir, unknown_operating_points
@@ -17,6 +18,11 @@ from .workspace import Workspace
 
 TOP_K = 5
 NEAREST = 6  # training images shown beside an answer
+LOADED = 3  # runs' models kept loaded, the most recently tried
+
+
+class NotReady(Exception):
+    """The nearest training images are still being embedded."""
 
 
 class BadImage(ValueError):
@@ -38,8 +44,9 @@ class Models:
 
     def __init__(self, workspace: Workspace, max_image_pixels: int) -> None:
         self.workspace, self.max_image_pixels = workspace, max_image_pixels
-        self.loaded: dict[str, tuple[Any, threading.Lock]] = {}
-        self.indexes: dict[str, Any] = {}
+        self.loaded: OrderedDict[str, tuple[Any, threading.Lock]] = OrderedDict()
+        self.indexes: dict[str, Any] = {}  # a run's TrainingIndex, or the error that stopped it
+        self.indexing: set[str] = set()
         self.lock = threading.Lock()
 
     def _classifier(self, run: RunDir) -> tuple[Any, threading.Lock]:
@@ -52,15 +59,36 @@ class Models:
                     load(run.path, device="cpu", max_image_pixels=self.max_image_pixels),
                     threading.Lock(),
                 )
+                while len(self.loaded) > LOADED:  # the least recently tried goes (and its index)
+                    old, _ = self.loaded.popitem(last=False)
+                    self.indexes.pop(old, None)
+            self.loaded.move_to_end(key)
             return self.loaded[key]
 
     def _index(self, run: RunDir, classifier: Any) -> Any:
+        """The run's training images by embedding, or None while they are being embedded (in the background: a
+        large folder takes a while the first time, then its features are cached); an ImgclfError raised."""
+        key = str(run.path)
+        with self.lock:
+            found = self.indexes.get(key)
+            if found is None and key not in self.indexing:
+                self.indexing.add(key)
+                threading.Thread(target=self._build, args=(key, run, classifier), daemon=True).start()
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _build(self, key: str, run: RunDir, classifier: Any) -> None:
+        from ..errors import ImgclfError
         from ..explain.similar import TrainingIndex
 
-        key = str(run.path)
-        if key not in self.indexes:
-            self.indexes[key] = TrainingIndex.of_run(classifier, run)
-        return self.indexes[key]
+        try:
+            built: Any = TrainingIndex.of_run(classifier, run)
+        except ImgclfError as exc:  # the training images moved or changed
+            built = exc
+        with self.lock:
+            self.indexes[key] = built
+            self.indexing.discard(key)
 
     def forget(self, run: RunDir) -> None:
         """Drop a run's loaded model (it trained further: its best.pt changed)."""
@@ -97,6 +125,8 @@ class Models:
             nearest_error = None
             try:
                 index = self._index(run, classifier)
+                if index is None:
+                    raise NotReady
                 features = compute_features(classifier.model, image[None], classifier.spec.mean, classifier.spec.std,
                                             classifier.device)  # fmt: skip
                 for j, neighbour in index.nearest(features.numpy(), NEAREST)[0]:
@@ -112,6 +142,8 @@ class Models:
                     )
             except ImgclfError as exc:  # the training images moved or changed: the answer stands without them
                 nearest_error = str(exc)
+            except NotReady:
+                nearest_error = "embedding the training images to find the nearest: ask again in a moment"
         return {
             "file": name,
             "label": prediction.label,
@@ -122,4 +154,5 @@ class Models:
             "unknown": unknown,
             "nearest": nearest,
             "nearest_error": nearest_error,
+            "nearest_pending": str(run.path) in self.indexing,
         }
