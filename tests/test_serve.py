@@ -206,22 +206,30 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serving(run: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real ``imgclf serve RUN FLAGS`` on a free loopback port, its URL once /health answers."""
+    with listening(["serve", str(run), *flags], "/health") as started:
+        yield started
+
+
+@contextlib.contextmanager
+def listening(arguments: list[str], ready: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real ``imgclf ARGUMENTS --port PORT`` (serve, studio) on a free loopback port, its URL once ``ready``
+    answers."""
     port = free_port()
     imgclf = Path(sys.executable).parent / "imgclf"
     process = subprocess.Popen(
-        [imgclf, "serve", str(run), "--port", str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [imgclf, *arguments, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
+            if httpx.get(url + ready, timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
             time.sleep(0.2)
     else:
         process.kill()
-        pytest.fail(f"imgclf serve did not start: {process.communicate()[0].decode()[-2000:]}")
+        pytest.fail(f"imgclf {arguments[0]} did not start: {process.communicate()[0].decode()[-2000:]}")
     try:
         yield url, process
     finally:

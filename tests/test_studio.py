@@ -393,3 +393,10 @@ def test_training_settings_that_name_paths_stay_inside_the_folder(client):
     outside = client.post("/api/train", json={"settings": {"data": "stripes", "images_outside": True}}, headers=CHANGE)
     assert outside.status_code == 422 and "images_outside" in outside.json()["error"]
     assert client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_only_this_machines_addresses_go_without_a_token():
+    from imgclf.studio import is_loopback
+
+    assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "::1", "localhost")))
+    assert not any(map(is_loopback, ("0.0.0.0", "::", "192.168.1.20", "example.org")))

@@ -9,16 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve import free_port
+from test_serve import listening
 
 from conftest import CHROMIUM, CHROMIUM_FLAGS, synthetic_image, write_class_folder
 
@@ -35,26 +32,8 @@ def studio(tmp_path_factory, trained_run) -> Iterator[tuple[str, Path]]:
     write_class_folder(folder / "stripes", per_class=12)
     for name in ("a", "b"):
         shutil.copytree(trained_run, folder / "runs" / name)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imgclf", "studio", str(folder), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/api/runs", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        raise AssertionError(process.communicate()[0].decode())
-    yield url, folder
-    process.terminate()
-    process.communicate(timeout=20)
+    with listening(["studio", str(folder)], "/api/runs") as (url, _):
+        yield url, folder
     subprocess.run(["pkill", "-f", str(folder)], check=False)  # training it started outlives it: end it here
 
 

@@ -11,19 +11,11 @@ from ..serve.settings import ServerLimits
 
 @dataclass(kw_only=True)
 class StudioSettings(ServerLimits):
-    """Who may use the studio and how much a request may carry."""
+    """Who may use the studio (its limits are every server's: the page sends each image in its own request)."""
 
     token: str | None = setting(
         None,
         help="a secret every request must carry (the page keeps it in a cookie once opened with ?token=T; scripts "
         "send `Authorization: Bearer T`); required, and made up when not given, on any address but this machine's",
         default_text="none on 127.0.0.1; a random one elsewhere",
-    )
-    max_upload_bytes: int = setting(
-        20_000_000,
-        help="megabytes one request may send (an upload of images, a dataset's photos)",
-        check="positive",
-        flag="--max-upload-mb",
-        unit=1e6,
-        metavar="MB",
     )
