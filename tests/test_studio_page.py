@@ -64,6 +64,16 @@ def state_of(page, selector: str, state: str) -> None:
     )
 
 
+def start_training(page, name: str, epochs: int) -> None:
+    """Fill the training form's model, epochs, size and run name, start, and wait for the run's page."""
+    page.fill("input[name=model]", "cnn")
+    page.fill("input[name=epochs]", str(epochs))
+    page.fill("input[name=image_size]", "16")
+    page.fill("#run-name", name)
+    page.click("#start")
+    page.wait_for_function(f"location.hash === '#/run/runs%2F{name}'", timeout=SLOW)
+
+
 def points(page, chart: str, series: str) -> int:
     found = page.locator(f"#{chart} polyline[data-series='{series}']")
     return int(found.get_attribute("data-points") or 0) if found.count() else 0
@@ -80,12 +90,7 @@ def test_runs_live_curves_stop_and_resume(studio, page, tmp_path):
     go(page, "#/new")
     page.wait_for_selector("#train-form select[name=data] option[value=stripes]", state="attached")
     page.select_option("select[name=data]", "stripes")
-    page.fill("input[name=model]", "cnn")
-    page.fill("input[name=epochs]", "3000")
-    page.fill("input[name=image_size]", "16")
-    page.fill("#run-name", "live")
-    page.click("#start")
-    page.wait_for_function("location.hash === '#/run/runs%2Flive'", timeout=SLOW)
+    start_training(page, "live", epochs=3000)
     state_of(page, "#run-state", "running")
     page.wait_for_function(
         "document.querySelector(\"#curve-loss polyline[data-series='val loss']\")?.dataset.points >= 3", timeout=SLOW
@@ -215,12 +220,7 @@ def test_make_a_dataset_from_uploads_and_the_webcam_then_train(studio, page, tmp
     page.click("text=Train on it")
     page.wait_for_selector("#train-form")
     assert page.input_value("select[name=data]") == "shapes"
-    page.fill("input[name=epochs]", "3")
-    page.fill("input[name=image_size]", "16")
-    page.fill("input[name=model]", "cnn")
-    page.fill("#run-name", "shapes-first")
-    page.click("#start")
-    page.wait_for_function("location.hash === '#/run/runs%2Fshapes-first'", timeout=SLOW)
+    start_training(page, "shapes-first", epochs=3)
     state_of(page, "#run-state", "finished")
     page.wait_for_selector("#test-metrics", timeout=SLOW)
     assert (folder / "runs" / "shapes-first" / "best.pt").is_file()
