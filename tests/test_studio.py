@@ -315,39 +315,34 @@ def test_review_decisions_are_fix_lists_undone_and_applied_only_when_asked(folde
     assert (folder / summary["exclude_file"]).read_text() == f"{files['copy_a']}\n"  # the exclusion stands
 
 
-def test_training_starts_stops_cleanly_resumes_and_a_killed_one_shows_died(folder, client):
+def test_a_training_started_here_runs_as_a_child_and_one_killed_shows_died_with_its_log(folder, client):
+    """(Stop and resume from the page: test_studio_page.py.)"""
     started = client.post(
         "/api/train",
         json={"settings": {"data": "stripes", "epochs": 3000, "image_size": 16, "model": "cnn"}, "name": "live"},
         headers=CHANGE,
     )
     assert started.status_code == 200, started.text
+    assert started.json()["args"][:2] == ["train", "--config"] and started.json()["state"] == "running"
     run = {"run": "runs/live"}
 
     def state() -> str | None:
         found = {r["path"]: r for r in client.get("/api/runs").json()["runs"]}.get("runs/live")
         return found["state"] if found else None
 
-    def epoch() -> int:
-        return len(client.get("/api/run", params=run).json()["history"])
-
-    wait_for(lambda: state() == "running" and epoch() >= 2)
-    assert client.post("/api/run/stop", json=run, headers=CHANGE).json() == {"stopping": "runs/live"}
-    wait_for(lambda: state() == "stopped")
-    stopped_at = epoch()
-    assert (folder / "runs" / "live" / "last.pt").is_file()
-    resumed = client.post("/api/run/resume", json=run, headers=CHANGE)
-    assert resumed.status_code == 200 and resumed.json()["kind"] == "resume"
-    wait_for(lambda: state() == "running" and epoch() > stopped_at + 1)
-    history = client.get("/api/run", params=run).json()["history"]
-    assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))  # went on from where it stopped
+    wait_for(lambda: state() == "running" and len(client.get("/api/run", params=run).json()["history"]) >= 2)
+    config = {row["name"]: row["value"] for row in client.get("/api/run", params=run).json()["config"]}
+    assert config["epochs"] == 3000 and config["out"] == str(folder / "runs" / "live")
     # killed outright (out of memory, say): no clean stop, so the run says `died`, with the end of its log
     pid = json.loads((folder / "runs" / "live" / "status.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: state() == "died")
     died = next(r for r in client.get("/api/runs").json()["runs"] if r["path"] == "runs/live")
-    assert died["log"] and any("epoch" in line for line in died["log"])
+    assert died["log"] and any(line.startswith("epoch") for line in died["log"])
     assert client.get("/api/run", params=run).json()["job"]["state"] == "died"
+    resumable = client.post("/api/run/resume", json=run, headers=CHANGE)  # a died run resumes, from the page too
+    assert resumable.status_code == 200 and resumable.json()["kind"] == "resume"
+    client.post("/api/run/stop", json=run, headers=CHANGE)
 
 
 def test_trying_a_model_says_unknown_as_the_run_measured_it(folder, client):
@@ -400,3 +395,15 @@ def test_only_this_machines_addresses_go_without_a_token():
 
     assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "::1", "localhost")))
     assert not any(map(is_loopback, ("0.0.0.0", "::", "192.168.1.20", "example.org")))
+
+
+@pytest.mark.slow  # the learning curve embeds the folder with lite0 and fits probes: 10 s alone, CI's time
+def test_the_learning_curve_runs_as_a_child_and_its_plot_is_shown(folder, client):
+    started = client.post("/api/data/curve", json={"data": "stripes"}, headers=CHANGE)
+    assert started.status_code == 200 and started.json()["kind"] == "learning-curve"
+    review = lambda: client.get("/api/data/review", params={"data": "stripes"}).json()  # noqa: E731
+    wait_for(lambda: review()["jobs"]["learning-curve"]["state"] != "running", seconds=300)
+    found = review()
+    assert found["jobs"]["learning-curve"]["state"] == "finished", found["jobs"]
+    assert found["curve"] == ".imgclf-studio/data/stripes/learning_curve/learning_curve.png"
+    assert client.get("/api/file", params={"path": found["curve"]}).headers["content-type"] == "image/png"

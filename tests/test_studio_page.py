@@ -148,6 +148,7 @@ def test_compare_two_runs_and_read_one_s_search(studio, page):
     assert page.locator("#config tr").count() > 40  # every setting, with its source
 
 
+@pytest.mark.slow  # the real doctor in a child (15 s in CI): test_studio.py reviews written findings in every run
 def test_review_the_doctors_findings_and_exclude_an_image(studio, page):
     _, folder = studio
     data = write_class_folder(folder / "dup", per_class=12, seed=3)
