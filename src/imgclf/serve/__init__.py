@@ -9,10 +9,11 @@ import errno
 import logging
 import os
 import socket
+from typing import Any
 
 from ..errors import ConfigError
 from ..runtime import Log
-from .settings import ServeSettings
+from .settings import ServerLimits, ServeSettings
 
 __all__ = ["ServeSettings", "run_server"]
 
@@ -28,13 +29,9 @@ def run_server(
     """Load ``run`` (refusing a checkpoint that is not plain weights) and serve it until interrupted."""
     from ..predict import load
 
-    try:
-        import uvicorn
+    require_server_stack("serve")
+    from .app import create_app
 
-        from .app import create_app
-        from .guard import guarded_protocol
-    except ImportError:
-        raise ConfigError("imgclf serve needs FastAPI and uvicorn: pip install 'imgclf[serve]'") from None
     settings = settings or ServeSettings()
     classifier = load(run, max_image_pixels=settings.max_image_pixels)
     classifier.set_threshold(settings.threshold)  # multi-label: the server's one threshold, where given
@@ -46,8 +43,29 @@ def run_server(
     sock = bind(host, port)  # before saying "serving": a busy port is one line, not a message and an exit
     log(f"serving {classifier!r} from {classifier.path} on {settings.backend}")
     log(f"page: http://{host}:{port}/   API: POST /predict, GET /model, GET /health   docs: http://{host}:{port}/docs")
-    open_files_for(settings.max_connections, log)
-    config = uvicorn.Config(app, http=guarded_protocol(settings), log_level="warning")
+    run_app(app, sock, settings, log)
+
+
+def require_server_stack(command: str) -> None:
+    """FastAPI and uvicorn are there, or the one line that says how to install them."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"imgclf {command} needs FastAPI and uvicorn: pip install 'imgclf[serve]'") from None
+
+
+def run_app(app: Any, sock: socket.socket, limits: ServerLimits, log: Log, graceful_seconds: int | None = None) -> None:
+    """Serve ``app`` on ``sock`` until interrupted, under the guarded h11 protocol (``limits``' deadlines and
+    caps), a log line per request; ``graceful_seconds``: how long open responses (event streams) get at ^C."""
+    import uvicorn
+
+    from .guard import guarded_protocol
+
+    open_files_for(limits.max_connections, log)
+    config = uvicorn.Config(
+        app, http=guarded_protocol(limits), log_level="warning", timeout_graceful_shutdown=graceful_seconds
+    )
     logging.getLogger("uvicorn.access").setLevel(logging.INFO)  # a line per request; uvicorn's own chatter stays off
     uvicorn.Server(config).run(sockets=[sock])
 

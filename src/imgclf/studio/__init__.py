@@ -7,7 +7,6 @@ processes).
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import secrets
 
@@ -36,14 +35,11 @@ def run_studio(
     log: Log,
 ) -> None:
     """Serve the studio over ``folder`` until interrupted (training it started goes on)."""
-    try:
-        import uvicorn
+    from ..serve import bind, require_server_stack, run_app
 
-        from ..serve import bind, open_files_for
-        from ..serve.guard import guarded_protocol
-        from .app import create_app
-    except ImportError:
-        raise ConfigError("imgclf studio needs FastAPI and uvicorn: pip install 'imgclf[serve]'") from None
+    require_server_stack("studio")
+    from .app import create_app
+
     settings = settings or StudioSettings()
     loopback = is_loopback(host)
     if not loopback and not settings.token:  # another machine can reach it: nobody without the token gets in
@@ -58,8 +54,4 @@ def run_studio(
     log(f"imgclf studio on {os.path.abspath(folder)}: {link}   API docs: http://{shown}:{port}/docs")
     if settings.token:
         log("every request needs the token: open the link above, or send `Authorization: Bearer TOKEN`")
-    open_files_for(settings.max_connections, log)
-    # a live page holds its event stream open: on ^C the studio waits a second for them, then closes them
-    config = uvicorn.Config(app, http=guarded_protocol(settings), log_level="warning", timeout_graceful_shutdown=1)
-    logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    uvicorn.Server(config).run(sockets=[sock])
+    run_app(app, sock, settings, log, graceful_seconds=1)  # a live page's event stream stays open: 1 s at ^C

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from ..config import RECIPE, TrainConfig, settings_fields, value_kind
 from ..errors import ImgclfError
 from ..rundir import EVENTS, METRICS, PLOTS, REPORT, STATUS, RunDir
-from ..runs import run_info, state_of
+from ..runs import state_of
 from ..runtime import imgclf_version
 from ..serve.http import BodyLimit, RequestProblem, answer_errors_as_json, offline_docs
 from .jobs import Jobs, terminate
@@ -138,8 +138,10 @@ def create_app(
             raise RequestProblem(404, str(exc), path) from None
 
     def review(data: str) -> Review:
-        inside(data)
-        return Review(workspace, data)
+        try:
+            return Review(workspace, data)
+        except OutsideFolder as exc:
+            raise RequestProblem(404, str(exc), data) from None
 
     def refuse(exc: Exception, status: int = 422, file: str | None = None) -> RequestProblem:
         return RequestProblem(status, str(exc), file)
@@ -207,12 +209,11 @@ def create_app(
         job = jobs.latest(workspace.relative(run.path) or "")
         plots = sorted(p.relative_to(workspace.root).as_posix() for p in (run / PLOTS).glob("*.png"))
         return {
-            "run": workspace.info(run_info(run)),
+            "run": workspace.info(workspace.run_info(run.path)),  # re-read only where its files changed
             "status": run.read_status(),
             "config": rows,
             "history": [epochs[k] for k in sorted(epochs)],
             "test": test,
-            "per_class": (metrics.get("test") or {}).get("per_class"),
             "search": run.read_search(),
             "plots": plots,
             "report": (workspace.relative(run / REPORT) if (run / REPORT).is_file() else None),
@@ -284,7 +285,9 @@ def create_app(
         if job is not None and jobs.stop(job):
             return {"stopping": relative}
         pid = status.get("pid")
-        if run_info(found).state == "running" and isinstance(pid, int) and terminate(pid):  # started elsewhere
+        if (
+            workspace.run_info(found.path).state == "running" and isinstance(pid, int) and terminate(pid)
+        ):  # started elsewhere
             return {"stopping": relative}
         raise RequestProblem(409, f"{relative} is not running here", run)
 
@@ -293,7 +296,7 @@ def create_app(
         """Continue a stopped, failed or died run from its last finished epoch, in a child process."""
         found = run_dir(run)
         relative = workspace.relative(found.path) or run
-        state = run_info(found).state
+        state = workspace.run_info(found.path).state
         if state in ("running", "finished"):
             raise RequestProblem(409, f"{relative} is {state}: only a stopped, failed or died run resumes", run)
         models.forget(found)

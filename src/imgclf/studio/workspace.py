@@ -94,10 +94,10 @@ class Workspace:
 
     def runs(self) -> list[RunInfo]:
         """Every run in DIR and a level down, the most recently updated first."""
-        runs = [self._run_info(p) for p in self.folders() if is_run(p)]
+        runs = [self.run_info(p) for p in self.folders() if is_run(p)]
         return sorted(runs, key=lambda r: (r.updated or "", str(r.path)), reverse=True)
 
-    def _run_info(self, path: Path) -> RunInfo:
+    def run_info(self, path: Path) -> RunInfo:
         """A run's info, read again only when one of its files changed (8 pages following a live run would
         otherwise parse every config.yaml twice a second each); a `running` one's process is checked each time."""
         stamps = tuple(_stamp(path / name) for name in (STATUS, CONFIG, METRICS, BEST, LAST))
